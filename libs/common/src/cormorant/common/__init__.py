@@ -1,0 +1,1 @@
+"""Shared library of every Cormorant service: settings, errors, contract, bus, database."""

@@ -1,0 +1,1 @@
+"""Pytest fixtures that start real servers; enable with ``pytest_plugins``."""

@@ -1,0 +1,55 @@
+"""The pieces every service's FastAPI app shares: errors, ``/healthz``, ``/metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.responses import JSONResponse, Response
+from starlette.types import Lifespan
+
+from cormorant.common.errors import error_response, install_error_handlers
+from cormorant.common.telemetry import metrics_response
+
+
+def create_service_app(
+    *,
+    title: str,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool] = lambda: True,
+    lifespan: Lifespan[Any] | None = None,
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app with the platform's error shape, a readiness probe and a metrics scrape."""
+    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        if ready():
+            return JSONResponse({"status": "ok"})
+        return error_response(503, "not_ready", f"{title} is starting")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response(registry)
+
+    return app
+
+
+def serve(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> None:
+    """Run ``app`` under uvicorn until SIGTERM/SIGINT, draining in-flight requests."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        # Our own JSON logging is configured before; keep uvicorn from replacing it.
+        log_config=None,
+    )
