@@ -1,0 +1,58 @@
+"""Every table of the Cormorant database, importable from one place."""
+
+from cormorant.common.db.models.auth import PREFIX_LENGTH, AdminKey, EndpointToken
+from cormorant.common.db.models.automation import (
+    ActionKind,
+    Comparison,
+    FeedbackLoop,
+    Flow,
+    FlowRun,
+    ScheduleKind,
+    Trigger,
+)
+from cormorant.common.db.models.batch import BatchJob, JobStatus
+from cormorant.common.db.models.datasets import Dataset, DatasetVersion
+from cormorant.common.db.models.endpoints import (
+    Endpoint,
+    EndpointKind,
+    EndpointStatus,
+    ModelVersion,
+    Replica,
+    ReplicaState,
+    Rollout,
+    RolloutStatus,
+    Traffic,
+    TrafficChange,
+    VersionStatus,
+)
+from cormorant.common.db.models.logs import Metric, Prediction
+
+__all__ = [
+    "PREFIX_LENGTH",
+    "ActionKind",
+    "AdminKey",
+    "BatchJob",
+    "Comparison",
+    "Dataset",
+    "DatasetVersion",
+    "Endpoint",
+    "EndpointKind",
+    "EndpointStatus",
+    "EndpointToken",
+    "FeedbackLoop",
+    "Flow",
+    "FlowRun",
+    "JobStatus",
+    "Metric",
+    "ModelVersion",
+    "Prediction",
+    "Replica",
+    "ReplicaState",
+    "Rollout",
+    "RolloutStatus",
+    "ScheduleKind",
+    "Traffic",
+    "TrafficChange",
+    "Trigger",
+    "VersionStatus",
+]

@@ -1,0 +1,126 @@
+"""Continual learning: feedback loops, metric triggers, and flows with their runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cormorant.common.db.base import (
+    Base,
+    CreatedAt,
+    EmptyArray,
+    EmptyObject,
+    JSONObject,
+    UpdatedAt,
+    UUIDPk,
+)
+from cormorant.common.db.models.batch import JobStatus
+
+
+def _endpoint_fk() -> ForeignKey:
+    return ForeignKey("endpoints.id", ondelete="CASCADE")
+
+
+class ScheduleKind(StrEnum):
+    """When a feedback loop runs."""
+
+    NOW = "now"
+    EVERY = "every"
+    AT = "at"
+
+
+class Comparison(StrEnum):
+    """How a trigger compares a metric with its threshold."""
+
+    GREATER = ">"
+    LESS = "<"
+
+
+class ActionKind(StrEnum):
+    """What a trigger does when it fires."""
+
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+    FLOW = "flow"
+
+
+class FeedbackLoop(Base):
+    """Copies an endpoint's logged predictions into a dataset on a schedule."""
+
+    __tablename__ = "feedback_loops"
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str]
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(_endpoint_fk(), index=True)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    schedule_kind: Mapped[ScheduleKind]
+    schedule_expr: Mapped[str | None]
+    """The interval for ``every`` or the day and time for ``at``; empty for ``now``."""
+    query: Mapped[EmptyObject]
+    """Which predictions to take (time window, version, status…)."""
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    last_run_at: Mapped[datetime | None]
+    next_run_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+
+
+class Trigger(Base):
+    """Fires an action when a logged metric crosses a threshold."""
+
+    __tablename__ = "triggers"
+    __table_args__ = (
+        CheckConstraint("every_seconds > 0", name="every_seconds_positive"),
+        CheckConstraint("min_events >= 1", name="min_events_positive"),
+    )
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str]
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(_endpoint_fk(), index=True)
+    metric: Mapped[str]
+    op: Mapped[Comparison]
+    threshold: Mapped[float]
+    every_seconds: Mapped[int]
+    min_events: Mapped[int] = mapped_column(server_default=text("1"))
+    action_kind: Mapped[ActionKind]
+    action_config: Mapped[EmptyObject]
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    last_fired_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+
+
+class Flow(Base):
+    """A named list of tasks (exec, deploy, rollback, batch-predict) run in order."""
+
+    __tablename__ = "flows"
+
+    id: Mapped[UUIDPk]
+    name: Mapped[str] = mapped_column(unique=True)
+    spec: Mapped[JSONObject]
+    """The parsed flow file."""
+    source: Mapped[str | None]
+    """The flow file as written (YAML), for display."""
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+
+
+class FlowRun(Base):
+    """One run of a flow, with each task's status, output and duration."""
+
+    __tablename__ = "flow_runs"
+    __table_args__ = (Index(None, "flow_id", "created_at"),)
+
+    id: Mapped[UUIDPk]
+    flow_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"))
+    status: Mapped[JobStatus] = mapped_column(server_default=JobStatus.PENDING.value)
+    tasks: Mapped[EmptyArray]
+    """``[{"name", "type", "status", "output", "duration_s"}]`` in run order."""
+    error: Mapped[str | None]
+    created_at: Mapped[CreatedAt]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,58 @@
+"""What endpoints did: every prediction (partitioned by day) and the custom metrics."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import REAL, BigInteger, Index, SmallInteger, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cormorant.common.db.base import Base
+
+# No foreign keys to endpoints here: rows arrive by COPY at tens of thousands per second,
+# retention drops whole partitions, and logs outlive (soft-)deleted endpoints.
+
+
+class Prediction(Base):
+    """One prediction request and its outcome.
+
+    Range-partitioned by ``received_at``: daily partitions plus a default one, managed by
+    ``cormorant.common.db.partitions``. The key includes ``received_at`` because every
+    unique index of a partitioned table must contain the partition key.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        Index(None, "endpoint_id", "received_at"),
+        {"postgresql_partition_by": "RANGE (received_at)"},
+    )
+
+    request_id: Mapped[str] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=func.now())
+    endpoint_id: Mapped[uuid.UUID]
+    version: Mapped[int | None]
+    input: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    output: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    error: Mapped[str | None]
+    status: Mapped[int] = mapped_column(SmallInteger)
+    """The HTTP status the client received."""
+    latency_ms: Mapped[float] = mapped_column(REAL)
+    trace_id: Mapped[str | None]
+
+
+class Metric(Base):
+    """A value logged with ``log_metric(key, value)``."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index(None, "endpoint_id", "key", "logged_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[uuid.UUID]
+    version: Mapped[int | None]
+    key: Mapped[str]
+    value: Mapped[float]
+    request_id: Mapped[str | None]
+    logged_at: Mapped[datetime] = mapped_column(server_default=func.now())
