@@ -1,0 +1,43 @@
+"""NATS and JetStream plumbing shared by every service.
+
+- ``connect`` / ``close``: a client that reconnects forever and logs connection changes.
+- ``STREAMS`` / ``ensure_streams``: the JetStream streams that hold the event catalogue.
+- ``BatchedPublisher``: a bounded, never-blocking, at-least-once publisher for the request path.
+- ``Consumer`` / ``consume``: durable pull consumers handing decoded batches to a handler.
+
+Exactly-once on the stream comes from at-least-once publishing plus JetStream de-duplication
+on ``Nats-Msg-Id`` (the event id) within each stream's ``duplicate_window``. Consumers are
+at-least-once: a handler must tolerate seeing an event twice (de-duplicate on ``event_id``).
+"""
+
+from cormorant.common.bus.connection import close, connect
+from cormorant.common.bus.consumer import Consumer, ConsumerStats, Delivery, Handler, consume
+from cormorant.common.bus.publisher import BatchedPublisher, PublisherStats
+from cormorant.common.bus.streams import (
+    EVENTS_STREAM,
+    METRICS_STREAM,
+    PREDICTIONS_STREAM,
+    STREAMS,
+    StreamSpec,
+    ensure_streams,
+    stream_specs,
+)
+
+__all__ = [
+    "EVENTS_STREAM",
+    "METRICS_STREAM",
+    "PREDICTIONS_STREAM",
+    "STREAMS",
+    "BatchedPublisher",
+    "Consumer",
+    "ConsumerStats",
+    "Delivery",
+    "Handler",
+    "PublisherStats",
+    "StreamSpec",
+    "close",
+    "connect",
+    "consume",
+    "ensure_streams",
+    "stream_specs",
+]

@@ -1,0 +1,97 @@
+"""Prometheus exposition of publisher and consumer stats, read at scrape time."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cormorant.common.bus.consumer import Consumer
+    from cormorant.common.bus.publisher import BatchedPublisher
+
+
+class BusCollector(Collector):
+    """Reads the stats of every publisher and consumer on one registry at scrape time.
+
+    Reading plain integers at scrape time keeps prometheus locks off the hot path, and one
+    collector per registry lets several publishers share a registry under different names.
+    """
+
+    def __init__(self) -> None:
+        self.publishers: weakref.WeakValueDictionary[str, BatchedPublisher] = (
+            weakref.WeakValueDictionary()
+        )
+        self.consumers: weakref.WeakValueDictionary[str, Consumer] = weakref.WeakValueDictionary()
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families, without samples."""
+        return list(self._families(publishers={}, consumers={}))
+
+    def collect(self) -> Iterable[Metric]:
+        """The metric families with one sample per live publisher and consumer."""
+        return list(self._families(dict(self.publishers), dict(self.consumers)))
+
+    @staticmethod
+    def _families(
+        publishers: dict[str, BatchedPublisher], consumers: dict[str, Consumer]
+    ) -> Iterator[Metric]:
+        pub_stats = {name: p.stats for name, p in publishers.items()}
+        for attr, doc in (
+            ("published", "Events acknowledged by JetStream (each event counted once)."),
+            ("retried", "Publish attempts that failed and were queued again."),
+            ("duplicates", "Acks where JetStream recognised a re-sent event."),
+        ):
+            counter = CounterMetricFamily(f"cormorant_publisher_{attr}", doc, labels=["publisher"])
+            for name, stats in pub_stats.items():
+                counter.add_metric([name], getattr(stats, attr))
+            yield counter
+        dropped = CounterMetricFamily(
+            "cormorant_publisher_dropped",
+            "Events that will never be published, by reason (buffer_full, shutdown...).",
+            labels=["publisher", "reason"],
+        )
+        for name, stats in pub_stats.items():
+            for reason, count in stats.dropped_by_reason.items():
+                dropped.add_metric([name, reason], count)
+        yield dropped
+        buffer = GaugeMetricFamily(
+            "cormorant_publisher_buffer_events",
+            "Events buffered or in flight, not yet acknowledged.",
+            labels=["publisher"],
+        )
+        for name, stats in pub_stats.items():
+            buffer.add_metric([name], stats.pending)
+        yield buffer
+
+        con_stats = {name: c.stats for name, c in consumers.items()}
+        for attr, doc in (
+            ("delivered", "Events handed to the handler."),
+            ("acked", "Events acked after the handler returned."),
+            ("nacked", "Events handed back for redelivery after a handler error."),
+            ("terminated", "Events given up on after max_deliver attempts."),
+            ("undecodable", "Messages that were not valid events (terminated)."),
+            ("handler_errors", "Batches whose handler raised."),
+            ("fetch_errors", "Failed fetches (server away, consumer missing...)."),
+        ):
+            counter = CounterMetricFamily(f"cormorant_consumer_{attr}", doc, labels=["consumer"])
+            for name, cstats in con_stats.items():
+                counter.add_metric([name], getattr(cstats, attr))
+            yield counter
+
+
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, BusCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def collector_for(registry: CollectorRegistry) -> BusCollector:
+    collector = _COLLECTORS.get(registry)
+    if collector is None:
+        collector = _COLLECTORS[registry] = BusCollector()
+        registry.register(collector)
+    return collector

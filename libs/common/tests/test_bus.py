@@ -1,0 +1,518 @@
+"""The bus against a real nats-server: streams, the batched publisher, durable consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from cormorant.common.bus import (
+    EVENTS_STREAM,
+    METRICS_STREAM,
+    PREDICTIONS_STREAM,
+    STREAMS,
+    BatchedPublisher,
+    Consumer,
+    Delivery,
+    close,
+    connect,
+    ensure_streams,
+    stream_specs,
+)
+from cormorant.common.events import (
+    EVENT_TYPE_HEADER,
+    MSG_ID_HEADER,
+    MetricLogged,
+    PredictionLogged,
+)
+from cormorant.common.servers import NatsServer
+from cormorant.common.telemetry import new_registry
+
+
+async def wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def prediction(i: int, *, endpoint: str = "iris") -> PredictionLogged:
+    return PredictionLogged(
+        request_id=f"req-{i}", endpoint=endpoint, version="v1", input=[[5.1, 3.5, 1.4, 0.2]],
+        output=[0.1, 0.8, 0.1], status=200, latency_ms=1.5, received_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def metric(value: float, *, endpoint: str = "iris") -> MetricLogged:
+    return MetricLogged(endpoint=endpoint, version="v1", key="accuracy", value=value)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url, name="test")
+    yield client
+    await close(client)
+
+
+@pytest.fixture
+async def js(nc: Client) -> JetStreamContext:
+    context = nc.jetstream()
+    await ensure_streams(context)
+    return context
+
+
+# --------------------------------------------------------------------------- streams
+
+
+async def test_ensure_streams_is_idempotent_and_applies_changes(nats_url: str) -> None:
+    first = await connect(nats_url, name="svc-a")
+    second = await connect(nats_url, name="svc-b")
+    try:
+        js_a, js_b = first.jetstream(), second.jetstream()
+        await ensure_streams(js_a)
+        before = {spec.name: (await js_a.stream_info(spec.name)).config for spec in STREAMS}
+        await ensure_streams(js_a)
+        await asyncio.gather(ensure_streams(js_a), ensure_streams(js_b))  # two services at once
+        after = {spec.name: (await js_a.stream_info(spec.name)).config for spec in STREAMS}
+        assert after == before
+        assert set(after) == {PREDICTIONS_STREAM, METRICS_STREAM, EVENTS_STREAM}
+        assert after[PREDICTIONS_STREAM].subjects == ["cormorant.predictions.>"]
+        assert after[PREDICTIONS_STREAM].duplicate_window == 120
+        assert "cormorant.traffic.>" in (after[EVENTS_STREAM].subjects or [])
+
+        await ensure_streams(js_b, stream_specs(predictions_max_age=3600))
+        changed = await js_a.stream_info(PREDICTIONS_STREAM)
+        assert changed.config.max_age == 3600
+    finally:
+        await close(first)
+        await close(second)
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+async def test_published_events_carry_ids_and_are_deduplicated(js: JetStreamContext) -> None:
+    publisher = BatchedPublisher(js, name="dedup")
+    await publisher.start()
+    event = metric(0.5)
+    assert publisher.publish(event)
+    assert publisher.publish(event)  # the same event twice: JetStream keeps one
+    assert await publisher.flush(timeout=10)
+    assert await publisher.stop() == 0
+
+    stats = publisher.stats
+    assert (stats.published, stats.duplicates, stats.dropped, stats.pending) == (2, 1, 0, 0)
+    info = await js.stream_info(METRICS_STREAM)
+    assert info.state.messages == 1
+    stored = await js.get_msg(METRICS_STREAM, 1)
+    assert stored.headers is not None
+    assert stored.headers[MSG_ID_HEADER] == event.event_id
+    assert stored.headers[EVENT_TYPE_HEADER] == "MetricLogged"
+    assert stored.data == event.encode()
+
+
+async def test_trace_context_travels_with_the_event(js: JetStreamContext) -> None:
+    tracer = TracerProvider().get_tracer("test")  # not installed globally
+    publisher = BatchedPublisher(js, name="traced")
+    await publisher.start()
+    with tracer.start_as_current_span("request") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        assert publisher.publish(metric(1.0))
+    assert await publisher.stop(timeout=10) == 0
+
+    contexts: list[str] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            span_context = trace.get_current_span(delivery.trace_context()).get_span_context()
+            contexts.append(format(span_context.trace_id, "032x"))
+
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="traced", handler=handler,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await wait_until(lambda: contexts == [trace_id], within=10, what="the traced event")
+    finally:
+        await consumer.stop()
+
+
+async def test_full_buffer_refuses_and_counts_drops_without_blocking(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = new_registry()
+    publisher = BatchedPublisher(js, name="tiny", max_buffer=10, registry=registry)
+    caplog.set_level(logging.WARNING, logger="cormorant.common.bus")
+
+    accepted = [publisher.publish(metric(i)) for i in range(10)]  # not started: nothing drains
+    started = time.perf_counter()
+    refused = [publisher.publish(metric(i)) for i in range(10_000)]
+    elapsed = time.perf_counter() - started
+
+    assert all(accepted)
+    assert not any(refused)
+    assert elapsed < 1.0, f"a full buffer must refuse at once, took {elapsed:.3f}s"
+    stats = publisher.stats
+    assert (stats.pending, stats.dropped, stats.published) == (10, 10_000, 0)
+    assert stats.dropped_by_reason == {"buffer_full": 10_000}
+    assert sample(registry, "cormorant_publisher_dropped_total", publisher="tiny",
+                  reason="buffer_full") == 10_000  # fmt: skip
+    assert sample(registry, "cormorant_publisher_buffer_events", publisher="tiny") == 10
+    # Never silent, but rate-limited: one line, not ten thousand.
+    drop_lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drop_lines) == 1
+    assert drop_lines[0].levelno == logging.WARNING
+
+    await publisher.start()
+    assert await publisher.flush(timeout=10)
+    assert publisher.publish(metric(1.0))  # room again once drained
+    assert await publisher.stop(timeout=10) == 0
+    assert publisher.stats.published == 11
+    assert sample(registry, "cormorant_publisher_published_total", publisher="tiny") == 11
+    assert not publisher.publish(metric(2.0))  # stopped
+    assert publisher.stats.dropped_by_reason["closed"] == 1
+
+
+async def test_stop_reports_what_it_could_not_flush(nats_server: NatsServer) -> None:
+    nc = await connect(nats_server.url, name="stopper")
+    try:
+        await ensure_streams(nc.jetstream())
+        publisher = BatchedPublisher(nc, name="stopper", ack_timeout=0.5)
+        await publisher.start()
+        await asyncio.to_thread(nats_server.kill)
+        for i in range(5):
+            assert publisher.publish(metric(i))
+
+        remaining = await publisher.stop(timeout=0.3)
+
+        assert remaining == 5
+        stats = publisher.stats
+        assert (stats.published, stats.dropped, stats.pending) == (0, 5, 0)
+        assert stats.dropped_by_reason == {"shutdown": 5}
+    finally:
+        await close(nc)
+
+
+async def test_publish_threadsafe(js: JetStreamContext) -> None:
+    publisher = BatchedPublisher(js, name="threads")
+    await publisher.start()
+    results: list[bool] = []
+
+    def from_a_thread() -> None:
+        assert threading.current_thread() is not threading.main_thread()
+        results.extend(publisher.publish_threadsafe(metric(i)) for i in range(200))
+
+    await asyncio.to_thread(from_a_thread)
+    await wait_until(lambda: publisher.stats.published == 200, within=10, what="200 acks")
+    assert await publisher.stop() == 0
+    assert all(results)
+    assert (await js.stream_info(METRICS_STREAM)).state.messages == 200
+
+
+# --------------------------------------------------------------------------- acceptance
+
+N_EVENTS = 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_100k_predictions_exactly_once_across_a_server_kill(
+    nats_server: NatsServer,
+) -> None:
+    started = time.monotonic()
+    pub_nc = await connect(nats_server.url, name="acceptance-publisher")
+    con_nc = await connect(nats_server.url, name="acceptance-consumer")
+    js = con_nc.jetstream()
+    await ensure_streams(js)
+    registry = new_registry()
+
+    deliveries: Counter[str] = Counter()  # event_id -> times delivered
+    request_of: dict[str, str] = {}
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            event = delivery.event
+            assert isinstance(event, PredictionLogged)
+            deliveries[event.event_id] += 1
+            request_of[event.event_id] = event.request_id
+
+    consumer = Consumer(
+        js, stream=PREDICTIONS_STREAM, durable="acceptance", handler=handler,
+        filter_subject=PredictionLogged.subject_filter(), batch=500, ack_wait=3.0,
+        fetch_timeout=0.5, registry=registry,
+    )  # fmt: skip
+    publisher = BatchedPublisher(
+        pub_nc, name="acceptance", max_buffer=N_EVENTS, ack_timeout=2.0, registry=registry
+    )
+    refused = 0
+
+    async def produce() -> None:
+        nonlocal refused
+        for i in range(N_EVENTS):
+            refused += not publisher.publish(prediction(i))
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # like a request path: publish between other work
+
+    await consumer.start()
+    await publisher.start()
+    try:
+        producer = asyncio.create_task(produce())
+        await wait_until(
+            lambda: publisher.stats.published >= N_EVENTS // 3, within=30, what="a third acked"
+        )
+        at_kill = publisher.stats
+        # Killed from a thread so the publisher keeps sending into the dying connection.
+        await asyncio.to_thread(nats_server.kill)
+        killed = time.monotonic()
+        await asyncio.to_thread(nats_server.start)
+        restarted = time.monotonic()
+        await producer
+        assert await publisher.flush(timeout=45), f"not flushed: {publisher.stats}"
+        flushed = time.monotonic()
+        await wait_until(
+            lambda: len(deliveries) >= N_EVENTS, within=45, what="every event consumed"
+        )
+        consumed = time.monotonic()
+        stored = (await js.stream_info(PREDICTIONS_STREAM)).state.messages
+    finally:
+        remaining = await publisher.stop(timeout=5)
+        await consumer.stop()
+        await close(pub_nc)
+        await close(con_nc)
+
+    stats = publisher.stats
+    delivered_total = sum(deliveries.values())
+    print(
+        f"\n100k acceptance: total {consumed - started:.1f}s (killed at "
+        f"{killed - started:.1f}s with {at_kill.pending} pending / {at_kill.in_flight} in flight, "
+        f"server back after {restarted - killed:.2f}s, publisher flushed at "
+        f"{flushed - started:.1f}s, consumer done at {consumed - started:.1f}s); "
+        f"publisher {stats}; consumer {consumer.stats}; "
+        f"delivered {delivered_total}, duplicates before de-dup {delivered_total - len(deliveries)}"
+    )
+    assert refused == 0
+    assert remaining == 0
+    assert at_kill.pending > 0, "the kill must happen mid-stream"
+    assert stored == N_EVENTS  # exactly once on the stream: retries de-duplicated by event id
+    # Consumer: every event exactly once after de-duplication by event id.
+    assert len(deliveries) == N_EVENTS
+    assert set(request_of.values()) == {f"req-{i}" for i in range(N_EVENTS)}
+    # Publisher: everything accounted for, nothing dropped, the kill cost retries.
+    assert stats.published + stats.dropped == N_EVENTS
+    assert stats.published == N_EVENTS
+    assert stats.dropped == 0
+    assert stats.pending == 0
+    if at_kill.in_flight:
+        assert stats.retried >= 1
+    assert sample(registry, "cormorant_publisher_published_total", publisher="acceptance") == (
+        N_EVENTS
+    )
+    assert sample(registry, "cormorant_consumer_delivered_total", consumer="acceptance") == (
+        delivered_total
+    )
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+async def test_failing_handler_gets_a_message_at_most_max_deliver_times(
+    js: JetStreamContext,
+) -> None:
+    calls: Counter[str] = Counter()
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            calls[delivery.event.event_id] += 1
+        if any(isinstance(d.event, MetricLogged) and d.event.value < 0 for d in batch):
+            raise RuntimeError("poison")
+
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="poisoned", handler=handler, batch=1,
+        filter_subject=MetricLogged.subject_filter(), max_deliver=3, ack_wait=30,
+        nak_delay=0.01, fetch_timeout=0.5,
+    )  # fmt: skip
+    publisher = BatchedPublisher(js, name="poison")
+    await publisher.start()
+    await consumer.start()
+    try:
+        poison, good = metric(-1.0), metric(1.0)
+        publisher.publish(poison)
+        await wait_until(lambda: consumer.stats.terminated == 1, within=10, what="dead-letter")
+        # A later message still flows, and the poison never comes back.
+        publisher.publish(good)
+        await wait_until(lambda: calls[good.event_id] == 1, within=10, what="the good one")
+        info = await js.consumer_info(METRICS_STREAM, "poisoned")
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+
+    assert calls[poison.event_id] == 3
+    assert info.config.max_deliver == 3
+    assert info.num_ack_pending == 0
+    stats = consumer.stats
+    assert (stats.handler_errors, stats.nacked, stats.terminated, stats.acked) == (3, 2, 1, 1)
+
+
+async def test_handler_may_settle_single_messages(js: JetStreamContext) -> None:
+    seen: list[tuple[float, int]] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            assert isinstance(delivery.event, MetricLogged)
+            seen.append((delivery.event.value, delivery.num_delivered))
+            if delivery.event.value == 2 and delivery.num_delivered == 1:
+                await delivery.nak(delay=0.01)  # only this one comes back
+
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="picky", handler=handler, ack_wait=30,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    publisher = BatchedPublisher(js, name="picky")
+    await publisher.start()
+    await consumer.start()
+    try:
+        for value in (1, 2, 3):
+            publisher.publish(metric(value))
+        await wait_until(lambda: len(seen) == 4, within=10, what="three events and one retry")
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+    assert sorted(seen) == [(1, 1), (2, 1), (2, 2), (3, 1)]
+    assert consumer.stats.acked == 3  # the nak'ed delivery was settled by the handler
+
+
+async def test_long_handler_keeps_its_messages(js: JetStreamContext) -> None:
+    deliveries: list[int] = []
+
+    async def slow(batch: list[Delivery]) -> None:
+        deliveries.extend(d.num_delivered for d in batch)
+        await asyncio.sleep(1.6)  # the work itself: three times ack_wait
+
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="slow", handler=slow, ack_wait=0.5,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        event = metric(1.0)
+        await js.publish(event.subject, event.encode(), headers=event.headers())
+        await wait_until(lambda: consumer.stats.acked == 1, within=10, what="the ack")
+        info = await js.consumer_info(METRICS_STREAM, "slow")
+    finally:
+        await consumer.stop()
+    assert deliveries == [1]  # progress acks kept JetStream from redelivering
+    assert info.num_redelivered == 0
+
+
+async def test_undecodable_messages_are_terminated(js: JetStreamContext) -> None:
+    got: list[str] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        got.extend(d.event.event_id for d in batch)
+
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="strict", handler=handler,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await js.publish("cormorant.metrics.iris", b"garbage")  # no type header
+        good = metric(1.0)
+        await js.publish(good.subject, good.encode(), headers=good.headers())
+        await wait_until(lambda: got == [good.event_id], within=10, what="the valid event")
+        info = await js.consumer_info(METRICS_STREAM, "strict")
+    finally:
+        await consumer.stop()
+    assert consumer.stats.undecodable == 1
+    assert info.num_ack_pending == 0
+
+
+async def test_consumer_resumes_after_server_restart(nats_server: NatsServer) -> None:
+    nc = await connect(nats_server.url, name="resume")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    seen: set[str] = set()
+
+    async def handler(batch: list[Delivery]) -> None:
+        seen.update(d.event.event_id for d in batch)
+
+    consumer = Consumer(
+        js, stream=PREDICTIONS_STREAM, durable="resume", handler=handler,
+        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    publisher = BatchedPublisher(nc, name="resume", ack_timeout=1.0)
+    await publisher.start()
+    await consumer.start()
+    try:
+        before = [prediction(i) for i in range(10)]
+        for event in before:
+            publisher.publish(event)
+        await wait_until(lambda: len(seen) == 10, within=10, what="events before the restart")
+
+        await asyncio.to_thread(nats_server.kill)
+        await asyncio.to_thread(nats_server.start)
+
+        after = [prediction(i) for i in range(10, 20)]
+        for event in after:
+            publisher.publish(event)
+        await wait_until(lambda: len(seen) == 20, within=20, what="events after the restart")
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+        await close(nc)
+    assert seen == {e.event_id for e in before + after}
+
+
+async def test_stop_mid_batch_hands_messages_back(js: JetStreamContext) -> None:
+    entered = asyncio.Event()
+
+    async def stuck(batch: list[Delivery]) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    first = Consumer(
+        js, stream=METRICS_STREAM, durable="handover", handler=stuck, ack_wait=30,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await first.start()
+    event = metric(1.0)
+    await js.publish(event.subject, event.encode(), headers=event.headers())
+    async with asyncio.timeout(10):
+        await entered.wait()
+
+    await first.stop(timeout=0.1)  # the handler does not finish: cancelled, messages nak'ed
+    assert first.stats.nacked == 1
+
+    redelivered: list[int] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        redelivered.extend(d.num_delivered for d in batch)
+
+    second = Consumer(
+        js, stream=METRICS_STREAM, durable="handover", handler=handler, ack_wait=30,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await second.start()
+    try:
+        # Well before ack_wait (30 s): only the nak explains a prompt redelivery.
+        await wait_until(lambda: redelivered == [2], within=10, what="the handed-back event")
+    finally:
+        await second.stop()
