@@ -1,0 +1,1 @@
+"""Continual-learning triggers on logged metrics: email, webhook and flow actions."""

@@ -1,0 +1,1 @@
+"""Endpoints, model versions, traffic, replicas and autoscaling, batch jobs, flows."""

@@ -1,0 +1,1 @@
+"""Feedback loops into datasets, and the datasets API."""

@@ -1,0 +1,1 @@
+"""The front door: auth, routing with canary weights, proxy to replicas, the console."""

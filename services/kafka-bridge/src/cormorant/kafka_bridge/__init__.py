@@ -1,0 +1,1 @@
+"""The replica of a stream endpoint: consume, predict, produce, dead-letter."""

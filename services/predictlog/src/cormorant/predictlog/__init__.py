@@ -1,0 +1,1 @@
+"""Prediction log ingest from JetStream into PostgreSQL, logs query, CSV export, charts."""
