@@ -1,0 +1,79 @@
+"""Settings of one worker replica: which model it serves and how it serves it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from cormorant.common.predictor import DEFAULT_MAX_FILE_BYTES, PredictorSpec
+from cormorant.common.settings import ServiceSettings
+
+# 10 MiB: a Base64 image of a few MB fits, a runaway upload does not reach the model.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class WorkerSettings(ServiceSettings):
+    """A worker replica: the model version it loads and the server that exposes it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORMORANT_WORKER_", extra="ignore", populate_by_name=True
+    )
+
+    source: Path = Path(".")
+    """Directory of the model's code and artifacts; sibling modules import from it."""
+
+    file: str = "predict.py"
+    """File holding the predict function, relative to ``source``."""
+
+    function: str = "predict"
+    """Name of the predict function."""
+
+    preprocess_file: str | None = None
+    """File holding the preprocess function (defaults to ``file``)."""
+
+    preprocess_function: str | None = None
+    """Name of a preprocess function run before predict; none when unset."""
+
+    accepts_file: bool = False
+    """The input is a Base64 file, passed to the function as a temporary file's path."""
+
+    endpoint: str = "local"
+    """Slug of the endpoint this replica serves (tags logged metrics)."""
+
+    version: str = "local"
+    """Model version this replica serves (tags logged metrics)."""
+
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    """Largest request body accepted by ``/predict``; larger ones get 413."""
+
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, gt=0)
+    """Largest decoded input file when ``accepts_file`` is set; larger ones get 413."""
+
+    temp_dir: Path | None = None
+    """Where decoded input files are written (the system temporary directory when unset)."""
+
+    server: dict[str, str] = Field(default_factory=dict)
+    """Gunicorn settings as key-value strings (``workers``, ``threads``, ``timeout``...)."""
+
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables exported to the predict code before it is imported."""
+
+    publish_metrics: bool = True
+    """Publish ``Endpoint().log_metric`` values to NATS when the server is reachable."""
+
+    nats_connect_timeout: float = Field(default=2.0, gt=0)
+    """Seconds to wait for NATS at start-up before serving without metric publishing."""
+
+    def predictor_spec(self) -> PredictorSpec:
+        """The predict contract this replica loads."""
+        return PredictorSpec(
+            source=self.source,
+            file=self.file,
+            function=self.function,
+            preprocess_file=self.preprocess_file,
+            preprocess_function=self.preprocess_function,
+            accepts_file=self.accepts_file,
+            max_file_bytes=self.max_file_bytes,
+        )
