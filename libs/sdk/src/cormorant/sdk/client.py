@@ -1,0 +1,153 @@
+"""HTTP client of the Cormorant API: management with an admin key, predictions with a token."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cormorant.sdk.metrics import log_metric
+from cormorant.sdk.stackfile import read_stack_file
+
+
+class SdkSettings(BaseSettings):
+    """Where the SDK and CLI find the platform (environment prefix ``CORMORANT_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORMORANT_", extra="ignore", use_attribute_docstrings=True
+    )
+
+    url: str | None = None
+    """Gateway URL; defaults to the local stack's, from ``.cormorant/stack.json``."""
+
+    api_key: str | None = None
+    """Admin key for the management API; defaults to the local stack's bootstrap key."""
+
+    data_dir: Path = Path(".cormorant")
+    """Where the local stack keeps its stack file."""
+
+    timeout: float = 60.0
+    """Seconds an API call may take."""
+
+
+class CormorantAPIError(Exception):
+    """The API refused a call; carries the server's status, code and message."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(f"{status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", response.text[:500] or response.reason_phrase
+    raise CormorantAPIError(response.status_code, code, message)
+
+
+def _defaults(url: str | None, api_key: str | None) -> tuple[str, str | None, float]:
+    settings = SdkSettings()
+    stack = read_stack_file(settings.data_dir.absolute()) or {}
+    gateway = stack.get("services", {}).get("gateway", {}).get("url")
+    resolved = url or settings.url or gateway
+    if not resolved:
+        raise ValueError("no Cormorant URL: pass url=, set CORMORANT_URL, or run `make up`")
+    return (
+        resolved.rstrip("/"),
+        api_key or settings.api_key or stack.get("admin_key"),
+        (settings.timeout),
+    )
+
+
+class Client:
+    """The management API: ``Client(url, api_key).endpoints.create(...)``."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None) -> None:
+        self.url, self.api_key, timeout = _defaults(url, api_key)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API and return its decoded JSON, or raise CormorantAPIError."""
+        response = self._http.request(method, path, **kwargs)
+        _raise_for_error(response)
+        return response.json() if response.content else None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class Endpoint:
+    """One endpoint: ``Endpoint(slug, token=...).predict(*input)``."""
+
+    def __init__(
+        self, slug: str | None = None, *, token: str | None = None, url: str | None = None
+    ) -> None:
+        self.slug = slug
+        self.token = token
+        self._url = url
+
+    def _http(self) -> httpx.Client:
+        if self.slug is None:
+            raise ValueError("name the endpoint: Endpoint('my-endpoint', token=...)")
+        if self.token is None:
+            raise ValueError(f"pass the token of endpoint {self.slug!r}: Endpoint(slug, token=...)")
+        url, _, timeout = _defaults(self._url, None)
+        return httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
+        )
+
+    def _predict_path(self) -> str:
+        return f"/api/v1/endpoints/{self.slug}/predict"
+
+    def predict(self, *input_params: Any) -> Any:
+        """Predict: several arguments become the input list, one argument is passed as is."""
+        body = {"input_params": list(input_params) if len(input_params) != 1 else input_params[0]}
+        with self._http() as http:
+            response = http.post(self._predict_path(), json=body)
+        _raise_for_error(response)
+        return response.json()["prediction"]
+
+    def predict_file(self, path: str | Path) -> Any:
+        """Predict on a file: its bytes are sent Base64-encoded, as file endpoints expect."""
+        encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        return self.predict(encoded)
+
+    def stream(self, *input_params: Any) -> Iterator[Any]:
+        """Iterate the chunks of a streaming predict function as they arrive."""
+        body = {"input_params": list(input_params) if len(input_params) != 1 else input_params[0]}
+        with self._http() as http, http.stream("POST", self._predict_path(), json=body) as resp:
+            if not resp.is_success:
+                resp.read()
+                _raise_for_error(resp)
+            for line in resp.iter_lines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if "error" in item:
+                    # The stream had started, so the failure arrives as its last item.
+                    error = item["error"]
+                    raise CormorantAPIError(500, error["code"], error["message"])
+                yield item["prediction"]
+
+    def log_metric(self, key: str, value: float) -> None:
+        """Record a numeric metric; inside predict code, for the endpoint being served."""
+        log_metric(key, value)

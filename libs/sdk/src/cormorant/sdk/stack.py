@@ -1,0 +1,353 @@
+"""The local stack's supervisor: NATS, PostgreSQL and every service on one machine.
+
+``cormorant up`` starts this module in the background (``python -m cormorant.sdk.stack``);
+it starts the servers, runs migrations, starts the services, restarts any that crash, and
+on SIGTERM stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
+from cormorant.common.servers import ManagedProcess, NatsServer, PostgresServer
+from cormorant.common.servers.process import port_open
+from cormorant.common.settings import CommonSettings
+from cormorant.sdk.stackfile import PID_FILE, read_stack_file, write_stack_file
+
+log = logging.getLogger("cormorant.stack")
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says what to change."""
+
+
+class StackSettings(CommonSettings):
+    """Ports and limits of the local stack (environment prefix ``CORMORANT_STACK_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORMORANT_STACK_", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(  # type: ignore[assignment]
+        default=None, validation_alias=AliasChoices("database_url", "CORMORANT_DATABASE_URL")
+    )
+    """Use this PostgreSQL instead of starting the embedded one."""
+
+    host: str = "127.0.0.1"
+    """Interface every local service and server listens on."""
+
+    nats_port: int = 4222
+    """nats-server client port."""
+
+    postgres_port: int = 5433
+    """Embedded PostgreSQL port (unused when ``CORMORANT_DATABASE_URL`` is set)."""
+
+    gateway_port: int = 8080
+    """Gateway: the public front door."""
+
+    deployer_port: int = 8081
+    """Deployer's internal API."""
+
+    predictlog_port: int = 8082
+    """Prediction log service's internal API."""
+
+    feedback_port: int = 8083
+    """Feedback and datasets service's internal API."""
+
+    alerts_port: int = 8084
+    """Alerts service's internal API."""
+
+    ready_timeout: float = 60.0
+    """Seconds a service may take to answer ``/healthz`` before start-up fails."""
+
+
+@dataclass(slots=True)
+class ServiceSpec:
+    """One service of the stack: its name, module and port."""
+
+    name: str
+    module: str
+    port: int
+
+
+def service_specs(settings: StackSettings) -> list[ServiceSpec]:
+    """The services ``cormorant up`` runs, in start order.
+
+    The worker and kafka-bridge are not here: they are replicas the deployer starts per endpoint.
+    """
+    return [
+        ServiceSpec("deployer", "cormorant.deployer", settings.deployer_port),
+        ServiceSpec("predictlog", "cormorant.predictlog", settings.predictlog_port),
+        ServiceSpec("feedback", "cormorant.feedback", settings.feedback_port),
+        ServiceSpec("alerts", "cormorant.alerts", settings.alerts_port),
+        ServiceSpec("gateway", "cormorant.gateway", settings.gateway_port),
+    ]
+
+
+class ServiceProcess(ManagedProcess):
+    """A service run as ``python -m <module>``, ready once ``/healthz`` answers 200."""
+
+    def __init__(
+        self, spec: ServiceSpec, *, host: str, env: dict[str, str], logs: Path, timeout: float
+    ) -> None:
+        super().__init__(spec.name, logs / f"{spec.name}.log", ready_line=None)
+        self.spec = spec
+        self.host = host
+        self.env = env
+        self.ready_timeout = timeout
+        self.restarts = 0
+        self.next_start = 0.0
+
+    @property
+    def url(self) -> str:
+        """Base URL of the service."""
+        return f"http://{self.host}:{self.spec.port}"
+
+    def command(self) -> Sequence[str]:
+        """``python -m`` the service with this interpreter."""
+        return [sys.executable, "-m", self.spec.module]
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        """The stack's environment plus this service's host and port."""
+        env = {**os.environ, **self.env, self.env_prefix + "HOST": self.host}
+        env[self.env_prefix + "PORT"] = str(self.spec.port)
+        return {"env": env}
+
+    @property
+    def env_prefix(self) -> str:
+        """The service's settings prefix, e.g. ``CORMORANT_GATEWAY_``."""
+        return f"CORMORANT_{self.spec.name.upper().replace('-', '_')}_"
+
+    def is_ready(self) -> bool:
+        """``/healthz`` answers 200."""
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@dataclass
+class Stack:
+    """Everything the supervisor started, for shutdown and the stack file."""
+
+    settings: StackSettings
+    data_dir: Path
+    nats: NatsServer
+    postgres: PostgresServer | None
+    database_url: str
+    services: list[ServiceProcess] = field(default_factory=list)
+    admin_key: str = ""
+
+    def describe(self, state: str) -> dict[str, Any]:
+        """The stack file's content."""
+        return {
+            "state": state,
+            "supervisor_pid": os.getpid(),
+            "updated_at": datetime.now(UTC).isoformat(),
+            "data_dir": str(self.data_dir),
+            "nats_url": self.nats.url,
+            "database_url": self.database_url,
+            "admin_key": self.admin_key,
+            "services": {
+                svc.spec.name: {"url": svc.url, "pid": svc.pid, "restarts": svc.restarts}
+                for svc in self.services
+            },
+            "servers": {
+                "nats": {"url": self.nats.url, "pid": self.nats.pid},
+                "postgres": {
+                    "url": self.database_url,
+                    "pid": self.postgres.pid if self.postgres else None,
+                },
+            },
+        }
+
+
+async def _prepare_database(url: str, existing_key: str | None) -> str:
+    """Migrate the database and make sure a bootstrap admin key exists; return the key."""
+    from sqlalchemy import select
+
+    from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+    from cormorant.common.db.models import AdminKey
+    from cormorant.common.db.models.auth import PREFIX_LENGTH
+
+    await wait_for_database(url, timeout=60)
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            if existing_key:
+                found = await session.scalar(
+                    select(AdminKey.id).where(
+                        AdminKey.key_hash == hash_token(existing_key),
+                        AdminKey.revoked_at.is_(None),
+                    )
+                )
+                if found is not None:
+                    return existing_key
+            key = generate_token(ADMIN_KEY_PREFIX)
+            session.add(
+                AdminKey(name="bootstrap", key_hash=hash_token(key), prefix=key[:PREFIX_LENGTH])
+            )
+            return key
+    finally:
+        await engine.dispose()
+
+
+def _check_ports_free(settings: StackSettings, embedded_pg: bool) -> None:
+    wanted = {"nats": settings.nats_port}
+    if embedded_pg:
+        wanted["postgres"] = settings.postgres_port
+    wanted.update({spec.name: spec.port for spec in service_specs(settings)})
+    busy = [f"{name} ({port})" for name, port in wanted.items() if port_open(settings.host, port)]
+    if busy:
+        raise StackError(
+            "ports already in use: "
+            + ", ".join(busy)
+            + ". Stop what uses them, or choose others with CORMORANT_STACK_<NAME>_PORT."
+        )
+
+
+class Supervisor:
+    """Starts the stack, keeps it running, stops it on SIGTERM/SIGINT."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.absolute()
+        self.stopping = False
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("stopping on signal %s", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        """Run until asked to stop; the exit code of the supervisor."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        stack = self._plan()
+        ready = False
+        try:
+            self._start(stack)
+            ready = True
+            write_stack_file(self.data_dir, stack.describe("ready"))
+            log.info("stack ready")
+            self._watch(stack)
+            return 0
+        except Exception as exc:
+            log.exception("stack failed")
+            previous = read_stack_file(self.data_dir) or {}
+            write_stack_file(self.data_dir, {**previous, "state": "failed", "error": str(exc)})
+            return 1
+        finally:
+            self._stop(stack)
+            if ready:
+                write_stack_file(self.data_dir, stack.describe("stopped"))
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / PID_FILE).unlink()
+
+    def _plan(self) -> Stack:
+        settings = self.settings
+        nats = NatsServer(self.data_dir / "nats", host=settings.host, port=settings.nats_port)
+        if settings.database_url is not None:
+            return Stack(settings, self.data_dir, nats, None, settings.database_url)
+        postgres = PostgresServer(self.data_dir, host=settings.host, port=settings.postgres_port)
+        return Stack(settings, self.data_dir, nats, postgres, postgres.url)
+
+    def _start(self, stack: Stack) -> None:
+        settings = self.settings
+        _check_ports_free(settings, stack.postgres is not None)
+        nats = stack.nats
+        nats.spawn()
+        if stack.postgres is not None:
+            stack.postgres.start()
+        nats.wait_ready()
+        previous = read_stack_file(self.data_dir) or {}
+        stack.admin_key = asyncio.run(
+            _prepare_database(stack.database_url, previous.get("admin_key"))
+        )
+        env = {
+            "CORMORANT_DATA_DIR": str(self.data_dir),
+            "CORMORANT_NATS_URL": nats.url,
+            "CORMORANT_DATABASE_URL": stack.database_url,
+        }
+        # The gateway forwards the management API to the services that own it.
+        for spec in service_specs(settings)[:-1]:
+            env[f"CORMORANT_GATEWAY_{spec.name.upper()}_URL"] = (
+                f"http://{settings.host}:{spec.port}"
+            )
+        logs = self.data_dir / "logs"
+        for spec in service_specs(settings):
+            svc = ServiceProcess(
+                spec, host=settings.host, env=env, logs=logs, timeout=settings.ready_timeout
+            )
+            stack.services.append(svc)
+            svc.spawn()
+        for svc in stack.services:
+            svc.wait_ready()
+            log.info("%s ready at %s", svc.spec.name, svc.url)
+
+    def _watch(self, stack: Stack) -> None:
+        """Restart what crashes, with exponential backoff, until asked to stop."""
+        while not self.stopping:
+            changed = False
+            for svc in stack.services:
+                if svc.running() or self.stopping:
+                    continue
+                now = time.monotonic()
+                if svc.next_start == 0.0:
+                    code = svc.proc.returncode if svc.proc else None
+                    backoff = min(30.0, 0.5 * 2**svc.restarts)
+                    log.warning(
+                        "%s exited (code %s); restart in %.1fs", svc.spec.name, code, backoff
+                    )
+                    svc.next_start = now + backoff
+                elif now >= svc.next_start:
+                    svc.restarts += 1
+                    svc.next_start = 0.0
+                    svc.spawn()
+                    changed = True
+            for server in (stack.nats, stack.postgres):
+                if server is not None and not server.running() and not self.stopping:
+                    log.warning("%s exited; restarting", server.name)
+                    server.start()
+                    changed = True
+            if changed:
+                write_stack_file(self.data_dir, stack.describe("ready"))
+            time.sleep(0.2)  # supervision tick: child exits are polled, nothing waits on it
+
+    def _stop(self, stack: Stack) -> None:
+        for svc in reversed(stack.services):
+            svc.stop(timeout=35)
+        if stack.postgres is not None:
+            stack.postgres.stop(timeout=30)
+        stack.nats.stop(timeout=15)
+
+
+def main() -> None:
+    """Entry point of the supervisor process."""
+    from cormorant.common.telemetry import configure_logging
+
+    settings = StackSettings()
+    configure_logging(settings.log_level, json_lines=False)
+    raise SystemExit(Supervisor(settings).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""``.cormorant/stack.json``: where the local stack's services listen, and its admin key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STACK_FILE = "stack.json"
+PID_FILE = "supervisor.pid"
+
+
+def write_stack_file(data_dir: Path, content: dict[str, Any]) -> Path:
+    """Write the stack file atomically, readable by its owner only (it holds a secret)."""
+    path = data_dir / STACK_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(content, fh, indent=2)
+        fh.write("\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def read_stack_file(data_dir: Path) -> dict[str, Any] | None:
+    """The stack file's content, or None when the stack never started here."""
+    try:
+        content = json.loads((data_dir / STACK_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def read_supervisor_pid(data_dir: Path) -> int | None:
+    """PID of the running supervisor, or None when none is running."""
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

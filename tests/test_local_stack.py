@@ -1,0 +1,108 @@
+"""`cormorant up` / `status` / `down`: the local stack a newcomer starts with `make up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from cormorant.common.servers import free_port
+
+SERVICES = ("deployer", "predictlog", "feedback", "alerts", "gateway")
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cormorant.sdk.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def _processes_under(data_dir: Path) -> list[str]:
+    """Every live process whose command line or environment mentions the stack's data dir."""
+    found = []
+    marker = str(data_dir)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.environ() if marker not in cmdline else {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if marker in cmdline or environ.get("CORMORANT_DATA_DIR") == marker:
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a stack of this test's own: its data dir and free ports."""
+    env = {**os.environ, "CORMORANT_DATA_DIR": str(tmp_path / "data")}
+    for name in ("nats", "postgres", *SERVICES):
+        env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+    return env
+
+
+def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """Up serves every /healthz and writes a private stack file; down leaves no process;
+    a second up reuses the data (the same admin key still works)."""
+    data_dir = tmp_path / "data"
+    try:
+        first = _cli(["up"], stack_env, tmp_path)
+        assert first.returncode == 0, first.stdout + first.stderr
+        stack_file = data_dir / "stack.json"
+        assert stat.S_IMODE(stack_file.stat().st_mode) == 0o600
+        stack = json.loads(stack_file.read_text())
+        assert stack["state"] == "ready"
+        assert stack["admin_key"].startswith("cmk_")
+        assert set(stack["services"]) == set(SERVICES)
+        for name, info in stack["services"].items():
+            assert httpx.get(info["url"] + "/healthz").status_code == 200, name
+            assert info["url"] in first.stdout
+
+        status = _cli(["status", "--json"], stack_env, tmp_path)
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["services"] == stack["services"]
+
+        again = _cli(["up"], stack_env, tmp_path)
+        assert again.returncode == 0
+        assert "already running" in again.stdout
+
+        down = _cli(["down"], stack_env, tmp_path)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert _processes_under(data_dir) == []
+        for info in stack["services"].values():
+            assert not psutil.pid_exists(info["pid"])
+
+        second = _cli(["up"], stack_env, tmp_path)
+        assert second.returncode == 0, second.stdout + second.stderr
+        restarted = json.loads(stack_file.read_text())
+        assert restarted["admin_key"] == stack["admin_key"]
+        assert (data_dir / "postgres" / "PG_VERSION").exists()
+    finally:
+        _cli(["down"], stack_env, tmp_path)
+    assert _processes_under(data_dir) == []
+
+
+def test_busy_port_is_refused_with_its_name(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """A port already taken makes `up` fail and say which one, starting nothing."""
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(stack_env["CORMORANT_STACK_GATEWAY_PORT"])))
+        blocker.listen()
+        result = _cli(["up"], stack_env, tmp_path)
+    assert result.returncode == 1
+    assert "gateway" in result.stderr
+    assert "in use" in result.stderr
+    assert _processes_under(tmp_path / "data") == []
