@@ -22,6 +22,7 @@ from cormorant.common.events import (
     EventDecodeError,
     FlowRunChanged,
     InvalidSubjectToken,
+    LoadReported,
     MetricLogged,
     PredictionLogged,
     ReplicaChanged,
@@ -55,6 +56,13 @@ def catalogue() -> list[tuple[Event, str]]:
                 url="http://127.0.0.1:9001",
             ),
             "cormorant.replica.iris",
+        ),
+        (
+            LoadReported(
+                endpoint="iris", gateway="gw-1", interval_s=1.0,
+                concurrency={"r-1": 2.5}, requests=40,
+            ),
+            "cormorant.load.iris",
         ),
         (
             PredictionLogged(

@@ -220,6 +220,29 @@ class ReplicaChanged(Event):
         return f"{self.subject_prefix}.{self.endpoint}"
 
 
+class LoadReported(Event):
+    """A gateway's average in-flight requests per replica over its last report interval.
+
+    Sent on core NATS only (``cormorant.load.<slug>``, outside every stream): it is a live
+    signal for the autoscaler, worthless once stale, so it is never stored or replayed.
+    """
+
+    event_type: ClassVar[str] = "LoadReported"
+    subject_prefix: ClassVar[str] = f"{SUBJECT_ROOT}.load"
+
+    endpoint: Slug
+    gateway: NonEmpty
+    interval_s: float = Field(gt=0)
+    concurrency: dict[NonEmpty, Annotated[float, Field(ge=0)]]
+    """Replica id to its time-averaged in-flight requests over the interval."""
+    requests: int = Field(default=0, ge=0)
+
+    @property
+    def subject(self) -> str:
+        """``cormorant.load.<slug>``."""
+        return f"{self.subject_prefix}.{self.endpoint}"
+
+
 class PredictionLogged(Event):
     """One prediction request and its answer, for the prediction log."""
 
@@ -334,6 +357,7 @@ AnyEvent = (
     | VersionCreated
     | TrafficChanged
     | ReplicaChanged
+    | LoadReported
     | PredictionLogged
     | MetricLogged
     | BatchJobChanged
@@ -349,6 +373,7 @@ EVENT_TYPES: Mapping[str, type[Event]] = {
         VersionCreated,
         TrafficChanged,
         ReplicaChanged,
+        LoadReported,
         PredictionLogged,
         MetricLogged,
         BatchJobChanged,
