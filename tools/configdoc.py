@@ -1,0 +1,78 @@
+"""Generate docs/configuration.md from the settings classes (``make docs``).
+
+The test suite checks the file is current, so a new setting cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+SETTINGS_CLASSES = [
+    ("Shared by every service", "cormorant.common.settings:CommonSettings"),
+    ("Local stack (`cormorant up`)", "cormorant.sdk.stack:StackSettings"),
+    ("Worker (model server of each replica)", "cormorant.worker.settings:WorkerSettings"),
+    ("Gateway", "cormorant.gateway.settings:GatewaySettings"),
+    ("Deployer", "cormorant.deployer.settings:DeployerSettings"),
+    ("Prediction log", "cormorant.predictlog.settings:PredictLogSettings"),
+    ("Feedback and datasets", "cormorant.feedback.settings:FeedbackSettings"),
+    ("Alerts", "cormorant.alerts.settings:AlertsSettings"),
+    ("Kafka bridge", "cormorant.kafka_bridge.settings:KafkaBridgeSettings"),
+    ("Test fixtures", "cormorant.common.testing.plugin:ExternalServers"),
+]
+
+HEADER = """# Configuration
+
+Every setting is read from the environment by one `pydantic-settings` class per service (prefix
+`CORMORANT_`); defaults serve the local stack. Settings shared by every service keep one name
+(`CORMORANT_NATS_URL`) whatever the service. This page is generated from the classes by
+`make docs`; a test fails when it is out of date.
+"""
+
+
+def _load(path: str) -> type[BaseSettings]:
+    module, name = path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, BaseSettings)
+    return cls
+
+
+def _env_name(cls: type[BaseSettings], field: str) -> str:
+    info = cls.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        names = [c for c in alias.choices if isinstance(c, str) and c.isupper()]
+        if names:
+            return names[0]
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return (prefix + field).upper()
+
+
+def render() -> str:
+    """The whole configuration page."""
+    out = [HEADER]
+    shared = set(_load(SETTINGS_CLASSES[0][1]).model_fields)
+    for i, (title, path) in enumerate(SETTINGS_CLASSES):
+        cls = _load(path)
+        rows = []
+        for field, info in cls.model_fields.items():
+            if i > 0 and field in shared and _env_name(cls, field) == f"CORMORANT_{field.upper()}":
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = "" if default is None else f"`{default}`"
+            doc = (info.description or "").replace("\n", " ")
+            rows.append(f"| `{_env_name(cls, field)}` | {shown} | {doc} |")
+        out.append(f"\n## {title}\n\n`{path.replace(':', '.')}`\n")
+        out.append("| variable | default | meaning |\n|---|---|---|")
+        out.extend(rows)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/configuration.md")
+    target.write_text(render())
+    print(f"wrote {target}")
