@@ -58,7 +58,7 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
     a second up reuses the data (the same admin key still works)."""
     data_dir = tmp_path / "data"
     try:
-        first = _cli(["up"], stack_env, tmp_path)
+        first = _cli(["up", "--no-example"], stack_env, tmp_path)
         assert first.returncode == 0, first.stdout + first.stderr
         stack_file = data_dir / "stack.json"
         assert stat.S_IMODE(stack_file.stat().st_mode) == 0o600
@@ -74,7 +74,7 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
         assert status.returncode == 0
         assert json.loads(status.stdout)["services"] == stack["services"]
 
-        again = _cli(["up"], stack_env, tmp_path)
+        again = _cli(["up", "--no-example"], stack_env, tmp_path)
         assert again.returncode == 0
         assert "already running" in again.stdout
 
@@ -84,7 +84,7 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
         for info in stack["services"].values():
             assert not psutil.pid_exists(info["pid"])
 
-        second = _cli(["up"], stack_env, tmp_path)
+        second = _cli(["up", "--no-example"], stack_env, tmp_path)
         assert second.returncode == 0, second.stdout + second.stderr
         restarted = json.loads(stack_file.read_text())
         assert restarted["admin_key"] == stack["admin_key"]
@@ -101,7 +101,7 @@ def test_busy_port_is_refused_with_its_name(stack_env: dict[str, str], tmp_path:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", int(stack_env["CORMORANT_STACK_GATEWAY_PORT"])))
         blocker.listen()
-        result = _cli(["up"], stack_env, tmp_path)
+        result = _cli(["up", "--no-example"], stack_env, tmp_path)
     assert result.returncode == 1
     assert "gateway" in result.stderr
     assert "in use" in result.stderr

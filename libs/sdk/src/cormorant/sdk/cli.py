@@ -18,8 +18,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cormorant.sdk.client import Client, CormorantAPIError, Endpoint
 from cormorant.sdk.stack import StackSettings
-from cormorant.sdk.stackfile import read_stack_file, read_supervisor_pid
+from cormorant.sdk.stackfile import (
+    read_private_json,
+    read_stack_file,
+    read_supervisor_pid,
+    write_private_json,
+)
 
 app = typer.Typer(help="Cormorant: serve Python predict functions.", no_args_is_help=True)
 console = Console()
@@ -58,6 +64,9 @@ def up(
         bool, typer.Option("--foreground", help="Run the supervisor in this terminal.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the stack.")] = 180.0,
+    example: Annotated[
+        bool, typer.Option(help="Deploy the sentiment example (once) and show how to call it.")
+    ] = True,
 ) -> None:
     """Start NATS, PostgreSQL and every service; print their URLs."""
     data_dir = _data_dir()
@@ -66,6 +75,8 @@ def up(
         stack = read_stack_file(data_dir)
         if stack:
             _print_stack(stack)
+            if example:
+                _ensure_example(data_dir, stack)
         return
     if foreground:
         from cormorant.sdk.stack import main as supervise
@@ -104,6 +115,43 @@ def up(
         raise typer.Exit(1)
     console.print(f"[green]Stack ready in {time.monotonic() - started:.1f}s.[/green]")
     _print_stack(stack)
+    if example:
+        _ensure_example(data_dir, stack)
+
+
+EXAMPLE_SOURCE = Path("examples") / "sentiment"
+EXAMPLE_INPUT = "what a wonderful little film"
+
+
+def _ensure_example(data_dir: Path, stack: dict[str, Any]) -> None:
+    """Deploy the sentiment example once; later runs reuse it. Print how to call it."""
+    gateway = stack["services"]["gateway"]["url"]
+    saved_path = data_dir / "example.json"
+    saved = read_private_json(saved_path)
+    try:
+        with Client(url=gateway, api_key=stack["admin_key"]) as client:
+            if saved is not None:
+                try:
+                    client.endpoints.get(saved["slug"])
+                except CormorantAPIError as exc:
+                    if exc.status_code != 404:
+                        raise
+                    saved = None
+            if saved is None:
+                if not EXAMPLE_SOURCE.is_dir():
+                    return
+                created = client.endpoints.create(
+                    "sentiment", EXAMPLE_SOURCE.resolve(), server={"workers": "1"}
+                )
+                saved = {"slug": created["slug"], "token": created["token"]}
+                write_private_json(saved_path, saved)
+            with console.status(f"Waiting for the example endpoint {saved['slug']}…"):
+                client.endpoints.wait_until_running(saved["slug"])
+    except (CormorantAPIError, httpx.HTTPError, TimeoutError) as exc:
+        err.print(f"[yellow]The stack is up, but the example endpoint is not: {exc}[/yellow]")
+        return
+    console.print(f"\nExample endpoint [bold]{saved['slug']}[/bold] (sentiment) is running.")
+    _predict_lines(saved["slug"], saved["token"], gateway, EXAMPLE_INPUT)
 
 
 @app.command()
@@ -159,6 +207,192 @@ def status(
         console.print_json(json.dumps(stack))
         return
     _print_stack(stack)
+
+
+endpoints_app = typer.Typer(help="List, inspect, rerun and remove endpoints.", no_args_is_help=True)
+keys_app = typer.Typer(help="Admin keys for the management API.", no_args_is_help=True)
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(keys_app, name="keys")
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err.print(f"[red]{option} takes KEY=VALUE, got {item!r}[/red]")
+            raise typer.Exit(2)
+        pairs[key] = value
+    return pairs
+
+
+def _api_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run an SDK call, turning API errors into a red message and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except CormorantAPIError as exc:
+        err.print(f"[red]{exc.status_code} {exc.code}:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    except (httpx.HTTPError, ValueError, TimeoutError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+def _endpoint_table(endpoints: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("slug", "kind", "status", "version", "replicas", "created"):
+        table.add_column(column)
+    for ep in endpoints:
+        replicas = ep.get("replicas", {})
+        table.add_row(
+            ep["slug"],
+            ep.get("kind", ""),
+            ep.get("status", "") + (f" ({ep['reason']})" if ep.get("reason") else ""),
+            str(ep.get("version", "")),
+            f"{replicas.get('ready', 0)}/{replicas.get('desired', 0)}"
+            f" (min {replicas.get('min')}, max {replicas.get('max')})",
+            str(ep.get("created_at", ""))[:19],
+        )
+    return table
+
+
+def _predict_lines(slug: str, token: str, url: str, example: str) -> None:
+    console.print("\nTry it:")
+    console.print(
+        f"  curl -s {url}/api/v1/endpoints/{slug}/predict "
+        f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+        f"-d '{{\"input_params\": {json.dumps(example)}}}'",
+        soft_wrap=True,
+        markup=False,
+    )
+    console.print(
+        f"  .venv/bin/cormorant predict {slug} '{json.dumps(example)}' --token {token}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
+def deploy(
+    source: Annotated[str, typer.Argument(help="Directory (or git URL) of the model's code.")],
+    name: Annotated[str, typer.Option(help="Endpoint name; its slug derives from it.")],
+    file: Annotated[str, typer.Option(help="File holding the predict function.")] = "predict.py",
+    function: Annotated[str, typer.Option(help="Name of the predict function.")] = "predict",
+    kind: Annotated[str, typer.Option(help="web, batch or stream.")] = "web",
+    commit: Annotated[str | None, typer.Option(help="Commit, for a git source.")] = None,
+    preprocess_file: Annotated[str | None, typer.Option(help="File of preprocess.")] = None,
+    preprocess_function: Annotated[str | None, typer.Option(help="Preprocess name.")] = None,
+    accepts_file: Annotated[
+        bool, typer.Option("--accepts-file", help="Input is a Base64 file, passed as a path.")
+    ] = False,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="KEY=VALUE for predict code (repeat).")
+    ] = None,
+    server: Annotated[
+        list[str] | None, typer.Option("--server", help="gunicorn KEY=VALUE (repeat).")
+    ] = None,
+    min_replicas: Annotated[int | None, typer.Option("--min", help="Fewest replicas.")] = None,
+    max_replicas: Annotated[int | None, typer.Option("--max", help="Most replicas.")] = None,
+    target: Annotated[
+        float | None, typer.Option(help="In-flight requests per replica to scale on.")
+    ] = None,
+    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Request timeout.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the endpoint serves.")] = True,
+) -> None:
+    """Deploy a predict function as an endpoint and print its token."""
+    replicas = _drop_none_dict({"min": min_replicas, "max": max_replicas, "target": target})
+    source_value = source if "://" in source else str(Path(source).resolve())
+    with Client() as client:
+        created = _api_call(
+            client.endpoints.create,
+            name,
+            source_value,
+            kind=kind,
+            commit=commit,
+            file=file,
+            function=function,
+            preprocess_file=preprocess_file,
+            preprocess_function=preprocess_function,
+            accepts_file=accepts_file or None,
+            env=_pairs(env, "--env"),
+            server=_pairs(server, "--server"),
+            replicas=replicas or None,
+            timeout_s=timeout_s,
+        )
+        slug = created["slug"]
+        console.print(f"Endpoint [bold]{slug}[/bold] created; its token (shown once):")
+        console.print(created["token"], markup=False)
+        if wait:
+            with console.status(f"Waiting for {slug} to serve…"):
+                endpoint = _api_call(client.endpoints.wait_until_running, slug)
+            console.print(f"[green]{slug} is {endpoint['status']}.[/green]")
+            _predict_lines(slug, created["token"], client.url, "your input")
+
+
+def _drop_none_dict(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@endpoints_app.command("list")
+def endpoints_list() -> None:
+    """Every endpoint with its status and replicas."""
+    with Client() as client:
+        console.print(_endpoint_table(_api_call(client.endpoints.list)))
+
+
+@endpoints_app.command("show")
+def endpoints_show(slug: str) -> None:
+    """One endpoint in full, as JSON."""
+    with Client() as client:
+        console.print_json(json.dumps(_api_call(client.endpoints.get, slug)))
+
+
+@endpoints_app.command("rm")
+def endpoints_rm(slug: str) -> None:
+    """Stop and remove an endpoint."""
+    with Client() as client:
+        _api_call(client.endpoints.delete, slug)
+    console.print(f"Endpoint {slug} removed.")
+
+
+@endpoints_app.command("rerun")
+def endpoints_rerun(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="Name of the new endpoint.")] = None,
+) -> None:
+    """A new endpoint with the same settings (and exactly the same code)."""
+    with Client() as client:
+        created = _api_call(client.endpoints.rerun, slug, name=name)
+    console.print(f"Endpoint [bold]{created['slug']}[/bold] created; its token (shown once):")
+    console.print(created["token"], markup=False)
+
+
+@app.command()
+def predict(
+    slug: str,
+    input_json: Annotated[str, typer.Argument(help="The input, as JSON (a list is spread).")],
+    token: Annotated[
+        str | None, typer.Option(envvar="CORMORANT_TOKEN", help="The endpoint's token.")
+    ] = None,
+) -> None:
+    """Send one prediction request and print the answer."""
+    try:
+        value = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]INPUT_JSON is not JSON ({exc}); quote strings: '\"hello\"'[/red]")
+        raise typer.Exit(2) from exc
+    endpoint = Endpoint(slug, token=token)
+    console.print_json(json.dumps(_api_call(endpoint.predict, value)))
+
+
+@keys_app.command("create")
+def keys_create(name: str) -> None:
+    """Create an admin key and print it (shown only this once)."""
+    with Client() as client:
+        created = _api_call(client.keys.create, name)
+    console.print(created["key"], markup=False)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,73 @@ def _defaults(url: str | None, api_key: str | None) -> tuple[str, str | None, fl
     )
 
 
+class Endpoints:
+    """``client.endpoints``: create, list, inspect, rerun and remove endpoints."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, name: str, source: str | Path, **fields: Any) -> dict[str, Any]:
+        """Deploy ``source`` as a new endpoint; the answer holds its ``slug`` and ``token``."""
+        body = {"name": name, "source": str(source), **_drop_none(fields)}
+        result: dict[str, Any] = self._client.request("POST", "/api/v1/endpoints", json=body)
+        return result
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every endpoint."""
+        result: list[dict[str, Any]] = self._client.request("GET", "/api/v1/endpoints")["endpoints"]
+        return result
+
+    def get(self, slug: str) -> dict[str, Any]:
+        """One endpoint, with its status and replicas."""
+        result: dict[str, Any] = self._client.request("GET", f"/api/v1/endpoints/{slug}")
+        return result
+
+    def delete(self, slug: str) -> None:
+        """Stop and remove an endpoint."""
+        self._client.request("DELETE", f"/api/v1/endpoints/{slug}")
+
+    def rerun(self, slug: str, **overrides: Any) -> dict[str, Any]:
+        """A new endpoint with the same settings as ``slug``, any field overridden."""
+        path = f"/api/v1/endpoints/{slug}/rerun"
+        result: dict[str, Any] = self._client.request("POST", path, json=_drop_none(overrides))
+        return result
+
+    def rotate_token(self, slug: str) -> str:
+        """Revoke the endpoint's token and return a new one."""
+        result = self._client.request("POST", f"/api/v1/endpoints/{slug}/token")
+        return str(result["token"])
+
+    def wait_until_running(self, slug: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll until the endpoint serves; raise if it fails or the time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            endpoint = self.get(slug)
+            if endpoint["status"] in ("running", "idle"):
+                return endpoint
+            if endpoint["status"] == "failed":
+                raise CormorantAPIError(409, "endpoint_failed", str(endpoint.get("reason")))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"endpoint {slug} is still {endpoint['status']}")
+            time.sleep(0.25)
+
+
+class Keys:
+    """``client.keys``: admin keys for the management API."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(self, name: str) -> dict[str, Any]:
+        """A new admin key; the answer's ``key`` is shown only this once."""
+        result: dict[str, Any] = self._client.request("POST", "/api/v1/keys", json={"name": name})
+        return result
+
+
+def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 class Client:
     """The management API: ``Client(url, api_key).endpoints.create(...)``."""
 
@@ -77,6 +145,8 @@ class Client:
         self.url, self.api_key, timeout = _defaults(url, api_key)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.endpoints = Endpoints(self)
+        self.keys = Keys(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""

@@ -13,7 +13,20 @@ PID_FILE = "supervisor.pid"
 
 def write_stack_file(data_dir: Path, content: dict[str, Any]) -> Path:
     """Write the stack file atomically, readable by its owner only (it holds a secret)."""
-    path = data_dir / STACK_FILE
+    return write_private_json(data_dir / STACK_FILE, content)
+
+
+def read_private_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by ``write_private_json``, or None when absent or unreadable."""
+    try:
+        content = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def write_private_json(path: Path, content: dict[str, Any]) -> Path:
+    """Write JSON atomically with mode 0600: these files hold keys and tokens."""
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -26,11 +39,7 @@ def write_stack_file(data_dir: Path, content: dict[str, Any]) -> Path:
 
 def read_stack_file(data_dir: Path) -> dict[str, Any] | None:
     """The stack file's content, or None when the stack never started here."""
-    try:
-        content = json.loads((data_dir / STACK_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    return content if isinstance(content, dict) else None
+    return read_private_json(data_dir / STACK_FILE)
 
 
 def read_supervisor_pid(data_dir: Path) -> int | None:
