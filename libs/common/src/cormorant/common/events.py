@@ -251,6 +251,8 @@ class PredictionLogged(Event):
 
     request_id: NonEmpty
     endpoint: Slug
+    endpoint_id: str | None = None
+    """The endpoint's database id, so the log outlives a slug reused after deletion."""
     version: NonEmpty
     input: JsonValue
     output: JsonValue = None
@@ -273,6 +275,8 @@ class MetricLogged(Event):
     subject_prefix: ClassVar[str] = f"{SUBJECT_ROOT}.metrics"
 
     endpoint: Slug
+    endpoint_id: str | None = None
+    """The endpoint's database id, when the sender knows it."""
     version: NonEmpty
     key: NonEmpty
     value: float
