@@ -83,10 +83,15 @@ class MetricSinkService:
         (self._published if accepted else self._dropped).inc()
 
     async def _connect(self) -> None:
-        if not await _reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
-            log.warning("NATS at %s is not reachable: metrics will not be published",
-                        self.settings.nats_url)  # fmt: skip
-            return
+        # A replica may start before NATS (or while it restarts): keep trying in the
+        # background, so metrics flow as soon as it is back; until then they count as dropped.
+        delay = 1.0
+        while not await _reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
+            if delay == 1.0:
+                log.warning("NATS at %s is not reachable: metrics are dropped until it is",
+                            self.settings.nats_url)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
         try:
             publish = await self._resources.enter_async_context(
                 nats_metric_publisher(self.settings, self.metrics.registry)
