@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from asgi_lifespan import LifespanManager
 
@@ -9,9 +11,9 @@ from cormorant.feedback.app import create_app
 from cormorant.feedback.settings import FeedbackSettings
 
 
-async def test_health_metrics_and_error_shape() -> None:
+async def test_health_metrics_and_error_shape(database_url: str, tmp_path: Path) -> None:
     """/healthz is 200, /metrics is Prometheus text, an unknown path is a JSON 404."""
-    app = create_app(FeedbackSettings())
+    app = create_app(FeedbackSettings(database_url=database_url, data_dir=tmp_path))
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
@@ -21,3 +23,5 @@ async def test_health_metrics_and_error_shape() -> None:
             missing = await client.get("/nope")
             assert missing.status_code == 404
             assert missing.json()["error"]["code"] == "not_found"
+    # The default storage is a local directory under the data dir.
+    assert (tmp_path / "datasets" / "tmp").is_dir()
