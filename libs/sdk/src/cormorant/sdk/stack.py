@@ -286,6 +286,9 @@ class Supervisor:
             "CORMORANT_DATA_DIR": str(self.data_dir),
             "CORMORANT_NATS_URL": nats.url,
             "CORMORANT_DATABASE_URL": stack.database_url,
+            # `make down` leaves no process: the deployer stops its replicas when it stops
+            # (a crashed deployer still re-adopts them, since it never reaches its shutdown).
+            "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
         }
         # The gateway forwards the management API to the services that own it.
         for spec in service_specs(settings)[:-1]:
