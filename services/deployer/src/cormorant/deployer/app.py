@@ -1,16 +1,138 @@
-"""The Deployer service's ASGI app."""
+"""The Deployer service's ASGI app: endpoints API, routing table, replica supervision."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
 from fastapi import FastAPI
 
-from cormorant.common.telemetry import new_registry
+from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
+from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+from cormorant.common.events import LoadReported
+from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
+from cormorant.deployer.api import install_validation_messages, router
+from cormorant.deployer.autoscale import Autoscaler
+from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.runtime.local import LocalRuntime
 from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.snapshot import SnapshotStore
+from cormorant.deployer.store import Store
+from cormorant.deployer.supervisor import Supervisor
+
+TITLE = "cormorant-deployer"
+log = logging.getLogger(__name__)
+
+# Subscribed with core NATS: load reports are live signals, never stored (see LoadReported).
+LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
+
+
+def replica_environment(settings: DeployerSettings) -> dict[str, str]:
+    """The environment of every replica: this process's, with the shared settings in force."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+    env["CORMORANT_NATS_URL"] = settings.nats_url
+    env["CORMORANT_LOG_LEVEL"] = settings.log_level
+    env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
+    env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
+    if settings.otlp_endpoint:
+        env["CORMORANT_OTLP_ENDPOINT"] = settings.otlp_endpoint
+    return env
 
 
 def create_app(settings: DeployerSettings) -> FastAPI:
-    """Build the Deployer app: for now its health probe and metrics scrape only."""
-    app = create_service_app(title="cormorant-deployer", registry=new_registry())
+    """Build the Deployer app; its lifespan migrates, connects and adopts running replicas."""
+    registry = new_registry()
+    started = asyncio.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        data_dir = settings.data_dir.resolve()
+        resolved = settings.model_copy(update={"data_dir": data_dir})
+        async with AsyncExitStack() as stack:
+            if resolved.otlp_endpoint:
+                provider = setup_tracing(TITLE, resolved.otlp_endpoint)
+                stack.callback(provider.shutdown)
+            await wait_for_database(resolved.database_url, timeout=resolved.startup_timeout_s)
+            engine = create_engine(resolved.database_url)
+            stack.push_async_callback(engine.dispose)
+            await upgrade(engine)
+            store = Store(session_factory(engine))
+
+            async with asyncio.timeout(resolved.startup_timeout_s):
+                nc = await connect(resolved.nats_url, name=TITLE)
+            stack.push_async_callback(close, nc)
+            await ensure_streams(nc.jetstream())
+            publisher = BatchedPublisher(nc, name="deployer", registry=registry)
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+
+            http = await stack.enter_async_context(httpx.AsyncClient())
+            snapshots = SnapshotStore(data_dir)
+            runtime = LocalRuntime(
+                command=resolved.resolved_worker_command(),
+                data_dir=data_dir,
+                host=resolved.replica_host,
+                env=replica_environment(resolved),
+                check_timeout=resolved.check_timeout_s,
+            )
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            supervisor = Supervisor(
+                settings=resolved,
+                runtime=runtime,
+                store=store,
+                snapshots=snapshots,
+                publisher=publisher,
+                http=http,
+                tasks=tasks,
+            )
+            # Runs before the task group exits: every task it waits for is cancelled first.
+            stack.push_async_callback(supervisor.close)
+            await supervisor.load()
+
+            autoscaler = Autoscaler(
+                supervisor,
+                window=resolved.autoscale_window_s,
+                interval=resolved.autoscale_interval_s,
+                scale_down_delay=resolved.scale_down_delay_s,
+            )
+            subscription = await nc.subscribe(LOAD_SUBJECT, cb=autoscaler.on_message)
+            stack.push_async_callback(_unsubscribe, subscription)
+            supervisor.spawn(autoscaler.run(), name="autoscaler")
+            supervisor.spawn(supervisor.reconcile_forever(), name="reconciler")
+
+            app.state.service = EndpointService(
+                settings=resolved,
+                store=store,
+                supervisor=supervisor,
+                snapshots=snapshots,
+                runtime=runtime,
+                publisher=publisher,
+            )
+            app.state.supervisor = supervisor
+            started.set()
+            log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
+            try:
+                yield
+            finally:
+                started.clear()
+
+    app = create_service_app(
+        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+    )
+    install_validation_messages(app)
+    app.include_router(router)
     app.state.settings = settings
     return app
+
+
+async def _unsubscribe(subscription: Any) -> None:
+    try:
+        await subscription.unsubscribe()
+    except Exception as exc:  # a closed connection has no subscription left to remove
+        log.debug("load subscription already gone: %s", exc)

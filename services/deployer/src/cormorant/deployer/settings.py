@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Literal
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.settings import ServiceSettings
@@ -16,3 +20,78 @@ class DeployerSettings(ServiceSettings):
 
     port: int = 8081
     """Port the service listens on."""
+
+    runtime: Literal["local"] = "local"
+    """Where replicas run: ``local`` worker processes on this machine."""
+
+    worker_command: list[str] | None = None
+    """Command that starts a worker replica, as a JSON list, the replica's flags appended
+    (unset: this Python interpreter with ``-m cormorant.worker``)."""
+
+    replica_host: str = "127.0.0.1"
+    """Interface local replicas listen on; the gateway reaches them there."""
+
+    default_target: float = Field(default=4.0, gt=0)
+    """In-flight requests per replica the autoscaler aims for when an endpoint names none."""
+
+    default_timeout_s: float = Field(default=60.0, gt=0)
+    """Per-request timeout (enforced by the gateway) of an endpoint that names none."""
+
+    drain_grace_s: float = Field(default=1.0, ge=0)
+    """Seconds between announcing a replica as draining and stopping it, so gateways stop
+    routing to it first."""
+
+    stop_timeout_s: float = Field(default=35.0, gt=0)
+    """Seconds a stopping replica gets to finish in-flight requests after SIGTERM before it is
+    killed; raised to the replica's own ``graceful_timeout`` plus 5 s when that is longer."""
+
+    start_timeout_s: float = Field(default=300.0, gt=0)
+    """Seconds a new replica may take to answer ``/healthz`` with 200 before it counts as
+    failed (model imports can be slow)."""
+
+    probe_interval_s: float = Field(default=0.1, gt=0)
+    """Interval of the ``/healthz`` probes while a replica starts."""
+
+    monitor_interval_s: float = Field(default=0.5, gt=0)
+    """Interval at which running replicas are checked for an exit."""
+
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    """Delay before the first restart of a crashed replica; doubled on each further crash."""
+
+    max_restart_backoff_s: float = Field(default=30.0, gt=0)
+    """Longest delay between two restarts of a crashing replica."""
+
+    max_start_failures: int = Field(default=3, ge=1)
+    """Crashes in a row, before any replica became ready, that mark the endpoint ``failed``."""
+
+    scale_down_delay_s: float = Field(default=30.0, ge=0)
+    """Seconds the autoscaler's recommendation must stay lower before replicas are removed."""
+
+    autoscale_window_s: float = Field(default=4.0, gt=0)
+    """Load reports of the last this-many seconds are averaged into the observed concurrency."""
+
+    autoscale_interval_s: float = Field(default=1.0, gt=0)
+    """Interval of the autoscaler's decisions."""
+
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
+    """Interval of the safety-net pass that converges every endpoint to its desired replicas."""
+
+    check_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds ``python -m cormorant.worker --check`` may take to judge a configuration."""
+
+    git_timeout_s: float = Field(default=300.0, gt=0)
+    """Seconds a ``git clone`` plus checkout of an endpoint's source may take."""
+
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to wait for PostgreSQL and NATS at start-up before giving up."""
+
+    event_history: int = Field(default=20, ge=1)
+    """Replica events kept per endpoint and shown in its ``events``."""
+
+    stop_replicas_on_shutdown: bool = False
+    """Stop every replica when the service shuts down; by default they keep serving and the
+    next start adopts them."""
+
+    def resolved_worker_command(self) -> list[str]:
+        """``worker_command``, or this interpreter running ``cormorant.worker``."""
+        return list(self.worker_command or [sys.executable, "-m", "cormorant.worker"])

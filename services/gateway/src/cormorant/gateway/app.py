@@ -1,16 +1,202 @@
-"""The Gateway service's ASGI app."""
+"""The Gateway service's ASGI app: predict, the Open Inference Protocol, the management API."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from cormorant.common.telemetry import new_registry
-from cormorant.common.web import create_service_app
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from cormorant.common.db import create_engine, session_factory
+from cormorant.common.errors import error_response, install_error_handlers
+from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
+from cormorant.gateway import keys, v2
+from cormorant.gateway.auth import Credentials
+from cormorant.gateway.forward import Forwarder
+from cormorant.gateway.keys import Admin
+from cormorant.gateway.load import LoadReporter
+from cormorant.gateway.metrics import GatewayMetrics
+from cormorant.gateway.openapi import OpenAPIDocument
+from cormorant.gateway.predict import PredictHandler, predict_slug
+from cormorant.gateway.proxy import PredictPath
+from cormorant.gateway.routing import RoutingTable
 from cormorant.gateway.settings import GatewaySettings
+from cormorant.gateway.sync import EventFollower, RoutingSync
+from cormorant.gateway.upstream import Pool
+
+TITLE = "cormorant-gateway"
+FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build the Gateway app: for now its health probe and metrics scrape only."""
-    app = create_service_app(title="cormorant-gateway", registry=new_registry())
+class GatewayApp(FastAPI):
+    """FastAPI, with predict answered before any of FastAPI's own layers run."""
+
+    predict: PredictHandler | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand predict to its raw handler; everything else to FastAPI."""
+        if scope["type"] == "http" and self.predict is not None:
+            slug = predict_slug(scope["path"])
+            if slug is not None:
+                await self.predict.handle(slug, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: GatewaySettings) -> GatewayApp:
+    """Build the gateway; its lifespan loads routing and credentials and follows events."""
+    metrics = GatewayMetrics(new_registry())
+    gateway_id = settings.gateway_id()
+
+    def pool(host: str, port: int, tls: bool) -> Pool:
+        return Pool(
+            host,
+            port,
+            tls=tls,
+            idle_s=settings.upstream_idle_s,
+            max_idle=settings.upstream_max_idle,
+            connect_timeout=settings.connect_timeout_s,
+        )
+
+    table = RoutingTable(pool, default_timeout_s=settings.default_timeout_s)
+    credentials = Credentials(negative_ttl_s=settings.auth_negative_ttl_s)
+    predict_path = PredictPath(
+        table,
+        credentials,
+        metrics,
+        connect_attempts=settings.connect_attempts,
+        replica_cooldown_s=settings.replica_cooldown_s,
+    )
+    services = {
+        "deployer": settings.deployer_url,
+        "predictlog": settings.predictlog_url,
+        "feedback": settings.feedback_url,
+        "alerts": settings.alerts_url,
+    }
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if settings.otlp_endpoint:
+                provider = setup_tracing(TITLE, settings.otlp_endpoint)
+                stack.callback(provider.shutdown)
+                predict_path.tracer = provider.get_tracer("cormorant.gateway")
+            engine = create_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            credentials.sessions = session_factory(engine)
+            # trust_env off: these are in-cluster hops, never for a proxy from the environment.
+            deployer_http = httpx.AsyncClient(
+                base_url=settings.deployer_url, timeout=5.0, trust_env=False
+            )
+            stack.push_async_callback(deployer_http.aclose)
+            services_http = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                trust_env=False,
+            )
+            stack.push_async_callback(services_http.aclose)
+            app.state.forwarder = Forwarder(services, services_http, metrics)
+            openapi.http = services_http
+            stack.callback(table.close)
+            sync = RoutingSync(table, deployer_http, metrics, refresh_s=settings.routing_refresh_s)
+            follower = EventFollower(
+                settings.nats_url,
+                name=f"gateway {gateway_id}",
+                table=table,
+                sync=sync,
+                credentials=credentials,
+            )
+            app.state.follower = follower
+            reporter = LoadReporter(
+                table,
+                lambda: follower.nc,
+                gateway_id=gateway_id,
+                interval_s=settings.load_report_s,
+            )
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            running = [
+                tasks.create_task(_supervised("routing sync", sync.run)),
+                tasks.create_task(_supervised("event follower", follower.run)),
+                tasks.create_task(_supervised("load reporter", reporter.run)),
+                tasks.create_task(
+                    _supervised(
+                        "credential refresh", credentials.refresh_forever, settings.auth_refresh_s
+                    )
+                ),
+            ]
+            # Runs before the task group's exit, which would otherwise wait for them forever.
+            stack.callback(lambda: [task.cancel() for task in running])
+            # Everything built so far lives as long as the process: out of the collector's
+            # sight, full collections stay short instead of pausing predictions for
+            # milliseconds to walk every module, model and route object again.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
+            yield
+
+    # Not create_service_app: the gateway's class answers predict first, and FastAPI's own
+    # docs routes make way for the merged document (see openapi.py).
+    app = GatewayApp(
+        title=TITLE,
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        if table.loaded:
+            return JSONResponse({"status": "ok"})
+        return error_response(503, "not_ready", "the gateway has not loaded its routing yet")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape() -> Response:
+        return metrics_response(metrics.registry)
+
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.routing = table
+    app.state.credentials = credentials
+    app.state.predict_path = predict_path
+    app.state.gateway_id = gateway_id
+    openapi = OpenAPIDocument(app, services, cache_s=settings.openapi_cache_s)
+    app.state.openapi = openapi
+
+    app.include_router(keys.router)
+    app.include_router(v2.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(await openapi.get())
+
+    @app.api_route("/api/v1/{path:path}", methods=FORWARDED_METHODS, include_in_schema=False)
+    async def forward(request: Request, _: Admin) -> Response:
+        forwarder: Forwarder = request.app.state.forwarder
+        return await forwarder.forward(request)
+
+    app.add_middleware(v2.BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.predict = PredictHandler(predict_path, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+async def _supervised(name: str, run: Callable[..., Awaitable[None]], *args: object) -> None:
+    # A bug in one background loop must not take the gateway down through the task group:
+    # log it and start the loop again.
+    while True:
+        try:
+            await run(*args)
+            return
+        except Exception:
+            log.exception("%s failed; restarting it", name)
+            await asyncio.sleep(1.0)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.settings import ServiceSettings
+
+# 10 MiB, as the worker: a Base64 image of a few MB fits, a runaway upload does not.
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
 class GatewaySettings(ServiceSettings):
@@ -16,3 +23,61 @@ class GatewaySettings(ServiceSettings):
 
     port: int = 8080
     """Port the service listens on."""
+
+    deployer_url: str = "http://127.0.0.1:8081"
+    """Deployer: owns endpoints and flows, and serves the routing table to the gateway."""
+
+    predictlog_url: str = "http://127.0.0.1:8082"
+    """Prediction log service: logs, CSV export, charts and metrics of each endpoint."""
+
+    feedback_url: str = "http://127.0.0.1:8083"
+    """Feedback service: feedback loops and datasets."""
+
+    alerts_url: str = "http://127.0.0.1:8084"
+    """Alerts service: metric triggers."""
+
+    instance_id: str | None = None
+    """Name of this gateway in load reports (default: <hostname>-<pid>)."""
+
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    """Largest predict request body accepted; larger ones get 413."""
+
+    default_timeout_s: float = Field(default=60.0, gt=0)
+    """Predict timeout of an endpoint whose route names none; past it the client gets 504."""
+
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    """Seconds to open a connection to a replica before trying another one."""
+
+    connect_attempts: int = Field(default=3, ge=1)
+    """Replicas tried for one request when connections cannot be made."""
+
+    replica_cooldown_s: float = Field(default=2.0, ge=0)
+    """Seconds a replica that refused a connection is passed over, unless it is the last one."""
+
+    upstream_idle_s: float = Field(default=1.0, gt=0)
+    """Idle replica connections close after this; keep it under the workers' keep-alive (2 s)."""
+
+    upstream_max_idle: int = Field(default=256, ge=0)
+    """Idle keep-alive connections kept per replica."""
+
+    routing_refresh_s: float = Field(default=30.0, gt=0)
+    """Full reload of the routing table from the deployer, a safety net under the events."""
+
+    auth_refresh_s: float = Field(default=60.0, gt=0)
+    """Full reload of the token and admin-key hashes from the database."""
+
+    auth_negative_ttl_s: float = Field(default=1.0, ge=0)
+    """Seconds an unknown token is remembered as unknown before the database is asked again."""
+
+    load_report_s: float = Field(default=1.0, gt=0)
+    """Interval of the load reports (in-flight requests per replica) sent to the autoscaler."""
+
+    forward_timeout_s: float = Field(default=300.0, gt=0)
+    """Longest wait for each piece of a forwarded management call's answer."""
+
+    openapi_cache_s: float = Field(default=10.0, ge=0)
+    """Seconds the merged OpenAPI document is served from cache."""
+
+    def gateway_id(self) -> str:
+        """``instance_id``, or ``<hostname>-<pid>`` when unset."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"

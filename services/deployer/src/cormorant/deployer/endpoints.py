@@ -1,0 +1,246 @@
+"""Endpoint operations behind the API: create, rerun, read, delete, rotate the token, route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from cormorant.common.auth import generate_token, hash_token
+from cormorant.common.db.models import PREFIX_LENGTH
+from cormorant.common.errors import BadRequest, NotFound
+from cormorant.common.events import EndpointChanged, TrafficChanged, VersionCreated
+from cormorant.deployer.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
+from cormorant.deployer.schemas import (
+    EndpointCreate,
+    EndpointCreated,
+    EndpointList,
+    EndpointOut,
+    EndpointRerun,
+    EndpointSpec,
+    Route,
+    RoutingTable,
+    TokenOut,
+)
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.snapshot import Snapshot, SnapshotStore
+from cormorant.deployer.sources import checkout
+from cormorant.deployer.store import (
+    EndpointRecord,
+    NewEndpoint,
+    Store,
+    VersionRecord,
+    slugify,
+)
+from cormorant.deployer.supervisor import Publisher, Supervisor
+from cormorant.deployer.validation import check_code, resolve_spec, server_flag_value
+from cormorant.deployer.views import endpoint_view, event_attributes
+
+log = logging.getLogger(__name__)
+
+
+class EndpointNotFound(NotFound):
+    """No live endpoint has this slug."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(
+            f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints",
+            details={"slug": slug},
+        )
+
+
+class EndpointService:
+    """What the deployer's API does, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        settings: DeployerSettings,
+        store: Store,
+        supervisor: Supervisor,
+        snapshots: SnapshotStore,
+        runtime: Runtime,
+        publisher: Publisher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.supervisor = supervisor
+        self.snapshots = snapshots
+        self.runtime = runtime
+        self.publisher = publisher
+
+    async def create(
+        self, request: EndpointCreate, *, reuse: VersionRecord | None = None
+    ) -> EndpointCreated:
+        """Validate, snapshot the source, store the endpoint and start its replicas."""
+        spec = resolve_spec(
+            request,
+            default_target=self.settings.default_target,
+            default_timeout_s=self.settings.default_timeout_s,
+        )
+        if reuse is not None:
+            # A rerun serves the very code of the original version, not today's folder.
+            snapshot = await self.snapshots.extracted(reuse.digest)
+            check_code(snapshot.directory, spec, shown_source=spec.source)
+            commit = reuse.commit
+        else:
+            snapshot, commit = await self._snapshot(spec)
+        await self._check_worker(spec, snapshot)
+        token = generate_token()
+        record = await self.store.create_endpoint(
+            NewEndpoint(
+                spec=spec,
+                digest=snapshot.digest,
+                commit=commit,
+                token_hash=hash_token(token),
+                token_prefix=token[:PREFIX_LENGTH],
+            )
+        )
+        log.info("created endpoint %s (%s) from %s", record.slug, spec.kind, spec.source)
+        endpoint = await self.supervisor.track(record)
+        view = await self._view(record)
+        self._announce_created(record, view)
+        await self.supervisor.converge(endpoint)
+        return EndpointCreated(**(await self._view(record)).model_dump(), token=token)
+
+    async def rerun(self, slug: str, overrides: EndpointRerun) -> EndpointCreated:
+        """A new endpoint with the settings (and code) of ``slug``, changed by ``overrides``."""
+        original = await self._find(slug)
+        given = overrides.model_dump(exclude_unset=True)
+        fields: dict[str, Any] = original.spec.to_request()
+        replicas = given.pop("replicas", None)
+        if replicas is not None:
+            fields["replicas"] = {**fields["replicas"], **replicas}
+        if "source" in given and "commit" not in given:
+            # The original's commit means nothing in another repository.
+            fields["commit"] = None
+        fields.update(given)
+        try:
+            request = EndpointCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise BadRequest(_describe(exc)) from exc
+        same_code = not ({"source", "commit"} & given.keys())
+        return await self.create(request, reuse=original.version if same_code else None)
+
+    async def list(self) -> EndpointList:
+        """Every live endpoint, newest first."""
+        views = []
+        for record, stats in await self.store.overview():
+            tracked = self.supervisor.endpoints.get(record.id)
+            views.append(endpoint_view(record, stats, tracked.events if tracked else ()))
+        return EndpointList(endpoints=views)
+
+    async def get(self, slug: str) -> EndpointOut:
+        """The endpoint ``slug``."""
+        return await self._view(await self._find(slug))
+
+    async def delete(self, slug: str) -> EndpointOut:
+        """Revoke the tokens, stop routing, drain and stop the replicas; the final JSON."""
+        record = await self._find(slug)
+        await self.store.mark_deleted(record.id)
+        self.publisher.publish(EndpointChanged(endpoint=record.slug, change="deleted"))
+        endpoint = self.supervisor.endpoints.get(record.id)
+        if endpoint is not None:
+            await self.supervisor.remove(endpoint)
+        log.info("deleted endpoint %s", record.slug)
+        [(deleted, stats)] = await self.store.overview(record.id)
+        return endpoint_view(deleted, stats, endpoint.events if endpoint is not None else ())
+
+    async def rotate_token(self, slug: str) -> TokenOut:
+        """A new token for ``slug``; every earlier one stops working at once."""
+        record = await self._find(slug)
+        token = generate_token()
+        await self.store.rotate_token(record.id, hash_token(token), token[:PREFIX_LENGTH])
+        attributes = {**event_attributes(await self._view(record)), "token_rotated": True}
+        self.publisher.publish(
+            EndpointChanged(endpoint=record.slug, change="updated", attributes=attributes)
+        )
+        return TokenOut(slug=record.slug, token=token)
+
+    async def routes(self) -> RoutingTable:
+        """The routing table of every live endpoint."""
+        return RoutingTable(endpoints=await self.store.routes())
+
+    async def route(self, slug: str) -> Route:
+        """The route of ``slug``."""
+        routes = await self.store.routes(slug)
+        if not routes:
+            raise EndpointNotFound(slug)
+        return routes[0]
+
+    async def _find(self, slug: str) -> EndpointRecord:
+        record = await self.store.find(slug)
+        if record is None:
+            raise EndpointNotFound(slug)
+        return record
+
+    async def _view(self, record: EndpointRecord) -> EndpointOut:
+        view = await self.supervisor.describe(record.id)
+        if view is None:
+            raise EndpointNotFound(record.slug)
+        return view
+
+    async def _snapshot(self, spec: EndpointSpec) -> tuple[Snapshot, str | None]:
+        limit = self.settings.git_timeout_s
+        async with checkout(spec.source, spec.commit, time_limit=limit) as src:
+            check_code(src.directory, spec, shown_source=spec.source)
+            snapshot = await self.snapshots.snapshot(src.directory)
+        return snapshot, src.commit
+
+    async def _check_worker(self, spec: EndpointSpec, snapshot: Snapshot) -> None:
+        launch = ReplicaLaunch(
+            replica_id="check",
+            endpoint=slugify(spec.name),
+            version="1",
+            source=snapshot.directory,
+            file=spec.file,
+            function=spec.function,
+            preprocess_file=spec.preprocess_file,
+            preprocess_function=spec.preprocess_function,
+            accepts_file=spec.accepts_file,
+            env=spec.env,
+            server={key: server_flag_value(value) for key, value in spec.server.items()},
+        )
+        try:
+            await self.runtime.check(launch)
+        except ConfigurationRefused as exc:
+            raise BadRequest(
+                f"the worker refused this configuration: {exc}", details={"field": "server"}
+            ) from exc
+
+    def _announce_created(self, record: EndpointRecord, view: EndpointOut) -> None:
+        version = record.version
+        assert version is not None
+        spec = record.spec
+        self.publisher.publish(
+            EndpointChanged(
+                endpoint=record.slug, change="created", attributes=event_attributes(view)
+            )
+        )
+        self.publisher.publish(
+            VersionCreated(
+                endpoint=record.slug,
+                version=version.label,
+                attributes={
+                    "number": version.number,
+                    "source": version.source,
+                    "commit": version.commit,
+                    "source_digest": version.digest,
+                    "file": spec.file,
+                    "function": spec.function,
+                    "preprocess_file": spec.preprocess_file,
+                    "preprocess_function": spec.preprocess_function,
+                    "accepts_file": spec.accepts_file,
+                },
+            )
+        )
+        self.publisher.publish(
+            TrafficChanged(endpoint=record.slug, generation=1, weights={version.label: 100})
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )

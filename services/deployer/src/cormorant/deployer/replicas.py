@@ -1,0 +1,264 @@
+"""One replica's life: started, probed until ready, watched, restarted with backoff, drained.
+
+Each replica is one task (``ReplicaRunner``) that owns its process through the runtime and
+writes each state change to PostgreSQL, with the endpoint status it implies, before
+publishing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from cormorant.common.events import ReplicaChanged, ReplicaState
+from cormorant.deployer.runtime import ReplicaHandle, refusal_reason
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.views import ReplicaEvent
+
+if TYPE_CHECKING:
+    from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+
+log = logging.getLogger(__name__)
+
+# A replica that served this long has recovered: its next crash restarts after the first
+# delay again rather than after the long one its earlier crashes had reached.
+BACKOFF_RESET_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a replica stopped serving or never started."""
+
+    reason: str
+    deterministic: bool = False
+    """The worker itself said the model cannot load: restarting will not help."""
+
+
+_sequence = itertools.count()
+
+
+class ReplicaRunner:
+    """One replica's life: start, wait for ``/healthz``, watch, restart after a crash, stop."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        endpoint: EndpointRuntime,
+        replica_id: uuid.UUID,
+        *,
+        restarts: int = 0,
+        resumed: bool = False,
+        handle: ReplicaHandle | None = None,
+        state: ReplicaState = "starting",
+        pending_failure: Failure | None = None,
+    ) -> None:
+        self.sup = supervisor
+        self.endpoint = endpoint
+        self.id = replica_id
+        self.order = next(_sequence)
+        self.restarts = restarts
+        # A resumed replica was started before: its next start is a restart.
+        self.starts = 1 if resumed else 0
+        self.handle = handle
+        self.state: ReplicaState = state
+        self.pending_failure = pending_failure
+        self.url: str | None = handle.url if handle else None
+        self.failures = 0
+        self.crashes = 0
+        self.ready_since: float | None = None
+        self.stop_requested = asyncio.Event()
+        self.done = asyncio.Event()
+
+    @property
+    def settings(self) -> DeployerSettings:
+        """The deployer's settings."""
+        return self.sup.settings
+
+    async def run(self) -> None:
+        """Run until asked to stop; a deployer shutdown (cancellation) leaves the process up."""
+        try:
+            await self._lifecycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("replica %s of %s failed unexpectedly", self.id, self.endpoint.slug)
+            if self.handle is not None:
+                await self.sup.runtime.kill(self.handle)
+            with contextlib.suppress(Exception):
+                await self._record("stopped", reason="the deployer lost track of this replica")
+        finally:
+            self.done.set()
+            self.sup.finished(self)
+
+    async def _lifecycle(self) -> None:
+        if self.state == "draining" or (self.stop_requested.is_set() and self.handle is None):
+            await self._stop()
+            return
+        if self.pending_failure is not None:
+            await self._crashed(self.pending_failure)
+            if not await self._backoff():
+                await self._stop()
+                return
+        while not self.stop_requested.is_set():
+            if self.handle is None:
+                await self._spawn()
+            assert self.handle is not None
+            outcome = await self._wait_ready(self.handle)
+            if outcome is True:
+                await self._became_ready()
+                outcome = await self._monitor(self.handle)
+            if outcome is False:
+                break
+            assert isinstance(outcome, Failure)
+            await self.sup.runtime.kill(self.handle)
+            self.handle = None
+            await self._crashed(outcome)
+            if not await self._backoff():
+                break
+        await self._stop()
+
+    async def _spawn(self) -> None:
+        if self.starts > 0:
+            self.restarts += 1
+        self.starts += 1
+        self.state = "starting"
+        handle = await self.sup.runtime.start(self.endpoint.launch(self.id))
+        self.handle, self.url = handle, handle.url
+        try:
+            await self._record(
+                "starting",
+                url=handle.url,
+                host=handle.host,
+                pid=handle.pid,
+                restarts=self.restarts,
+            )
+        except BaseException:
+            # A process nobody recorded would serve forever unseen.
+            await self.sup.runtime.kill(handle)
+            self.handle = None
+            raise
+
+    async def _wait_ready(self, handle: ReplicaHandle) -> bool | Failure:
+        """True once ``/healthz`` answers 200, False if asked to stop, or why it failed."""
+        timeout = self.settings.start_timeout_s
+        deadline = time.monotonic() + timeout
+        while not self.stop_requested.is_set():
+            ended = await self.sup.runtime.exited(handle)
+            if ended is not None and ended.refused:
+                reason = refusal_reason(ended.log_tail)
+                return Failure(f"the worker refused its configuration: {reason}", True)
+            if ended is not None:
+                return Failure(
+                    _with_tail(f"{ended.describe()} before it was ready", ended.log_tail)
+                )
+            probe = await self.sup.probe(handle.url)
+            if probe is True or isinstance(probe, Failure):
+                return probe
+            if time.monotonic() > deadline:
+                return Failure(f"not ready after {timeout:g} s (no 200 from /healthz)")
+            if await self._pause(self.settings.probe_interval_s):
+                break
+        return False
+
+    async def _monitor(self, handle: ReplicaHandle) -> bool | Failure:
+        """False once asked to stop, or why the process ended."""
+        while not await self._pause(self.settings.monitor_interval_s):
+            ended = await self.sup.runtime.exited(handle)
+            if ended is not None:
+                return Failure(_with_tail(ended.describe(), ended.log_tail))
+        return False
+
+    async def _became_ready(self) -> None:
+        self.failures = 0
+        self.ready_since = time.monotonic()
+        self.endpoint.failure = None
+        adopted = self.handle is not None and self.handle.adopted
+        reason = "adopted after a deployer restart" if adopted else None
+        await self._record("ready", reason=reason, url=self.url)
+
+    async def _crashed(self, failure: Failure) -> None:
+        if self.ready_since is not None and time.monotonic() - self.ready_since >= BACKOFF_RESET_S:
+            self.crashes = 0
+        self.crashes += 1
+        self.failures = 1 if self.state == "ready" else self.failures + 1
+        self.ready_since = None
+        endpoint = self.endpoint
+        if endpoint.ready_count() == (1 if self.state == "ready" else 0):
+            # No other replica serves: say why the endpoint cannot start.
+            if failure.deterministic:
+                endpoint.failure = failure.reason
+            elif self.failures >= self.settings.max_start_failures:
+                endpoint.failure = (
+                    f"replica crashed {self.failures} times in a row before becoming ready; "
+                    f"last: {failure.reason}"
+                )
+        log.warning("replica %s of %s crashed: %s", self.id, endpoint.slug, failure.reason)
+        await self._record("crashed", reason=failure.reason, last_error=failure.reason)
+
+    async def _backoff(self) -> bool:
+        """Wait before the next restart; False if asked to stop meanwhile."""
+        settings = self.settings
+        delay = min(
+            settings.max_restart_backoff_s,
+            settings.restart_backoff_s * 2.0 ** min(self.crashes - 1, 30),
+        )
+        return not await self._pause(delay)
+
+    async def _stop(self) -> None:
+        handle = self.handle
+        if handle is not None:
+            if self.state == "ready":
+                await self._record("draining")
+                # Gateways drop the replica on the event; requests routed before it still land.
+                await asyncio.sleep(self.settings.drain_grace_s)
+            launch = self.endpoint.launch(self.id)
+            grace = max(self.settings.stop_timeout_s, (launch.graceful_timeout() or 0) + 5)
+            await self.sup.runtime.stop(handle, grace_s=grace)
+            self.handle = None
+        await self._record("stopped")
+
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` s or until asked to stop; whether a stop was asked."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.stop_requested.wait()
+        return self.stop_requested.is_set()
+
+    async def _record(
+        self, state: ReplicaState, *, reason: str | None = None, **columns: Any
+    ) -> None:
+        """Write the new state (with the endpoint status it implies), then publish both."""
+        endpoint = self.endpoint
+        async with endpoint.status_lock:
+            self.state = state
+            # One transaction: a reader never sees a ready replica under a `deploying` endpoint.
+            change = self.sup.status_change(endpoint)
+            db_state = "failed" if state == "crashed" else state
+            await self.sup.write_replica(self.id, change, state=db_state, **columns)
+            if change is not None:
+                endpoint.status, endpoint.reason = change.status, change.reason
+        self.sup.publish(
+            ReplicaChanged(
+                endpoint=endpoint.slug,
+                version=endpoint.version.label,
+                replica_id=str(self.id),
+                state=state,
+                url=self.url,
+                reason=reason,
+            )
+        )
+        endpoint.events.append(
+            ReplicaEvent(datetime.now(UTC), str(self.id), endpoint.version.label, state, reason)
+        )
+        await self.sup.refresh(endpoint)
+
+
+def _with_tail(summary: str, tail: str) -> str:
+    return f"{summary}; log tail:\n{tail}" if tail else summary

@@ -1,0 +1,278 @@
+"""The ``local`` runtime: each replica is a ``python -m cormorant.worker`` process here.
+
+A replica runs in a session of its own, so it survives a restart of the deployer (which then
+adopts it) and so that stopping it can reach every process it forked (gunicorn workers, and
+whatever the predict code starts) through its process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from cormorant.common.errors import CormorantError
+from cormorant.common.servers import free_port
+from cormorant.deployer.runtime import (
+    REFUSED_EXIT_CODE,
+    ConfigurationRefused,
+    Exit,
+    ReplicaHandle,
+    ReplicaLaunch,
+    refusal_reason,
+)
+
+log = logging.getLogger(__name__)
+
+_TAIL_LINES = 20
+_TAIL_CHARS = 2000
+_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Process:
+    pid: int
+    popen: subprocess.Popen[bytes] | None
+    log_path: Path
+    log_offset: int
+
+
+class LocalRuntime:
+    """Worker processes on this machine, one log file each under ``logs/replicas/``."""
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str],
+        data_dir: Path,
+        host: str,
+        env: Mapping[str, str],
+        check_timeout: float,
+    ) -> None:
+        self.command = list(command)
+        self.logs = data_dir / "logs" / "replicas"
+        self.host = host
+        self.env = dict(env)
+        self.check_timeout = check_timeout
+        self._procs: dict[str, _Process] = {}
+
+    async def check(self, launch: ReplicaLaunch) -> None:
+        """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
+        argv = [*self.command, "--check", *launch.worker_args(), "--host", self.host, "--port", "0"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(self.check_timeout):
+                _, err = await proc.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        text = err.decode(errors="replace").strip()
+        if proc.returncode == 0:
+            return
+        if "unrecognized arguments" in text and "--check" in text:
+            # A worker from before --check existed: its replicas will refuse a bad
+            # configuration at start, and the crash reason will say why.
+            return
+        if proc.returncode == REFUSED_EXIT_CODE:
+            raise ConfigurationRefused(_clip(refusal_reason(text)))
+        raise CormorantError(
+            f"the worker could not check this configuration (exit {proc.returncode}): "
+            f"{_clip(text) or 'no output'}"
+        )
+
+    async def start(self, launch: ReplicaLaunch) -> ReplicaHandle:
+        """Start the worker on a free port, its output appended to the replica's log."""
+        # Not in a thread: a cancellation between the fork and the handle would leave a
+        # process nobody tracks, and a fork+exec is over in milliseconds.
+        return self._spawn(launch)
+
+    def _spawn(self, launch: ReplicaLaunch) -> ReplicaHandle:
+        port = free_port(self.host)
+        log_path = self.log_path(launch)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
+        with log_path.open("ab") as out:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            out.write(f"--- {stamp} starting replica {launch.replica_id} on port {port}\n".encode())
+            out.flush()
+            offset = out.tell()
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=launch.source,
+                # Its own session: it outlives the deployer, and its group holds its children.
+                start_new_session=True,
+            )
+        self._procs[launch.replica_id] = _Process(popen.pid, popen, log_path, offset)
+        return ReplicaHandle(launch.replica_id, _url(self.host, port), self.host, popen.pid)
+
+    async def adopt(
+        self, launch: ReplicaLaunch, *, url: str, host: str | None, pid: int | None
+    ) -> ReplicaHandle | None:
+        """The running worker ``pid`` if it is still this replica's (same source and port)."""
+        if pid is None:
+            return None
+        port = str(urlsplit(url).port)
+        source = str(launch.source)
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                _reap(pid)
+                cmdline: list[str] = []
+            else:
+                cmdline = process.cmdline()
+        except psutil.Error:
+            cmdline = []
+        # The pid may have been reused by another program since the row was written.
+        if not (_has_flag(cmdline, "--port", port) and _has_flag(cmdline, "--source", source)):
+            _kill_orphans(pid, port, source)
+            return None
+        log_path = self.log_path(launch)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        self._procs[launch.replica_id] = _Process(pid, None, log_path, offset)
+        return ReplicaHandle(launch.replica_id, url, host or self.host, pid, adopted=True)
+
+    async def exited(self, handle: ReplicaHandle) -> Exit | None:
+        """How the replica's process ended, or None while it runs."""
+        proc = self._procs.get(handle.replica_id)
+        if proc is None:
+            return Exit(None, "")
+        if proc.popen is not None:
+            code = proc.popen.poll()
+            if code is None:
+                return None
+            return Exit(code, self._tail(proc))
+        if _alive(proc.pid):
+            return None
+        # Not our child (adopted): the exit code went to whoever started it.
+        return Exit(None, self._tail(proc))
+
+    async def stop(self, handle: ReplicaHandle, *, grace_s: float) -> Exit:
+        """SIGTERM (gunicorn finishes in-flight requests), SIGKILL the group after ``grace_s``."""
+        proc = self._procs.get(handle.replica_id)
+        if proc is None:
+            return Exit(None, "")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        ended = await self.exited(handle)
+        while ended is None and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_S)
+            ended = await self.exited(handle)
+        if ended is None:
+            log.warning(
+                "replica %s did not stop within %.0f s; killing it", handle.replica_id, grace_s
+            )
+        await self.kill(handle)
+        return ended or Exit(-signal.SIGKILL, self._tail(proc))
+
+    async def kill(self, handle: ReplicaHandle) -> None:
+        """SIGKILL the replica's process group (its forks included) and forget it."""
+        proc = self._procs.pop(handle.replica_id, None)
+        if proc is None:
+            return
+        _kill_group(proc.pid)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if proc.popen is not None:
+                if proc.popen.poll() is not None:
+                    return
+            elif not _alive(proc.pid):
+                return
+            await asyncio.sleep(_POLL_S)
+
+    def forget(self, handle: ReplicaHandle) -> None:
+        """Stop tracking a replica without touching its process (it keeps serving)."""
+        self._procs.pop(handle.replica_id, None)
+
+    def log_path(self, launch: ReplicaLaunch) -> Path:
+        """The replica's log file."""
+        return self.logs / f"{launch.endpoint}-{launch.replica_id}.log"
+
+    def _tail(self, proc: _Process) -> str:
+        try:
+            with proc.log_path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                start = max(proc.log_offset, size - 64 * 1024)
+                fh.seek(start)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [line for line in text.splitlines() if line.strip()][-_TAIL_LINES:]
+        return _clip("\n".join(lines))
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _has_flag(cmdline: Sequence[str], flag: str, value: str) -> bool:
+    return (
+        any(cmdline[i] == flag and cmdline[i + 1] == value for i in range(len(cmdline) - 1))
+        or f"{flag}={value}" in cmdline
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.Error:
+        return False
+    _reap(pid)
+    return False
+
+
+def _reap(pid: int) -> None:
+    # A zombie child of ours (adopted within the same process, as tests do) is collected here.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _kill_orphans(group: int, port: str, source: str) -> None:
+    """Kill what is left of a dead replica's group: forked workers would keep serving."""
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = process.info.get("cmdline") or []
+            if (
+                os.getpgid(process.pid) == group
+                and _has_flag(cmdline, "--port", port)
+                and _has_flag(cmdline, "--source", source)
+            ):
+                process.kill()
+        except (psutil.Error, OSError):
+            continue
+
+
+def _kill_group(pid: int) -> None:
+    # The worker leads its own process group (start_new_session), so this reaches it and
+    # every process it forked, and nothing else.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TAIL_CHARS else "…" + text[-_TAIL_CHARS:]

@@ -1,0 +1,193 @@
+"""The deployer's JSON shapes: what a client sends, what is stored as the spec, what it gets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+KindName = Literal["web", "batch", "stream"]
+ServerValue = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplicasIn(_Strict):
+    """Replica bounds as a client gives them; unset values take the defaults."""
+
+    min: int | None = Field(default=None, ge=0, description="Fewest replicas (web: at least 1).")
+    max: int | None = Field(default=None, ge=1, description="Most replicas the autoscaler adds.")
+    target: float | None = Field(
+        default=None, gt=0, description="In-flight requests per replica the autoscaler aims for."
+    )
+
+
+class EndpointCreate(_Strict):
+    """``POST /api/v1/endpoints``: a predict function to serve."""
+
+    name: str = Field(
+        min_length=1, max_length=200, description="Shown name; the slug comes from it."
+    )
+    kind: KindName = "web"
+    source: str = Field(min_length=1, description="Absolute directory path, or a git URL.")
+    commit: str | None = Field(default=None, description="Commit, tag or branch of a git source.")
+    file: str = "predict.py"
+    function: str = "predict"
+    preprocess_file: str | None = None
+    preprocess_function: str | None = None
+    accepts_file: bool = False
+    env: dict[str, str] = Field(default_factory=dict, description="Exported to the predict code.")
+    server: dict[str, ServerValue] = Field(
+        default_factory=dict, description='Gunicorn settings, e.g. {"workers": 1, "threads": 4}.'
+    )
+    replicas: ReplicasIn = Field(default_factory=ReplicasIn)
+    timeout_s: float | None = Field(default=None, gt=0, description="Per-request timeout.")
+    kafka: dict[str, JsonValue] | None = Field(default=None, description="Stream endpoints only.")
+
+
+class EndpointRerun(_Strict):
+    """``POST /api/v1/endpoints/{slug}/rerun``: fields that override the original's."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    kind: KindName | None = None
+    source: str | None = Field(default=None, min_length=1)
+    commit: str | None = None
+    file: str | None = None
+    function: str | None = None
+    preprocess_file: str | None = None
+    preprocess_function: str | None = None
+    accepts_file: bool | None = None
+    env: dict[str, str] | None = None
+    server: dict[str, ServerValue] | None = None
+    replicas: ReplicasIn | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    kafka: dict[str, JsonValue] | None = None
+
+
+class ReplicasSpec(BaseModel):
+    """Resolved replica bounds."""
+
+    min: int
+    max: int
+    target: float
+
+
+class EndpointSpec(BaseModel):
+    """An endpoint's settings after defaults: stored as ``endpoints.spec``, echoed by the API."""
+
+    name: str
+    kind: KindName
+    source: str
+    commit: str | None
+    file: str
+    function: str
+    preprocess_file: str | None
+    preprocess_function: str | None
+    accepts_file: bool
+    env: dict[str, str]
+    server: dict[str, ServerValue]
+    replicas: ReplicasSpec
+    timeout_s: float
+    kafka: dict[str, JsonValue] | None
+
+    def to_request(self) -> dict[str, Any]:
+        """This spec as the fields of a create request (a rerun starts from them)."""
+        return self.model_dump(mode="json")
+
+
+class ReplicaCounts(BaseModel):
+    """How many replicas are ready, wanted, and the bounds."""
+
+    ready: int
+    desired: int
+    min: int
+    max: int
+    target: float
+
+
+class ReplicaEventOut(BaseModel):
+    """One state change of one replica."""
+
+    time: datetime
+    replica_id: str
+    version: str
+    state: str
+    reason: str | None = None
+
+
+class EndpointOut(BaseModel):
+    """An endpoint as every read of the API shows it (never with a token)."""
+
+    slug: str
+    name: str
+    kind: KindName
+    status: str
+    reason: str | None
+    version: str | None
+    source: str
+    commit: str | None
+    source_digest: str | None
+    file: str
+    function: str
+    preprocess_file: str | None
+    preprocess_function: str | None
+    accepts_file: bool
+    env: dict[str, str]
+    server: dict[str, ServerValue]
+    timeout_s: float
+    kafka: dict[str, JsonValue] | None
+    replicas: ReplicaCounts
+    restarts: int
+    events: list[ReplicaEventOut]
+    created_at: datetime
+    predict_url: str
+
+
+class EndpointCreated(EndpointOut):
+    """A new endpoint, with its bearer token: the only answer that ever shows it."""
+
+    token: str
+
+
+class EndpointList(BaseModel):
+    """Every endpoint that is not deleted, newest first."""
+
+    endpoints: list[EndpointOut]
+
+
+class TokenOut(BaseModel):
+    """A rotated token, shown once; the previous one no longer works."""
+
+    slug: str
+    token: str
+
+
+class RouteReplica(BaseModel):
+    """A replica the gateway may send requests to."""
+
+    id: str
+    version: str
+    url: str
+    state: str
+
+
+class Route(BaseModel):
+    """How the gateway reaches one endpoint."""
+
+    slug: str
+    endpoint_id: str
+    kind: KindName
+    status: str
+    timeout_s: float
+    generation: int
+    weights: dict[str, int]
+    replicas: list[RouteReplica]
+
+
+class RoutingTable(BaseModel):
+    """Every endpoint's route."""
+
+    endpoints: list[Route]

@@ -1,0 +1,193 @@
+"""Test support: a deployer run in-process against real servers, and waits with deadlines.
+
+Used by the deployer's own tests and by end-to-end tests that need a deployer without the
+whole stack. Requires the ``asgi-lifespan`` development dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from cormorant.deployer.app import create_app
+from cormorant.deployer.settings import DeployerSettings
+
+T = TypeVar("T")
+
+BASE_URL = "http://deployer"
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 - the failure names what was awaited, for the test
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """The first truthy result of ``check``, polled until ``timeout`` s have passed."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g} s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+class DeployerHarness:
+    """A deployer app with its lifespan running, and an HTTP client speaking to it."""
+
+    def __init__(self, settings: DeployerSettings) -> None:
+        self.settings = settings
+        self.app: FastAPI | None = None
+        self._manager: LifespanManager | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The client of the running app."""
+        assert self._client is not None, "the deployer is not running"
+        return self._client
+
+    async def start(self) -> None:
+        """Run the app's start-up (migrations, NATS, adoption of running replicas)."""
+        self.app = create_app(self.settings)
+        self._manager = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=120)
+        await self._manager.__aenter__()
+        transport = httpx.ASGITransport(app=self._manager.app)
+        self._client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=120)
+
+    async def stop(self) -> None:
+        """Shut the app down; replicas keep running unless the settings say otherwise."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            await manager.__aexit__(None, None, None)
+
+    async def restart(self) -> None:
+        """Stop the app and start a new one on the same database and data directory."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> DeployerHarness:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def create(self, **body: Any) -> dict[str, Any]:
+        """Create an endpoint; fail with the server's message unless it answers 201."""
+        response = await self.client.post("/api/v1/endpoints", json=body)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    async def get(self, slug: str) -> dict[str, Any]:
+        """The endpoint's JSON."""
+        response = await self.client.get(f"/api/v1/endpoints/{slug}")
+        assert response.status_code == 200, response.text
+        document: dict[str, Any] = response.json()
+        return document
+
+    async def route(self, slug: str) -> dict[str, Any]:
+        """The endpoint's routing document."""
+        response = await self.client.get(f"/internal/routing/{slug}")
+        assert response.status_code == 200, response.text
+        document: dict[str, Any] = response.json()
+        return document
+
+    async def wait_for(
+        self,
+        slug: str,
+        check: Callable[[dict[str, Any]], bool],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - see wait_until
+        what: str = "state",
+    ) -> dict[str, Any]:
+        """The endpoint's JSON once ``check`` holds for it."""
+
+        async def current() -> dict[str, Any] | None:
+            document = await self.get(slug)
+            return document if check(document) else None
+
+        try:
+            return await wait_until(current, timeout=timeout, what=f"{slug}: {what}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nendpoint now: {await self.get(slug)}") from None
+
+    async def wait_running(
+        self,
+        slug: str,
+        ready: int = 1,
+        timeout: float = 60.0,  # noqa: ASYNC109 - see wait_until
+    ) -> dict[str, Any]:
+        """The endpoint's JSON once it runs with ``ready`` ready replicas."""
+        return await self.wait_for(
+            slug,
+            lambda e: e["status"] == "running" and e["replicas"]["ready"] == ready,
+            timeout=timeout,
+            what=f"running with {ready} ready replica(s)",
+        )
+
+
+def worker_processes(marker: str, *, forks: bool = False) -> list[psutil.Process]:
+    """Replica processes (gunicorn masters; with ``forks``, their workers too) whose command
+    line mentions ``marker``, e.g. a test's data dir."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if not (any(marker in part for part in cmdline) and "cormorant.worker" in cmdline):
+            continue
+        with contextlib.suppress(OSError):
+            # Each replica leads its own session; its forked workers share it.
+            leader = os.getsid(process.pid) == process.pid
+            if (leader or forks) and "--check" not in cmdline:
+                found.append(process)
+    return found
+
+
+def kill_workers(marker: str) -> None:
+    """SIGKILL every worker started under ``marker``, with everything it forked."""
+    processes = worker_processes(marker, forks=True)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        # Our children are reaped here; others count as gone once they are zombies, which
+        # whoever adopted them may never reap.
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(process.pid, 0)
+        while not pid_gone(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (a zombie counts as gone)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True

@@ -1,0 +1,64 @@
+"""Fixtures of the deployer's tests: a deployer on this test's NATS and database, tiny models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.testing import DeployerHarness, kill_workers
+
+TINY_MODEL = """\
+import os
+
+ANSWER = "v1"
+
+
+def predict(x):
+    return {"answer": ANSWER, "double": x * 2, "flag": os.environ.get("FLAG")}
+"""
+
+
+@pytest.fixture
+def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> DeployerSettings:
+    """Settings with short delays, so a test sees scaling and draining within seconds."""
+    return DeployerSettings(
+        data_dir=tmp_path / "data",
+        nats_url=nats_url,
+        database_url=database_url,
+        log_json=False,
+        drain_grace_s=0.2,
+        stop_timeout_s=10.0,
+        probe_interval_s=0.05,
+        monitor_interval_s=0.1,
+        restart_backoff_s=0.5,
+        scale_down_delay_s=2.0,
+        autoscale_window_s=1.0,
+        autoscale_interval_s=0.2,
+        start_timeout_s=60.0,
+    )
+
+
+@pytest.fixture
+async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+    """A running deployer; every replica it started is killed afterwards."""
+    harness = DeployerHarness(deployer_settings)
+    try:
+        await harness.start()
+        yield harness
+    finally:
+        try:
+            await harness.stop()
+        finally:
+            kill_workers(str(deployer_settings.data_dir))
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A directory holding a tiny predict.py: ``predict(x)`` answers ``x * 2`` and more."""
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "predict.py").write_text(TINY_MODEL)
+    return directory

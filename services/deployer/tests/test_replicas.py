@@ -1,0 +1,173 @@
+"""Replica supervision: crashes are restarted and shown, failures explained, restarts adopt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.testing import DeployerHarness, pid_gone, worker_processes
+
+WORKERS_1 = {"workers": 1}
+CRASHING_WORKER = """
+import sys
+if "--check" in sys.argv:
+    sys.exit(0)
+print("cannot open the model: disk on fire", flush=True)
+sys.exit(3)
+"""
+REFUSING_WORKER = """
+import sys
+if "--check" in sys.argv:
+    sys.exit(0)
+print("python -m cormorant.worker: error: threads: not a number", file=sys.stderr)
+sys.exit(2)
+"""
+
+
+def replica_pid(marker: str, slug: str) -> int:
+    [process] = [p for p in worker_processes(marker) if slug in p.cmdline()]
+    return process.pid
+
+
+async def test_killed_replica_is_restarted_and_the_crash_is_shown(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """When a replica's process is killed, the user sees the crash (how it died, its log)
+    in the endpoint's events, the restart count goes up, and a new process serves again."""
+    await deployer.create(name="phoenix", source=str(model_dir), server=WORKERS_1)
+    before = await deployer.wait_running("phoenix")
+    assert before["restarts"] == 0
+    marker = str(deployer.settings.data_dir)
+    old_pid = replica_pid(marker, "phoenix")
+    old_route = await deployer.route("phoenix")
+
+    os.kill(old_pid, signal.SIGKILL)
+
+    after = await deployer.wait_for(
+        "phoenix",
+        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
+        what="restarted and ready",
+    )
+    assert after["status"] == "running"
+    crashes = [e for e in after["events"] if e["state"] == "crashed"]
+    assert len(crashes) == 1
+    assert crashes[0]["reason"].startswith("killed by SIGKILL; log tail:")
+    assert "Booting worker" in crashes[0]["reason"]
+    assert [e["state"] for e in after["events"]][-3:] == ["crashed", "starting", "ready"]
+    assert pid_gone(old_pid)
+    new_route = await deployer.route("phoenix")
+    assert new_route["replicas"][0]["id"] == old_route["replicas"][0]["id"]
+    assert replica_pid(marker, "phoenix") != old_pid
+
+
+async def test_model_that_cannot_import_fails_the_endpoint_with_the_reason(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """A predict file whose import raises leaves the endpoint `failed` with the worker's
+    message, instead of `deploying` forever; it never receives traffic."""
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "predict.py").write_text(
+        'raise RuntimeError("model.bin is missing")\n\n\ndef predict(x):\n    return x\n'
+    )
+    await deployer.create(name="broken", source=str(source), server=WORKERS_1)
+    failed = await deployer.wait_for("broken", lambda e: e["status"] == "failed", what="failed")
+    assert "RuntimeError: model.bin is missing" in failed["reason"]
+    assert failed["replicas"]["ready"] == 0
+    assert any(e["state"] == "crashed" for e in failed["events"])
+    assert (await deployer.route("broken"))["replicas"] == []
+
+
+async def test_replica_exiting_at_start_fails_the_endpoint_after_repeated_crashes(
+    deployer_settings: DeployerSettings, model_dir: Path
+) -> None:
+    """A replica that exits while starting is restarted with growing delays; after repeated
+    crashes the endpoint is `failed`, with the exit code and the end of the replica's log."""
+    # A stand-in worker that accepts the configuration check and dies at every start.
+    crashing = [sys.executable, "-c", CRASHING_WORKER]
+    settings = deployer_settings.model_copy(update={"worker_command": crashing})
+    async with DeployerHarness(settings) as deployer:
+        await deployer.create(name="crashy", source=str(model_dir))
+        failed = await deployer.wait_for("crashy", lambda e: e["status"] == "failed")
+        assert failed["reason"].startswith("replica crashed 3 times in a row before becoming ready")
+        assert "exited with code 3 before it was ready" in failed["reason"]
+        assert "cannot open the model: disk on fire" in failed["reason"]
+        crashes = [e for e in failed["events"] if e["state"] == "crashed"]
+        assert len(crashes) >= 3
+        assert failed["restarts"] >= 2
+
+
+async def test_restarted_deployer_adopts_running_replicas_without_restarting_them(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """Restarting the deployer (an upgrade, a crash) does not interrupt serving: the same
+    worker processes keep running and are watched again; a replica that died meanwhile is
+    replaced."""
+    await deployer.create(
+        name="steady", source=str(model_dir), server=WORKERS_1, replicas={"min": 2, "max": 2}
+    )
+    await deployer.wait_running("steady", ready=2)
+    marker = str(deployer.settings.data_dir)
+    pids = sorted(p.pid for p in worker_processes(marker) if "steady" in p.cmdline())
+    route = await deployer.route("steady")
+
+    await deployer.restart()
+
+    after = await deployer.wait_running("steady", ready=2)
+    assert sorted(p.pid for p in worker_processes(marker) if "steady" in p.cmdline()) == pids
+    assert after["restarts"] == 0
+    assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
+    assert (await deployer.route("steady"))["replicas"] == route["replicas"]
+
+    # Killed while no deployer watches: the next one replaces it.
+    await deployer.stop()
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    await deployer.start()
+    replaced = await deployer.wait_for(
+        "steady",
+        lambda e: e["replicas"]["ready"] == 2 and e["restarts"] == 1,
+        what="the dead replica replaced",
+    )
+    reasons = [e["reason"] or "" for e in replaced["events"] if e["state"] == "crashed"]
+    assert any("not running after the deployer restarted" in r for r in reasons)
+    alive = [p.pid for p in worker_processes(marker) if "steady" in p.cmdline()]
+    assert victim not in alive
+    assert len(alive) == 2
+
+
+async def test_server_setting_the_worker_refuses_is_explained(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """`server: {bind: ...}` is refused at create time with the worker's own message, and
+    nothing is created."""
+    response = await deployer.client.post(
+        "/api/v1/endpoints",
+        json={
+            "name": "bound",
+            "source": str(model_dir),
+            "server": {"workers": 1, "bind": "0.0.0.0:80"},
+        },
+    )
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith("the worker refused this configuration: ")
+    assert "server setting 'bind': cannot be set: the --port and --host flags own" in message
+    assert (await deployer.client.get("/api/v1/endpoints")).json() == {"endpoints": []}
+
+
+async def test_configuration_refused_at_start_fails_the_endpoint_at_once(
+    deployer_settings: DeployerSettings, model_dir: Path
+) -> None:
+    """A replica that exits with the worker's `refused configuration` code (2) is not retried
+    into a crash loop before the user hears why: the endpoint is `failed` at once."""
+    refusing = [sys.executable, "-c", REFUSING_WORKER]
+    settings = deployer_settings.model_copy(update={"worker_command": refusing})
+    async with DeployerHarness(settings) as deployer:
+        await deployer.create(name="refused", source=str(model_dir))
+        failed = await deployer.wait_for("refused", lambda e: e["status"] == "failed")
+        assert failed["reason"] == "the worker refused its configuration: threads: not a number"
+        assert failed["restarts"] == 0

@@ -1,0 +1,155 @@
+"""The Open Inference Protocol on the predict path, and the load reports for the autoscaler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from gateway_testkit import Gateway, Worker, demo_route, eventually
+
+from cormorant.common.events import LoadReported, decode
+from cormorant.gateway.v2 import to_tensor
+
+
+@pytest.fixture
+async def gateway(workers: dict[str, Worker], start_gateway: Any) -> AsyncIterator[Gateway]:
+    """A gateway routing ``demo`` to r1 and r2 (v1), reporting load every 0.2 s."""
+    async with start_gateway([demo_route(workers)], load_report_s=0.2) as gw:
+        yield gw
+
+
+async def test_v2_health_metadata_and_ready(gateway: Gateway) -> None:
+    """Health needs no token; model metadata and readiness need the endpoint's token."""
+    assert (await gateway.http.get("/v2/health/live")).json() == {"live": True}
+    assert (await gateway.http.get("/v2/health/ready")).json() == {"ready": True}
+    assert (await gateway.http.get("/v2/models/demo")).status_code == 401
+    other = await gateway.http.get("/v2/models/demo", headers=gateway.auth("other"))
+    assert other.status_code == 403
+    metadata = (await gateway.http.get("/v2/models/demo", headers=gateway.auth())).json()
+    assert metadata["name"] == "demo"
+    assert metadata["versions"] == ["v1"]
+    assert metadata["platform"] == "cormorant"
+    assert metadata["inputs"][0]["shape"] == [-1]
+    ready = await gateway.http.get("/v2/models/demo/ready", headers=gateway.auth())
+    assert ready.json() == {"name": "demo", "ready": True}
+
+
+async def test_v2_infer_reshapes_inputs_and_types_the_output(gateway: Gateway) -> None:
+    """One input arrives in its shape; several are spread as arguments; the output is typed."""
+    url = "/v2/models/demo/infer"
+    one = await gateway.http.post(
+        url,
+        json={
+            "id": "req-1",
+            "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1.0, 2, 3, 4]}],
+        },
+        headers=gateway.auth(),
+    )
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["model_name"] == "demo"
+    assert body["model_version"] == "v1"
+    assert body["id"] == "req-1"
+    # [[1, 2], [3, 4]] is spread into predict([1, 2], [3, 4]), which echoes its arguments.
+    assert body["outputs"] == [
+        {"name": "prediction", "shape": [2, 2], "datatype": "FP64", "data": [1.0, 2.0, 3.0, 4.0]}
+    ]
+    assert one.headers["x-cormorant-version"] == "v1"
+    several = await gateway.http.post(
+        url,
+        json={
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+                {"name": "b", "shape": [2], "datatype": "INT64", "data": [3, 4]},
+            ]
+        },
+        headers=gateway.auth(),
+    )
+    output = several.json()["outputs"][0]
+    assert output == {
+        "name": "prediction",
+        "shape": [2, 2],
+        "datatype": "INT64",
+        "data": [1, 2, 3, 4],
+    }
+    assert several.json()["id"] == several.headers["x-request-id"]
+    text = await gateway.http.post(
+        url,
+        json={"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]},
+        headers=gateway.auth(),
+    )
+    assert text.json()["outputs"][0] == {
+        "name": "prediction",
+        "shape": [1],
+        "datatype": "BYTES",
+        "data": ["hello"],
+    }
+    untyped = await gateway.http.post(
+        url,
+        content=b'{"inputs": [{"name": "t", "shape": [], "datatype": "INT64", "data": [7]}]}',
+        headers=gateway.auth(),
+    )
+    assert untyped.status_code == 200, untyped.text
+    assert untyped.json()["outputs"][0]["data"] == [7]
+    bad = await gateway.http.post(
+        url,
+        json={"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1.0]}]},
+        headers=gateway.auth(),
+    )
+    assert bad.status_code == 400
+    assert "shape [3] holds 3 value(s), but data has 1" in bad.json()["error"]["message"]
+    unauthorized = await gateway.http.post(url, json={"inputs": []})
+    assert unauthorized.status_code == 401
+
+
+async def test_v2_body_limit(workers: dict[str, Worker], start_gateway: Any) -> None:
+    """The predict body limit holds for /v2 infer too."""
+    async with start_gateway([demo_route(workers)], max_body_bytes=500) as gateway:
+        data = list(range(300))
+        response = await gateway.http.post(
+            "/v2/models/demo/infer",
+            json={"inputs": [{"name": "x", "shape": [300], "datatype": "INT64", "data": data}]},
+            headers=gateway.auth(),
+        )
+        assert response.status_code == 413
+        assert "500 bytes" in response.json()["error"]["message"]
+
+
+def test_output_datatypes() -> None:
+    """BOOL, INT64, FP64 and BYTES read from the values; structures become one JSON string."""
+    assert to_tensor(True).model_dump() == {
+        "name": "prediction", "shape": [1], "datatype": "BOOL", "data": [True],
+    }  # fmt: skip
+    assert to_tensor([1, 2.5]).datatype == "FP64"
+    assert to_tensor([[1], [2]]).shape == [2, 1]
+    ragged = to_tensor([[1], [2, 3]])
+    assert (ragged.datatype, ragged.data) == ("BYTES", ["[[1],[2,3]]"])
+    assert to_tensor({"label": "x"}).data == ['{"label":"x"}']
+    assert to_tensor([True, 1]).datatype == "BYTES"
+
+
+async def test_load_reports_time_averaged_in_flight(gateway: Gateway) -> None:
+    """While requests are in flight, LoadReported carries each replica's average concurrency."""
+    reports: list[LoadReported] = []
+
+    async def on_report(msg: Any) -> None:
+        event = decode(msg.data, msg.headers)
+        assert isinstance(event, LoadReported)
+        reports.append(event)
+
+    await gateway.nc.subscribe(LoadReported.subject_filter("demo"), cb=on_report)
+    await gateway.nc.flush()
+    # Four one-second predictions at once: about two in flight on each replica.
+    calls = [asyncio.ensure_future(gateway.predict(["sleep", 1.0])) for _ in range(4)]
+    await eventually(lambda: any(sum(r.concurrency.values()) > 3 for r in reports), what="load")
+    answers = await asyncio.gather(*calls)
+    assert all(a.status_code == 200 for a in answers)
+    busy = max(reports, key=lambda r: sum(r.concurrency.values()))
+    assert busy.gateway == "gw-test"
+    assert busy.endpoint == "demo"
+    assert set(busy.concurrency) == {"r1", "r2"}
+    assert sum(busy.concurrency.values()) <= 4.0 + 1e-6
+    assert busy.interval_s == pytest.approx(0.2, abs=0.1)
+    assert sum(r.requests for r in reports) == 4
