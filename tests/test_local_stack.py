@@ -18,11 +18,15 @@ from cormorant.common.servers import free_port
 SERVICES = ("deployer", "predictlog", "feedback", "alerts", "gateway")
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(args: list[str], env: dict[str, str], _: Path) -> subprocess.CompletedProcess[str]:
+    # From the repository's root, as `make up` runs it: the example lives in examples/.
     return subprocess.run(
         [sys.executable, "-m", "cormorant.sdk.cli", *args],
         env=env,
-        cwd=cwd,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=240,
@@ -55,7 +59,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
 
 def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) -> None:
     """Up serves every /healthz and writes a private stack file; down leaves no process;
-    a second up reuses the data (the same admin key still works)."""
+    a second up reuses the data (the same admin key) and deploys the example once."""
     data_dir = tmp_path / "data"
     try:
         first = _cli(["up", "--no-example"], stack_env, tmp_path)
@@ -84,11 +88,33 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
         for info in stack["services"].values():
             assert not psutil.pid_exists(info["pid"])
 
-        second = _cli(["up", "--no-example"], stack_env, tmp_path)
+        second = _cli(["up"], stack_env, tmp_path)
         assert second.returncode == 0, second.stdout + second.stderr
         restarted = json.loads(stack_file.read_text())
         assert restarted["admin_key"] == stack["admin_key"]
         assert (data_dir / "postgres" / "PG_VERSION").exists()
+
+        # The newcomer's first minute: the sentiment example is deployed and callable.
+        example = json.loads((data_dir / "example.json").read_text())
+        assert stat.S_IMODE((data_dir / "example.json").stat().st_mode) == 0o600
+        assert "curl -s" in second.stdout
+        assert f"Bearer {example['token']}" in second.stdout
+        gateway = restarted["services"]["gateway"]["url"]
+        answer = httpx.post(
+            f"{gateway}/api/v1/endpoints/{example['slug']}/predict",
+            json={"input_params": "what a wonderful little film"},
+            headers={"Authorization": f"Bearer {example['token']}"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["prediction"]["label"] == "positive"
+        reused = _cli(["up"], stack_env, tmp_path)
+        assert reused.returncode == 0
+        assert f"Bearer {example['token']}" in reused.stdout
+        listed = httpx.get(
+            f"{gateway}/api/v1/endpoints",
+            headers={"Authorization": f"Bearer {restarted['admin_key']}"},
+        ).json()["endpoints"]
+        assert [ep["slug"] for ep in listed] == [example["slug"]]
     finally:
         _cli(["down"], stack_env, tmp_path)
     assert _processes_under(data_dir) == []

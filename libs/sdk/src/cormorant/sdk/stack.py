@@ -349,6 +349,9 @@ def main() -> None:
 
     settings = StackSettings()
     configure_logging(settings.log_level, json_lines=False)
+    # Readiness polls and migration plumbing would bury the lines a person needs.
+    for chatty in ("alembic", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     raise SystemExit(Supervisor(settings).run())
 
 
