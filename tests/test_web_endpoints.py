@@ -192,3 +192,17 @@ def test_rerun_token_rotation_and_removal(stack: Stack, examples: dict[str, Endp
     with pytest.raises(CormorantAPIError) as gone:
         client.endpoints.get(again["slug"])
     assert gone.value.status_code == 404
+
+
+def test_replicas_are_discoverable_by_prometheus(
+    stack: Stack, examples: dict[str, Endpoint]
+) -> None:
+    """The deployer lists every ready replica as a Prometheus HTTP-SD target with labels."""
+    import json
+
+    deployer = json.loads((stack.data_dir / "stack.json").read_text())["services"]["deployer"]
+    groups = httpx.get(deployer["url"] + "/internal/prometheus/targets").json()
+    slugs = {group["labels"]["endpoint"] for group in groups}
+    assert examples["sentiment"].slug in slugs
+    target = next(g for g in groups if g["labels"]["endpoint"] == examples["sentiment"].slug)
+    assert httpx.get(f"http://{target['targets'][0]}/metrics").status_code == 200

@@ -14,7 +14,12 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.responses import Response
 
 # Paths never measured nor traced: probes and scrapes would drown real traffic.
@@ -22,8 +27,14 @@ UNMEASURED_PATHS = frozenset({"/healthz", "/metrics", "/v2/health/ready", "/v2/h
 
 
 def new_registry() -> CollectorRegistry:
-    """A fresh registry for one app, so apps (and tests) never share global state."""
-    return CollectorRegistry(auto_describe=True)
+    """A fresh registry for one app, so apps (and tests) never share global state.
+
+    It carries the process collector (CPU, memory, open files), which the replica dashboards
+    chart per process.
+    """
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    return registry
 
 
 def metrics_response(registry: CollectorRegistry) -> Response:

@@ -387,6 +387,55 @@ def predict(
     console.print_json(json.dumps(_api_call(endpoint.predict, value)))
 
 
+@app.command()
+def logs(
+    slug: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    limit: Annotated[int, typer.Option(help="How many of the newest to show.")] = 20,
+    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
+    version: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
+    q: Annotated[str | None, typer.Option(help="Text in input, output or error.")] = None,
+) -> None:
+    """Show logged predictions, newest last; --follow keeps printing new ones."""
+    endpoint = Endpoint(slug)
+    filters = {"status": status, "version": version, "q": q}
+    shown: set[str] = set()
+    items = _api_call(endpoint.logs, limit=limit, **filters)
+    while True:
+        for item in reversed(items):
+            if item["request_id"] in shown:
+                continue
+            shown.add(item["request_id"])
+            outcome = item.get("error") or json.dumps(item.get("output"))
+            console.print(
+                f"{str(item['received_at'])[:23]} v{item['version']} {item['status']} "
+                f"{item['latency_ms']:.1f}ms {json.dumps(item['input'])[:80]} -> {outcome[:80]}",
+                markup=False,
+                soft_wrap=True,
+            )
+        if not follow:
+            return
+        time.sleep(1.0)  # --follow polls the log once a second, like `tail -f`
+        newest = items[0]["received_at"] if items else None
+        items = _api_call(endpoint.logs, limit=1000, since=newest, **filters)
+
+
+@app.command()
+def export(
+    slug: str,
+    path: Annotated[Path, typer.Argument(help="CSV file to write.")],
+) -> None:
+    """Export every logged prediction of an endpoint to a CSV file."""
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TransferSpeedColumn
+
+    with Progress(SpinnerColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
+        task = bar.add_task(f"Exporting {slug}", total=None)
+        size = _api_call(
+            Endpoint(slug).export_csv, path, progress=lambda n: bar.update(task, completed=n)
+        )
+    console.print(f"Wrote {size:,} bytes to {path}.")
+
+
 @keys_app.command("create")
 def keys_create(name: str) -> None:
     """Create an admin key and print it (shown only this once)."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cormorant.common.predictor.context import current_metric_sink
 from cormorant.sdk.metrics import log_metric
 from cormorant.sdk.stackfile import read_stack_file
 
@@ -154,6 +156,15 @@ class Client:
         _raise_for_error(response)
         return response.json() if response.content else None
 
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A streamed API response (checked for errors before its body is read)."""
+        with self._http.stream(method, path, **kwargs) as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_error(response)
+            yield response
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
@@ -169,11 +180,23 @@ class Endpoint:
     """One endpoint: ``Endpoint(slug, token=...).predict(*input)``."""
 
     def __init__(
-        self, slug: str | None = None, *, token: str | None = None, url: str | None = None
+        self,
+        slug: str | None = None,
+        *,
+        token: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.slug = slug
         self.token = token
         self._url = url
+        self._api_key = api_key
+
+    def _admin(self) -> Client:
+        """A management client: logs, export and metrics take an admin key, not the token."""
+        if self.slug is None:
+            raise ValueError("name the endpoint: Endpoint('my-endpoint')")
+        return Client(self._url, self._api_key)
 
     def _http(self) -> httpx.Client:
         if self.slug is None:
@@ -218,6 +241,62 @@ class Endpoint:
                     raise CormorantAPIError(500, error["code"], error["message"])
                 yield item["prediction"]
 
-    def log_metric(self, key: str, value: float) -> None:
-        """Record a numeric metric; inside predict code, for the endpoint being served."""
-        log_metric(key, value)
+    def log_metric(self, key: str, value: float, *, version: str | None = None) -> None:
+        """Record a numeric metric: inside predict code for the endpoint being served,
+        elsewhere for the named endpoint through the API."""
+        if self.slug is None or current_metric_sink() is not None:
+            log_metric(key, value)
+            return
+        body = _drop_none({"key": key, "value": value, "version": version})
+        with self._admin() as client:
+            client.request("POST", f"/api/v1/endpoints/{self.slug}/metrics", json=body)
+
+    def logs(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
+        """The newest logged predictions (filters: since, until, version, status, q)."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": min(limit, 1000), **_drop_none(filters)}
+        with self._admin() as client:
+            while len(items) < limit:
+                page = client.request("GET", f"/api/v1/endpoints/{self.slug}/logs", params=params)
+                items.extend(page["items"])
+                if not page.get("next_cursor") or not page["items"]:
+                    break
+                params["cursor"] = page["next_cursor"]
+        return items[:limit]
+
+    def export_csv(
+        self, path: str | Path, *, progress: Callable[[int], None] | None = None, **filters: Any
+    ) -> int:
+        """Write every logged prediction to a CSV file, streamed; the number of bytes written."""
+        target = Path(path)
+        written = 0
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with (
+                self._admin() as client,
+                open(partial, "wb") as out,
+                client.stream(
+                    "GET", f"/api/v1/endpoints/{self.slug}/logs.csv", params=_drop_none(filters)
+                ) as response,
+            ):
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(written)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        # Only a complete download takes the name: a failed one never looks like an export.
+        partial.replace(target)
+        return written
+
+    def charts(self, series: str = "requests_per_minute", window: str = "1h") -> dict[str, Any]:
+        """Per-minute points of a series: requests_per_minute, latency or a logged metric."""
+        with self._admin() as client:
+            result: dict[str, Any] = client.request(
+                "GET",
+                f"/api/v1/endpoints/{self.slug}/charts",
+                params={"series": series, "window": window},
+            )
+        return result

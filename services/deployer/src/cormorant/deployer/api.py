@@ -7,6 +7,7 @@ rendered by the platform's one handler.
 from __future__ import annotations
 
 from typing import Annotated, Any, cast
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -80,6 +81,20 @@ async def rotate_token(slug: str, service: ServiceDep) -> TokenOut:
 async def routing_table(service: ServiceDep) -> RoutingTable:
     """Where the gateway sends each endpoint's requests: ready replicas and traffic weights."""
     return await service.routes()
+
+
+@router.get("/internal/prometheus/targets", tags=["internal"])
+async def prometheus_targets(service: ServiceDep) -> list[dict[str, Any]]:
+    """Every ready replica as a Prometheus HTTP service-discovery target group."""
+    table = await service.routes()
+    return [
+        {
+            "targets": [urlsplit(replica.url).netloc],
+            "labels": {"endpoint": route.slug, "version": replica.version, "replica": replica.id},
+        }
+        for route in table.endpoints
+        for replica in route.replicas
+    ]
 
 
 @router.get("/internal/routing/{slug}", tags=["internal"])
