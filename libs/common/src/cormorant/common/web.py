@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -11,7 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Lifespan
 
 from cormorant.common.errors import error_response, install_error_handlers
+from cormorant.common.settings import ServiceSettings
 from cormorant.common.telemetry import metrics_response
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def create_service_app(
@@ -52,4 +55,18 @@ def serve(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> Non
         timeout_graceful_shutdown=30,
         # Our own JSON logging is configured before; keep uvicorn from replacing it.
         log_config=None,
+    )
+
+
+def run_service(create_app: Callable[[S], FastAPI], settings: S) -> None:
+    """The ``__main__`` of a service: JSON logs as configured, then serve until stopped."""
+    import logging
+
+    from cormorant.common.telemetry import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    # Readiness probes and inter-service calls would log a line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    serve(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )

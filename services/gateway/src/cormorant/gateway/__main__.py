@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from cormorant.common.telemetry import configure_logging
-from cormorant.common.web import serve
+from cormorant.common.web import run_service
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
 
 
 def main() -> None:
     """Read settings from the environment and serve until stopped."""
-    settings = GatewaySettings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    serve(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
+    run_service(create_app, GatewaySettings())
 
 
 if __name__ == "__main__":
