@@ -206,3 +206,16 @@ def test_replicas_are_discoverable_by_prometheus(
     assert examples["sentiment"].slug in slugs
     target = next(g for g in groups if g["labels"]["endpoint"] == examples["sentiment"].slug)
     assert httpx.get(f"http://{target['targets'][0]}/metrics").status_code == 200
+
+
+def test_cli_admin_key_grants_the_management_api(stack: Stack) -> None:
+    """`cormorant keys create` prints a new admin key that the management API accepts."""
+    created = stack.cli("keys", "create", "ci-robot")
+    assert created.returncode == 0, created.stdout + created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("cmk_")
+    listed = httpx.get(f"{stack.url}/api/v1/endpoints", headers={"Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200
+    shown = stack.cli("endpoints", "list")
+    assert shown.returncode == 0
+    assert "slug" in shown.stdout
