@@ -43,6 +43,8 @@ format: install
 bench: install
 	$(BIN)/python bench/worker_overhead.py
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/logging_overhead.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import httpx
-from asgi_lifespan import LifespanManager
-
-from cormorant.predictlog.app import create_app
-from cormorant.predictlog.settings import PredictLogSettings
 
 
-async def test_health_metrics_and_error_shape() -> None:
-    """/healthz is 200, /metrics is Prometheus text, an unknown path is a JSON 404."""
-    app = create_app(PredictLogSettings())
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
-            assert (await client.get("/healthz")).json() == {"status": "ok"}
-            metrics = await client.get("/metrics")
-            assert metrics.headers["content-type"].startswith("text/plain")
-            missing = await client.get("/nope")
-            assert missing.status_code == 404
-            assert missing.json()["error"]["code"] == "not_found"
+async def test_health_metrics_and_error_shape(client: httpx.AsyncClient) -> None:
+    """/healthz is 200, /metrics is Prometheus text with the ingest's series, 404 is JSON."""
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    metrics = await client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "cormorant_predictlog_rows_written_total" in metrics.text
+    assert "cormorant_predictlog_consumer_events_total" in metrics.text
+    missing = await client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"

@@ -56,3 +56,5 @@ class Metric(Base):
     value: Mapped[float]
     request_id: Mapped[str | None]
     logged_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    event_id: Mapped[str | None] = mapped_column(unique=True)
+    """The ``MetricLogged`` event id: a redelivered event is stored once."""
