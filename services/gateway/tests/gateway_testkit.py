@@ -144,6 +144,8 @@ def run_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     logs = tmp_path_factory.mktemp("worker-logs")
     env = dict(os.environ)
     env["CORMORANT_WORKER_PUBLISH_METRICS"] = "false"
+    # A stack running on this machine must not receive these tests' predictions.
+    env["CORMORANT_WORKER_LOG_PREDICTIONS"] = "false"
     env["CORMORANT_LOG_JSON"] = "false"
     started = []
     for name, version in (("r1", "v1"), ("r2", "v1"), ("r3", "v2")):

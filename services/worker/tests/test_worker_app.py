@@ -19,11 +19,15 @@ from fastapi import FastAPI
 from cormorant.common.events import MetricLogged, decode
 from cormorant.common.predictor import Predictor
 from cormorant.worker import WorkerSettings, create_app
-from cormorant.worker.publishing import MetricSinkService
+from cormorant.worker.publishing import ReplicaEvents
 
 
 def settings(**overrides: Any) -> WorkerSettings:
-    values: dict[str, Any] = {"publish_metrics": False, "endpoint": "test-endpoint"}
+    values: dict[str, Any] = {
+        "publish_metrics": False,
+        "log_predictions": False,
+        "endpoint": "test-endpoint",
+    }
     return WorkerSettings(**{**values, **overrides})
 
 
@@ -210,8 +214,8 @@ async def test_logged_metrics_are_published_to_nats(nats_url: str) -> None:
     app = create_app(worker_settings, predictor(predict), threads=1)
     try:
         async with serve(app) as client:
-            sink: MetricSinkService = app.state.metric_sink
-            await wait_until(lambda: sink.publish is not None)
+            events: ReplicaEvents = app.state.events
+            await wait_until(lambda: events.publisher is not None)
             response = await client.post("/predict", json={"input_params": 0.75})
             assert response.json()["prediction"] == "ok"
             async with asyncio.timeout(10):

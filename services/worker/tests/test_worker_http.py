@@ -60,6 +60,8 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in SRC] + [env.get("PYTHONPATH", "")])
     env["CORMORANT_WORKER_PUBLISH_METRICS"] = "false"
+    # A stack running on this machine must not receive these tests' predictions.
+    env["CORMORANT_WORKER_LOG_PREDICTIONS"] = "false"
     env["CORMORANT_LOG_JSON"] = "false"
     return env
 

@@ -24,6 +24,7 @@ from cormorant.gateway.load import LoadReporter
 from cormorant.gateway.metrics import GatewayMetrics
 from cormorant.gateway.openapi import OpenAPIDocument
 from cormorant.gateway.predict import PredictHandler, predict_slug
+from cormorant.gateway.prediction_log import PredictionLog
 from cormorant.gateway.proxy import PredictPath
 from cormorant.gateway.routing import RoutingTable
 from cormorant.gateway.settings import GatewaySettings
@@ -68,12 +69,16 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
 
     table = RoutingTable(pool, default_timeout_s=settings.default_timeout_s)
     credentials = Credentials(negative_ttl_s=settings.auth_negative_ttl_s)
+    prediction_log = PredictionLog(
+        metrics, enabled=settings.log_predictions, max_bytes=settings.log_max_bytes
+    )
     predict_path = PredictPath(
         table,
         credentials,
         metrics,
         connect_attempts=settings.connect_attempts,
         replica_cooldown_s=settings.replica_cooldown_s,
+        prediction_log=prediction_log,
     )
     services = {
         "deployer": settings.deployer_url,
@@ -113,6 +118,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
                 table=table,
                 sync=sync,
                 credentials=credentials,
+                attach=prediction_log.attached,
             )
             app.state.follower = follower
             reporter = LoadReporter(
@@ -169,6 +175,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     app.state.routing = table
     app.state.credentials = credentials
     app.state.predict_path = predict_path
+    app.state.prediction_log = prediction_log
     app.state.gateway_id = gateway_id
     openapi = OpenAPIDocument(app, services, cache_s=settings.openapi_cache_s)
     app.state.openapi = openapi

@@ -74,28 +74,34 @@ class StreamEndpoint(Conflict):
 class ReplicaTimeout(GatewayTimeout):
     """The replica did not answer within the endpoint's ``timeout_s``."""
 
-    def __init__(self, slug: str, timeout_s: float) -> None:
+    def __init__(self, slug: str, timeout_s: float, *, version: str | None = None) -> None:
         super().__init__(
             f"endpoint {slug!r} did not answer within its timeout of {timeout_s:g} s",
             details={"timeout_s": timeout_s},
         )
+        self.version = version
+        """The version of the replica that was asked, for the prediction log."""
 
 
 class ReplicaFailed(BadGateway):
     """The replica accepted the request, then failed before answering it completely."""
 
-    def __init__(self, slug: str, reason: str) -> None:
+    def __init__(self, slug: str, reason: str, *, version: str | None = None) -> None:
         super().__init__(
             f"a replica of endpoint {slug!r} failed while answering ({reason}); "
             "the request was not retried since the replica may have run it"
         )
+        self.version = version
+        """The version of the replica that was asked, for the prediction log."""
 
 
 class ReplicasUnreachable(BadGateway):
     """No replica of the endpoint accepted a connection."""
 
-    def __init__(self, slug: str, tried: int, reason: str) -> None:
+    def __init__(self, slug: str, tried: int, reason: str, *, version: str | None = None) -> None:
         super().__init__(
             f"no replica of endpoint {slug!r} accepted a connection "
             f"({tried} tried, last error: {reason}); retry shortly"
         )
+        self.version = version
+        """The version of the last replica tried, for the prediction log."""

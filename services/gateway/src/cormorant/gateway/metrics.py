@@ -55,6 +55,13 @@ class GatewayMetrics:
             ["service", "status"],
             registry=registry,
         )
+        self.predictions_logged = Counter(
+            "cormorant_gateway_logged_predictions",
+            "Predict requests no worker answered, handed to the event publisher (published) "
+            "or not (dropped: no NATS connection yet, or the publisher's buffer was full).",
+            ["outcome"],
+            registry=registry,
+        )
         # Children looked up once: labels() takes a lock and hashes on every call.
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}

@@ -20,7 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from cormorant.common.errors import CormorantError
 from cormorant.gateway.errors import BodyTooLarge
+from cormorant.gateway.prediction_log import is_unanswered
 from cormorant.gateway.proxy import Answer, PredictPath
+from cormorant.gateway.routing import Route
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class PredictHandler:
         self.path = path
         self.credentials = path.credentials
         self.metrics = path.metrics
+        self.prediction_log = path.prediction_log
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, slug: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,6 +76,11 @@ class PredictHandler:
         status = 500
         endpoint = version = ""
         answer: Answer | None = None
+        # Known once auth passed and the endpoint exists: only then is a failure logged.
+        route: Route | None = None
+        body: bytes | None = None
+        content_type = b"application/json"
+        trace_headers = None
         try:
             if scope["method"] != "POST":
                 status = 405
@@ -80,8 +88,6 @@ class PredictHandler:
                                   request_id, [(b"allow", b"POST")])  # fmt: skip
                 return
             authorization = length = accept = None
-            content_type = b"application/json"
-            trace_headers = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value
@@ -123,6 +129,17 @@ class PredictHandler:
         except CormorantError as exc:
             if answer is None:
                 status = exc.status_code
+                if route is not None and is_unanswered(status):
+                    self.prediction_log.unanswered(
+                        route,
+                        request_id=request_id.decode("latin-1"),
+                        status=status,
+                        error=exc,
+                        started=started,
+                        body=body,
+                        content_type=content_type,
+                        trace_headers=trace_headers,
+                    )
                 await _send_error(send, status, exc.code, exc.message, request_id,
                                   details=exc.details)  # fmt: skip
             else:
@@ -134,13 +151,24 @@ class PredictHandler:
                 raise
         except ClientGone:
             status = CLIENT_GONE
-        except Exception:
+        except Exception as exc:
             log.exception("predict request of %r failed unexpectedly", slug)
             if answer is not None:
                 self.path.finish(answer)
                 answer = None
                 raise
             status = 500
+            if route is not None:
+                self.prediction_log.unanswered(
+                    route,
+                    request_id=request_id.decode("latin-1"),
+                    status=status,
+                    error=exc,
+                    started=started,
+                    body=body,
+                    content_type=content_type,
+                    trace_headers=trace_headers,
+                )
             await _send_error(send, 500, "internal_error", "the gateway failed; see its logs",
                               request_id)  # fmt: skip
         finally:

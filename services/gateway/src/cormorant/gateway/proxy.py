@@ -25,6 +25,7 @@ from cormorant.gateway.errors import (
     UnknownEndpoint,
 )
 from cormorant.gateway.metrics import GatewayMetrics
+from cormorant.gateway.prediction_log import PredictionLog
 from cormorant.gateway.routing import Replica, Route, RoutingTable
 from cormorant.gateway.upstream import ConnectFailed, Connection, UpstreamBroken, UpstreamTimedOut
 
@@ -76,10 +77,13 @@ class PredictPath:
         connect_attempts: int = 3,
         replica_cooldown_s: float = 2.0,
         tracer: trace.Tracer | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.table = table
         self.credentials = credentials
         self.metrics = metrics
+        self.prediction_log = prediction_log or PredictionLog(metrics, enabled=False, max_bytes=0)
+        """Where the transports log the requests that no worker answered."""
         self._attempts = connect_attempts
         self._cooldown_s = replica_cooldown_s
         self.tracer = tracer
@@ -141,7 +145,7 @@ class PredictPath:
             self.release(replica, conn)
             _end_span(span, exc)
             if isinstance(exc, UpstreamTimedOut | UpstreamBroken):
-                raise _translate(exc, route) from exc
+                raise _translate(exc, route, replica.version) from exc
             raise
         headers = []
         answer_type = b""
@@ -167,7 +171,7 @@ class PredictPath:
         try:
             data = await answer.conn.read()
         except (UpstreamTimedOut, UpstreamBroken) as exc:
-            raise _translate(exc, answer.route) from exc
+            raise _translate(exc, answer.route, answer.version) from exc
         if answer.streaming and data is not None and not answer.conn.complete:
             answer.conn.arm(answer.route.timeout_s)
         return data
@@ -200,7 +204,9 @@ class PredictPath:
                 tried = tried | {replica}
                 following = route.pick(now, tried) if len(tried) < self._attempts else None
                 if following is None:
-                    raise ReplicasUnreachable(route.slug, len(tried), str(exc)) from exc
+                    raise ReplicasUnreachable(
+                        route.slug, len(tried), str(exc), version=replica.version
+                    ) from exc
                 replica = following
                 continue
             except BaseException:
@@ -217,10 +223,12 @@ def _unavailable(route: Route) -> CormorantError:
     return NoReadyReplica(route.slug, route.status)
 
 
-def _translate(exc: UpstreamTimedOut | UpstreamBroken, route: Route) -> CormorantError:
+def _translate(
+    exc: UpstreamTimedOut | UpstreamBroken, route: Route, version: str
+) -> CormorantError:
     if isinstance(exc, UpstreamTimedOut):
-        return ReplicaTimeout(route.slug, route.timeout_s)
-    return ReplicaFailed(route.slug, str(exc))
+        return ReplicaTimeout(route.slug, route.timeout_s, version=version)
+    return ReplicaFailed(route.slug, str(exc), version=version)
 
 
 def _end_span(span: trace.Span | None, error: BaseException | None) -> None:

@@ -12,6 +12,8 @@ from cormorant.common.settings import ServiceSettings
 
 # 10 MiB, as the worker: a Base64 image of a few MB fits, a runaway upload does not.
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# As the worker's: the event stays under NATS's default 1 MiB max_payload.
+DEFAULT_LOG_MAX_BYTES = 256 * 1024
 
 
 class GatewaySettings(ServiceSettings):
@@ -77,6 +79,14 @@ class GatewaySettings(ServiceSettings):
 
     openapi_cache_s: float = Field(default=10.0, ge=0)
     """Seconds the merged OpenAPI document is served from cache."""
+
+    log_predictions: bool = True
+    """Publish ``PredictionLogged`` for predict requests no worker answered (413 after auth,
+    502, 503, 504), so the prediction log shows them too; workers log all the others."""
+
+    log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, gt=0)
+    """Largest input (in bytes of request body) kept in such an event; a larger one is logged
+    as a short note of its size."""
 
     def gateway_id(self) -> str:
         """``instance_id``, or ``<hostname>-<pid>`` when unset."""

@@ -11,8 +11,11 @@ replay of the past.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 from nats.aio.client import Client
@@ -143,8 +146,13 @@ class RoutingSync:
         return True
 
 
+Attachment = Callable[[Client], AbstractAsyncContextManager[None]]
+"""Something that uses the connection while it is open (the prediction log's publisher)."""
+
+
 class EventFollower:
-    """The gateway's core-NATS connection: follows routing events, carries load reports."""
+    """The gateway's NATS connection: follows routing events, carries load reports and the
+    prediction log of unanswered requests."""
 
     def __init__(
         self,
@@ -154,12 +162,14 @@ class EventFollower:
         table: RoutingTable,
         sync: RoutingSync,
         credentials: Credentials,
+        attach: Attachment | None = None,
     ) -> None:
         self._url = url
         self._name = name
         self._table = table
         self._sync = sync
         self._credentials = credentials
+        self._attach = attach
         self.nc: Client | None = None
         self.subscribed = asyncio.Event()
         self._closing = False
@@ -176,7 +186,9 @@ class EventFollower:
             # Events published before the subscriptions existed are in the deployer's state.
             self._sync.request_full()
             self.subscribed.set()
-            await asyncio.Event().wait()
+            attached = self._attach(nc) if self._attach else contextlib.nullcontext()
+            async with attached:
+                await asyncio.Event().wait()
         finally:
             self.nc = None
             self._closing = True

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cormorant.common.errors import BadRequest, CormorantError
 from cormorant.gateway.errors import BodyTooLarge
+from cormorant.gateway.prediction_log import is_unanswered
 from cormorant.gateway.proxy import Answer, PredictPath
 from cormorant.gateway.routing import RoutingTable
 
@@ -140,6 +141,8 @@ async def infer(slug: Slug, body: InferRequest, request: Request) -> Response:
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     status, version = 500, ""
+    answer: Answer | None = None
+    trace_headers = _trace_headers(request)
     path.metrics.in_flight_now += 1
     try:
         answer = await path.open(
@@ -147,7 +150,7 @@ async def infer(slug: Slug, body: InferRequest, request: Request) -> Response:
             orjson.dumps({"input_params": params}),
             request_id.encode(),
             accept=b"application/json",
-            trace_headers=_trace_headers(request),
+            trace_headers=trace_headers,
         )
         version = answer.version
         status = answer.status
@@ -168,6 +171,16 @@ async def infer(slug: Slug, body: InferRequest, request: Request) -> Response:
         )
     except CormorantError as exc:
         status = exc.status_code
+        if answer is None and is_unanswered(status):
+            path.prediction_log.unanswered(
+                route,
+                request_id=request_id,
+                status=status,
+                error=exc,
+                started=started,
+                input_value=params,
+                trace_headers=trace_headers,
+            )
         raise
     finally:
         path.metrics.in_flight_now -= 1

@@ -1,29 +1,36 @@
 """``POST /predict``: read the input, run predict off the loop, answer JSON or a stream.
 
 The handler answers errors itself rather than raising into the app's handlers: it has to
-count every status for the metrics, and it is the hot path.
+count every status for the metrics and log every prediction, and it is the hot path.
+
+Every answered request is logged once (``ReplicaEvents.prediction``) with the input as
+received: the ``input_params`` value of a JSON body; the text of a raw
+(``application/octet-stream``) body, or its Base64 when it is not UTF-8; the body's text when
+it was not valid JSON. The output is the prediction, or the list of a stream's chunks as they
+were sent. An input or output over ``log_max_bytes`` is logged as a note of its size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from random import getrandbits
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cormorant.common.errors import BadRequest, CormorantError, PayloadTooLarge
-from cormorant.common.predictor import END, ChunkStream, Prediction
+from cormorant.common.predictor import END, ChunkStream, FunctionRaised, Prediction
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState
+from cormorant.worker.publishing import ReplicaEvents, loggable_bytes, too_large
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,11 @@ JSON = "application/json"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 _BODY_EXAMPLE = '{"input_params": [1, 2, 3]}'
+# Not an HTTP status: the client went away before its answer was complete (as nginx logs it).
+CLIENT_GONE = 499
+# W3C trace context: version-traceid-parentid-flags, lowercase hex.
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+_NO_TRACE = b"0" * 32
 
 
 class BodyTooLarge(PayloadTooLarge):
@@ -56,55 +68,100 @@ class PredictHandler:
         *,
         max_body_bytes: int,
         version: str,
+        events: ReplicaEvents | None = None,
+        log_max_bytes: int = 256 * 1024,
     ) -> None:
         self.model = model
         self.pool = pool
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.version = version
+        self.events = events if events is not None and events.log_predictions else None
+        """Where each prediction is logged; None when prediction logging is off."""
+        self.log_max_bytes = log_max_bytes
 
     async def handle(self, request: Request) -> Response:
         """Answer one predict request."""
         started = time.perf_counter()
+        received = time.time()
         self.metrics.in_flight.inc()
+        events = self.events
         streaming = False
         status = 500
+        request_id: str | None = None
+        length: bytes | None = None
+        content_type: bytes | None = None
+        traceparent: bytes | None = None
+        for name, value in request.scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"traceparent":
+                traceparent = value
+        # The gateway's id when it sent one, so its log, ours and the answer agree.
+        request_id = request_id or f"{getrandbits(128):032x}"
+        logged_input: Any = None
+        output: Any = None
+        error: str | None = None
         try:
-            input_value = await self._read_input(request)
+            body = await self._read_body(request, length)
+            if events is not None:
+                size = len(body)
+                limit = self.log_max_bytes
+                logged_input = body if size <= limit else too_large("input", size, limit)
+            input_value = _parse_input(body, content_type)
+            if logged_input is body and not isinstance(input_value, bytes):
+                logged_input = input_value
             predictor = await self.model.get()
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(self.pool, predictor.predict, input_value)
             if isinstance(outcome, Prediction):
-                status = 200
                 # The gateway passes this body through untouched, so it carries the version
                 # and the gateway's request id itself.
-                request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-                body = {
-                    "prediction": outcome.value,
-                    "version": self.version,
-                    "request_id": request_id,
-                }
-                return Response(orjson.dumps(body), 200, {REQUEST_ID_HEADER: request_id}, JSON)
-            response = await self._stream(outcome, request, started)
+                answer = {"prediction": outcome.value, "version": self.version,
+                          "request_id": request_id}  # fmt: skip
+                content = orjson.dumps(answer)
+                status = 200
+                if events is not None:
+                    size = len(content)
+                    limit = self.log_max_bytes
+                    output = outcome.value if size <= limit else too_large("output", size, limit)
+                return Response(content, 200, {REQUEST_ID_HEADER: request_id}, JSON)
+            stream = _LoggedStream(request_id, received, logged_input, traceparent)
+            response = await self._stream(outcome, request, started, stream)
             streaming = True
             status = 200
             return response
         except CormorantError as exc:
             status = exc.status_code
+            error = _error_text(exc)
             if status >= 500:
                 log.warning("predict failed: %s", exc.message)
-            return _error_response(exc)
-        except Exception:
+            return _error_response(exc, request_id)
+        except Exception as exc:
+            error = _error_text(exc)
             log.exception("predict request failed unexpectedly")
-            return _error_response(CormorantError("the worker failed; see its logs"))
+            return _error_response(CormorantError("the worker failed; see its logs"), request_id)
+        except asyncio.CancelledError:
+            status = CLIENT_GONE
+            error = "CancelledError: the request was cancelled before it was answered"
+            raise
         finally:
-            # A stream is counted when it ends, by the generator that sends it.
+            # A stream is counted and logged when it ends, by the generator that sends it.
             if not streaming:
+                elapsed = time.perf_counter() - started
                 self.metrics.in_flight.dec()
-                self.metrics.observe(status, time.perf_counter() - started)
+                self.metrics.observe(status, elapsed)
+                if events is not None:
+                    if type(logged_input) is bytes:
+                        logged_input = loggable_bytes(logged_input)
+                    events.prediction(request_id, received, elapsed, status, logged_input,
+                                      output, error, _trace_id(traceparent))  # fmt: skip
 
-    async def _read_input(self, request: Request) -> Any:
-        length = request.headers.get("content-length")
+    async def _read_body(self, request: Request, length: bytes | None) -> bytes:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise BodyTooLarge(self.max_body_bytes)
         body = bytearray()
@@ -112,24 +169,11 @@ class PredictHandler:
             body += chunk
             if len(body) > self.max_body_bytes:
                 raise BodyTooLarge(self.max_body_bytes)
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("application/octet-stream"):
-            # Raw bytes are the input itself, as a Kafka message value would be.
-            return bytes(body)
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(
-                f"the request body is not valid JSON ({exc}); send e.g. {_BODY_EXAMPLE}"
-            ) from exc
-        if not isinstance(document, dict) or "input_params" not in document:
-            raise BadRequest(
-                f"the request body must be a JSON object with an 'input_params' key, "
-                f"e.g. {_BODY_EXAMPLE}"
-            )
-        return document["input_params"]
+        return bytes(body)
 
-    async def _stream(self, stream: ChunkStream, request: Request, started: float) -> Response:
+    async def _stream(
+        self, stream: ChunkStream, request: Request, started: float, logged: _LoggedStream
+    ) -> Response:
         loop = asyncio.get_running_loop()
         try:
             # The first chunk is fetched before answering, so an error raised as the generator
@@ -141,7 +185,7 @@ class PredictHandler:
         sse = SSE in request.headers.get("accept", "")
         encode = _sse_event if sse else _ndjson_line
         return StreamingResponse(
-            self._send_chunks(stream, first, encode, started),
+            self._send_chunks(stream, first, encode, started, logged),
             media_type=SSE if sse else NDJSON,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -152,27 +196,60 @@ class PredictHandler:
         first: object,
         encode: Encoder,
         started: float,
+        logged: _LoggedStream,
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         status = 200
+        error: str | None = None
+        # Chunks are kept for the log as they are sent, until they outgrow log_max_bytes.
+        chunks: list[Any] | None = [] if self.events is not None else None
+        size = 0
+        sent = 0
+        finished = False
         chunk = first
         try:
             while chunk is not END:
-                yield encode({"prediction": chunk}, None)
+                line = encode({"prediction": chunk}, None)
+                if chunks is not None:
+                    size += len(line)
+                    if size <= self.log_max_bytes:
+                        chunks.append(chunk)
+                yield line
+                sent += 1
                 chunk = await loop.run_in_executor(self.pool, stream.next_chunk)
+            finished = True
         except CormorantError as exc:
             # Headers are gone already: the error travels as the stream's last item.
             status = exc.status_code
+            error = _error_text(exc)
+            finished = True
             log.warning("predict stream failed: %s", exc.message)
             yield encode(exc.to_body(), "error")
-        except Exception:
+        except Exception as exc:
             status = 500
+            error = _error_text(exc)
+            finished = True
             log.exception("predict stream failed unexpectedly")
             yield encode(CormorantError("the worker failed; see its logs").to_body(), "error")
         finally:
+            if not finished:
+                # Cancelled or closed while sending: the client hung up.
+                status = CLIENT_GONE
+                error = f"ClientGone: the client went away after {sent} chunk(s)"
             self._close_later(stream)
+            elapsed = time.perf_counter() - started
             self.metrics.in_flight.dec()
-            self.metrics.observe(status, time.perf_counter() - started)
+            self.metrics.observe(status, elapsed)
+            events = self.events
+            if events is not None:
+                output = (
+                    chunks
+                    if size <= self.log_max_bytes
+                    else too_large("output", size, self.log_max_bytes)
+                )
+                events.prediction(logged.request_id, logged.received, elapsed, status,
+                                  logged.input_for_log(), output, error,
+                                  _trace_id(logged.traceparent))  # fmt: skip
 
     def _close_later(self, stream: ChunkStream) -> None:
         # Not awaited: this may run while a client's disconnect cancels us; the stream's lock
@@ -183,24 +260,50 @@ class PredictHandler:
             stream.close()
 
 
+class _LoggedStream:
+    """What a stream's log event needs from the request that started it."""
+
+    __slots__ = ("input", "received", "request_id", "traceparent")
+
+    def __init__(
+        self, request_id: str, received: float, input_value: Any, traceparent: bytes | None
+    ) -> None:
+        self.request_id = request_id
+        self.received = received
+        self.input = input_value
+        self.traceparent = traceparent
+
+    def input_for_log(self) -> Any:
+        """The input as the log keeps it (raw bytes as text or Base64)."""
+        value = self.input
+        return loggable_bytes(value) if type(value) is bytes else value
+
+
 class PredictEndpoint:
     """Pure ASGI middleware that answers ``/predict`` itself and passes everything else on."""
 
     def __init__(self, app: ASGIApp, *, handler: PredictHandler) -> None:
         self.app = app
         self.handler = handler
-        self._predict = request_response(handler.handle)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Route ``POST /predict`` to the handler, anything else to the wrapped app."""
+        """Route ``/predict`` to ``answer``, anything else to the wrapped app."""
         if scope["type"] != "http" or scope["path"] != PREDICT_PATH:
             await self.app(scope, receive, send)
-        elif scope["method"] == "POST":
-            await self._predict(scope, receive, send)
         else:
-            error = {"error": {"code": "method_not_allowed", "message": "use POST to predict"}}
-            response = Response(orjson.dumps(error), 405, {"Allow": "POST"}, JSON)
-            await response(scope, receive, send)
+            await answer_predict(self.handler, scope, receive, send)
+
+
+async def answer_predict(
+    handler: PredictHandler, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer a request for ``/predict``: POST predicts, other methods get 405."""
+    if scope["method"] == "POST":
+        response = await handler.handle(Request(scope, receive))
+    else:
+        error = {"error": {"code": "method_not_allowed", "message": "use POST to predict"}}
+        response = Response(orjson.dumps(error), 405, {"Allow": "POST"}, JSON)
+    await response(scope, receive, send)
 
 
 def _ndjson_line(document: dict[str, Any], event: str | None) -> bytes:
@@ -212,5 +315,42 @@ def _sse_event(document: dict[str, Any], event: str | None) -> bytes:
     return head + b"data: " + orjson.dumps(document) + b"\n\n"
 
 
-def _error_response(exc: CormorantError) -> Response:
-    return Response(orjson.dumps(exc.to_body()), exc.status_code, None, JSON)
+def _parse_input(body: bytes, content_type: bytes | None) -> Any:
+    if content_type is not None and content_type.startswith(b"application/octet-stream"):
+        # Raw bytes are the input itself, as a Kafka message value would be.
+        return body
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not valid JSON ({exc}); send e.g. {_BODY_EXAMPLE}"
+        ) from exc
+    if not isinstance(document, dict) or "input_params" not in document:
+        raise BadRequest(
+            f"the request body must be a JSON object with an 'input_params' key, "
+            f"e.g. {_BODY_EXAMPLE}"
+        )
+    return document["input_params"]
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of a failure, for the log; the user's own exception when it raised."""
+    if isinstance(exc, FunctionRaised):
+        return exc.message  # already "ValueError: ...", or "preprocess raised ValueError: ..."
+    if isinstance(exc, CormorantError):
+        return f"{type(exc).__name__}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _trace_id(traceparent: bytes | None) -> str | None:
+    if traceparent is None:
+        return None
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None or match.group(1) == _NO_TRACE:
+        return None
+    return match.group(1).decode("ascii")
+
+
+def _error_response(exc: CormorantError, request_id: str) -> Response:
+    return Response(orjson.dumps(exc.to_body()), exc.status_code, {REQUEST_ID_HEADER: request_id},
+                    JSON)  # fmt: skip

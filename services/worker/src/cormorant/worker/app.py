@@ -1,4 +1,8 @@
-"""The worker's app: ``/predict``, ``/healthz`` (ready once the model imported), ``/metrics``."""
+"""The worker's app: ``/predict``, ``/healthz`` (ready once the model imported), ``/metrics``.
+
+Every prediction is logged, and every metric logged by predict code published, through the
+replica's event publisher (``publishing.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +13,39 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
+from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.predictor import (
     PredictContext,
     Predictor,
     set_metric_sink,
     set_predict_context,
 )
-from cormorant.common.telemetry import new_registry, setup_tracing
-from cormorant.common.web import create_service_app
-from cormorant.worker.api import PredictEndpoint, PredictHandler
+from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
+from cormorant.worker.api import PREDICT_PATH, PredictEndpoint, PredictHandler, answer_predict
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState, PredictorFactory
-from cormorant.worker.publishing import metric_sink
+from cormorant.worker.publishing import replica_events
 from cormorant.worker.server import resolve_server_config
 from cormorant.worker.settings import WorkerSettings
 
 TITLE = "cormorant-worker"
+
+
+class WorkerApp(FastAPI):
+    """FastAPI, with ``/predict`` answered before any of FastAPI's own layers run."""
+
+    predict: PredictHandler | None = None
+    """Set when ``/predict`` skips FastAPI's layers (when the replica traces nothing)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand ``/predict`` to its raw handler; everything else to FastAPI."""
+        if self.predict is not None and scope["type"] == "http" and scope["path"] == PREDICT_PATH:
+            await answer_predict(self.predict, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -49,8 +69,15 @@ def create_app(
     factory = predictor if callable(predictor) and loaded is None else None
     model = ModelState(metrics, loaded)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+    events = replica_events(settings, metrics)
     handler = PredictHandler(
-        model, pool, metrics, max_body_bytes=settings.max_body_bytes, version=settings.version
+        model,
+        pool,
+        metrics,
+        max_body_bytes=settings.max_body_bytes,
+        version=settings.version,
+        events=events,
+        log_max_bytes=settings.log_max_bytes,
     )
 
     def load() -> Predictor:
@@ -59,7 +86,7 @@ def create_app(
         return Predictor.load(settings.predictor_spec(), temp_dir=settings.temp_dir)
 
     @asynccontextmanager
-    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.callback(pool.shutdown, wait=False, cancel_futures=True)
             set_predict_context(PredictContext(settings.endpoint, settings.version))
@@ -68,9 +95,8 @@ def create_app(
                 # Visible to the model's module-level code, which runs during the import.
                 os.environ.update(settings.env)
                 model.start(pool, load)
-            sink = await stack.enter_async_context(metric_sink(settings, metrics))
-            served.state.metric_sink = sink
-            set_metric_sink(sink)
+            await stack.enter_async_context(events)
+            set_metric_sink(events.metric)
             stack.callback(set_metric_sink, None)
             if settings.otlp_endpoint:
                 # FastAPI's own telemetry traces each request once a provider is installed.
@@ -78,13 +104,30 @@ def create_app(
                 stack.callback(provider.shutdown)
             yield
 
-    app = create_service_app(
-        title=TITLE, registry=metrics.registry, ready=model.ready, lifespan=lifespan
-    )
+    # Not create_service_app: this class answers predict first (as the gateway's does).
+    app = WorkerApp(title=TITLE, version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        if model.ready():
+            return JSONResponse({"status": "ok"})
+        return error_response(503, "not_ready", f"{TITLE} is starting")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape() -> Response:
+        return metrics_response(metrics.registry)
+
     app.state.model = model
     app.state.metrics = metrics
+    app.state.events = events
 
-    # Served ahead of FastAPI's routing: its per-request machinery (dependency solving,
-    # exception and exit-stack middleware, the route walk) cost a fifth of a no-op prediction.
-    app.add_middleware(PredictEndpoint, handler=handler)
+    # Predict skips FastAPI's per-request machinery (its telemetry check, body-limit, error
+    # and exception layers, the route walk, dependency solving): together they cost as much
+    # as logging the prediction. With tracing on, it stays behind FastAPI's telemetry, which
+    # opens the request's span, and answers just ahead of the routing.
+    if settings.otlp_endpoint:
+        app.add_middleware(PredictEndpoint, handler=handler)
+    else:
+        app.predict = handler
     return app

@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--preprocess-function", dest="preprocess_function", help="preprocess function name")
     add("--accepts-file", dest="accepts_file", action="store_true",
         help="the input is a Base64 file, passed to predict as a temporary path")  # fmt: skip
-    add("--endpoint", help="slug of the endpoint served (tags logged metrics)")
-    add("--version", help="model version served (tags logged metrics)")
+    add("--endpoint", help="slug of the endpoint served (tags logged predictions and metrics)")
+    add("--endpoint-id", dest="endpoint_id", help="database id of the endpoint (tags logs)")
+    add("--version", help="model version served (tags logged predictions and metrics)")
     add("--host", help="interface to listen on (default: 127.0.0.1)")
     add("--port", type=int, help="port to listen on")
     add("--server", action="append", metavar="KEY=VALUE",

@@ -12,7 +12,7 @@ LATENCY_BUCKETS = (
 
 
 class WorkerMetrics:
-    """Requests by status, latency, in-flight, model readiness and metric publishing."""
+    """Requests by status, latency, in-flight, model readiness and event publishing."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -46,6 +46,13 @@ class WorkerMetrics:
         self.metrics_published = Counter(
             "cormorant_worker_logged_metrics",
             "Metrics logged by predict code, by outcome (published, dropped).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.predictions_logged = Counter(
+            "cormorant_worker_logged_predictions",
+            "Predictions handed to the event publisher (published) or not (dropped: no NATS "
+            "connection yet, or the publisher's buffer was full).",
             ["outcome"],
             registry=registry,
         )

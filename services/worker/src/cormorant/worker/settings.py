@@ -12,6 +12,9 @@ from cormorant.common.settings import ServiceSettings
 
 # 10 MiB: a Base64 image of a few MB fits, a runaway upload does not reach the model.
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# An event carries the input and the output; two of these stay under NATS's default 1 MiB
+# max_payload even after Base64 grows a binary input by a third.
+DEFAULT_LOG_MAX_BYTES = 256 * 1024
 
 
 class WorkerSettings(ServiceSettings):
@@ -40,10 +43,13 @@ class WorkerSettings(ServiceSettings):
     """The input is a Base64 file, passed to the function as a temporary file's path."""
 
     endpoint: str = "local"
-    """Slug of the endpoint this replica serves (tags logged metrics)."""
+    """Slug of the endpoint this replica serves (tags logged predictions and metrics)."""
+
+    endpoint_id: str | None = None
+    """Database id of the endpoint, when the deployer passes it (tags logged predictions)."""
 
     version: str = "local"
-    """Model version this replica serves (tags logged metrics)."""
+    """Model version this replica serves (tags logged predictions and metrics)."""
 
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     """Largest request body accepted by ``/predict``; larger ones get 413."""
@@ -60,11 +66,20 @@ class WorkerSettings(ServiceSettings):
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables exported to the predict code before it is imported."""
 
+    log_predictions: bool = True
+    """Publish every prediction (input, output or error, status, latency) as
+    ``PredictionLogged`` to NATS when the server is reachable; never delays the answer."""
+
+    log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, gt=0)
+    """Largest input or output (in bytes of JSON) kept in a prediction's log event; a larger
+    one is logged as a short note of its size, so the event still fits in a NATS message."""
+
     publish_metrics: bool = True
     """Publish ``Endpoint().log_metric`` values to NATS when the server is reachable."""
 
     nats_connect_timeout: float = Field(default=2.0, gt=0)
-    """Seconds to wait for NATS at start-up before serving without metric publishing."""
+    """Seconds each attempt to reach NATS may take; until one succeeds (retried in the
+    background) predictions and metrics are served but not published."""
 
     def predictor_spec(self) -> PredictorSpec:
         """The predict contract this replica loads."""

@@ -1,0 +1,200 @@
+"""Every prediction is published as ``PredictionLogged``: read back from the real JetStream.
+
+The worker app runs in-process against a real nats-server; events are read with a pull
+consumer on the predictions stream, as predictlog reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from nats.aio.msg import Msg
+
+from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.common.events import PredictionLogged, decode
+from cormorant.common.predictor import Predictor
+from cormorant.worker import WorkerSettings, create_app
+from cormorant.worker.publishing import ReplicaEvents
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def model(action: str, *args: Any) -> Any:
+    """Echo, raise, or stream, as the first argument says."""
+    if action == "raise":
+        raise ValueError(f"boom: {args[0]}")
+    if action == "stream":
+        return _chunks(args[0])
+    return [action, *args]
+
+
+def _chunks(count: int) -> Iterator[dict[str, int]]:
+    for index in range(count):
+        yield {"index": index}
+
+
+def raw(value: Any) -> Any:
+    """A predict function for raw bytes: their length."""
+    return len(value)
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app, startup_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            yield client
+
+
+async def wait_until_connected(app: FastAPI) -> None:
+    events: ReplicaEvents = app.state.events
+    for _ in range(1000):
+        if events.publisher is not None:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the replica's publisher did not connect within 10 s")
+
+
+async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
+    """Every PredictionLogged in the stream, failing unless there are exactly ``expected``."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM)
+        messages: list[Msg] = []
+        async with asyncio.timeout(10):
+            while len(messages) < expected:
+                messages += await sub.fetch(expected - len(messages), timeout=10)
+        try:
+            extra = await sub.fetch(1, timeout=0.3)
+        except nats.errors.TimeoutError:
+            extra = []
+        assert not extra, f"more events than expected: {[m.data for m in extra]}"
+        events = [decode(m.data, m.headers) for m in messages]
+    finally:
+        await nc.close()
+    assert all(isinstance(event, PredictionLogged) for event in events)
+    return [event for event in events if isinstance(event, PredictionLogged)]
+
+
+def worker_settings(nats_url: str, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "publish_metrics": False,
+        "endpoint": "test-endpoint",
+        "endpoint_id": "8b0f4a9e-7c43-4bb6-9d6e-5a1f2c3d4e5f",
+        "version": "3",
+    }
+    return WorkerSettings(**(values | overrides))
+
+
+async def test_a_prediction_is_logged_once_with_its_fields(nats_url: str) -> None:
+    """One request, one event: ids, endpoint, version, input, output, status, timing, trace."""
+    app = create_app(worker_settings(nats_url), Predictor(model), threads=1)
+    before = datetime.now(UTC)
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        response = await client.post(
+            "/predict",
+            json={"input_params": ["hello", 1, {"a": [2.5]}]},
+            headers={"X-Request-ID": "req-1", "traceparent": TRACEPARENT},
+        )
+        assert response.status_code == 200
+        [event] = await read_logged(nats_url, 1)
+    assert event.subject == "cormorant.predictions.test-endpoint"
+    assert (event.request_id, event.endpoint, event.endpoint_id, event.version) == (
+        "req-1",
+        "test-endpoint",
+        "8b0f4a9e-7c43-4bb6-9d6e-5a1f2c3d4e5f",
+        "3",
+    )
+    assert event.input == ["hello", 1, {"a": [2.5]}]
+    assert event.output == response.json()["prediction"] == ["hello", 1, {"a": [2.5]}]
+    assert (event.status, event.error, event.trace_id) == (200, None, TRACE_ID)
+    assert 0 < event.latency_ms < 5_000
+    assert before - timedelta(seconds=1) <= event.received_at <= datetime.now(UTC)
+    assert event.received_at.tzinfo is UTC
+
+
+async def test_a_raising_predict_is_logged_as_a_500_with_its_error(nats_url: str) -> None:
+    """The event of a failed prediction has status 500, ``Type: message`` and no output."""
+    app = create_app(worker_settings(nats_url), Predictor(model), threads=1)
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        response = await client.post("/predict", json={"input_params": ["raise", 7]})
+        assert response.status_code == 500
+        [event] = await read_logged(nats_url, 1)
+    assert (event.status, event.error, event.output) == (500, "ValueError: boom: 7", None)
+    assert event.input == ["raise", 7]
+    # Made by the worker when the caller sent none, and the same in the answer.
+    assert event.request_id == response.headers["x-request-id"]
+    assert len(event.request_id) == 32
+
+
+async def test_a_stream_is_logged_with_its_chunks(nats_url: str) -> None:
+    """A generator's prediction is logged once it ends, with the chunks it sent."""
+    app = create_app(worker_settings(nats_url), Predictor(model), threads=1)
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        response = await client.post("/predict", json={"input_params": ["stream", 3]})
+        assert response.status_code == 200
+        assert len(response.text.splitlines()) == 3
+        [event] = await read_logged(nats_url, 1)
+    assert event.output == [{"index": 0}, {"index": 1}, {"index": 2}]
+    assert (event.status, event.error) == (200, None)
+
+
+async def test_bytes_bad_json_and_large_inputs_are_logged_readably(nats_url: str) -> None:
+    """Raw bytes as text or Base64, an unparseable body as text, a large one as a note."""
+    settings = worker_settings(nats_url, log_max_bytes=1000)
+    app = create_app(settings, Predictor(raw), threads=1)
+    binary = bytes([0xFF, 0x00, 0x81])
+    octets = {"Content-Type": "application/octet-stream"}
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        for request_id, body, headers in (
+            ("text", b"plain words", octets),
+            ("binary", binary, octets),
+            ("bad-json", b"{nope", {}),
+            ("large", b"x" * 2000, octets),
+        ):
+            await client.post(
+                "/predict", content=body, headers={"X-Request-ID": request_id, **headers}
+            )
+        events = {e.request_id: e for e in await read_logged(nats_url, 4)}
+    assert (events["text"].input, events["text"].output) == ("plain words", 11)
+    assert events["binary"].input == base64.b64encode(binary).decode()
+    assert (events["bad-json"].input, events["bad-json"].status) == ("{nope", 400)
+    assert events["bad-json"].error is not None
+    assert events["bad-json"].error.startswith("BadRequest: the request body is not valid JSON")
+    assert events["large"].input == "[input of 2000 bytes not logged: over log_max_bytes (1000)]"
+    assert events["large"].output == 2000
+
+
+async def test_without_nats_predictions_succeed_and_the_drops_are_counted(
+    unused_tcp_port: int,
+) -> None:
+    """Nothing listens at the NATS URL: every prediction is answered and counted as dropped."""
+    settings = worker_settings(f"nats://127.0.0.1:{unused_tcp_port}", nats_connect_timeout=0.2)
+    app = create_app(settings, Predictor(model), threads=1)
+    async with serve(app) as client:
+        for index in range(3):
+            response = await client.post("/predict", json={"input_params": ["ok", index]})
+            assert response.json()["prediction"] == ["ok", index]
+        stream = await client.post("/predict", json={"input_params": ["stream", 2]})
+        assert stream.status_code == 200
+    dropped = app.state.metrics.registry.get_sample_value(
+        "cormorant_worker_logged_predictions_total", {"outcome": "dropped"}
+    )
+    assert dropped == 4
