@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/logging_overhead.py
+	$(BIN)/python bench/kafka_bridge.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:

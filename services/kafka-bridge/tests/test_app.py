@@ -1,4 +1,4 @@
-"""The KafkaBridge service answers its probes in the platform's shapes."""
+"""A replica answers its probes in the platform's shapes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from cormorant.kafka_bridge.app import create_app
+from cormorant.kafka_bridge.replica import Phase, Replica
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 
 
@@ -21,3 +22,21 @@ async def test_health_metrics_and_error_shape() -> None:
             missing = await client.get("/nope")
             assert missing.status_code == 404
             assert missing.json()["error"]["code"] == "not_found"
+
+
+async def test_healthz_reports_what_the_replica_is_doing() -> None:
+    """503 with the phase until the replica streams, 200 while it does, 503 once stopping."""
+    replica = Replica(KafkaBridgeSettings(endpoint="orders", version="2"))
+    transport = httpx.ASGITransport(app=replica.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        loading = await client.get("/healthz")
+        assert loading.status_code == 503
+        assert loading.json()["error"] == {
+            "code": "not_ready",
+            "message": "orders/2: importing the model",
+        }
+        replica.phase = Phase.STREAMING
+        assert (await client.get("/healthz")).status_code == 200
+        replica.request_stop()
+        stopping = await client.get("/healthz")
+        assert stopping.json()["error"]["message"] == "orders/2: stopping"

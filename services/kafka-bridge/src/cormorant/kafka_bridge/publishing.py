@@ -1,0 +1,176 @@
+"""Prediction logs (``PredictionLogged``) and logged metrics (``MetricLogged``) on NATS.
+
+The connection is made in the background at start-up; a replica without a reachable NATS
+streams all the same and counts what it could not log. Publishing goes through the bounded
+``BatchedPublisher``: it never blocks the stream and never fails it. Each event's id is the
+message's request id, so a message predicted again after a crash is stored once by
+JetStream (within the stream's duplicate window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
+
+from cormorant.common import bus
+from cormorant.common.events import MetricLogged, PredictionLogged
+from cormorant.common.predictor import JSONValue
+from cormorant.kafka_bridge.metrics import BridgeMetrics
+from cormorant.kafka_bridge.settings import KafkaBridgeSettings
+
+log = logging.getLogger(__name__)
+
+
+class PredictionLog:
+    """Publishes one event per prediction (and metrics logged by predict code), if it can."""
+
+    def __init__(self, settings: KafkaBridgeSettings, metrics: BridgeMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.publisher: bus.BatchedPublisher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._resources = AsyncExitStack()
+        self._published = metrics.logged.labels(outcome="published")
+        self._dropped = metrics.logged.labels(outcome="dropped")
+
+    @property
+    def active(self) -> bool:
+        """Whether events are being published (NATS reachable and the publisher started)."""
+        return self.publisher is not None
+
+    async def __aenter__(self) -> PredictionLog:
+        self._loop = asyncio.get_running_loop()
+        if self.settings.publish_predictions:
+            self._task = asyncio.create_task(self._connect(), name="prediction-log-connect")
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.publisher = None
+        await self._resources.aclose()
+
+    def prediction(
+        self,
+        *,
+        request_id: str,
+        value: bytes | None,
+        output: JSONValue | bytes,
+        error: str | None,
+        latency_ms: float,
+        received_at: datetime,
+    ) -> None:
+        """Log one prediction: 200 with its output, or 500 with the error."""
+        publisher = self.publisher
+        if publisher is None:
+            return
+        try:
+            event = PredictionLogged(
+                event_id=request_id,
+                request_id=request_id,
+                endpoint=self.settings.endpoint,
+                version=self.settings.version,
+                input=logged_input(value),
+                output=logged_input(output) if isinstance(output, bytes) else output,
+                error=error,
+                status=500 if error is not None else 200,
+                latency_ms=latency_ms,
+                received_at=received_at,
+            )
+        except ValueError as exc:  # never let the log stop the stream
+            log.warning("prediction %s not logged: %s", request_id, exc)
+            self._dropped.inc()
+            return
+        (self._published if publisher.publish(event) else self._dropped).inc()
+
+    def metric(self, key: str, value: float) -> None:
+        """The sink of ``Endpoint().log_metric`` in predict code; called on a predict thread."""
+        loop = self._loop
+        if loop is None or self.publisher is None:
+            return
+        event = MetricLogged(
+            endpoint=self.settings.endpoint, version=self.settings.version, key=key, value=value
+        )
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is stopping
+            loop.call_soon_threadsafe(self._publish_metric, event)
+
+    def _publish_metric(self, event: MetricLogged) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(event)
+
+    async def _connect(self) -> None:
+        settings = self.settings
+        if not await _reachable(settings.nats_url, settings.nats_connect_timeout):
+            log.warning("NATS at %s is not reachable: predictions will not be logged",
+                        settings.nats_url)  # fmt: skip
+            return
+        try:
+            self.publisher = await self._resources.enter_async_context(
+                _publisher(settings, self.metrics.registry)
+            )
+        except Exception as exc:
+            log.warning("predictions will not be logged: %s: %s", type(exc).__name__, exc)
+            return
+        log.info("logging predictions to %s", settings.nats_url)
+
+
+def logged_input(value: bytes | None) -> str | None:
+    """A message value as the prediction log keeps it: text, or Base64 when not UTF-8."""
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode()
+
+
+@asynccontextmanager
+async def _publisher(
+    settings: KafkaBridgeSettings, registry: CollectorRegistry
+) -> AsyncIterator[bus.BatchedPublisher]:
+    name = f"cormorant-kafka-bridge {settings.endpoint}/{settings.version}"
+    # bus.connect waits for a server forever; a replica must not, it streams without NATS.
+    async with asyncio.timeout(settings.nats_connect_timeout):
+        client: Client = await bus.connect(settings.nats_url, name=name)
+    try:
+        await bus.ensure_streams(client.jetstream())
+        publisher = bus.BatchedPublisher(client, name="predictions", registry=registry)
+        await publisher.start()
+        try:
+            yield publisher
+        finally:
+            await publisher.stop()
+    finally:
+        await bus.close(client)
+
+
+async def _reachable(url: str, seconds: float) -> bool:
+    """Whether anything accepts TCP on the first server of ``url`` (fails fast when not)."""
+    first = url.split(",")[0].strip()
+    parts = urlsplit(first if "://" in first else f"nats://{first}")
+    try:
+        async with asyncio.timeout(seconds):
+            _, writer = await asyncio.open_connection(
+                parts.hostname or "127.0.0.1", parts.port or 4222
+            )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
