@@ -17,9 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from urllib.parse import urlsplit
 
-from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
@@ -115,7 +113,7 @@ class PredictionLog:
 
     async def _connect(self) -> None:
         settings = self.settings
-        if not await _reachable(settings.nats_url, settings.nats_connect_timeout):
+        if not await bus.reachable(settings.nats_url, settings.nats_connect_timeout):
             log.warning("NATS at %s is not reachable: predictions will not be logged",
                         settings.nats_url)  # fmt: skip
             return
@@ -144,33 +142,11 @@ async def _publisher(
     settings: KafkaBridgeSettings, registry: CollectorRegistry
 ) -> AsyncIterator[bus.BatchedPublisher]:
     name = f"cormorant-kafka-bridge {settings.endpoint}/{settings.version}"
-    # bus.connect waits for a server forever; a replica must not, it streams without NATS.
-    async with asyncio.timeout(settings.nats_connect_timeout):
-        client: Client = await bus.connect(settings.nats_url, name=name)
-    try:
-        await bus.ensure_streams(client.jetstream())
-        publisher = bus.BatchedPublisher(client, name="predictions", registry=registry)
-        await publisher.start()
-        try:
-            yield publisher
-        finally:
-            await publisher.stop()
-    finally:
-        await bus.close(client)
-
-
-async def _reachable(url: str, seconds: float) -> bool:
-    """Whether anything accepts TCP on the first server of ``url`` (fails fast when not)."""
-    first = url.split(",")[0].strip()
-    parts = urlsplit(first if "://" in first else f"nats://{first}")
-    try:
-        async with asyncio.timeout(seconds):
-            _, writer = await asyncio.open_connection(
-                parts.hostname or "127.0.0.1", parts.port or 4222
-            )
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    async with bus.replica_publisher(
+        settings.nats_url,
+        client_name=name,
+        publisher_name="predictions",
+        connect_timeout=settings.nats_connect_timeout,
+        registry=registry,
+    ) as publisher:
+        yield publisher

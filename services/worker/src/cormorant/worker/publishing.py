@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from random import getrandbits
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -219,7 +218,7 @@ class ReplicaEvents:
         # A replica may start before NATS (or while it restarts): keep trying in the
         # background, so events flow as soon as it is back; until then they count as dropped.
         delay = 1.0
-        while not await _reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
+        while not await bus.reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
             if delay == 1.0:
                 log.warning("NATS at %s is not reachable: predictions and metrics are not "
                             "published until it is", self.settings.nats_url)  # fmt: skip
@@ -272,33 +271,11 @@ async def nats_publisher(
 ) -> AsyncIterator[bus.BatchedPublisher]:
     """Connect to NATS, make sure the streams exist, and run the replica's publisher."""
     name = f"cormorant-worker {settings.endpoint}/{settings.version}"
-    # bus.connect waits for a server forever; a replica must not, it serves without NATS.
-    async with asyncio.timeout(settings.nats_connect_timeout):
-        client = await bus.connect(settings.nats_url, name=name)
-    try:
-        await bus.ensure_streams(client.jetstream())
-        publisher = bus.BatchedPublisher(client, name=PUBLISHER_NAME, registry=registry)
-        await publisher.start()
-        try:
-            yield publisher
-        finally:
-            await publisher.stop()
-    finally:
-        await bus.close(client)
-
-
-async def _reachable(url: str, seconds: float) -> bool:
-    """Whether anything accepts TCP on the first server of ``url`` (fails fast when not)."""
-    first = url.split(",")[0].strip()
-    parts = urlsplit(first if "://" in first else f"nats://{first}")
-    try:
-        async with asyncio.timeout(seconds):
-            _, writer = await asyncio.open_connection(
-                parts.hostname or "127.0.0.1", parts.port or 4222
-            )
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    async with bus.replica_publisher(
+        settings.nats_url,
+        client_name=name,
+        publisher_name=PUBLISHER_NAME,
+        connect_timeout=settings.nats_connect_timeout,
+        registry=registry,
+    ) as publisher:
+        yield publisher

@@ -13,6 +13,7 @@ at-least-once: a handler must tolerate seeing an event twice (de-duplicate on ``
 from cormorant.common.bus.connection import close, connect
 from cormorant.common.bus.consumer import Consumer, ConsumerStats, Delivery, Handler, consume
 from cormorant.common.bus.publisher import BatchedPublisher, PublisherStats
+from cormorant.common.bus.replica import reachable, replica_publisher
 from cormorant.common.bus.streams import (
     EVENTS_STREAM,
     METRICS_STREAM,
@@ -39,5 +40,7 @@ __all__ = [
     "connect",
     "consume",
     "ensure_streams",
+    "reachable",
+    "replica_publisher",
     "stream_specs",
 ]

@@ -1,0 +1,57 @@
+"""The event publisher of a replica (worker or kafka-bridge), which must serve without NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+
+from cormorant.common.bus.connection import close, connect
+from cormorant.common.bus.publisher import BatchedPublisher
+from cormorant.common.bus.streams import ensure_streams
+
+
+async def reachable(url: str, seconds: float) -> bool:
+    """Whether anything accepts TCP on the first server of ``url`` (fails fast when not)."""
+    first = url.split(",")[0].strip()
+    parts = urlsplit(first if "://" in first else f"nats://{first}")
+    try:
+        async with asyncio.timeout(seconds):
+            _, writer = await asyncio.open_connection(
+                parts.hostname or "127.0.0.1", parts.port or 4222
+            )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+@asynccontextmanager
+async def replica_publisher(
+    url: str,
+    *,
+    client_name: str,
+    publisher_name: str,
+    connect_timeout: float,
+    registry: CollectorRegistry | None = None,
+) -> AsyncIterator[BatchedPublisher]:
+    """Connect (bounded in time), make sure the streams exist, and run a batched publisher."""
+    # connect() waits for a server forever; a replica must not, it serves without NATS.
+    async with asyncio.timeout(connect_timeout):
+        client = await connect(url, name=client_name)
+    try:
+        await ensure_streams(client.jetstream())
+        publisher = BatchedPublisher(client, name=publisher_name, registry=registry)
+        await publisher.start()
+        try:
+            yield publisher
+        finally:
+            await publisher.stop()
+    finally:
+        await close(client)
