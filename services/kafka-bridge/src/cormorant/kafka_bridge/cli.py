@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cormorant.common.cliargs import describe_settings_error, key_value_pairs
 from cormorant.common.errors import CormorantError
 from cormorant.common.predictor import check_spec
 from cormorant.common.telemetry import configure_logging
@@ -76,8 +77,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> KafkaBridgeSettings:
     given: dict[str, Any] = vars(parser.parse_args(argv))
     given.pop("check", None)
     try:
-        security = _pairs(given.pop("security", []), "--security")
-        env = _pairs(given.pop("env", []), "--env")
+        security = key_value_pairs(given.pop("security", []), "--security")
+        env = key_value_pairs(given.pop("env", []), "--env")
     except ValueError as exc:
         parser.error(str(exc))
     base = KafkaBridgeSettings()
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CormorantError as exc:
         return _refuse(exc.message)
     except ValidationError as exc:
-        return _refuse(_describe(exc))
+        return _refuse(describe_settings_error(exc))
     if "--check" in args:
         return 0
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -117,23 +118,6 @@ async def _run(settings: KafkaBridgeSettings) -> int:
     return await replica.run()
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        pairs[key.strip()] = value
-    return pairs
-
-
 def _refuse(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return EXIT_REFUSED
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    )

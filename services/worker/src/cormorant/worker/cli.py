@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cormorant.common.cliargs import describe_settings_error, key_value_pairs
 from cormorant.common.errors import CormorantError
 from cormorant.common.predictor import check_spec
 from cormorant.common.telemetry import configure_logging
@@ -56,8 +57,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     parser = build_parser()
     given: dict[str, Any] = vars(parser.parse_args(argv))
     try:
-        server = _pairs(given.pop("server", []), "--server")
-        env = _pairs(given.pop("env", []), "--env")
+        server = key_value_pairs(given.pop("server", []), "--server")
+        env = key_value_pairs(given.pop("env", []), "--env")
     except ValueError as exc:
         parser.error(str(exc))
     base = WorkerSettings()
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CormorantError as exc:
         return _refuse(exc.message)
     except ValidationError as exc:
-        return _refuse(_describe(exc))
+        return _refuse(describe_settings_error(exc))
     if check_only:
         return 0
     configure_logging(settings.log_level, json_lines=settings.log_json)
@@ -102,23 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
-        pairs[key.strip()] = value
-    return pairs
-
-
 def _refuse(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return 2
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    )
