@@ -27,15 +27,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+# Same helpers as the worker bench (this folder is on sys.path when a bench runs).
+from worker_overhead import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -50,39 +50,15 @@ ISTIO_P90_MS = 2.65
 HAPROXY_RATIO = 0.46
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def child_env(**extra: str) -> dict[str, str]:
     """The servers' environment: quiet logs, no metric publishing from the worker."""
     env = dict(os.environ)
     env["CORMORANT_LOG_LEVEL"] = "WARNING"
     env["CORMORANT_LOG_JSON"] = "false"
     env["CORMORANT_WORKER_PUBLISH_METRICS"] = "false"
+    env["CORMORANT_WORKER_LOG_PREDICTIONS"] = "false"
     env.update(extra)
     return env
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    """Poll ``url`` until it answers 200; fail if the server exits or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not healthy within {timeout} s")
 
 
 @contextmanager

@@ -47,6 +47,7 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["CORMORANT_LOG_LEVEL"] = "WARNING"
     env["CORMORANT_WORKER_PUBLISH_METRICS"] = "false"
+    env["CORMORANT_WORKER_LOG_PREDICTIONS"] = "false"
     return env
 
 
