@@ -18,8 +18,12 @@ from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import install_validation_messages, router
+from cormorant.deployer.api_rollout import router as rollout_router
 from cormorant.deployer.autoscale import Autoscaler
 from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.handshake import GatewayHandshake
+from cormorant.deployer.rollout import RolloutService
+from cormorant.deployer.rollout_store import RolloutStore
 from cormorant.deployer.runtime.local import LocalRuntime
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.snapshot import SnapshotStore
@@ -115,6 +119,11 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 publisher=publisher,
             )
             app.state.supervisor = supervisor
+            app.state.rollouts = RolloutService(
+                endpoints=app.state.service,
+                store=RolloutStore(store.sessions),
+                handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
+            )
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
@@ -127,6 +136,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     )
     install_validation_messages(app)
     app.include_router(router)
+    app.include_router(rollout_router)
     app.state.settings = settings
     return app
 

@@ -92,6 +92,15 @@ class DeployerSettings(ServiceSettings):
     """Stop every replica when the service shuts down; by default they keep serving and the
     next start adopts them."""
 
+    rollout_ready_timeout_s: float = Field(default=300.0, gt=0)
+    """Seconds a rollout waits for the new version's replicas to become ready before it fails
+    and the version gets no traffic."""
+
+    handshake_timeout_s: float = Field(default=15.0, gt=0)
+    """Seconds to wait for every gateway to apply a traffic generation (and drain the requests
+    in flight to a version that lost its traffic) before that version's replicas are stopped
+    anyway."""
+
     def resolved_worker_command(self) -> list[str]:
         """``worker_command``, or this interpreter running ``cormorant.worker``."""
         return list(self.worker_command or [sys.executable, "-m", "cormorant.worker"])

@@ -70,6 +70,9 @@ class EndpointRuntime:
     published: tuple[object, ...] = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    primary: bool = True
+    """Whether this is the version that sets the endpoint's status (and is autoscaled);
+    a canary or a retiring version runs beside it (see ``rollout.py``)."""
 
     def launch(self, replica_id: uuid.UUID) -> ReplicaLaunch:
         """What the runtime runs for replica ``replica_id`` of the current version."""
@@ -125,6 +128,8 @@ class Supervisor:
         self.http = http
         self.tasks = tasks
         self.endpoints: dict[uuid.UUID, EndpointRuntime] = {}
+        self.others: dict[uuid.UUID, dict[str, EndpointRuntime]] = {}
+        """Per endpoint, the versions running beside the primary one, by label."""
         self._running: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -210,6 +215,10 @@ class Supervisor:
             endpoint.deleted = True
             endpoint.desired = 0
             runners = list(endpoint.replicas.values())
+            for other in self.others.pop(endpoint.id, {}).values():
+                other.deleted = True
+                other.desired = 0
+                runners.extend(other.replicas.values())
             for runner in runners:
                 runner.stop_requested.set()
         await asyncio.gather(*(runner.done.wait() for runner in runners))
@@ -222,7 +231,7 @@ class Supervisor:
     async def refresh(self, endpoint: EndpointRuntime) -> None:
         """Recompute the endpoint's status; store and announce it if its public view changed."""
         async with endpoint.status_lock:
-            if endpoint.deleted:
+            if endpoint.deleted or not endpoint.primary:
                 return
             change = self.status_change(endpoint)
             if change is not None:
@@ -242,7 +251,7 @@ class Supervisor:
 
     def status_change(self, endpoint: EndpointRuntime) -> StatusChange | None:
         """The endpoint's status as its replicas now imply, if it differs from the stored one."""
-        if endpoint.deleted:
+        if endpoint.deleted or not endpoint.primary:
             return None
         status, reason = self._status(endpoint)
         if (status, reason) == (endpoint.status, endpoint.reason):
@@ -301,6 +310,11 @@ class Supervisor:
                 await self.store.set_status(StatusChange(record.id, None, "failed", str(exc)))
                 continue
             for row in rows_by_endpoint.pop(record.id, []):
+                if row.version_id != endpoint.version.id:
+                    # A canary's replicas are not resumed as the primary version: stopped,
+                    # their weight goes to the versions still serving until a new rollout.
+                    await self._retire_orphan(row)
+                    continue
                 await self._resume(endpoint, row)
             await self.refresh(endpoint)
             await self.converge(endpoint)
@@ -384,7 +398,9 @@ class Supervisor:
     async def close(self) -> None:
         """Stop watching: replicas keep serving, unless configured to stop with the service."""
         if self.settings.stop_replicas_on_shutdown:
-            runners = [r for e in self.endpoints.values() for r in e.replicas.values()]
+            runtimes = [*self.endpoints.values()]
+            runtimes += [o for others in self.others.values() for o in others.values()]
+            runners = [r for e in runtimes for r in e.replicas.values()]
             for runner in runners:
                 runner.stop_requested.set()
             await asyncio.gather(*(runner.done.wait() for runner in runners))

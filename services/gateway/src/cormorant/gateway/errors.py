@@ -53,6 +53,19 @@ class NoReadyReplica(ServiceUnavailable):
         )
 
 
+class VersionNotServing(ServiceUnavailable):
+    """A request pinned a version (``X-Cormorant-Version``) that has no ready replica."""
+
+    def __init__(self, slug: str, version: str, versions: list[str]) -> None:
+        shown = ", ".join(versions) or "none"
+        super().__init__(
+            f"version {version!r} of endpoint {slug!r} has no ready replica (versions routed: "
+            f"{shown}); drop the X-Cormorant-Version header or see "
+            f"GET /api/v1/endpoints/{slug}/traffic",
+            details={"version": version, "versions": versions},
+        )
+
+
 class BatchEndpoint(Conflict):
     """A batch endpoint at zero replicas does not answer predict."""
 

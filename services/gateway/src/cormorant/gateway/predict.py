@@ -87,7 +87,7 @@ class PredictHandler:
                 await _send_error(send, 405, "method_not_allowed", "use POST to predict",
                                   request_id, [(b"allow", b"POST")])  # fmt: skip
                 return
-            authorization = length = accept = None
+            authorization = length = accept = pinned = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value
@@ -97,6 +97,8 @@ class PredictHandler:
                     content_type = value
                 elif name == b"accept":
                     accept = value
+                elif name == b"x-cormorant-version":
+                    pinned = value.decode("latin-1").strip() or None
                 elif name in _TRACE_HEADERS:
                     trace_headers = [*(trace_headers or ()), (name, value)]
             await self.credentials.check_predict(
@@ -115,6 +117,7 @@ class PredictHandler:
                 content_type=content_type,
                 accept=accept,
                 trace_headers=trace_headers,
+                version=pinned,
             )
             version = answer.version
             status = answer.status

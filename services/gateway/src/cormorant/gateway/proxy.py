@@ -23,6 +23,7 @@ from cormorant.gateway.errors import (
     ReplicaTimeout,
     StreamEndpoint,
     UnknownEndpoint,
+    VersionNotServing,
 )
 from cormorant.gateway.metrics import GatewayMetrics
 from cormorant.gateway.prediction_log import PredictionLog
@@ -105,12 +106,14 @@ class PredictPath:
         content_type: bytes = b"application/json",
         accept: bytes | None = None,
         trace_headers: list[tuple[bytes, bytes]] | None = None,
+        version: str | None = None,
     ) -> Answer:
         """Send ``body`` to a replica of ``route`` and wait for its answer's head.
 
         A replica that cannot be connected to is passed over for another (nothing was sent);
         once the request is written it is never sent again. ``trace_headers`` are the
         caller's W3C trace context, passed on (under a span of ours when tracing is on).
+        ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header).
         """
         extra = b"accept: %s\r\n" % accept if accept else b""
         span = None
@@ -128,7 +131,7 @@ class PredictPath:
         elif trace_headers:
             extra += b"".join(b"%s: %s\r\n" % pair for pair in trace_headers)
         try:
-            replica, conn = await self._connect(route)
+            replica, conn = await self._connect(route, version)
         except BaseException as exc:
             _end_span(span, exc)
             raise
@@ -186,10 +189,12 @@ class PredictPath:
         replica.end(time.monotonic())
         replica.pool.release(conn)
 
-    async def _connect(self, route: Route) -> tuple[Replica, Connection]:
+    async def _connect(self, route: Route, version: str | None) -> tuple[Replica, Connection]:
         now = time.monotonic()
-        replica = route.pick(now)
+        replica = route.pick(now, version=version)
         if replica is None:
+            if version is not None:
+                raise VersionNotServing(route.slug, version, route.versions())
             raise _unavailable(route)
         tried: frozenset[Replica] = frozenset()
         while True:
@@ -202,7 +207,9 @@ class PredictPath:
                 replica.cooldown_until = now + self._cooldown_s
                 self.metrics.connect_failures.labels(route.slug).inc()
                 tried = tried | {replica}
-                following = route.pick(now, tried) if len(tried) < self._attempts else None
+                following = (
+                    route.pick(now, tried, version=version) if len(tried) < self._attempts else None
+                )
                 if following is None:
                     raise ReplicasUnreachable(
                         route.slug, len(tried), str(exc), version=replica.version

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from cormorant.common.events import ReplicaChanged, TrafficChanged
+from cormorant.common.handshake import GenerationReport
 from cormorant.gateway.upstream import Pool
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,21 @@ class Route:
         names = set(self.weights) | {r.version for r in self.replicas.values()}
         return sorted(names, key=lambda v: (len(v), v))
 
-    def pick(self, now: float, exclude: frozenset[Replica] = frozenset()) -> Replica | None:
-        """A replica for the next request, or None when no allowed replica is ready."""
+    def pick(
+        self,
+        now: float,
+        exclude: frozenset[Replica] = frozenset(),
+        *,
+        version: str | None = None,
+    ) -> Replica | None:
+        """A replica for the next request, or None when no allowed replica is ready.
+
+        ``version`` pins the request to that version's replicas, whatever its weight (a
+        canary can be tried before it takes any traffic).
+        """
+        if version is not None:
+            pinned = [r for r in self.replicas.values() if r.version == version]
+            return _least_loaded(pinned, now, exclude) if pinned else None
         groups = self._groups
         if not groups:
             return None
@@ -323,6 +337,20 @@ class RoutingTable:
             route.generation = event.generation
             route.rebuild()
         return True
+
+    def report(self, slug: str, gateway: str) -> GenerationReport:
+        """The generation of ``slug`` this table routes by and its requests in flight per version
+        (the deployer's handshake before it stops a version's replicas)."""
+        route = self.routes.get(slug)
+        in_flight: dict[str, int] = {}
+        replicas = [*(route.replicas.values() if route else ()), *self.retired]
+        for replica in replicas:
+            if replica.endpoint == slug and replica.in_flight:
+                in_flight[replica.version] = in_flight.get(replica.version, 0) + replica.in_flight
+        generation = route.generation if route is not None else -1
+        return GenerationReport(
+            gateway=gateway, endpoint=slug, generation=generation, in_flight=in_flight
+        )
 
     def all_replicas(self) -> Iterable[Replica]:
         """Every routed replica, then the retired ones still tracked."""

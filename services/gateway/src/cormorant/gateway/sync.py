@@ -31,6 +31,7 @@ from cormorant.common.events import (
     TrafficChanged,
     decode,
 )
+from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.metrics import GatewayMetrics
 from cormorant.gateway.routing import RouteInfo, RoutingSnapshot, RoutingTable
@@ -181,6 +182,7 @@ class EventFollower:
         try:
             for subject in SUBJECTS:
                 await nc.subscribe(subject, cb=self._on_message)
+            await nc.subscribe(GENERATION_SUBJECT, cb=self._on_generation_query)
             await nc.flush()
             self.nc = nc
             # Events published before the subscriptions existed are in the deployer's state.
@@ -235,6 +237,18 @@ class EventFollower:
             log.warning("ignoring a message on %s: %s", msg.subject, exc)
             return
         self.apply(event)
+
+    async def _on_generation_query(self, msg: Msg) -> None:
+        # The deployer waits for every gateway's answer before it stops a version's replicas.
+        if not msg.reply:
+            return
+        try:
+            query = GenerationQuery.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning("ignoring a generation query: %s", exc.errors()[0]["msg"])
+            return
+        report = self._table.report(query.endpoint, self._name)
+        await msg.respond(report.model_dump_json().encode())
 
     def apply(self, event: Event) -> None:
         """Apply one decoded event to the table and the credential cache."""

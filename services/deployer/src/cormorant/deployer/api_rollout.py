@@ -1,0 +1,61 @@
+"""HTTP routes of model updates: versions, rollout, promote, rollback, traffic."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, Request
+
+from cormorant.deployer.rollout import RolloutService
+from cormorant.deployer.rollout_schemas import (
+    RolloutIn,
+    TrafficOut,
+    VersionCreate,
+    VersionList,
+    VersionOut,
+)
+
+router = APIRouter(tags=["rollout"])
+
+
+def _service(request: Request) -> RolloutService:
+    return cast(RolloutService, request.app.state.rollouts)
+
+
+RolloutDep = Annotated[RolloutService, Depends(_service)]
+
+
+@router.post("/api/v1/endpoints/{slug}/versions", status_code=201)
+async def create_version(slug: str, body: VersionCreate, service: RolloutDep) -> VersionOut:
+    """A new version of the endpoint; its replicas start, it takes no traffic until rolled out."""
+    return await service.create_version(slug, body)
+
+
+@router.get("/api/v1/endpoints/{slug}/versions")
+async def list_versions(slug: str, service: RolloutDep) -> VersionList:
+    """Every version of the endpoint, with its weight, role and replicas."""
+    return await service.list_versions(slug)
+
+
+@router.post("/api/v1/endpoints/{slug}/rollout")
+async def rollout(slug: str, body: RolloutIn, service: RolloutDep) -> TrafficOut:
+    """Give a version a share of the traffic (1-100 %) once its replicas are ready."""
+    return await service.rollout(slug, body)
+
+
+@router.post("/api/v1/endpoints/{slug}/promote")
+async def promote(slug: str, service: RolloutDep) -> TrafficOut:
+    """Send all traffic to the canary; the previous version retires after draining."""
+    return await service.promote(slug)
+
+
+@router.post("/api/v1/endpoints/{slug}/rollback")
+async def rollback(slug: str, service: RolloutDep) -> TrafficOut:
+    """Send all traffic to the stable version; the canary retires after draining."""
+    return await service.rollback(slug)
+
+
+@router.get("/api/v1/endpoints/{slug}/traffic")
+async def traffic(slug: str, service: RolloutDep) -> TrafficOut:
+    """Weights, generation, each version's replicas, traffic history and rollouts."""
+    return await service.traffic(slug)

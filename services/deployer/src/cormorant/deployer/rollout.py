@@ -1,0 +1,481 @@
+"""Model updates: versions beside the stable one, canary shares, promote, rollback.
+
+The stable version is the supervisor's primary ``EndpointRuntime`` (it sets the endpoint's
+status and is autoscaled); every other running version is a runtime in
+``Supervisor.others``. Each traffic change is stored under the next generation, then
+announced as ``TrafficChanged``. A version that lost its traffic is stopped only once every
+gateway confirmed it applied that generation and has no request in flight to it (the
+handshake, ``handshake.py``); its replicas then drain as usual.
+
+Endpoint kinds other than ``web`` plug in through ``KindRollout`` (a stream endpoint hands its
+consumer group over instead of splitting traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from cormorant.common.db.models import RolloutStatus, VersionStatus
+from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
+from cormorant.common.events import TrafficChanged, VersionCreated
+from cormorant.deployer.endpoints import EndpointNotFound, EndpointService
+from cormorant.deployer.handshake import GatewayHandshake
+from cormorant.deployer.rollout_schemas import (
+    ReplicaOut,
+    RolloutIn,
+    TrafficOut,
+    VersionCreate,
+    VersionList,
+    VersionOut,
+)
+from cormorant.deployer.rollout_store import RolloutStore, TrafficState
+from cormorant.deployer.schemas import EndpointCreate
+from cormorant.deployer.store import EndpointRecord
+from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.validation import resolve_spec
+
+log = logging.getLogger(__name__)
+
+_READY_POLL_S = 0.1
+
+
+class RolloutFailed(Conflict):
+    """The new version could not take traffic; nothing changed."""
+
+    code = "rollout_failed"
+
+
+class KindRollout(Protocol):
+    """How an endpoint kind other than ``web`` sets a version's share (e.g. streams)."""
+
+    async def rollout(
+        self, service: RolloutService, record: EndpointRecord, version: str, percent: int
+    ) -> TrafficOut:
+        """Give ``version`` ``percent`` of the endpoint's work."""
+        ...
+
+
+ProgressiveStart = Callable[[EndpointRecord, str, dict[str, Any]], Awaitable[TrafficOut]]
+"""Starts a progressive rollout under a policy (``policy.py`` registers it)."""
+
+
+class RolloutService:
+    """Versions, traffic and the retirement of versions, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        endpoints: EndpointService,
+        store: RolloutStore,
+        handshake: GatewayHandshake | None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.store = store
+        self.handshake = handshake
+        self.settings = endpoints.settings
+        self.kinds: dict[str, KindRollout] = {}
+        """Rollout of other endpoint kinds, by kind; the streams module registers ``stream``."""
+        self.progressive: ProgressiveStart | None = None
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._retiring: dict[uuid.UUID, set[str]] = {}
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The endpoints' supervisor."""
+        return self.endpoints.supervisor
+
+    def lock(self, endpoint_id: uuid.UUID) -> asyncio.Lock:
+        """Serializes the traffic changes of one endpoint."""
+        return self._locks.setdefault(endpoint_id, asyncio.Lock())
+
+    # Versions
+
+    async def create_version(self, slug: str, body: VersionCreate) -> VersionOut:
+        """Snapshot and check the new code, store the version, start its replicas (no traffic)."""
+        record = await self._find(slug)
+        self._check_kind(record)
+        fields: dict[str, Any] = record.spec.to_request()
+        given = body.model_dump(exclude_unset=True)
+        if "commit" not in given:
+            fields["commit"] = None
+        replicas = given.pop("replicas", None)
+        if replicas is not None:
+            fields["replicas"] = {**fields["replicas"], **replicas}
+        fields.update(given)
+        try:
+            request = EndpointCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise BadRequest(_describe(exc)) from exc
+        spec = resolve_spec(
+            request,
+            default_target=self.settings.default_target,
+            default_timeout_s=self.settings.default_timeout_s,
+        )
+        service = self.endpoints
+        snapshot, commit = await service._snapshot(spec)
+        await service._check_worker(spec, snapshot)
+        version = await self.store.add_version(record.id, spec, snapshot.digest, commit)
+        primary = self._primary(record)
+        runtime = EndpointRuntime(
+            id=record.id,
+            slug=record.slug,
+            kind=record.kind,
+            spec=spec,
+            version=version,
+            source_dir=snapshot.directory,
+            desired=max(1, spec.replicas.min),
+            status="deploying",
+            reason=None,
+            # One history: the endpoint's events show every version's replicas.
+            events=primary.events if primary else deque(maxlen=self.settings.event_history),
+            primary=False,
+        )
+        self.supervisor.others.setdefault(record.id, {})[version.label] = runtime
+        log.info("created version %s of %s from %s", version.label, record.slug, spec.source)
+        self.supervisor.publish(
+            VersionCreated(
+                endpoint=record.slug,
+                version=version.label,
+                attributes={
+                    "number": version.number,
+                    "source": version.source,
+                    "commit": version.commit,
+                    "source_digest": version.digest,
+                    "file": spec.file,
+                    "function": spec.function,
+                },
+            )
+        )
+        await self.supervisor.converge(runtime)
+        return await self._version_out(record, version.label)
+
+    async def list_versions(self, slug: str) -> VersionList:
+        """Every version of the endpoint with its weight, role and replicas."""
+        record = await self._find(slug)
+        traffic = await self.store.traffic(record.id)
+        return VersionList(slug=record.slug, versions=await self._versions(record, traffic))
+
+    # Traffic
+
+    async def traffic(self, slug: str) -> TrafficOut:
+        """Weights, generation, each version's replicas, and the history."""
+        record = await self._find(slug)
+        return await self._traffic_out(record)
+
+    async def rollout(self, slug: str, body: RolloutIn) -> TrafficOut:
+        """Give ``body.version`` ``body.percent`` of the traffic once its replicas are ready."""
+        record = await self._find(slug)
+        handler = self.kinds.get(record.kind)
+        if handler is not None:
+            return await handler.rollout(self, record, body.version, body.percent)
+        self._check_kind(record)
+        if body.policy is not None:
+            if self.progressive is None:
+                raise BadRequest("rollout policies are not available in this deployer")
+            return await self.progressive(record, body.version, body.policy)
+        return await self.set_share(record, body.version, body.percent)
+
+    async def set_share(
+        self, record: EndpointRecord, version: str, percent: int, *, reason: str | None = None
+    ) -> TrafficOut:
+        """Give ``version`` ``percent`` of the traffic, the stable version the rest."""
+        async with self.lock(record.id):
+            stable, canary = self._canary_runtime(record, version)
+            traffic = await self.store.traffic(record.id)
+            holder = _other_canary(traffic, stable.version.label, version)
+            if holder is not None:
+                raise Conflict(
+                    f"version {holder} already holds {traffic.weights[holder]}% of "
+                    f"{record.slug}'s traffic; promote it or roll it back first",
+                    details={"version": holder},
+                )
+            failure = await self.wait_ready(canary)
+            if failure is not None:
+                await self.store.start_rollout(
+                    record.id,
+                    canary.version.id,
+                    {"steps": [percent]},
+                    status=RolloutStatus.FAILED,
+                    reason=failure,
+                )
+                await self.store.set_version_status(
+                    canary.version.id, VersionStatus.FAILED, failure
+                )
+                self._retire_later(record, canary, traffic.generation)
+                raise RolloutFailed(
+                    f"version {version} of {record.slug} gets no traffic: {failure}; "
+                    "fix it and create a new version",
+                    details={"version": version, "reason": failure},
+                )
+            await self.store.set_version_status(canary.version.id, VersionStatus.READY)
+            weights = {stable.version.label: 100 - percent, version: percent}
+            if weights != traffic.weights:
+                await self._publish_traffic(record, weights, action="rollout", reason=reason)
+            log.info("%s: version %s at %d%%", record.slug, version, percent)
+        return await self._traffic_out(record)
+
+    async def promote(self, slug: str, *, reason: str | None = None) -> TrafficOut:
+        """All traffic to the canary, which becomes the stable version; the old one retires."""
+        record = await self._find(slug)
+        self._check_kind(record)
+        async with self.lock(record.id):
+            stable = self._require_primary(record)
+            traffic = await self.store.traffic(record.id)
+            label = _other_canary(traffic, stable.version.label, None)
+            others = self.supervisor.others.get(record.id, {})
+            canary = others.get(label) if label is not None else None
+            if canary is None or label is None:
+                raise Conflict(
+                    f"nothing to promote: no version of {record.slug} besides the stable "
+                    f"version {stable.version.label} has traffic; roll one out first with "
+                    f"POST /api/v1/endpoints/{record.slug}/rollout",
+                    details={"stable": stable.version.label},
+                )
+            state = await self._publish_traffic(
+                record, {label: 100}, action="promote", reason=reason, spec=canary
+            )
+            # The canary becomes the primary runtime: it sets the status and is autoscaled.
+            others.pop(label, None)
+            canary.primary = True
+            canary.desired = max(canary.desired, stable.desired)
+            canary.status, canary.reason = stable.status, stable.reason
+            canary.published = stable.published
+            self.supervisor.endpoints[record.id] = canary
+            stable.primary = False
+            others[stable.version.label] = stable
+            await self.supervisor.converge(canary)
+            await self.supervisor.refresh(canary)
+            self._retire_later(record, stable, state.generation)
+            log.info("%s: promoted version %s", record.slug, label)
+        return await self._traffic_out(record)
+
+    async def rollback(self, slug: str, *, reason: str | None = None) -> TrafficOut:
+        """All traffic back to the stable version; every other version retires."""
+        record = await self._find(slug)
+        self._check_kind(record)
+        async with self.lock(record.id):
+            stable = self._require_primary(record)
+            retiring = self._retiring.get(record.id, set())
+            others = [
+                runtime
+                for label, runtime in self.supervisor.others.get(record.id, {}).items()
+                if label not in retiring
+            ]
+            if not others:
+                raise Conflict(
+                    f"nothing to roll back: {record.slug} runs only its stable version "
+                    f"{stable.version.label}",
+                    details={"stable": stable.version.label},
+                )
+            traffic = await self.store.traffic(record.id)
+            generation = traffic.generation
+            weights = {stable.version.label: 100}
+            if traffic.weights != weights:
+                state = await self._publish_traffic(
+                    record, weights, action="rollback", reason=reason
+                )
+                generation = state.generation
+            for runtime in others:
+                self._retire_later(record, runtime, generation)
+            log.info("%s: rolled back to version %s", record.slug, stable.version.label)
+        return await self._traffic_out(record)
+
+    # Readiness and retirement
+
+    async def wait_ready(self, runtime: EndpointRuntime) -> str | None:
+        """None once the version's replicas are ready, else why they will not be."""
+        timeout = self.settings.rollout_ready_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            if runtime.deleted:
+                return "the endpoint was deleted"
+            if runtime.ready_count() >= max(1, runtime.desired):
+                return None
+            if runtime.failure:
+                return runtime.failure
+            if time.monotonic() > deadline:
+                return f"its replicas were not ready within {timeout:g} s"
+            await asyncio.sleep(_READY_POLL_S)
+
+    def _retire_later(
+        self, record: EndpointRecord, runtime: EndpointRuntime, generation: int
+    ) -> None:
+        label = runtime.version.label
+        self._retiring.setdefault(record.id, set()).add(label)
+        self.supervisor.spawn(
+            self._retire(record, runtime, generation), name=f"retire-{record.slug}-{label}"
+        )
+
+    async def _retire(
+        self, record: EndpointRecord, runtime: EndpointRuntime, generation: int
+    ) -> None:
+        label = runtime.version.label
+        try:
+            if self.handshake is not None:
+                state = await self.store.traffic(record.id)
+                event = TrafficChanged(
+                    endpoint=record.slug, generation=state.generation, weights=state.weights
+                )
+                await self.handshake.wait(
+                    record.slug, generation, [label], nudge=lambda: self.supervisor.publish(event)
+                )
+            runtime.desired = 0
+            await self.supervisor.converge(runtime)
+            runners = list(runtime.replicas.values())
+            await asyncio.gather(*(runner.done.wait() for runner in runners))
+            others = self.supervisor.others.get(record.id, {})
+            if others.get(label) is runtime:
+                others.pop(label)
+            if not runtime.deleted:
+                await self.store.set_version_status(runtime.version.id, VersionStatus.RETIRED)
+            log.info("%s: version %s retired", record.slug, label)
+        finally:
+            self._retiring.get(record.id, set()).discard(label)
+
+    # Helpers
+
+    async def _publish_traffic(
+        self,
+        record: EndpointRecord,
+        weights: dict[str, int],
+        *,
+        action: str,
+        reason: str | None = None,
+        spec: EndpointRuntime | None = None,
+    ) -> TrafficState:
+        state = await self.store.set_traffic(
+            record.id,
+            weights,
+            action=action,
+            reason=reason,
+            spec=spec.spec if spec is not None else None,
+        )
+        self.supervisor.publish(
+            TrafficChanged(endpoint=record.slug, generation=state.generation, weights=weights)
+        )
+        return state
+
+    async def _find(self, slug: str) -> EndpointRecord:
+        record = await self.endpoints.store.find(slug)
+        if record is None:
+            raise EndpointNotFound(slug)
+        return record
+
+    def _check_kind(self, record: EndpointRecord) -> None:
+        if record.kind != "web" and record.kind not in self.kinds:
+            raise BadRequest(
+                f"{record.slug} is a {record.kind} endpoint: versions and rollouts are for web "
+                "endpoints; deploy the new code as a new endpoint",
+                details={"kind": record.kind},
+            )
+
+    def _primary(self, record: EndpointRecord) -> EndpointRuntime | None:
+        return self.supervisor.endpoints.get(record.id)
+
+    def _require_primary(self, record: EndpointRecord) -> EndpointRuntime:
+        primary = self._primary(record)
+        if primary is None:
+            raise CormorantError(f"{record.slug} is not supervised by this deployer")
+        return primary
+
+    def _canary_runtime(
+        self, record: EndpointRecord, version: str
+    ) -> tuple[EndpointRuntime, EndpointRuntime]:
+        stable = self._require_primary(record)
+        if version == stable.version.label:
+            raise BadRequest(
+                f"version {version} is {record.slug}'s stable version; roll out another one "
+                f"(create it with POST /api/v1/endpoints/{record.slug}/versions)",
+                details={"field": "version"},
+            )
+        canary = self.supervisor.others.get(record.id, {}).get(version)
+        if canary is None or version in self._retiring.get(record.id, set()):
+            running = sorted(
+                [stable.version.label, *self.supervisor.others.get(record.id, {})],
+                key=lambda v: (len(v), v),
+            )
+            raise NotFound(
+                f"version {version!r} of {record.slug} is not running (running: "
+                f"{', '.join(running)}); create one with POST "
+                f"/api/v1/endpoints/{record.slug}/versions",
+                details={"field": "version", "running": running},
+            )
+        return stable, canary
+
+    def _role(self, record: EndpointRecord, label: str, traffic: TrafficState) -> str:
+        primary = self._primary(record)
+        if primary is not None and primary.version.label == label:
+            return "stable"
+        if label in self._retiring.get(record.id, set()):
+            return "retiring"
+        if label in self.supervisor.others.get(record.id, {}):
+            return "canary" if traffic.weights.get(label, 0) > 0 else "starting"
+        return "inactive"
+
+    async def _versions(self, record: EndpointRecord, traffic: TrafficState) -> list[VersionOut]:
+        replicas = await self.store.replicas(record.id)
+        out = []
+        for row in await self.store.versions(record.id):
+            out.append(
+                VersionOut(
+                    version=row.label,
+                    status=row.status,
+                    reason=row.reason,
+                    source=row.source,
+                    commit=row.commit,
+                    source_digest=row.digest,
+                    file=row.file,
+                    function=row.function,
+                    created_at=row.created_at,
+                    weight=traffic.weights.get(row.label, 0),
+                    role=self._role(record, row.label, traffic),
+                    replicas=[
+                        ReplicaOut(id=str(r.id), state=r.state, url=r.url)
+                        for r in replicas
+                        if r.version == row.label
+                    ],
+                )
+            )
+        return out
+
+    async def _version_out(self, record: EndpointRecord, label: str) -> VersionOut:
+        traffic = await self.store.traffic(record.id)
+        [found] = [v for v in await self._versions(record, traffic) if v.version == label]
+        return found
+
+    async def _traffic_out(self, record: EndpointRecord) -> TrafficOut:
+        traffic = await self.store.traffic(record.id)
+        primary = self._primary(record)
+        stable = primary.version.label if primary is not None else None
+        return TrafficOut(
+            slug=record.slug,
+            generation=traffic.generation,
+            weights=traffic.weights,
+            stable=stable,
+            canary=_other_canary(traffic, stable, None),
+            versions=await self._versions(record, traffic),
+            history=await self.store.history(record.id),
+            rollouts=await self.store.rollouts(record.id),
+        )
+
+
+def _other_canary(traffic: TrafficState, stable: str | None, besides: str | None) -> str | None:
+    """The version other than ``stable`` (and ``besides``) that holds traffic, if any."""
+    for label, weight in traffic.weights.items():
+        if label not in (stable, besides) and weight > 0:
+            return label
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )
