@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cormorant.common.predictor.context import current_metric_sink
 from cormorant.sdk.metrics import log_metric
+from cormorant.sdk.rollout import Rollouts
 from cormorant.sdk.stackfile import read_stack_file
 
 
@@ -149,6 +150,7 @@ class Client:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self.endpoints = Endpoints(self)
         self.keys = Keys(self)
+        self.rollouts = Rollouts(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""

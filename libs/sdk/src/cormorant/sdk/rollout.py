@@ -1,0 +1,57 @@
+"""``client.rollouts``: versions of an endpoint, canary shares, promote, rollback, traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cormorant.sdk.client import Client
+
+
+class Rollouts:
+    """Model updates of an endpoint: ``client.rollouts.rollout("iris", "2", 10)``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create_version(self, slug: str, source: str | Path, **fields: Any) -> dict[str, Any]:
+        """A new version of ``slug`` from ``source``; its replicas start, it gets no traffic."""
+        body = {"source": str(source), **{k: v for k, v in fields.items() if v is not None}}
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/versions", json=body
+        )
+        return result
+
+    def versions(self, slug: str) -> list[dict[str, Any]]:
+        """Every version of ``slug``, newest first, with weight, role and replicas."""
+        result = self._client.request("GET", f"/api/v1/endpoints/{slug}/versions")
+        versions: list[dict[str, Any]] = result["versions"]
+        return versions
+
+    def rollout(
+        self, slug: str, version: str, percent: int = 10, *, policy: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Give ``version`` ``percent`` of the traffic (or run ``policy``); the new traffic."""
+        body: dict[str, Any] = {"version": str(version), "percent": percent}
+        if policy is not None:
+            body["policy"] = policy
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/rollout", json=body
+        )
+        return result
+
+    def promote(self, slug: str) -> dict[str, Any]:
+        """All traffic to the canary; the old version retires after draining."""
+        result: dict[str, Any] = self._client.request("POST", f"/api/v1/endpoints/{slug}/promote")
+        return result
+
+    def rollback(self, slug: str) -> dict[str, Any]:
+        """All traffic back to the stable version; the canary retires after draining."""
+        result: dict[str, Any] = self._client.request("POST", f"/api/v1/endpoints/{slug}/rollback")
+        return result
+
+    def traffic(self, slug: str) -> dict[str, Any]:
+        """Weights, generation, versions with their replicas, history and rollouts."""
+        result: dict[str, Any] = self._client.request("GET", f"/api/v1/endpoints/{slug}/traffic")
+        return result
