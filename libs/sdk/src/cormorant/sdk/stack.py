@@ -295,6 +295,8 @@ class Supervisor:
             env[f"CORMORANT_GATEWAY_{spec.name.upper()}_URL"] = (
                 f"http://{settings.host}:{spec.port}"
             )
+        # The deployer reads live metrics there for rollout policies' checks.
+        env["CORMORANT_DEPLOYER_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
         logs = self.data_dir / "logs"
         for spec in service_specs(settings):
             svc = ServiceProcess(

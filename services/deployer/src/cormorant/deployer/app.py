@@ -22,6 +22,7 @@ from cormorant.deployer.api_rollout import router as rollout_router
 from cormorant.deployer.autoscale import Autoscaler
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.handshake import GatewayHandshake
+from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout import RolloutService
 from cormorant.deployer.rollout_store import RolloutStore
 from cormorant.deployer.runtime.local import LocalRuntime
@@ -119,11 +120,14 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 publisher=publisher,
             )
             app.state.supervisor = supervisor
-            app.state.rollouts = RolloutService(
+            rollouts = RolloutService(
                 endpoints=app.state.service,
                 store=RolloutStore(store.sessions),
                 handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
             )
+            reader = MetricsReader(http, resolved.predictlog_url)
+            rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
+            app.state.rollouts = rollouts
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:

@@ -184,11 +184,20 @@ class RolloutService:
         return await self.set_share(record, body.version, body.percent)
 
     async def set_share(
-        self, record: EndpointRecord, version: str, percent: int, *, reason: str | None = None
+        self,
+        record: EndpointRecord,
+        version: str,
+        percent: int,
+        *,
+        reason: str | None = None,
+        rollout_id: uuid.UUID | None = None,
     ) -> TrafficOut:
-        """Give ``version`` ``percent`` of the traffic, the stable version the rest."""
+        """Give ``version`` ``percent`` of the traffic, the stable version the rest.
+
+        A failure is recorded on the rollout ``rollout_id``, or on a new failed rollout.
+        """
         async with self.lock(record.id):
-            stable, canary = self._canary_runtime(record, version)
+            stable, canary = self.canary_runtime(record, version)
             traffic = await self.store.traffic(record.id)
             holder = _other_canary(traffic, stable.version.label, version)
             if holder is not None:
@@ -199,13 +208,18 @@ class RolloutService:
                 )
             failure = await self.wait_ready(canary)
             if failure is not None:
-                await self.store.start_rollout(
-                    record.id,
-                    canary.version.id,
-                    {"steps": [percent]},
-                    status=RolloutStatus.FAILED,
-                    reason=failure,
-                )
+                if rollout_id is not None:
+                    await self.store.update_rollout(
+                        rollout_id, status=RolloutStatus.FAILED, reason=failure
+                    )
+                else:
+                    await self.store.start_rollout(
+                        record.id,
+                        canary.version.id,
+                        {"steps": [percent]},
+                        status=RolloutStatus.FAILED,
+                        reason=failure,
+                    )
                 await self.store.set_version_status(
                     canary.version.id, VersionStatus.FAILED, failure
                 )
@@ -289,6 +303,10 @@ class RolloutService:
         return await self._traffic_out(record)
 
     # Readiness and retirement
+
+    def is_retiring(self, endpoint_id: uuid.UUID, label: str) -> bool:
+        """Whether version ``label`` lost its traffic and is being stopped."""
+        return label in self._retiring.get(endpoint_id, set())
 
     async def wait_ready(self, runtime: EndpointRuntime) -> str | None:
         """None once the version's replicas are ready, else why they will not be."""
@@ -386,9 +404,10 @@ class RolloutService:
             raise CormorantError(f"{record.slug} is not supervised by this deployer")
         return primary
 
-    def _canary_runtime(
+    def canary_runtime(
         self, record: EndpointRecord, version: str
     ) -> tuple[EndpointRuntime, EndpointRuntime]:
+        """The stable runtime and the running runtime of ``version``; 4xx if there is none."""
         stable = self._require_primary(record)
         if version == stable.version.label:
             raise BadRequest(

@@ -101,6 +101,9 @@ class DeployerSettings(ServiceSettings):
     in flight to a version that lost its traffic) before that version's replicas are stopped
     anyway."""
 
+    predictlog_url: str = "http://127.0.0.1:8082"
+    """Prediction log service, whose logs and charts feed the checks of rollout policies."""
+
     def resolved_worker_command(self) -> list[str]:
         """``worker_command``, or this interpreter running ``cormorant.worker``."""
         return list(self.worker_command or [sys.executable, "-m", "cormorant.worker"])
