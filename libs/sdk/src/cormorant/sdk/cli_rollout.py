@@ -145,3 +145,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(versions_app, name="versions")
     for command in (rollout, promote, rollback, traffic):
         app.command()(command)
+    # Flows deploy through rollouts; their commands come with these.
+    from cormorant.sdk import cli_flows
+
+    cli_flows.register(app)

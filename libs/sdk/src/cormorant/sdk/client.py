@@ -14,6 +14,7 @@ import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cormorant.common.predictor.context import current_metric_sink
+from cormorant.sdk.flows import Flows
 from cormorant.sdk.metrics import log_metric
 from cormorant.sdk.rollout import Rollouts
 from cormorant.sdk.stackfile import read_stack_file
@@ -151,6 +152,7 @@ class Client:
         self.endpoints = Endpoints(self)
         self.keys = Keys(self)
         self.rollouts = Rollouts(self)
+        self.flows = Flows(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""

@@ -18,9 +18,11 @@ from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import install_validation_messages, router
+from cormorant.deployer.api_flows import router as flows_router
 from cormorant.deployer.api_rollout import router as rollout_router
 from cormorant.deployer.autoscale import Autoscaler
 from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.flows import FlowService
 from cormorant.deployer.handshake import GatewayHandshake
 from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout import RolloutService
@@ -128,6 +130,9 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             reader = MetricsReader(http, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
             app.state.rollouts = rollouts
+            app.state.flows = FlowService(
+                sessions=store.sessions, endpoints=app.state.service, rollouts=rollouts
+            )
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
@@ -141,6 +146,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     install_validation_messages(app)
     app.include_router(router)
     app.include_router(rollout_router)
+    app.include_router(flows_router)
     app.state.settings = settings
     return app
 

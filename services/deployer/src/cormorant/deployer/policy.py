@@ -280,7 +280,7 @@ class ProgressiveRollouts:
     def __init__(self, service: RolloutService, reader: MetricsReader) -> None:
         self.service = service
         self.reader = reader
-        self.tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.tasks = service.running
 
     async def start(
         self, record: EndpointRecord, version: str, raw_policy: dict[str, Any]

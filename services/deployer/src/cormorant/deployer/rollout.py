@@ -84,6 +84,8 @@ class RolloutService:
         self.kinds: dict[str, KindRollout] = {}
         """Rollout of other endpoint kinds, by kind; the streams module registers ``stream``."""
         self.progressive: ProgressiveStart | None = None
+        self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        """The progressive rollout in progress per endpoint (see ``policy.py``)."""
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._retiring: dict[uuid.UUID, set[str]] = {}
 
@@ -301,6 +303,16 @@ class RolloutService:
                 self._retire_later(record, runtime, generation)
             log.info("%s: rolled back to version %s", record.slug, stable.version.label)
         return await self._traffic_out(record)
+
+    async def wait_rollout(self, endpoint_id: uuid.UUID) -> dict[str, Any]:
+        """The endpoint's latest rollout, once the progressive one in progress has ended."""
+        task = self.running.get(endpoint_id)
+        if task is not None:
+            await asyncio.wait({task})
+        latest = await self.store.rollouts(endpoint_id, limit=1)
+        if not latest:
+            raise NotFound("no rollout recorded for this endpoint")
+        return latest[0]
 
     # Readiness and retirement
 
