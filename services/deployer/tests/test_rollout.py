@@ -216,3 +216,34 @@ async def _status(
 ) -> dict[str, Any] | None:
     found = version(await traffic(deployer, slug), label)
     return found if found["status"] == status else None
+
+
+async def test_restart_during_a_canary_keeps_the_stable_version_serving(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """A deployer restarted mid-rollout stops the canary's replicas (its share goes back to the
+    stable version in the gateways), marks the progressive rollout failed with why, and a
+    rollback then resets the weights."""
+    slug = (
+        await deployer.create(name="rs", source=str(model(tmp_path, "v1", "one")), server=WORKERS_1)
+    )["slug"]
+    await deployer.wait_running(slug)
+    await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions", json={"source": str(model(tmp_path, "v2", "two"))}
+    )
+    policy = {"steps": [20, 100], "interval": "10m", "checks": []}
+    started = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/rollout", json={"version": "2", "percent": 5, "policy": policy}
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["weights"] == {"1": 80, "2": 20}
+    assert started.json()["rollouts"][0]["status"] == "running"
+    await deployer.restart()
+    await wait_until(lambda: _truthy(ready_versions(deployer, slug), {"1"}), what="v2 stopped")
+    document = await traffic(deployer, slug)
+    assert document["rollouts"][0]["status"] == "failed"
+    assert "restarted" in document["rollouts"][0]["reason"]
+    back = await deployer.client.post(f"/api/v1/endpoints/{slug}/rollback")
+    assert back.status_code == 200, back.text
+    assert back.json()["weights"] == {"1": 100}
+    assert (await deployer.get(slug))["status"] == "running"

@@ -129,6 +129,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             )
             reader = MetricsReader(http, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
+            await rollouts.recover()
             app.state.rollouts = rollouts
             app.state.flows = FlowService(
                 sessions=store.sessions, endpoints=app.state.service, rollouts=rollouts

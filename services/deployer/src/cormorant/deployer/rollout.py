@@ -285,15 +285,17 @@ class RolloutService:
                 for label, runtime in self.supervisor.others.get(record.id, {}).items()
                 if label not in retiring
             ]
-            if not others:
+            traffic = await self.store.traffic(record.id)
+            weights = {stable.version.label: 100}
+            # Weights on a version with no runtime (its replicas were stopped by a deployer
+            # restart) are still worth resetting.
+            if not others and traffic.weights == weights:
                 raise Conflict(
                     f"nothing to roll back: {record.slug} runs only its stable version "
                     f"{stable.version.label}",
                     details={"stable": stable.version.label},
                 )
-            traffic = await self.store.traffic(record.id)
             generation = traffic.generation
-            weights = {stable.version.label: 100}
             if traffic.weights != weights:
                 state = await self._publish_traffic(
                     record, weights, action="rollback", reason=reason
@@ -303,6 +305,13 @@ class RolloutService:
                 self._retire_later(record, runtime, generation)
             log.info("%s: rolled back to version %s", record.slug, stable.version.label)
         return await self._traffic_out(record)
+
+    async def recover(self) -> None:
+        """End the progressive rollouts a previous deployer left running: their steps were
+        its tasks. The weights stay as they were; roll back or roll out again."""
+        await self.store.fail_running_rollouts(
+            "the deployer restarted during the rollout; roll back or start it again"
+        )
 
     async def wait_rollout(self, endpoint_id: uuid.UUID) -> dict[str, Any]:
         """The endpoint's latest rollout, once the progressive one in progress has ended."""

@@ -294,6 +294,15 @@ class RolloutStore:
         async with self.sessions() as session, session.begin():
             await session.execute(update(Rollout).where(Rollout.id == rollout_id).values(**values))
 
+    async def fail_running_rollouts(self, reason: str) -> None:
+        """Mark every running rollout failed with ``reason``."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(Rollout)
+                .where(Rollout.status == RolloutStatus.RUNNING)
+                .values(status=RolloutStatus.FAILED, reason=reason, finished_at=func.now())
+            )
+
     async def rollouts(self, endpoint_id: uuid.UUID, limit: int = 20) -> list[dict[str, Any]]:
         """The endpoint's latest rollouts, newest first."""
         async with self.sessions() as session:
