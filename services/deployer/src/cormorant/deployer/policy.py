@@ -271,7 +271,11 @@ async def evaluate(
             )
     if problems:
         return CheckResult(name, False, value, stable_value, measured.samples, "; ".join(problems))
-    return CheckResult(name, True, value, stable_value, measured.samples, f"{name} {value:.4g} ok")
+    note = f"{name} {value:.4g} ok"
+    if check.relative and stable_value is None:
+        # At 100 % the stable version serves nothing: only the absolute bounds can apply.
+        note += " (the stable version has no samples in this step to compare with)"
+    return CheckResult(name, True, value, stable_value, measured.samples, note)
 
 
 class ProgressiveRollouts:
