@@ -92,9 +92,9 @@ class DeployerSettings(ServiceSettings):
     """Stop every replica when the service shuts down; by default they keep serving and the
     next start adopts them."""
 
-    rollout_ready_timeout_s: float = Field(default=300.0, gt=0)
+    rollout_ready_timeout_s: float = Field(default=240.0, gt=0)
     """Seconds a rollout waits for the new version's replicas to become ready before it fails
-    and the version gets no traffic."""
+    and the version gets no traffic (under the gateway's 300 s forward timeout)."""
 
     handshake_timeout_s: float = Field(default=15.0, gt=0)
     """Seconds to wait for every gateway to apply a traffic generation (and drain the requests
