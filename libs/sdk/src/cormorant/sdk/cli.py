@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint
 from cormorant.sdk.stack import StackSettings
 from cormorant.sdk.stackfile import (
@@ -213,6 +214,7 @@ endpoints_app = typer.Typer(help="List, inspect, rerun and remove endpoints.", n
 keys_app = typer.Typer(help="Admin keys for the management API.", no_args_is_help=True)
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(keys_app, name="keys")
+app.add_typer(stream_app, name="stream")
 
 
 def _pairs(items: list[str] | None, option: str) -> dict[str, str] | None:

@@ -32,6 +32,7 @@ from cormorant.deployer.store import (
     Store,
     VersionRecord,
 )
+from cormorant.deployer.stream_spec import bridge_options
 from cormorant.deployer.validation import server_flag_value
 from cormorant.deployer.views import ReplicaEvent, endpoint_view, event_attributes
 
@@ -71,14 +72,21 @@ class EndpointRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def launch(self, replica_id: uuid.UUID) -> ReplicaLaunch:
-        """What the runtime runs for replica ``replica_id`` of the current version."""
+    def launch(
+        self,
+        replica_id: uuid.UUID,
+        *,
+        version: VersionRecord | None = None,
+        source_dir: Path | None = None,
+    ) -> ReplicaLaunch:
+        """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
+        default)."""
         spec = self.spec
         return ReplicaLaunch(
             replica_id=str(replica_id),
             endpoint=self.slug,
-            version=self.version.label,
-            source=self.source_dir,
+            version=(version or self.version).label,
+            source=source_dir or self.source_dir,
             file=spec.file,
             function=spec.function,
             preprocess_file=spec.preprocess_file,
@@ -86,6 +94,7 @@ class EndpointRuntime:
             accepts_file=spec.accepts_file,
             env=dict(spec.env),
             server={key: server_flag_value(value) for key, value in spec.server.items()},
+            bridge=bridge_options(self.slug, self.id, spec) if self.kind == "stream" else None,
         )
 
     def active(self) -> list[ReplicaRunner]:

@@ -188,7 +188,8 @@ class PredictPath:
 
     async def _connect(self, route: Route) -> tuple[Replica, Connection]:
         now = time.monotonic()
-        replica = route.pick(now)
+        # A stream endpoint's replicas are kafka-bridges: their URL serves only probes.
+        replica = route.pick(now) if route.kind != "stream" else None
         if replica is None:
             raise _unavailable(route)
         tried: frozenset[Replica] = frozenset()
