@@ -156,17 +156,15 @@ class StreamAutoscaler:
             if endpoint.kind != "stream" or endpoint.deleted:
                 continue
             live.add(endpoint.id)
-            if endpoint.id in self.swapping:
+            if endpoint.id in self.swapping or _changing(endpoint):
                 continue
             lag = await self.observe(endpoint)
-            if lag is None:
+            # Mid-rebalance the revoked partitions' lag is unknown (reads as 0): no decision.
+            if lag is None or not self.settled.get(endpoint.id, False):
                 continue
             desired = self._desired(endpoint, sum(lag.values()))
             if desired < endpoint.desired:
                 # One replica leaves at a time, each once the group has settled (see _swap).
-                leaving = any(r.stop_requested.is_set() for r in endpoint.replicas.values())
-                if leaving or not self.settled.get(endpoint.id, False):
-                    continue
                 desired = endpoint.desired - 1
             if desired != endpoint.desired:
                 await self.supervisor.scale(endpoint, desired)
@@ -200,6 +198,14 @@ class StreamAutoscaler:
             history, recommended, now=now, scale_down_delay=self.scale_down_delay
         )
         return desired
+
+
+def _changing(endpoint: EndpointRuntime) -> bool:
+    """A replica is starting or leaving: the group is about to rebalance."""
+    return any(
+        runner.state == "starting" or runner.stop_requested.is_set()
+        for runner in endpoint.replicas.values()
+    )
 
 
 # --- the model swap -------------------------------------------------------------------------
