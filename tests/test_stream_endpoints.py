@@ -27,7 +27,7 @@ from cormorant.kafka_bridge.testing import (
     produce,
     read_topic,
 )
-from cormorant.sdk import Client
+from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.client import CormorantAPIError
 from cormorant.sdk.streams import Streams
 from tests.conftest import Stack
@@ -167,6 +167,15 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
     shown = stack.cli("stream", "status", slug)
     assert shown.returncode == 0, shown.stderr
     assert status["group"] in shown.stdout
+
+    # Prometheus scrapes the bridge replicas; their predictions are logged like web ones.
+    deployer = json.loads((stack.data_dir / "stack.json").read_text())["services"]["deployer"]
+    async with httpx.AsyncClient() as http:
+        groups = (await http.get(deployer["url"] + "/internal/prometheus/targets")).json()
+    scraped = [g for g in groups if g["labels"]["endpoint"] == slug]
+    assert {g["labels"]["version"] for g in scraped} == {"2"}
+    logged = Endpoint(slug, url=stack.url, api_key=stack.admin_key)
+    await _wait(lambda: bool(logged.logs(limit=5, version="2")), "v2 predictions logged")
 
 
 async def test_lag_scales_replicas_up_to_max_and_back_to_min(
