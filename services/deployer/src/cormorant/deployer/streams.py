@@ -273,6 +273,10 @@ async def _swap(supervisor: Supervisor, endpoint: EndpointRuntime, version: Vers
             await asyncio.gather(*(runner.done.wait() for runner in incoming))
         raise
     async with endpoint.lock:
+        if endpoint.deleted:
+            for runner in incoming:
+                runner.stop_requested.set()
+            raise SwapRefused(f"endpoint {endpoint.slug!r} was deleted during the model swap")
         outgoing = endpoint.active()
         endpoint.version = version
         endpoint.source_dir = snapshot.directory
@@ -318,6 +322,8 @@ async def _all_ready(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not all(runner.state == "ready" for runner in runners):
+        if endpoint.deleted:
+            raise SwapRefused(f"endpoint {endpoint.slug!r} was deleted during the model swap")
         for runner in runners:
             if runner.state == "crashed" or runner.done.is_set():
                 reason = next(

@@ -370,6 +370,11 @@ class Supervisor:
                 source=self.snapshots.directory(record.version.digest),
                 file=record.spec.file,
                 function=record.spec.function,
+                bridge=(
+                    bridge_options(record.slug, record.id, record.spec)
+                    if record.kind == "stream"
+                    else None
+                ),
             )
             handle = await self.runtime.adopt(launch, url=row.url, host=row.host, pid=row.pid)
             if handle is not None:
