@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/logging_overhead.py
 	$(BIN)/python bench/kafka_bridge.py
+	$(BIN)/python bench/stream_swap.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:
