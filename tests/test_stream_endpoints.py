@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from cormorant.kafka_bridge.testing import (
@@ -177,6 +178,12 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
     logged = Endpoint(slug, url=stack.url, api_key=stack.admin_key)
     await _wait(lambda: bool(logged.logs(limit=5, version="2")), "v2 predictions logged")
 
+    # A rollback is the same handover, back to the stored version 1.
+    back = await asyncio.to_thread(streams.swap, slug, version=1)
+    assert (back["previous_version"], back["version"]) == ("2", "1")
+    assert client.endpoints.get(slug)["version"] == "1"
+    assert {r["version"] for r in streams.status(slug)["replicas"]} == {"1"}
+
 
 async def test_lag_scales_replicas_up_to_max_and_back_to_min(
     client: Client, kafka_bootstrap: str, topics: tuple[str, str]
@@ -204,6 +211,36 @@ async def test_lag_scales_replicas_up_to_max_and_back_to_min(
     assert set(seen) == set(fresh), "predicted messages from before the endpoint existed"
     await _wait(lambda: streams.status(slug)["lag_total"] == 0, "lag worked off")
     await _wait(lambda: client.endpoints.get(slug)["replicas"]["desired"] == 1, "back to 1")
+
+
+async def test_a_killed_replica_is_restarted_and_loses_nothing(
+    client: Client, kafka_bootstrap: str, topics: tuple[str, str]
+) -> None:
+    """SIGKILL the only replica mid-stream: the deployer restarts it, every id is predicted,
+    and the ids predicted twice are at most the one uncommitted batch."""
+    source, output = topics
+    streams = Streams(client)
+    created = await asyncio.to_thread(
+        streams.create, "crashy", MODEL, bootstrap_servers=kafka_bootstrap,
+        input_topics=[source], output_topic=output, function="slow",
+        env={"STREAM_DELAY_MS": "1"}, min_replicas=1, max_replicas=1,
+    )  # fmt: skip
+    slug = created["slug"]
+    await asyncio.to_thread(client.endpoints.wait_until_running, slug)
+    group = streams.status(slug)["group"]
+    total = 6_000
+    await produce(kafka_bootstrap, source, (message(i) for i in range(total)))
+    await _wait_async(lambda: _output_size(kafka_bootstrap, output, 1_500), "predicting")
+
+    [victim] = [p for p in psutil.process_iter(["cmdline"]) if group in (p.info["cmdline"] or [])]
+    victim.kill()
+
+    seen = await _ids(kafka_bootstrap, output, total, within=90)
+    assert set(seen) == set(range(total))
+    assert sum(count - 1 for count in seen.values()) <= 500  # one batch (max_batch)
+    events = client.endpoints.get(slug)["events"]
+    assert any(e["state"] == "crashed" and "SIGKILL" in (e["reason"] or "") for e in events)
+    assert client.endpoints.get(slug)["restarts"] == 1
 
 
 async def _wait(check: Any, what: str, *, within: float = 60.0) -> None:

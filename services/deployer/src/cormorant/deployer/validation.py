@@ -35,7 +35,8 @@ def resolve_spec(
             raise InvalidField(
                 "kafka",
                 "a stream endpoint needs a kafka section: "
-                '{"input_topics": ["..."], "output_topic": "..."}',
+                '{"input_topics": ["..."], "output_topic": "..."} '
+                "(CLI: cormorant stream deploy DIR --input-topic T --output-topic O)",
             )
     elif request.kafka is not None:
         raise InvalidField("kafka", "only stream endpoints take a kafka section; remove it")
