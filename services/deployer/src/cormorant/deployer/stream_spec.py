@@ -116,6 +116,7 @@ def bridge_options(slug: str, endpoint_id: uuid.UUID, spec: EndpointSpec) -> Bri
         group=consumer_group(slug, endpoint_id),
         dlq_topic=kafka.dlq_topic,
         security=dict(kafka.security),
+        endpoint_id=str(endpoint_id),
     )
 
 

@@ -25,6 +25,8 @@ class BridgeOptions:
     dlq_topic: str | None = None
     security: Mapping[str, str] = field(default_factory=dict)
     """Passed in the replica's environment, never on its command line (``ps`` shows that)."""
+    endpoint_id: str | None = None
+    """The endpoint's database id, tagging logged predictions (the slug resolves it too)."""
 
     def args(self) -> list[str]:
         """The bridge's Kafka flags."""
@@ -37,10 +39,13 @@ class BridgeOptions:
         return args
 
     def environment(self) -> dict[str, str]:
-        """Variables the bridge reads its secrets from."""
-        if not self.security:
-            return {}
-        return {"CORMORANT_KAFKA_BRIDGE_SECURITY": json.dumps(dict(self.security))}
+        """Variables the bridge reads its secrets (and the endpoint id) from."""
+        env = {}
+        if self.security:
+            env["CORMORANT_KAFKA_BRIDGE_SECURITY"] = json.dumps(dict(self.security))
+        if self.endpoint_id:
+            env["CORMORANT_KAFKA_BRIDGE_ENDPOINT_ID"] = self.endpoint_id
+        return env
 
 
 @dataclass(frozen=True, slots=True)
