@@ -7,14 +7,15 @@ the offset it committed, what KEDA's Kafka scaler computes from the group's offs
 deployer scrapes the ready replicas' ``/metrics``. Every partition is owned by one replica, so
 the sum is the group's lag; it needs no extra Kafka connection per endpoint, and it works on
 brokers whose ListOffsets/OffsetFetch answers are unreliable (tansu's, see the bridge's README).
-Its blind spot: partitions no ready replica holds (mid-rebalance) count as 0 until the next
-scrape.
+Its blind spot: partitions no ready replica holds (mid-rebalance) would read as 0, so no
+decision is taken until the ready replicas hold every partition again.
 
 A swap starts the new version's replicas in the endpoint's consumer group while the old ones
 keep consuming; the bridge imports the model before joining and answers ``/healthz`` only
 once joined, and every revocation waits for the batches in flight to be committed, so the
 partitions the new replicas take over resume exactly at the committed offsets. Once every new
-replica is ready the old ones get SIGTERM: they finish in-flight batches, commit and leave.
+replica is ready the old ones get SIGTERM, one at a time: each finishes its in-flight
+batches, commits and leaves.
 """
 
 from __future__ import annotations
