@@ -15,6 +15,9 @@ from typing import Any
 
 from cormorant.sdk.client import Client
 
+SWAP_TIMEOUT_S = 330.0
+"""Longer than the deployer's default replica start timeout (300 s)."""
+
 
 class Streams:
     """Stream endpoints of one ``Client``."""
@@ -71,8 +74,10 @@ class Streams:
         body = _drop_none(
             {"source": str(source) if source else None, "commit": commit, "version": version}
         )
+        # The answer comes once the new replicas have joined and the old ones left: minutes
+        # for a model that is slow to import, longer than the client's default timeout.
         result: dict[str, Any] = self._client.request(
-            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body
+            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body, timeout=SWAP_TIMEOUT_S
         )
         return result
 
