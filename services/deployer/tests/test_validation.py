@@ -33,7 +33,15 @@ WORKERS_1 = {"workers": 1}
         ({"replicas": {"min": 3, "max": 2}}, ["replicas: min (3) is greater than max (2)"]),
         ({"replicas": {"min": 0}}, ["replicas.min: a web endpoint needs at least 1 replica"]),
         ({"replicas": {"min": -1}}, ["replicas.min: Input should be greater than or equal to 0"]),
-        ({"kind": "stream"}, ["stream endpoints are not available yet (Kafka issue)"]),
+        ({"kind": "stream"}, ["kafka: a stream endpoint needs a kafka section"]),
+        (
+            {"kind": "stream", "kafka": {"input_topics": ["in"]}},
+            ["kafka.output_topic: required"],
+        ),
+        (
+            {"kind": "stream", "kafka": {"input_topics": ["bad topic"], "output_topic": "o"}},
+            ["kafka.input_topics: Value error, 'bad topic' is not a Kafka topic name"],
+        ),
         ({"kind": "batch", "replicas": {"min": 2}}, ["replicas.min: a batch endpoint rests at 0"]),
         ({"kafka": {"topics": ["x"]}}, ["kafka: only stream endpoints take a kafka section"]),
         ({"env": {"NOT-OK": "1"}}, ["env: 'NOT-OK' is not an environment variable name"]),

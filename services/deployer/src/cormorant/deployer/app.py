@@ -31,6 +31,7 @@ from cormorant.deployer.runtime.local import LocalRuntime
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.snapshot import SnapshotStore
 from cormorant.deployer.store import Store
+from cormorant.deployer.streams import install_streams, stream_router
 from cormorant.deployer.supervisor import Supervisor
 
 TITLE = "cormorant-deployer"
@@ -87,6 +88,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 host=resolved.replica_host,
                 env=replica_environment(resolved),
                 check_timeout=resolved.check_timeout_s,
+                bridge_command=resolved.resolved_bridge_command(),
             )
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             supervisor = Supervisor(
@@ -112,6 +114,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             stack.push_async_callback(_unsubscribe, subscription)
             supervisor.spawn(autoscaler.run(), name="autoscaler")
             supervisor.spawn(supervisor.reconcile_forever(), name="reconciler")
+            install_streams(app, supervisor, resolved)
 
             app.state.service = EndpointService(
                 settings=resolved,
@@ -148,6 +151,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     app.include_router(router)
     app.include_router(rollout_router)
     app.include_router(flows_router)
+    app.include_router(stream_router)
     app.state.settings = settings
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,6 +12,7 @@ from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
 from cormorant.common.errors import BadRequest, NotFound
 from cormorant.common.events import EndpointChanged, TrafficChanged, VersionCreated
+from cormorant.deployer.kafka_admin import prepare_stream_spec
 from cormorant.deployer.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
 from cormorant.deployer.schemas import (
     EndpointCreate,
@@ -33,6 +35,7 @@ from cormorant.deployer.store import (
     VersionRecord,
     slugify,
 )
+from cormorant.deployer.stream_spec import bridge_options
 from cormorant.deployer.supervisor import Publisher, Supervisor
 from cormorant.deployer.validation import check_code, resolve_spec, server_flag_value
 from cormorant.deployer.views import endpoint_view, event_attributes
@@ -79,6 +82,8 @@ class EndpointService:
             default_target=self.settings.default_target,
             default_timeout_s=self.settings.default_timeout_s,
         )
+        if spec.kind == "stream":
+            spec = await prepare_stream_spec(spec, request, self.settings)
         if reuse is not None:
             # A rerun serves the very code of the original version, not today's folder.
             snapshot = await self.snapshots.extracted(reuse.digest)
@@ -201,6 +206,11 @@ class EndpointService:
             accepts_file=spec.accepts_file,
             env=spec.env,
             server={key: server_flag_value(value) for key, value in spec.server.items()},
+            bridge=(
+                bridge_options(slugify(spec.name), uuid.uuid4(), spec)
+                if spec.kind == "stream"
+                else None
+            ),
         )
         try:
             await self.runtime.check(launch)

@@ -15,14 +15,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cormorant.common.events import ReplicaChanged, ReplicaState
-from cormorant.deployer.runtime import ReplicaHandle, refusal_reason
+from cormorant.deployer.runtime import ReplicaHandle, ReplicaLaunch, refusal_reason
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.views import ReplicaEvent
 
 if TYPE_CHECKING:
+    from cormorant.deployer.store import VersionRecord
     from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,16 @@ class ReplicaRunner:
         handle: ReplicaHandle | None = None,
         state: ReplicaState = "starting",
         pending_failure: Failure | None = None,
+        version: VersionRecord | None = None,
+        source_dir: Path | None = None,
     ) -> None:
         self.sup = supervisor
         self.endpoint = endpoint
         self.id = replica_id
+        # A replica serves one version all its life (restarts included), whatever the
+        # endpoint's current version becomes meanwhile (a stream swap runs two at once).
+        self.version = version or endpoint.version
+        self.source_dir = source_dir or endpoint.source_dir
         self.order = next(_sequence)
         self.restarts = restarts
         # A resumed replica was started before: its next start is a restart.
@@ -129,7 +137,7 @@ class ReplicaRunner:
             self.restarts += 1
         self.starts += 1
         self.state = "starting"
-        handle = await self.sup.runtime.start(self.endpoint.launch(self.id))
+        handle = await self.sup.runtime.start(self.launch())
         self.handle, self.url = handle, handle.url
         try:
             await self._record(
@@ -218,11 +226,15 @@ class ReplicaRunner:
                 await self._record("draining")
                 # Gateways drop the replica on the event; requests routed before it still land.
                 await asyncio.sleep(self.settings.drain_grace_s)
-            launch = self.endpoint.launch(self.id)
+            launch = self.launch()
             grace = max(self.settings.stop_timeout_s, (launch.graceful_timeout() or 0) + 5)
             await self.sup.runtime.stop(handle, grace_s=grace)
             self.handle = None
         await self._record("stopped")
+
+    def launch(self) -> ReplicaLaunch:
+        """What the runtime runs for this replica."""
+        return self.endpoint.launch(self.id, version=self.version, source_dir=self.source_dir)
 
     async def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` s or until asked to stop; whether a stop was asked."""
@@ -247,7 +259,7 @@ class ReplicaRunner:
         self.sup.publish(
             ReplicaChanged(
                 endpoint=endpoint.slug,
-                version=endpoint.version.label,
+                version=self.version.label,
                 replica_id=str(self.id),
                 state=state,
                 url=self.url,
@@ -255,7 +267,7 @@ class ReplicaRunner:
             )
         )
         endpoint.events.append(
-            ReplicaEvent(datetime.now(UTC), str(self.id), endpoint.version.label, state, reason)
+            ReplicaEvent(datetime.now(UTC), str(self.id), self.version.label, state, reason)
         )
         await self.sup.refresh(endpoint)
 

@@ -88,6 +88,17 @@ class DeployerSettings(ServiceSettings):
     event_history: int = Field(default=20, ge=1)
     """Replica events kept per endpoint and shown in its ``events``."""
 
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers of a stream endpoint whose ``kafka`` section names none."""
+
+    bridge_command: list[str] | None = None
+    """Command that starts a stream-endpoint replica, as a JSON list, its flags appended
+    (unset: this Python interpreter with ``-m cormorant.kafka_bridge``)."""
+
+    stream_lag_target: float = Field(default=1000.0, gt=0)
+    """Messages of consumer lag per replica a stream endpoint's autoscaler aims for when the
+    endpoint names no ``replicas.target`` (KEDA's ``lagThreshold``)."""
+
     stop_replicas_on_shutdown: bool = False
     """Stop every replica when the service shuts down; by default they keep serving and the
     next start adopts them."""
@@ -107,3 +118,7 @@ class DeployerSettings(ServiceSettings):
     def resolved_worker_command(self) -> list[str]:
         """``worker_command``, or this interpreter running ``cormorant.worker``."""
         return list(self.worker_command or [sys.executable, "-m", "cormorant.worker"])
+
+    def resolved_bridge_command(self) -> list[str]:
+        """``bridge_command``, or this interpreter running ``cormorant.kafka_bridge``."""
+        return list(self.bridge_command or [sys.executable, "-m", "cormorant.kafka_bridge"])

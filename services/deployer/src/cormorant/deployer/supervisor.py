@@ -32,6 +32,7 @@ from cormorant.deployer.store import (
     Store,
     VersionRecord,
 )
+from cormorant.deployer.stream_spec import bridge_options
 from cormorant.deployer.validation import server_flag_value
 from cormorant.deployer.views import ReplicaEvent, endpoint_view, event_attributes
 
@@ -74,14 +75,21 @@ class EndpointRuntime:
     """Whether this is the version that sets the endpoint's status (and is autoscaled);
     a canary or a retiring version runs beside it (see ``rollout.py``)."""
 
-    def launch(self, replica_id: uuid.UUID) -> ReplicaLaunch:
-        """What the runtime runs for replica ``replica_id`` of the current version."""
+    def launch(
+        self,
+        replica_id: uuid.UUID,
+        *,
+        version: VersionRecord | None = None,
+        source_dir: Path | None = None,
+    ) -> ReplicaLaunch:
+        """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
+        default)."""
         spec = self.spec
         return ReplicaLaunch(
             replica_id=str(replica_id),
             endpoint=self.slug,
-            version=self.version.label,
-            source=self.source_dir,
+            version=(version or self.version).label,
+            source=source_dir or self.source_dir,
             file=spec.file,
             function=spec.function,
             preprocess_file=spec.preprocess_file,
@@ -89,6 +97,7 @@ class EndpointRuntime:
             accepts_file=spec.accepts_file,
             env=dict(spec.env),
             server={key: server_flag_value(value) for key, value in spec.server.items()},
+            bridge=bridge_options(self.slug, self.id, spec) if self.kind == "stream" else None,
         )
 
     def active(self) -> list[ReplicaRunner]:
@@ -375,6 +384,11 @@ class Supervisor:
                 source=self.snapshots.directory(record.version.digest),
                 file=record.spec.file,
                 function=record.spec.function,
+                bridge=(
+                    bridge_options(record.slug, record.id, record.spec)
+                    if record.kind == "stream"
+                    else None
+                ),
             )
             handle = await self.runtime.adopt(launch, url=row.url, host=row.host, pid=row.pid)
             if handle is not None:

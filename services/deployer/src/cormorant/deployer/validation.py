@@ -16,7 +16,6 @@ from cormorant.common.predictor import InvalidFileName, check_file_name
 from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec, ServerValue
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-STREAM_UNAVAILABLE = "kind: stream endpoints are not available yet (Kafka issue)"
 
 
 class InvalidField(BadRequest):
@@ -32,8 +31,14 @@ def resolve_spec(
 ) -> EndpointSpec:
     """The request with its defaults filled in, or ``InvalidField`` naming what to fix."""
     if request.kind == "stream":
-        raise BadRequest(STREAM_UNAVAILABLE, details={"field": "kind"})
-    if request.kafka is not None:
+        if request.kafka is None:
+            raise InvalidField(
+                "kafka",
+                "a stream endpoint needs a kafka section: "
+                '{"input_topics": ["..."], "output_topic": "..."} '
+                "(CLI: cormorant stream deploy DIR --input-topic T --output-topic O)",
+            )
+    elif request.kafka is not None:
         raise InvalidField("kafka", "only stream endpoints take a kafka section; remove it")
     replicas = _replicas(request, default_target)
     _check_file_name("file", request.file)
@@ -71,7 +76,8 @@ def resolve_spec(
         server=server,
         replicas=replicas,
         timeout_s=request.timeout_s if request.timeout_s is not None else default_timeout_s,
-        kafka=None,
+        # Checked against the broker, with its defaults, by streams.prepare_stream_spec.
+        kafka=request.kafka if request.kind == "stream" else None,
     )
 
 
@@ -96,7 +102,8 @@ def _replicas(request: EndpointCreate, default_target: float) -> ReplicasSpec:
         low = 1 if given.min is None else given.min
         if low < 1:
             raise InvalidField(
-                "replicas.min", f"a web endpoint needs at least 1 replica; set min ≥ 1 (got {low})"
+                "replicas.min",
+                f"a {request.kind} endpoint needs at least 1 replica; set min ≥ 1 (got {low})",
             )
     high = max(low, 1) if given.max is None else given.max
     if low > high:

@@ -9,6 +9,7 @@ from typing import Any
 
 from cormorant.deployer.schemas import EndpointOut, ReplicaCounts, ReplicaEventOut
 from cormorant.deployer.store import EndpointRecord, EndpointStats
+from cormorant.deployer.stream_spec import public_kafka
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ def endpoint_view(
         env=spec.env,
         server=spec.server,
         timeout_s=spec.timeout_s,
-        kafka=spec.kafka,
+        kafka=public_kafka(spec.kafka),
         replicas=ReplicaCounts(
             ready=stats.ready,
             desired=record.desired,

@@ -191,9 +191,10 @@ class PredictPath:
 
     async def _connect(self, route: Route, version: str | None) -> tuple[Replica, Connection]:
         now = time.monotonic()
-        replica = route.pick(now, version=version)
+        # A stream endpoint's replicas are kafka-bridges: their URL serves only probes.
+        replica = route.pick(now, version=version) if route.kind != "stream" else None
         if replica is None:
-            if version is not None:
+            if version is not None and route.kind != "stream":
                 raise VersionNotServing(route.slug, version, route.versions())
             raise _unavailable(route)
         tried: frozenset[Replica] = frozenset()

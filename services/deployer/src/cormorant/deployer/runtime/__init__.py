@@ -6,11 +6,46 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    """What a stream-endpoint replica (``python -m cormorant.kafka_bridge``) adds to a launch."""
+
+    bootstrap_servers: str
+    input_topics: tuple[str, ...]
+    output_topic: str
+    group: str
+    dlq_topic: str | None = None
+    security: Mapping[str, str] = field(default_factory=dict)
+    """Passed in the replica's environment, never on its command line (``ps`` shows that)."""
+    endpoint_id: str | None = None
+    """The endpoint's database id, tagging logged predictions (the slug resolves it too)."""
+
+    def args(self) -> list[str]:
+        """The bridge's Kafka flags."""
+        args = ["--bootstrap-servers", self.bootstrap_servers]
+        for topic in self.input_topics:
+            args += ["--input-topic", topic]
+        args += ["--output-topic", self.output_topic, "--group", self.group]
+        if self.dlq_topic:
+            args += ["--dlq-topic", self.dlq_topic]
+        return args
+
+    def environment(self) -> dict[str, str]:
+        """Variables the bridge reads its secrets (and the endpoint id) from."""
+        env = {}
+        if self.security:
+            env["CORMORANT_KAFKA_BRIDGE_SECURITY"] = json.dumps(dict(self.security))
+        if self.endpoint_id:
+            env["CORMORANT_KAFKA_BRIDGE_ENDPOINT_ID"] = self.endpoint_id
+        return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +64,23 @@ class ReplicaLaunch:
     accepts_file: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     server: Mapping[str, str] = field(default_factory=dict)
+    bridge: BridgeOptions | None = None
+    """Set for a stream endpoint: the replica is a kafka-bridge, not a worker."""
+
+    def bridge_args(self) -> list[str]:
+        """The kafka-bridge's flags for this replica, without the metrics address."""
+        assert self.bridge is not None
+        args = ["--source", str(self.source), "--file", self.file, "--function", self.function]
+        if self.preprocess_file is not None:
+            args += ["--preprocess-file", self.preprocess_file]
+        if self.preprocess_function is not None:
+            args += ["--preprocess-function", self.preprocess_function]
+        if self.accepts_file:
+            args.append("--accepts-file")
+        args += ["--endpoint", self.endpoint, "--version", self.version, *self.bridge.args()]
+        for key, value in self.env.items():
+            args += ["--env", f"{key}={value}"]
+        return args
 
     def worker_args(self) -> list[str]:
         """The worker's flags for this replica, without the listening address."""

@@ -1,4 +1,5 @@
-"""The ``local`` runtime: each replica is a ``python -m cormorant.worker`` process here.
+"""The ``local`` runtime: each replica is a ``python -m cormorant.worker`` process here (a
+``python -m cormorant.kafka_bridge`` one for a stream endpoint).
 
 A replica runs in a session of its own, so it survives a restart of the deployer (which then
 adopts it) and so that stopping it can reach every process it forked (gunicorn workers, and
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +61,12 @@ class LocalRuntime:
         host: str,
         env: Mapping[str, str],
         check_timeout: float,
+        bridge_command: Sequence[str] | None = None,
     ) -> None:
         self.command = list(command)
+        self.bridge_command = list(
+            bridge_command or [sys.executable, "-m", "cormorant.kafka_bridge"]
+        )
         self.logs = data_dir / "logs" / "replicas"
         self.host = host
         self.env = dict(env)
@@ -69,13 +75,14 @@ class LocalRuntime:
 
     async def check(self, launch: ReplicaLaunch) -> None:
         """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
-        argv = [*self.command, "--check", *launch.worker_args(), "--host", self.host, "--port", "0"]
+        argv = [*self._argv(launch, 0)]
+        argv.insert(len(self._command(launch)), "--check")
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            env=self.env,
+            env=self._env(launch),
             start_new_session=True,
         )
         try:
@@ -110,7 +117,7 @@ class LocalRuntime:
         port = free_port(self.host)
         log_path = self.log_path(launch)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
+        argv = self._argv(launch, port)
         with log_path.open("ab") as out:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
             out.write(f"--- {stamp} starting replica {launch.replica_id} on port {port}\n".encode())
@@ -121,7 +128,7 @@ class LocalRuntime:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.env,
+                env=self._env(launch),
                 cwd=launch.source,
                 # Its own session: it outlives the deployer, and its group holds its children.
                 start_new_session=True,
@@ -136,6 +143,7 @@ class LocalRuntime:
         if pid is None:
             return None
         port = str(urlsplit(url).port)
+        port_flag = "--metrics-port" if launch.bridge is not None else "--port"
         source = str(launch.source)
         try:
             process = psutil.Process(pid)
@@ -147,8 +155,8 @@ class LocalRuntime:
         except psutil.Error:
             cmdline = []
         # The pid may have been reused by another program since the row was written.
-        if not (_has_flag(cmdline, "--port", port) and _has_flag(cmdline, "--source", source)):
-            _kill_orphans(pid, port, source)
+        if not (_has_flag(cmdline, port_flag, port) and _has_flag(cmdline, "--source", source)):
+            _kill_orphans(pid, port_flag, port, source)
             return None
         log_path = self.log_path(launch)
         offset = log_path.stat().st_size if log_path.exists() else 0
@@ -204,6 +212,25 @@ class LocalRuntime:
                 return
             await asyncio.sleep(_POLL_S)
 
+    def _command(self, launch: ReplicaLaunch) -> list[str]:
+        return self.bridge_command if launch.bridge is not None else self.command
+
+    def _argv(self, launch: ReplicaLaunch, port: int) -> list[str]:
+        """The replica's command line, listening on ``port``."""
+        if launch.bridge is not None:
+            return [
+                *self.bridge_command,
+                *launch.bridge_args(),
+                "--metrics-host", self.host,
+                "--metrics-port", str(port),
+            ]  # fmt: skip
+        return [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
+
+    def _env(self, launch: ReplicaLaunch) -> dict[str, str]:
+        if launch.bridge is None:
+            return self.env
+        return {**self.env, **launch.bridge.environment()}
+
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop tracking a replica without touching its process (it keeps serving)."""
         self._procs.pop(handle.replica_id, None)
@@ -252,14 +279,14 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _kill_orphans(group: int, port: str, source: str) -> None:
+def _kill_orphans(group: int, port_flag: str, port: str, source: str) -> None:
     """Kill what is left of a dead replica's group: forked workers would keep serving."""
     for process in psutil.process_iter(["cmdline"]):
         try:
             cmdline = process.info.get("cmdline") or []
             if (
                 os.getpgid(process.pid) == group
-                and _has_flag(cmdline, "--port", port)
+                and _has_flag(cmdline, port_flag, port)
                 and _has_flag(cmdline, "--source", source)
             ):
                 process.kill()

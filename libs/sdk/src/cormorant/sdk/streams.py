@@ -1,0 +1,86 @@
+"""Stream endpoints from Python: create one on Kafka topics, read its lag, swap its model.
+
+``Streams(client)`` wraps the stream routes of the management API::
+
+    streams = Streams(Client())
+    created = streams.create("fraud", "/models/fraud", input_topics=["payments"],
+                             output_topic="scores", max_replicas=3)
+    streams.status(created["slug"])["lag_total"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cormorant.sdk.client import Client
+
+SWAP_TIMEOUT_S = 330.0
+"""Longer than the deployer's default replica start timeout (300 s)."""
+
+
+class Streams:
+    """Stream endpoints of one ``Client``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        name: str,
+        source: str | Path,
+        *,
+        input_topics: list[str],
+        output_topic: str,
+        bootstrap_servers: str | None = None,
+        dlq_topic: str | None = None,
+        security: dict[str, str] | None = None,
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+        lag_target: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Deploy ``source`` as a stream endpoint (refused if a topic is missing or
+        ``max_replicas`` exceeds the input partitions); the answer holds its ``slug``."""
+        kafka = _drop_none(
+            {
+                "bootstrap_servers": bootstrap_servers,
+                "input_topics": input_topics,
+                "output_topic": output_topic,
+                "dlq_topic": dlq_topic,
+                "security": security,
+            }
+        )
+        replicas = _drop_none({"min": min_replicas, "max": max_replicas, "target": lag_target})
+        return self._client.endpoints.create(
+            name, source, kind="stream", kafka=kafka, replicas=replicas or None, **fields
+        )
+
+    def status(self, slug: str) -> dict[str, Any]:
+        """Consumer lag (total and per partition), replicas and Kafka wiring of ``slug``."""
+        result: dict[str, Any] = self._client.request("GET", f"/api/v1/endpoints/{slug}/stream")
+        return result
+
+    def swap(
+        self,
+        slug: str,
+        *,
+        source: str | Path | None = None,
+        commit: str | None = None,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Hand the stream to a new version of its code (or back to ``version``) with no gap
+        and no duplicate; returns once the old replicas have left."""
+        body = _drop_none(
+            {"source": str(source) if source else None, "commit": commit, "version": version}
+        )
+        # The answer comes once the new replicas have joined and the old ones left: minutes
+        # for a model that is slow to import, longer than the client's default timeout.
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body, timeout=SWAP_TIMEOUT_S
+        )
+        return result
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}

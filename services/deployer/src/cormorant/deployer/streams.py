@@ -1,0 +1,638 @@
+"""Stream endpoints in the deployer: broker checks at creation, autoscaling on consumer lag,
+the zero-gap model swap, and the stream status API.
+
+Lag is read from the replicas, not the broker: each kafka-bridge replica exports
+``cormorant_kafka_bridge_lag{topic,partition}`` (high watermark from its fetch answers minus
+the offset it committed, what KEDA's Kafka scaler computes from the group's offsets), and the
+deployer scrapes the ready replicas' ``/metrics``. Every partition is owned by one replica, so
+the sum is the group's lag; it needs no extra Kafka connection per endpoint, and it works on
+brokers whose ListOffsets/OffsetFetch answers are unreliable (tansu's, see the bridge's README).
+Its blind spot: partitions no ready replica holds (mid-rebalance) would read as 0, so no
+decision is taken until the ready replicas hold every partition again.
+
+A swap starts the new version's replicas in the endpoint's consumer group while the old ones
+keep consuming; the bridge imports the model before joining and answers ``/healthz`` only
+once joined, and every revocation waits for the batches in flight to be committed, so the
+partitions the new replicas take over resume exactly at the committed offsets. Once every new
+replica is ready the old ones get SIGTERM, one at a time: each finishes its in-flight
+batches, commits and leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, cast
+
+import httpx
+from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select, update
+
+from cormorant.common.db.models import ModelVersion, Traffic, TrafficChange, VersionStatus
+from cormorant.common.errors import BadRequest, Conflict, NotFound
+from cormorant.common.events import EndpointChanged, TrafficChanged, VersionCreated
+from cormorant.deployer.autoscale import Recommendation, decide, recommend
+from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.replicas import ReplicaRunner
+from cormorant.deployer.schemas import ReplicasSpec
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.sources import checkout
+from cormorant.deployer.store import VersionRecord
+from cormorant.deployer.stream_spec import consumer_group, stored_kafka
+from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.validation import check_code
+from cormorant.deployer.views import event_attributes
+
+log = logging.getLogger(__name__)
+
+_SCRAPE_TIMEOUT_S = 2.0
+_LAG = "cormorant_kafka_bridge_lag"
+_COUNTERS = {
+    "cormorant_kafka_bridge_messages_consumed_total": "consumed",
+    "cormorant_kafka_bridge_messages_produced_total": "produced",
+    "cormorant_kafka_bridge_messages_dlq_total": "dead_lettered",
+    "cormorant_kafka_bridge_assigned_partitions": "assigned_partitions",
+}
+
+
+# --- lag, from the replicas' metrics -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReplicaStream:
+    """What one bridge replica's ``/metrics`` says."""
+
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    consumed: float = 0.0
+    produced: float = 0.0
+    dead_lettered: float = 0.0
+    assigned_partitions: float = 0.0
+
+
+def parse_metrics(text: str) -> ReplicaStream:
+    """The stream figures of a bridge replica's Prometheus exposition ``text``."""
+    stats = ReplicaStream()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == _LAG and "topic" in sample.labels:
+                key = (sample.labels["topic"], int(sample.labels["partition"]))
+                stats.lag[key] = int(sample.value)
+            elif sample.name in _COUNTERS:
+                setattr(stats, _COUNTERS[sample.name], float(sample.value))
+    return stats
+
+
+async def scrape(http: httpx.AsyncClient, url: str) -> ReplicaStream | None:
+    """The replica's stream figures, or None if it did not answer."""
+    try:
+        response = await http.get(f"{url}/metrics", timeout=_SCRAPE_TIMEOUT_S)
+        response.raise_for_status()
+        return parse_metrics(response.text)
+    except (httpx.HTTPError, ValueError) as exc:
+        log.debug("scraping %s failed: %s", url, exc)
+        return None
+
+
+def group_lag(replicas: Iterable[ReplicaStream]) -> dict[tuple[str, int], int]:
+    """Lag per partition over the replicas; a partition two replicas report mid-rebalance
+    counts once, at its higher figure."""
+    lag: dict[tuple[str, int], int] = {}
+    for stats in replicas:
+        for key, behind in stats.lag.items():
+            lag[key] = max(behind, lag.get(key, 0))
+    return lag
+
+
+def desired_for_lag(lag: int, bounds: ReplicasSpec, partitions: int) -> int:
+    """KEDA's Kafka scaler: ``ceil(lag / lagThreshold)`` within ``[min, max]`` and never more
+    replicas than partitions."""
+    ceiling = min(bounds.max, partitions) if partitions > 0 else bounds.max
+    return recommend(
+        float(lag),
+        target=bounds.target,
+        min_replicas=min(max(bounds.min, 1), ceiling),
+        max_replicas=max(ceiling, 1),
+    )
+
+
+class StreamAutoscaler:
+    """Scales every stream endpoint on its consumer lag; skips endpoints being swapped."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        interval: float,
+        scale_down_delay: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.interval = interval
+        self.scale_down_delay = scale_down_delay
+        self.clock = clock or asyncio.get_running_loop().time
+        self.history: dict[uuid.UUID, tuple[Recommendation, ...]] = {}
+        self.lag: dict[uuid.UUID, dict[tuple[str, int], int]] = {}
+        self.swapping: set[uuid.UUID] = set()
+        self.settled: dict[uuid.UUID, bool] = {}
+
+    async def run(self) -> None:
+        """Decide every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("stream autoscaling pass failed")
+
+    async def tick(self) -> None:
+        """One decision for every stream endpoint with a ready replica."""
+        live = set()
+        for endpoint in list(self.supervisor.endpoints.values()):
+            if endpoint.kind != "stream" or endpoint.deleted:
+                continue
+            live.add(endpoint.id)
+            if endpoint.id in self.swapping or _changing(endpoint):
+                continue
+            lag = await self.observe(endpoint)
+            # Mid-rebalance the revoked partitions' lag is unknown (reads as 0): no decision.
+            if lag is None or not self.settled.get(endpoint.id, False):
+                continue
+            desired = self._desired(endpoint, sum(lag.values()))
+            if desired < endpoint.desired:
+                # One replica leaves at a time, each once the group has settled (see _swap).
+                desired = endpoint.desired - 1
+            if desired != endpoint.desired:
+                await self.supervisor.scale(endpoint, desired)
+        for gone in set(self.history) - live:
+            self.history.pop(gone, None)
+            self.lag.pop(gone, None)
+            self.settled.pop(gone, None)
+
+    async def observe(self, endpoint: EndpointRuntime) -> dict[tuple[str, int], int] | None:
+        """The endpoint's lag per partition from its ready replicas (None without any)."""
+        urls = [r.url for r in endpoint.replicas.values() if r.state == "ready" and r.url]
+        if not urls:
+            return None
+        found = await asyncio.gather(*(scrape(self.supervisor.http, url) for url in urls))
+        answered = [stats for stats in found if stats is not None]
+        if not answered:
+            return None
+        lag = self.lag[endpoint.id] = group_lag(answered)
+        partitions = stored_kafka(endpoint.spec.kafka).partition_count
+        held = sum(stats.assigned_partitions for stats in answered)
+        self.settled[endpoint.id] = len(answered) == len(urls) and held >= partitions
+        return lag
+
+    def _desired(self, endpoint: EndpointRuntime, lag: int) -> int:
+        now = self.clock()
+        partitions = stored_kafka(endpoint.spec.kafka).partition_count
+        recommended = desired_for_lag(lag, endpoint.spec.replicas, partitions)
+        # Seeded with the current count: a restarted deployer does not scale down at once.
+        history = self.history.get(endpoint.id) or (Recommendation(now, endpoint.desired),)
+        desired, self.history[endpoint.id] = decide(
+            history, recommended, now=now, scale_down_delay=self.scale_down_delay
+        )
+        return desired
+
+
+def _changing(endpoint: EndpointRuntime) -> bool:
+    """A replica is starting or leaving: the group is about to rebalance."""
+    return any(
+        runner.state == "starting" or runner.stop_requested.is_set()
+        for runner in endpoint.replicas.values()
+    )
+
+
+# --- the model swap -------------------------------------------------------------------------
+
+
+class SwapRefused(Conflict):
+    """A swap that cannot start or whose new version did not become ready."""
+
+
+async def swap_stream_version(
+    supervisor: Supervisor,
+    endpoint: EndpointRuntime,
+    version: VersionRecord,
+    *,
+    scaler: StreamAutoscaler | None = None,
+) -> None:
+    """Hand ``endpoint``'s consumer group from its current version's replicas to ``version``'s.
+
+    The new replicas (as many as the endpoint has now) start and join the group while the old
+    ones keep consuming; once all are ready, the old ones are stopped with SIGTERM and finish,
+    commit and leave. If a new replica crashes or never gets ready, the new ones are stopped
+    and the old ones keep serving (``SwapRefused``). The caller records the version and the
+    100% traffic in the database (the rollout code, or ``swap_route`` below).
+    """
+    if endpoint.kind != "stream":
+        raise BadRequest(f"endpoint {endpoint.slug!r} is not a stream endpoint")
+    if version.id == endpoint.version.id:
+        raise SwapRefused(f"version {version.label} of {endpoint.slug!r} already serves")
+    if scaler is not None:
+        if endpoint.id in scaler.swapping:
+            raise SwapRefused(f"a model swap of {endpoint.slug!r} is already running")
+        scaler.swapping.add(endpoint.id)
+    try:
+        await _swap(supervisor, endpoint, version)
+    finally:
+        if scaler is not None:
+            scaler.swapping.discard(endpoint.id)
+
+
+async def _swap(supervisor: Supervisor, endpoint: EndpointRuntime, version: VersionRecord) -> None:
+    snapshot = await supervisor.snapshots.extracted(version.digest)
+    count = max(endpoint.desired, endpoint.spec.replicas.min, 1)
+    log.info(
+        "swapping %s from version %s to %s (%d replica(s))",
+        endpoint.slug,
+        endpoint.version.label,
+        version.label,
+        count,
+    )
+    # Outside endpoint.replicas while they warm up: converge and the status ignore them.
+    incoming: list[ReplicaRunner] = []
+    try:
+        for _ in range(count):
+            replica_id = await supervisor.store.add_replica(endpoint.id, version.id)
+            runner = ReplicaRunner(
+                supervisor, endpoint, replica_id, version=version, source_dir=snapshot.directory
+            )
+            incoming.append(runner)
+            supervisor.spawn(runner.run(), name=f"replica-{endpoint.slug}-{replica_id}")
+        await _all_ready(endpoint, incoming, timeout=supervisor.settings.start_timeout_s)
+    except BaseException:
+        for runner in incoming:
+            runner.stop_requested.set()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(runner.done.wait() for runner in incoming))
+        raise
+    async with endpoint.lock:
+        if endpoint.deleted:
+            for runner in incoming:
+                runner.stop_requested.set()
+            raise SwapRefused(f"endpoint {endpoint.slug!r} was deleted during the model swap")
+        outgoing = endpoint.active()
+        endpoint.version = version
+        endpoint.source_dir = snapshot.directory
+        for runner in incoming:
+            endpoint.replicas[runner.id] = runner
+    # SIGTERM: each finishes its batches in flight, commits and leaves the group. One at a
+    # time, once the group has settled: tansu can elect a departed member as the leader of
+    # the generation two simultaneous leaves start, and that group never syncs again.
+    for runner in outgoing:
+        await settled(supervisor, endpoint)
+        runner.stop_requested.set()
+        await runner.done.wait()
+    await supervisor.refresh(endpoint)
+    log.info("%s now runs version %s", endpoint.slug, version.label)
+
+
+async def settled(
+    supervisor: Supervisor, endpoint: EndpointRuntime, *, within: float = 30.0
+) -> bool:
+    """Wait until the ready replicas hold every input partition between them (the group is
+    not mid-rebalance); False if that did not happen ``within`` seconds."""
+    partitions = stored_kafka(endpoint.spec.kafka).partition_count
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        urls = [r.url for r in endpoint.replicas.values() if r.state == "ready" and r.url]
+        found = await asyncio.gather(*(scrape(supervisor.http, url) for url in urls))
+        if found and all(stats is not None for stats in found):
+            held = sum(stats.assigned_partitions for stats in found if stats is not None)
+            if held >= partitions:
+                return True
+        await asyncio.sleep(0.2)
+    log.warning("%s: the consumer group did not settle within %g s", endpoint.slug, within)
+    return False
+
+
+async def _all_ready(
+    endpoint: EndpointRuntime,
+    runners: list[ReplicaRunner],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the start timeout of the deployer's settings
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(runner.state == "ready" for runner in runners):
+        if endpoint.deleted:
+            raise SwapRefused(f"endpoint {endpoint.slug!r} was deleted during the model swap")
+        for runner in runners:
+            if runner.state == "crashed" or runner.done.is_set():
+                reason = next(
+                    (e.reason for e in reversed(endpoint.events) if e.replica_id == str(runner.id)),
+                    None,
+                )
+                raise SwapRefused(
+                    f"version {runner.version.label} of {endpoint.slug!r} did not start "
+                    f"({reason or 'crashed'}); version {endpoint.version.label} keeps serving"
+                )
+        if loop.time() > deadline:
+            raise SwapRefused(
+                f"version {runners[0].version.label} of {endpoint.slug!r} was not ready within "
+                f"{timeout:g} s; version {endpoint.version.label} keeps serving"
+            )
+        await asyncio.sleep(0.1)
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+class PartitionLag(BaseModel):
+    """Consumer lag of one input partition."""
+
+    topic: str
+    partition: int
+    lag: int
+
+
+class StreamReplica(BaseModel):
+    """One bridge replica as its metrics describe it."""
+
+    id: str
+    version: str
+    state: str
+    url: str | None
+    assigned_partitions: int | None = None
+    consumed: int | None = None
+    produced: int | None = None
+    dead_lettered: int | None = None
+
+
+class StreamStatus(BaseModel):
+    """``GET /api/v1/endpoints/{slug}/stream``: lag, replicas and Kafka wiring."""
+
+    slug: str
+    version: str
+    status: str
+    group: str
+    bootstrap_servers: str
+    input_topics: list[str]
+    output_topic: str
+    dlq_topic: str
+    partitions: dict[str, int]
+    lag_total: int
+    lag: list[PartitionLag]
+    replicas: list[StreamReplica]
+    desired: int
+    min: int
+    max: int
+    lag_target: float
+    swapping: bool
+
+
+class StreamSwap(BaseModel):
+    """``POST /api/v1/endpoints/{slug}/stream/swap``: the version to hand the group to."""
+
+    source: str | None = Field(
+        default=None, description="Code of the new version (default: the endpoint's source)."
+    )
+    commit: str | None = Field(default=None, description="Commit of a git source.")
+    version: int | None = Field(
+        default=None, ge=1, description="An existing version to go back to (a rollback)."
+    )
+
+
+class SwapResult(BaseModel):
+    """The outcome of a swap."""
+
+    slug: str
+    previous_version: str
+    version: str
+    generation: int
+
+
+stream_router = APIRouter(tags=["streams"])
+
+
+def _service(request: Request) -> EndpointService:
+    return cast(EndpointService, request.app.state.service)
+
+
+def _scaler(request: Request) -> StreamAutoscaler:
+    return cast(StreamAutoscaler, request.app.state.streams)
+
+
+ServiceDep = Annotated[EndpointService, Depends(_service)]
+ScalerDep = Annotated[StreamAutoscaler, Depends(_scaler)]
+
+
+async def _stream_endpoint(service: EndpointService, slug: str) -> EndpointRuntime:
+    record = await service.store.find(slug)
+    if record is None:
+        raise NotFound(f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints")
+    if record.kind != "stream":
+        raise BadRequest(f"endpoint {slug!r} is a {record.kind} endpoint, not a stream endpoint")
+    endpoint = service.supervisor.endpoints.get(record.id)
+    if endpoint is None:
+        raise Conflict(f"endpoint {slug!r} is not supervised yet; retry in a moment")
+    return endpoint
+
+
+@stream_router.get("/api/v1/endpoints/{slug}/stream")
+async def stream_status(slug: str, service: ServiceDep, scaler: ScalerDep) -> StreamStatus:
+    """A stream endpoint's consumer lag per partition, its replicas and its Kafka wiring."""
+    endpoint = await _stream_endpoint(service, slug)
+    kafka = stored_kafka(endpoint.spec.kafka)
+    runners = sorted(endpoint.replicas.values(), key=lambda r: r.order)
+    found = await asyncio.gather(
+        *(
+            scrape(service.supervisor.http, r.url) if r.state == "ready" and r.url else _nothing()
+            for r in runners
+        )
+    )
+    lag = group_lag(stats for stats in found if stats is not None)
+    replicas = [
+        StreamReplica(
+            id=str(runner.id),
+            version=runner.version.label,
+            state=runner.state,
+            url=runner.url,
+            assigned_partitions=int(stats.assigned_partitions) if stats else None,
+            consumed=int(stats.consumed) if stats else None,
+            produced=int(stats.produced) if stats else None,
+            dead_lettered=int(stats.dead_lettered) if stats else None,
+        )
+        for runner, stats in zip(runners, found, strict=True)
+    ]
+    bounds = endpoint.spec.replicas
+    return StreamStatus(
+        slug=endpoint.slug,
+        version=endpoint.version.label,
+        status=endpoint.status,
+        group=consumer_group(endpoint.slug, endpoint.id),
+        bootstrap_servers=kafka.bootstrap_servers,
+        input_topics=kafka.input_topics,
+        output_topic=kafka.output_topic,
+        dlq_topic=kafka.dead_letter_topic,
+        partitions=kafka.partitions,
+        lag_total=sum(lag.values()),
+        lag=[PartitionLag(topic=t, partition=p, lag=n) for (t, p), n in sorted(lag.items())],
+        replicas=replicas,
+        desired=endpoint.desired,
+        min=bounds.min,
+        max=bounds.max,
+        lag_target=bounds.target,
+        swapping=endpoint.id in scaler.swapping,
+    )
+
+
+async def _nothing() -> None:
+    return None
+
+
+@stream_router.post("/api/v1/endpoints/{slug}/stream/swap")
+async def swap_route(
+    slug: str,
+    service: ServiceDep,
+    scaler: ScalerDep,
+    body: Annotated[StreamSwap | None, Body()] = None,
+) -> SwapResult:
+    """Swap a stream endpoint to a new version of its code (or back to an older version) with
+    no gap and no duplicate; answers once the old replicas have left.
+
+    The stream's stand-in for the rollout API: a stream accepts only 100% rollouts.
+    """
+    request = body or StreamSwap()
+    endpoint = await _stream_endpoint(service, slug)
+    previous = endpoint.version
+    if request.version is not None:
+        version = await _existing_version(service, endpoint, request.version)
+    else:
+        version = await _new_version(service, endpoint, request)
+    await swap_stream_version(service.supervisor, endpoint, version, scaler=scaler)
+    generation = await _route_everything_to(service, endpoint, version, previous)
+    return SwapResult(
+        slug=endpoint.slug,
+        previous_version=previous.label,
+        version=version.label,
+        generation=generation,
+    )
+
+
+async def _existing_version(
+    service: EndpointService, endpoint: EndpointRuntime, number: int
+) -> VersionRecord:
+    async with service.store.sessions() as session:
+        row = await session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.endpoint_id == endpoint.id, ModelVersion.number == number
+            )
+        )
+    if row is None:
+        raise NotFound(f"endpoint {endpoint.slug!r} has no version {number}")
+    return VersionRecord(row.id, row.number, row.source, row.commit, row.source_digest)
+
+
+async def _new_version(
+    service: EndpointService, endpoint: EndpointRuntime, request: StreamSwap
+) -> VersionRecord:
+    spec = endpoint.spec
+    source = request.source or endpoint.version.source
+    limit = service.settings.git_timeout_s
+    async with checkout(source, request.commit, time_limit=limit) as src:
+        check_code(src.directory, spec, shown_source=source)
+        snapshot = await service.snapshots.snapshot(src.directory)
+        commit = src.commit
+    async with service.store.sessions() as session, session.begin():
+        latest = await session.scalar(
+            select(func.max(ModelVersion.number)).where(ModelVersion.endpoint_id == endpoint.id)
+        )
+        row = ModelVersion(
+            id=uuid.uuid4(),
+            endpoint_id=endpoint.id,
+            number=(latest or 0) + 1,
+            source=source,
+            commit=commit,
+            source_digest=snapshot.digest,
+            file=spec.file,
+            function=spec.function,
+            preprocess_file=spec.preprocess_file,
+            preprocess_function=spec.preprocess_function,
+            accepts_file=spec.accepts_file,
+            env=dict(spec.env),
+            server=dict(spec.server),
+            status=VersionStatus.PENDING,
+        )
+        session.add(row)
+    version = VersionRecord(row.id, row.number, source, commit, snapshot.digest)
+    service.publisher.publish(
+        VersionCreated(
+            endpoint=endpoint.slug,
+            version=version.label,
+            attributes={
+                "number": version.number,
+                "source": source,
+                "commit": commit,
+                "source_digest": snapshot.digest,
+            },
+        )
+    )
+    return version
+
+
+async def _route_everything_to(
+    service: EndpointService,
+    endpoint: EndpointRuntime,
+    version: VersionRecord,
+    previous: VersionRecord,
+) -> int:
+    """Record ``version`` at 100% (a new traffic generation) and retire ``previous``."""
+    weights = {version.label: 100}
+    action = "rollback" if version.number < previous.number else "rollout"
+    async with service.store.sessions() as session, session.begin():
+        traffic = await session.get(Traffic, endpoint.id, with_for_update=True)
+        generation = (traffic.generation if traffic is not None else 0) + 1
+        if traffic is None:
+            session.add(Traffic(endpoint_id=endpoint.id, generation=generation, weights=weights))
+        else:
+            traffic.generation, traffic.weights = generation, weights
+        session.add(
+            TrafficChange(
+                endpoint_id=endpoint.id,
+                generation=generation,
+                weights=weights,
+                action=action,
+                reason="stream model swap",
+            )
+        )
+        await session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == version.id)
+            .values(status=VersionStatus.READY, reason=None)
+        )
+        await session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == previous.id)
+            .values(status=VersionStatus.RETIRED)
+        )
+    service.publisher.publish(
+        TrafficChanged(endpoint=endpoint.slug, generation=generation, weights=weights)
+    )
+    view = await service.supervisor.describe(endpoint.id)
+    if view is not None:
+        service.publisher.publish(
+            EndpointChanged(
+                endpoint=endpoint.slug, change="updated", attributes=event_attributes(view)
+            )
+        )
+    return generation
+
+
+def install_streams(app: FastAPI, supervisor: Supervisor, settings: DeployerSettings) -> None:
+    """Serve the stream routes and autoscale stream endpoints on consumer lag."""
+    scaler = StreamAutoscaler(
+        supervisor,
+        interval=settings.autoscale_interval_s,
+        scale_down_delay=settings.scale_down_delay_s,
+    )
+    app.state.streams = scaler
+    supervisor.spawn(scaler.run(), name="stream-autoscaler")
