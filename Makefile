@@ -28,8 +28,9 @@ down:
 status: install
 	$(BIN)/cormorant status
 
+# Two workers, a test file each at a time: most of the suite waits on real servers, not CPU.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(BIN)/ruff check .
