@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cormorant.common.kafka_security import InvalidSecurityOption, client_security
 from cormorant.common.predictor import Predictor, PredictorSpec
 from cormorant.kafka_bridge.cli import main, parse_settings
 from cormorant.kafka_bridge.dlq import dead_letter
@@ -17,7 +18,6 @@ from cormorant.kafka_bridge.produce import (
     request_id_prefix,
     source_headers,
 )
-from cormorant.kafka_bridge.security import InvalidSecurityOption, client_security
 
 MODELS = Path(__file__).parent / "models"
 

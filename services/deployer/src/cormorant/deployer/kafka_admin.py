@@ -9,47 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from aiokafka.helpers import create_ssl_context
 
 from cormorant.common.errors import BadRequest
+from cormorant.common.kafka_security import InvalidSecurityOption
+from cormorant.common.kafka_security import client_security as kafka_client_security
 from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.stream_spec import parse_kafka
 from cormorant.deployer.validation import InvalidField
 
 log = logging.getLogger(__name__)
-
-_PASSED: Final = frozenset(
-    {
-        "security_protocol",
-        "sasl_mechanism",
-        "sasl_plain_username",
-        "sasl_plain_password",
-        "sasl_kerberos_service_name",
-        "sasl_kerberos_domain_name",
-    }
-)
-_SSL_FILES: Final = {
-    "ssl_cafile": "cafile",
-    "ssl_capath": "capath",
-    "ssl_certfile": "certfile",
-    "ssl_keyfile": "keyfile",
-    "ssl_password": "password",
-}
-# The Kafka/librdkafka spellings a properties file uses, as the kafka-bridge accepts them.
-_ALIASES: Final = {
-    "sasl_username": "sasl_plain_username",
-    "sasl_password": "sasl_plain_password",
-    "sasl_mechanisms": "sasl_mechanism",
-    "ssl_ca_location": "ssl_cafile",
-    "ssl_certificate_location": "ssl_certfile",
-    "ssl_key_location": "ssl_keyfile",
-    "ssl_key_password": "ssl_password",
-}
 
 
 class KafkaUnreachable(BadRequest):
@@ -60,30 +33,10 @@ class KafkaUnreachable(BadRequest):
 
 def client_security(options: Mapping[str, str]) -> dict[str, Any]:
     """aiokafka keyword arguments for a stream endpoint's ``security`` options."""
-    kwargs: dict[str, Any] = {}
-    ssl_files: dict[str, str] = {}
-    for raw_key, value in options.items():
-        key = raw_key.strip().lower().replace(".", "_").replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if key in _PASSED:
-            kwargs[key] = value.upper() if key in ("security_protocol", "sasl_mechanism") else value
-        elif key in _SSL_FILES:
-            ssl_files[_SSL_FILES[key]] = value
-        else:
-            known = ", ".join(sorted(_PASSED | set(_SSL_FILES) | set(_ALIASES)))
-            raise BadRequest(
-                f"kafka.security: unknown option {raw_key!r}; known: {known}",
-                details={"field": "kafka.security"},
-            )
-    if ssl_files or str(kwargs.get("security_protocol", "")).endswith("SSL"):
-        try:
-            kwargs["ssl_context"] = create_ssl_context(**ssl_files)
-        except (OSError, ValueError) as exc:
-            raise BadRequest(
-                f"kafka.security: the SSL options cannot be used: {exc}",
-                details={"field": "kafka.security"},
-            ) from exc
-    return kwargs
+    try:
+        return kafka_client_security(options)
+    except InvalidSecurityOption as exc:
+        raise InvalidField("kafka.security", exc.message) from exc
 
 
 async def partition_counts(

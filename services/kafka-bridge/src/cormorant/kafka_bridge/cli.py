@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from cormorant.common.cliargs import describe_settings_error, key_value_pairs
 from cormorant.common.errors import CormorantError
+from cormorant.common.kafka_security import client_security
 from cormorant.common.predictor import check_spec
 from cormorant.common.telemetry import configure_logging
 from cormorant.kafka_bridge.replica import EXIT_REFUSED, Replica
-from cormorant.kafka_bridge.security import client_security
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 
 PROG = "python -m cormorant.kafka_bridge"

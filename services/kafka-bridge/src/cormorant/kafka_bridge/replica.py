@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cormorant.common.errors import CormorantError, ServiceUnavailable
+from cormorant.common.kafka_security import client_security
 from cormorant.common.predictor import (
     PredictContext,
     Predictor,
@@ -46,7 +47,6 @@ from cormorant.kafka_bridge.metrics import BridgeMetrics
 from cormorant.kafka_bridge.predict import BatchPredictor
 from cormorant.kafka_bridge.produce import BatchProducer, create_producer
 from cormorant.kafka_bridge.publishing import PredictionLog
-from cormorant.kafka_bridge.security import client_security
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 
 log = logging.getLogger(__name__)

@@ -5,14 +5,16 @@ spelling most users already have in a properties file (``sasl.username``,
 ``ssl.ca.location``); dots and dashes become underscores, case is ignored. SSL file options
 build one ``ssl.SSLContext``. Secrets belong in ``CORMORANT_KAFKA_BRIDGE_SECURITY`` (a JSON
 object) rather than on the command line, where ``ps`` shows them.
+
+One reading for every Kafka client of the platform: the deployer checks a stream endpoint's
+topics with these options, and its kafka-bridge replicas consume and produce with them.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
-
-from aiokafka.helpers import create_ssl_context
 
 from cormorant.common.errors import BadRequest
 
@@ -84,7 +86,23 @@ def client_security(options: Mapping[str, str]) -> dict[str, Any]:
             )
     if ssl_files or (protocol or "").endswith("SSL"):
         try:
-            kwargs["ssl_context"] = create_ssl_context(**ssl_files)
+            kwargs["ssl_context"] = _ssl_context(**ssl_files)
         except (OSError, ValueError) as exc:
             raise InvalidSecurityOption(f"the SSL options cannot be used: {exc}") from exc
     return kwargs
+
+
+def _ssl_context(
+    *,
+    cafile: str | None = None,
+    capath: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    password: str | None = None,
+) -> ssl.SSLContext:
+    # What aiokafka's create_ssl_context builds (hostname checked, system CAs unless given),
+    # without importing a Kafka client into the common package.
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile, capath=capath)
+    if certfile is not None:
+        context.load_cert_chain(certfile, keyfile, password)
+    return context
