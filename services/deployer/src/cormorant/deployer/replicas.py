@@ -83,6 +83,9 @@ class ReplicaRunner:
         self.ready_since: float | None = None
         self.stop_requested = asyncio.Event()
         self.done = asyncio.Event()
+        supervisor.runners.add(self)
+        if supervisor.closing:
+            self.stop_requested.set()
 
     @property
     def settings(self) -> DeployerSettings:

@@ -140,6 +140,10 @@ class Supervisor:
         self.others: dict[uuid.UUID, dict[str, EndpointRuntime]] = {}
         """Per endpoint, the versions running beside the primary one, by label."""
         self._running: set[asyncio.Task[None]] = set()
+        self.runners: set[ReplicaRunner] = set()
+        """Every replica runner not yet finished, wherever it is held (a stream swap's incoming
+        replicas are outside their endpoint's set while they warm up)."""
+        self.closing = False
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run ``coro`` in the service's task group, cancelled at shutdown."""
@@ -236,6 +240,7 @@ class Supervisor:
     def finished(self, runner: ReplicaRunner) -> None:
         """Forget a replica whose task ended."""
         runner.endpoint.replicas.pop(runner.id, None)
+        self.runners.discard(runner)
 
     async def refresh(self, endpoint: EndpointRuntime) -> None:
         """Recompute the endpoint's status; store and announce it if its public view changed."""
@@ -411,13 +416,14 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop watching: replicas keep serving, unless configured to stop with the service."""
+        # From here no runner starts a process: the autoscaler, a reconcile or a swap may still
+        # create runners while the others stop, and those would outlive the deployer.
+        self.closing = True
         if self.settings.stop_replicas_on_shutdown:
-            runtimes = [*self.endpoints.values()]
-            runtimes += [o for others in self.others.values() for o in others.values()]
-            runners = [r for e in runtimes for r in e.replicas.values()]
-            for runner in runners:
-                runner.stop_requested.set()
-            await asyncio.gather(*(runner.done.wait() for runner in runners))
+            while runners := [r for r in self.runners if not r.done.is_set()]:
+                for runner in runners:
+                    runner.stop_requested.set()
+                await asyncio.gather(*(runner.done.wait() for runner in runners))
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
