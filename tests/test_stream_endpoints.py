@@ -138,15 +138,31 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
         sent = upto
         await asyncio.sleep(0.2)
 
-    # A third before the swap, messages all along it, and the last 4,000 after it.
+    # A new version is stored and checked but starts nothing: its replicas would join the
+    # consumer group before the rollout hands the stream over.
+    version = await asyncio.to_thread(client.rollouts.create_version, slug, MODEL)
+    assert version["version"] == "2"
+    assert {r["version"] for r in streams.status(slug)["replicas"]} == {"1"}
+    for bad, expected in (
+        (lambda: client.rollouts.rollout(slug, "2", 50), "percent must be 100"),
+        (lambda: client.rollouts.rollout(slug, "7", 100), "has no version '7'"),
+        (lambda: client.rollouts.promote(slug), "nothing to promote"),
+    ):
+        with pytest.raises(CormorantAPIError) as refused:
+            await asyncio.to_thread(bad)
+        assert refused.value.status_code in (400, 404, 409)
+        assert expected in str(refused.value)
+    assert client.rollouts.traffic(slug)["weights"] == {"1": 100}
+
+    # A third before the rollout, messages all along it, and the last 4,000 after it.
     while sent < 6_000:
         await send(6_000)
-    swapping = asyncio.create_task(asyncio.to_thread(streams.swap, slug))
+    swapping = asyncio.create_task(asyncio.to_thread(client.rollouts.rollout, slug, "2", 100))
     while not swapping.done() and sent < SWAP_MESSAGES - 4_000:
         await send(SWAP_MESSAGES - 4_000)
     swapped = await swapping
-    assert swapped["previous_version"] == "1"
-    assert swapped["version"] == "2"
+    assert swapped["weights"] == {"2": 100}
+    assert swapped["stable"] == "2"
     while sent < SWAP_MESSAGES:
         await send(SWAP_MESSAGES)
 
@@ -178,9 +194,10 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
     logged = Endpoint(slug, url=stack.url, api_key=stack.admin_key)
     await _wait(lambda: bool(logged.logs(limit=5, version="2")), "v2 predictions logged")
 
-    # A rollback is the same handover, back to the stored version 1.
-    back = await asyncio.to_thread(streams.swap, slug, version=1)
-    assert (back["previous_version"], back["version"]) == ("2", "1")
+    # A rollback is the same handover, back to version 1 (here from the CLI).
+    back = await asyncio.to_thread(stack.cli, "rollback", slug)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert client.rollouts.traffic(slug)["weights"] == {"1": 100}
     assert client.endpoints.get(slug)["version"] == "1"
     assert {r["version"] for r in streams.status(slug)["replicas"]} == {"1"}
 

@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cormorant.sdk.client import Client
 
+CHANGE_TIMEOUT_S = 330.0
+"""A traffic change answers once the new version is ready (the deployer waits up to 240 s) and,
+on a stream, once the consumer group was handed over: longer than the client's default."""
+
 
 class Rollouts:
     """Model updates of an endpoint: ``client.rollouts.rollout("iris", "2", 10)``."""
@@ -37,18 +41,22 @@ class Rollouts:
         if policy is not None:
             body["policy"] = policy
         result: dict[str, Any] = self._client.request(
-            "POST", f"/api/v1/endpoints/{slug}/rollout", json=body
+            "POST", f"/api/v1/endpoints/{slug}/rollout", json=body, timeout=CHANGE_TIMEOUT_S
         )
         return result
 
     def promote(self, slug: str) -> dict[str, Any]:
         """All traffic to the canary; the old version retires after draining."""
-        result: dict[str, Any] = self._client.request("POST", f"/api/v1/endpoints/{slug}/promote")
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/promote", timeout=CHANGE_TIMEOUT_S
+        )
         return result
 
     def rollback(self, slug: str) -> dict[str, Any]:
         """All traffic back to the stable version; the canary retires after draining."""
-        result: dict[str, Any] = self._client.request("POST", f"/api/v1/endpoints/{slug}/rollback")
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/rollback", timeout=CHANGE_TIMEOUT_S
+        )
         return result
 
     def traffic(self, slug: str) -> dict[str, Any]:

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cormorant.sdk.client import Client
-
-SWAP_TIMEOUT_S = 330.0
-"""Longer than the deployer's default replica start timeout (300 s)."""
+from cormorant.sdk.rollout import CHANGE_TIMEOUT_S
 
 
 class Streams:
@@ -77,7 +75,7 @@ class Streams:
         # The answer comes once the new replicas have joined and the old ones left: minutes
         # for a model that is slow to import, longer than the client's default timeout.
         result: dict[str, Any] = self._client.request(
-            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body, timeout=SWAP_TIMEOUT_S
+            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body, timeout=CHANGE_TIMEOUT_S
         )
         return result
 

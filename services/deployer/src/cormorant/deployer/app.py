@@ -132,6 +132,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             )
             reader = MetricsReader(http, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
+            rollouts.kinds["stream"] = app.state.stream_rollout
             await rollouts.recover()
             app.state.rollouts = rollouts
             app.state.flows = FlowService(

@@ -24,6 +24,7 @@ from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.views import ReplicaEvent
 
 if TYPE_CHECKING:
+    from cormorant.deployer.schemas import EndpointSpec
     from cormorant.deployer.store import VersionRecord
     from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 
@@ -62,6 +63,7 @@ class ReplicaRunner:
         pending_failure: Failure | None = None,
         version: VersionRecord | None = None,
         source_dir: Path | None = None,
+        spec: EndpointSpec | None = None,
     ) -> None:
         self.sup = supervisor
         self.endpoint = endpoint
@@ -70,6 +72,8 @@ class ReplicaRunner:
         # endpoint's current version becomes meanwhile (a stream swap runs two at once).
         self.version = version or endpoint.version
         self.source_dir = source_dir or endpoint.source_dir
+        self.spec = spec
+        """The version's own code fields, when they differ from the endpoint's (a swap)."""
         self.order = next(_sequence)
         self.restarts = restarts
         # A resumed replica was started before: its next start is a restart.
@@ -237,7 +241,9 @@ class ReplicaRunner:
 
     def launch(self) -> ReplicaLaunch:
         """What the runtime runs for this replica."""
-        return self.endpoint.launch(self.id, version=self.version, source_dir=self.source_dir)
+        return self.endpoint.launch(
+            self.id, version=self.version, source_dir=self.source_dir, spec=self.spec
+        )
 
     async def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` s or until asked to stop; whether a stop was asked."""

@@ -37,8 +37,8 @@ from cormorant.deployer.rollout_schemas import (
     VersionOut,
 )
 from cormorant.deployer.rollout_store import RolloutStore, TrafficState
-from cormorant.deployer.schemas import EndpointCreate
-from cormorant.deployer.store import EndpointRecord
+from cormorant.deployer.schemas import EndpointCreate, EndpointSpec
+from cormorant.deployer.store import EndpointRecord, VersionRecord
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 from cormorant.deployer.validation import resolve_spec
 
@@ -60,6 +60,16 @@ class KindRollout(Protocol):
         self, service: RolloutService, record: EndpointRecord, version: str, percent: int
     ) -> TrafficOut:
         """Give ``version`` ``percent`` of the endpoint's work."""
+        ...
+
+    async def promote(self, service: RolloutService, record: EndpointRecord) -> TrafficOut:
+        """All the work to the version rolled out."""
+        ...
+
+    async def rollback(
+        self, service: RolloutService, record: EndpointRecord, *, reason: str | None = None
+    ) -> TrafficOut:
+        """All the work back to the previous version."""
         ...
 
 
@@ -125,6 +135,11 @@ class RolloutService:
         snapshot, commit = await service._snapshot(spec)
         await service._check_worker(spec, snapshot)
         version = await self.store.add_version(record.id, spec, snapshot.digest, commit)
+        if record.kind in self.kinds:
+            # Not started: a stream's replicas would join its consumer group and take
+            # partitions before the rollout hands it over.
+            self._announce_version(record, version, spec)
+            return await self._version_out(record, version.label)
         primary = self._primary(record)
         runtime = EndpointRuntime(
             id=record.id,
@@ -141,6 +156,13 @@ class RolloutService:
             primary=False,
         )
         self.supervisor.others.setdefault(record.id, {})[version.label] = runtime
+        self._announce_version(record, version, spec)
+        await self.supervisor.converge(runtime)
+        return await self._version_out(record, version.label)
+
+    def _announce_version(
+        self, record: EndpointRecord, version: VersionRecord, spec: EndpointSpec
+    ) -> None:
         log.info("created version %s of %s from %s", version.label, record.slug, spec.source)
         self.supervisor.publish(
             VersionCreated(
@@ -156,8 +178,19 @@ class RolloutService:
                 },
             )
         )
-        await self.supervisor.converge(runtime)
-        return await self._version_out(record, version.label)
+
+    async def find_version(self, record: EndpointRecord, label: str) -> VersionRecord:
+        """Version ``label`` of the endpoint, or 404 naming the versions there are."""
+        rows = await self.store.versions(record.id)
+        for row in rows:
+            if row.label == label:
+                return VersionRecord(row.id, int(row.label), row.source, row.commit, row.digest)
+        known = ", ".join(sorted((row.label for row in rows), key=lambda v: (len(v), v)))
+        raise NotFound(
+            f"{record.slug} has no version {label!r} (versions: {known}); create one with "
+            f"POST /api/v1/endpoints/{record.slug}/versions",
+            details={"field": "version", "versions": known},
+        )
 
     async def list_versions(self, slug: str) -> VersionList:
         """Every version of the endpoint with its weight, role and replicas."""
@@ -177,6 +210,12 @@ class RolloutService:
         record = await self._find(slug)
         handler = self.kinds.get(record.kind)
         if handler is not None:
+            if body.policy is not None:
+                raise BadRequest(
+                    f"{record.slug} is a {record.kind} endpoint: a rollout policy moves web "
+                    "traffic step by step; roll out with percent 100 and no policy",
+                    details={"field": "policy", "kind": record.kind},
+                )
             return await handler.rollout(self, record, body.version, body.percent)
         self._check_kind(record)
         if body.policy is not None:
@@ -234,16 +273,19 @@ class RolloutService:
             await self.store.set_version_status(canary.version.id, VersionStatus.READY)
             weights = {stable.version.label: 100 - percent, version: percent}
             if weights != traffic.weights:
-                await self._publish_traffic(record, weights, action="rollout", reason=reason)
+                await self.publish_traffic(record, weights, action="rollout", reason=reason)
             log.info("%s: version %s at %d%%", record.slug, version, percent)
         return await self._traffic_out(record)
 
     async def promote(self, slug: str, *, reason: str | None = None) -> TrafficOut:
         """All traffic to the canary, which becomes the stable version; the old one retires."""
         record = await self._find(slug)
+        handler = self.kinds.get(record.kind)
+        if handler is not None:
+            return await handler.promote(self, record)
         self._check_kind(record)
         async with self.lock(record.id):
-            stable = self._require_primary(record)
+            stable = self.require_primary(record)
             traffic = await self.store.traffic(record.id)
             label = _other_canary(traffic, stable.version.label, None)
             others = self.supervisor.others.get(record.id, {})
@@ -255,7 +297,7 @@ class RolloutService:
                     f"POST /api/v1/endpoints/{record.slug}/rollout",
                     details={"stable": stable.version.label},
                 )
-            state = await self._publish_traffic(
+            state = await self.publish_traffic(
                 record, {label: 100}, action="promote", reason=reason, spec=canary
             )
             # The canary becomes the primary runtime: it sets the status and is autoscaled.
@@ -276,9 +318,12 @@ class RolloutService:
     async def rollback(self, slug: str, *, reason: str | None = None) -> TrafficOut:
         """All traffic back to the stable version; every other version retires."""
         record = await self._find(slug)
+        handler = self.kinds.get(record.kind)
+        if handler is not None:
+            return await handler.rollback(self, record, reason=reason)
         self._check_kind(record)
         async with self.lock(record.id):
-            stable = self._require_primary(record)
+            stable = self.require_primary(record)
             retiring = self._retiring.get(record.id, set())
             others = [
                 runtime
@@ -297,7 +342,7 @@ class RolloutService:
                 )
             generation = traffic.generation
             if traffic.weights != weights:
-                state = await self._publish_traffic(
+                state = await self.publish_traffic(
                     record, weights, action="rollback", reason=reason
                 )
                 generation = state.generation
@@ -381,7 +426,7 @@ class RolloutService:
 
     # Helpers
 
-    async def _publish_traffic(
+    async def publish_traffic(
         self,
         record: EndpointRecord,
         weights: dict[str, int],
@@ -419,7 +464,7 @@ class RolloutService:
     def _primary(self, record: EndpointRecord) -> EndpointRuntime | None:
         return self.supervisor.endpoints.get(record.id)
 
-    def _require_primary(self, record: EndpointRecord) -> EndpointRuntime:
+    def require_primary(self, record: EndpointRecord) -> EndpointRuntime:
         primary = self._primary(record)
         if primary is None:
             raise CormorantError(f"{record.slug} is not supervised by this deployer")
@@ -429,7 +474,7 @@ class RolloutService:
         self, record: EndpointRecord, version: str
     ) -> tuple[EndpointRuntime, EndpointRuntime]:
         """The stable runtime and the running runtime of ``version``; 4xx if there is none."""
-        stable = self._require_primary(record)
+        stable = self.require_primary(record)
         if version == stable.version.label:
             raise BadRequest(
                 f"version {version} is {record.slug}'s stable version; roll out another one "

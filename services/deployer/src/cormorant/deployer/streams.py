@@ -32,21 +32,20 @@ import httpx
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select, update
 
-from cormorant.common.db.models import ModelVersion, Traffic, TrafficChange, VersionStatus
+from cormorant.common.db.models import VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, NotFound
-from cormorant.common.events import EndpointChanged, TrafficChanged, VersionCreated
+from cormorant.common.events import EndpointChanged
 from cormorant.deployer.autoscale import Recommendation, decide, recommend
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.replicas import ReplicaRunner
-from cormorant.deployer.schemas import ReplicasSpec
+from cormorant.deployer.rollout import RolloutService
+from cormorant.deployer.rollout_schemas import RolloutIn, TrafficOut, VersionCreate
+from cormorant.deployer.schemas import EndpointSpec, ReplicasSpec
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.sources import checkout
-from cormorant.deployer.store import VersionRecord
+from cormorant.deployer.store import EndpointRecord, VersionRecord
 from cormorant.deployer.stream_spec import consumer_group, stored_kafka
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
-from cormorant.deployer.validation import check_code
 from cormorant.deployer.views import event_attributes
 
 log = logging.getLogger(__name__)
@@ -221,9 +220,11 @@ async def swap_stream_version(
     endpoint: EndpointRuntime,
     version: VersionRecord,
     *,
+    spec: EndpointSpec | None = None,
     scaler: StreamAutoscaler | None = None,
 ) -> None:
-    """Hand ``endpoint``'s consumer group from its current version's replicas to ``version``'s.
+    """Hand ``endpoint``'s consumer group from its current version's replicas to ``version``'s
+    (run with ``spec``, the version's code fields on the endpoint's Kafka wiring).
 
     The new replicas (as many as the endpoint has now) start and join the group while the old
     ones keep consuming; once all are ready, the old ones are stopped with SIGTERM and finish,
@@ -240,13 +241,15 @@ async def swap_stream_version(
             raise SwapRefused(f"a model swap of {endpoint.slug!r} is already running")
         scaler.swapping.add(endpoint.id)
     try:
-        await _swap(supervisor, endpoint, version)
+        await _swap(supervisor, endpoint, version, spec or endpoint.spec)
     finally:
         if scaler is not None:
             scaler.swapping.discard(endpoint.id)
 
 
-async def _swap(supervisor: Supervisor, endpoint: EndpointRuntime, version: VersionRecord) -> None:
+async def _swap(
+    supervisor: Supervisor, endpoint: EndpointRuntime, version: VersionRecord, spec: EndpointSpec
+) -> None:
     snapshot = await supervisor.snapshots.extracted(version.digest)
     count = max(endpoint.desired, endpoint.spec.replicas.min, 1)
     log.info(
@@ -262,7 +265,12 @@ async def _swap(supervisor: Supervisor, endpoint: EndpointRuntime, version: Vers
         for _ in range(count):
             replica_id = await supervisor.store.add_replica(endpoint.id, version.id)
             runner = ReplicaRunner(
-                supervisor, endpoint, replica_id, version=version, source_dir=snapshot.directory
+                supervisor,
+                endpoint,
+                replica_id,
+                version=version,
+                source_dir=snapshot.directory,
+                spec=spec,
             )
             incoming.append(runner)
             supervisor.spawn(runner.run(), name=f"replica-{endpoint.slug}-{replica_id}")
@@ -281,6 +289,7 @@ async def _swap(supervisor: Supervisor, endpoint: EndpointRuntime, version: Vers
         outgoing = endpoint.active()
         endpoint.version = version
         endpoint.source_dir = snapshot.directory
+        endpoint.spec = spec
         for runner in incoming:
             endpoint.replicas[runner.id] = runner
     # SIGTERM: each finishes its batches in flight, commits and leaves the group. One at a
@@ -421,7 +430,12 @@ def _scaler(request: Request) -> StreamAutoscaler:
     return cast(StreamAutoscaler, request.app.state.streams)
 
 
+def _rollouts(request: Request) -> RolloutService:
+    return cast(RolloutService, request.app.state.rollouts)
+
+
 ServiceDep = Annotated[EndpointService, Depends(_service)]
+RolloutsDep = Annotated[RolloutService, Depends(_rollouts)]
 ScalerDep = Annotated[StreamAutoscaler, Depends(_scaler)]
 
 
@@ -492,139 +506,112 @@ async def _nothing() -> None:
 @stream_router.post("/api/v1/endpoints/{slug}/stream/swap")
 async def swap_route(
     slug: str,
-    service: ServiceDep,
-    scaler: ScalerDep,
+    rollouts: RolloutsDep,
     body: Annotated[StreamSwap | None, Body()] = None,
 ) -> SwapResult:
     """Swap a stream endpoint to a new version of its code (or back to an older version) with
     no gap and no duplicate; answers once the old replicas have left.
 
-    The stream's stand-in for the rollout API: a stream accepts only 100% rollouts.
+    A shortcut for ``POST .../versions`` then ``POST .../rollout`` at 100%.
     """
     request = body or StreamSwap()
-    endpoint = await _stream_endpoint(service, slug)
-    previous = endpoint.version
+    before = await rollouts.traffic(slug)
     if request.version is not None:
-        version = await _existing_version(service, endpoint, request.version)
+        label = str(request.version)
     else:
-        version = await _new_version(service, endpoint, request)
-    await swap_stream_version(service.supervisor, endpoint, version, scaler=scaler)
-    generation = await _route_everything_to(service, endpoint, version, previous)
+        fields = {"source": request.source, "commit": request.commit}
+        created = await rollouts.create_version(
+            slug, VersionCreate.model_validate({k: v for k, v in fields.items() if v is not None})
+        )
+        label = created.version
+    after = await rollouts.rollout(slug, RolloutIn(version=label, percent=100))
     return SwapResult(
-        slug=endpoint.slug,
-        previous_version=previous.label,
-        version=version.label,
-        generation=generation,
+        slug=after.slug,
+        previous_version=before.stable or "",
+        version=label,
+        generation=after.generation,
     )
 
 
-async def _existing_version(
-    service: EndpointService, endpoint: EndpointRuntime, number: int
-) -> VersionRecord:
-    async with service.store.sessions() as session:
-        row = await session.scalar(
-            select(ModelVersion).where(
-                ModelVersion.endpoint_id == endpoint.id, ModelVersion.number == number
+class StreamRollout:
+    """Rollouts of a stream endpoint: a version takes the whole stream at once, by handing
+    the consumer group over (``swap_stream_version``); a share below 100% has no meaning for
+    a consumer group, and a rollback is the same handover back to the previous version."""
+
+    def __init__(self, scaler: StreamAutoscaler) -> None:
+        self.scaler = scaler
+
+    async def rollout(
+        self, service: RolloutService, record: EndpointRecord, version: str, percent: int
+    ) -> TrafficOut:
+        """Hand the stream to ``version`` (``percent`` must be 100)."""
+        if percent != 100:
+            raise BadRequest(
+                f"{record.slug} is a stream endpoint: a rollout gives a version the whole "
+                f"stream, so percent must be 100 (got {percent}); the old version's replicas "
+                "hand their partitions over with no gap and no duplicate",
+                details={"field": "percent", "kind": "stream"},
             )
-        )
-    if row is None:
-        raise NotFound(f"endpoint {endpoint.slug!r} has no version {number}")
-    return VersionRecord(row.id, row.number, row.source, row.commit, row.source_digest)
+        return await self._hand_over(service, record, version, action="rollout")
 
-
-async def _new_version(
-    service: EndpointService, endpoint: EndpointRuntime, request: StreamSwap
-) -> VersionRecord:
-    spec = endpoint.spec
-    source = request.source or endpoint.version.source
-    limit = service.settings.git_timeout_s
-    async with checkout(source, request.commit, time_limit=limit) as src:
-        check_code(src.directory, spec, shown_source=source)
-        snapshot = await service.snapshots.snapshot(src.directory)
-        commit = src.commit
-    async with service.store.sessions() as session, session.begin():
-        latest = await session.scalar(
-            select(func.max(ModelVersion.number)).where(ModelVersion.endpoint_id == endpoint.id)
+    async def promote(self, service: RolloutService, record: EndpointRecord) -> TrafficOut:
+        """Nothing to promote: a stream's rollout is already complete."""
+        traffic = await service.store.traffic(record.id)
+        shown = ", ".join(f"{k}: {v}%" for k, v in traffic.weights.items())
+        raise Conflict(
+            f"nothing to promote: {record.slug} is a stream endpoint and a rollout already gives "
+            f"its version the whole stream ({shown})",
+            details={"kind": "stream", "weights": traffic.weights},
         )
-        row = ModelVersion(
-            id=uuid.uuid4(),
-            endpoint_id=endpoint.id,
-            number=(latest or 0) + 1,
-            source=source,
-            commit=commit,
-            source_digest=snapshot.digest,
-            file=spec.file,
-            function=spec.function,
-            preprocess_file=spec.preprocess_file,
-            preprocess_function=spec.preprocess_function,
-            accepts_file=spec.accepts_file,
-            env=dict(spec.env),
-            server=dict(spec.server),
-            status=VersionStatus.PENDING,
-        )
-        session.add(row)
-    version = VersionRecord(row.id, row.number, source, commit, snapshot.digest)
-    service.publisher.publish(
-        VersionCreated(
-            endpoint=endpoint.slug,
-            version=version.label,
-            attributes={
-                "number": version.number,
-                "source": source,
-                "commit": commit,
-                "source_digest": snapshot.digest,
-            },
-        )
-    )
-    return version
 
-
-async def _route_everything_to(
-    service: EndpointService,
-    endpoint: EndpointRuntime,
-    version: VersionRecord,
-    previous: VersionRecord,
-) -> int:
-    """Record ``version`` at 100% (a new traffic generation) and retire ``previous``."""
-    weights = {version.label: 100}
-    action = "rollback" if version.number < previous.number else "rollout"
-    async with service.store.sessions() as session, session.begin():
-        traffic = await session.get(Traffic, endpoint.id, with_for_update=True)
-        generation = (traffic.generation if traffic is not None else 0) + 1
-        if traffic is None:
-            session.add(Traffic(endpoint_id=endpoint.id, generation=generation, weights=weights))
-        else:
-            traffic.generation, traffic.weights = generation, weights
-        session.add(
-            TrafficChange(
-                endpoint_id=endpoint.id,
-                generation=generation,
-                weights=weights,
-                action=action,
-                reason="stream model swap",
+    async def rollback(
+        self, service: RolloutService, record: EndpointRecord, *, reason: str | None = None
+    ) -> TrafficOut:
+        """Hand the stream back to the version that had it before the current one."""
+        history = await service.store.history(record.id)
+        current = history[0]["weights"] if history else {}
+        previous = next(
+            (change["weights"] for change in history if change["weights"] != current), None
+        )
+        if not previous:
+            raise Conflict(
+                f"nothing to roll back: {record.slug} has run only one version",
+                details={"kind": "stream"},
             )
-        )
-        await session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.id == version.id)
-            .values(status=VersionStatus.READY, reason=None)
-        )
-        await session.execute(
-            update(ModelVersion)
-            .where(ModelVersion.id == previous.id)
-            .values(status=VersionStatus.RETIRED)
-        )
-    service.publisher.publish(
-        TrafficChanged(endpoint=endpoint.slug, generation=generation, weights=weights)
-    )
-    view = await service.supervisor.describe(endpoint.id)
-    if view is not None:
-        service.publisher.publish(
-            EndpointChanged(
-                endpoint=endpoint.slug, change="updated", attributes=event_attributes(view)
+        label = max(previous.items(), key=lambda item: int(item[1]))[0]
+        return await self._hand_over(service, record, str(label), action="rollback", reason=reason)
+
+    async def _hand_over(
+        self,
+        service: RolloutService,
+        record: EndpointRecord,
+        label: str,
+        *,
+        action: str,
+        reason: str | None = None,
+    ) -> TrafficOut:
+        endpoint = service.require_primary(record)
+        async with service.lock(record.id):
+            previous = endpoint.version
+            version = await service.find_version(record, label)
+            spec = await service.store.version_spec(version.id, endpoint.spec)
+            await swap_stream_version(
+                service.supervisor, endpoint, version, spec=spec, scaler=self.scaler
             )
-        )
-    return generation
+            await service.store.set_version_status(version.id, VersionStatus.READY)
+            await service.store.set_version_status(previous.id, VersionStatus.RETIRED)
+            await service.publish_traffic(
+                record, {version.label: 100}, action=action, reason=reason, spec=endpoint
+            )
+            view = await service.supervisor.describe(endpoint.id)
+            if view is not None:
+                service.supervisor.publish(
+                    EndpointChanged(
+                        endpoint=endpoint.slug, change="updated", attributes=event_attributes(view)
+                    )
+                )
+        log.info("%s: stream handed to version %s (%s)", record.slug, version.label, action)
+        return await service.traffic(record.slug)
 
 
 def install_streams(app: FastAPI, supervisor: Supervisor, settings: DeployerSettings) -> None:
@@ -635,4 +622,5 @@ def install_streams(app: FastAPI, supervisor: Supervisor, settings: DeployerSett
         scale_down_delay=settings.scale_down_delay_s,
     )
     app.state.streams = scaler
+    app.state.stream_rollout = StreamRollout(scaler)
     supervisor.spawn(scaler.run(), name="stream-autoscaler")

@@ -81,10 +81,11 @@ class EndpointRuntime:
         *,
         version: VersionRecord | None = None,
         source_dir: Path | None = None,
+        spec: EndpointSpec | None = None,
     ) -> ReplicaLaunch:
         """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
-        default)."""
-        spec = self.spec
+        default) with ``spec``'s code fields (the endpoint's by default)."""
+        spec = spec or self.spec
         return ReplicaLaunch(
             replica_id=str(replica_id),
             endpoint=self.slug,
