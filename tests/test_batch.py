@@ -23,7 +23,8 @@ FLAKY = ROOT / "tests" / "models" / "batch_flaky"
 
 def load_predict(source: Path) -> Callable[..., Any]:
     spec = importlib.util.spec_from_file_location(f"direct_{source.name}", source / "predict.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     predict: Callable[..., Any] = module.predict
@@ -98,8 +99,10 @@ def test_a_job_predicts_every_row_in_order_into_a_new_dataset_version(
     final = job.job
     assert final["status"] == "succeeded", final
     assert (final["rows_total"], final["rows_done"], final["failures"]) == (20_000, 20_000, 0)
-    assert seen_ready > 0 and final["replicas"] >= 1
-    assert final["rows_per_s"] > 0 and final["duration_s"] > 0
+    assert seen_ready > 0
+    assert final["replicas"] >= 1
+    assert final["rows_per_s"] > 0
+    assert final["duration_s"] > 0
 
     # The upload made version 1, the job's output version 2 (which keeps the input).
     assert [v["version"] for v in versions(client, "iris-scores")] == [1, 2]
@@ -147,6 +150,22 @@ def test_rows_whose_predict_raises_carry_the_error_and_the_job_succeeds(
     assert compared["metrics"]["failures"] == {final["id"]: 30}
 
 
+@pytest.fixture(scope="module")
+def refusing(stack: Stack) -> str:
+    """A batch endpoint, and dataset ``bad-inputs`` holding a malformed and a good CSV."""
+    client = stack.client()
+    slug = create_batch_endpoint(client, "refusing batch", FLAKY, 1)
+    client.request("POST", "/api/v1/datasets", json={"name": "bad-inputs"})
+    for name, content in (("broken.csv", b"x,y\n1,2\n3,4,5\n"), ("good.csv", b"x,y\n1,2\n")):
+        client.request(
+            "POST",
+            "/api/v1/datasets/bad-inputs/files",
+            data={"path": name},
+            files={"file": (name, content, "text/csv")},
+        )
+    return slug
+
+
 @pytest.mark.parametrize(
     ("change", "status", "words"),
     [
@@ -157,34 +176,15 @@ def test_rows_whose_predict_raises_carry_the_error_and_the_job_succeeds(
     ],
 )
 def test_bad_job_requests_are_refused_and_write_nothing(
-    stack: Stack, change: dict[str, str], status: int, words: str
+    stack: Stack, refusing: str, change: dict[str, str], status: int, words: str
 ) -> None:
     """Absolute or '..' output, unknown dataset, malformed CSV: 4xx saying why, no version."""
     client = stack.client()
-    slug = next(
-        (e["slug"] for e in client.endpoints.list() if e["name"] == "refusing batch"), None
-    ) or create_batch_endpoint(client, "refusing batch", FLAKY, 1)
-    try:
-        client.request("POST", "/api/v1/datasets", json={"name": "bad-inputs"})
-        client.request(
-            "POST",
-            "/api/v1/datasets/bad-inputs/files",
-            data={"path": "broken.csv"},
-            files={"file": ("broken.csv", b"x,y\n1,2\n3,4,5\n", "text/csv")},
-        )
-        client.request(
-            "POST",
-            "/api/v1/datasets/bad-inputs/files",
-            data={"path": "good.csv"},
-            files={"file": ("good.csv", b"x,y\n1,2\n", "text/csv")},
-        )
-    except CormorantAPIError as exc:
-        assert exc.status_code == 409  # made by an earlier case
     before = versions(client, "bad-inputs")
     body = {"input_file": "bad-inputs/good.csv", "output_file": "out.csv", "dataset": "bad-inputs"}
     with pytest.raises(CormorantAPIError) as refused:
-        client.request("POST", f"/api/v1/endpoints/{slug}/batch-jobs", json={**body, **change})
+        client.request("POST", f"/api/v1/endpoints/{refusing}/batch-jobs", json={**body, **change})
     assert refused.value.status_code == status
     assert words in refused.value.message
     assert versions(client, "bad-inputs") == before
-    assert client.request("GET", f"/api/v1/endpoints/{slug}/batch-jobs")["jobs"] == []
+    assert client.request("GET", f"/api/v1/endpoints/{refusing}/batch-jobs")["jobs"] == []
