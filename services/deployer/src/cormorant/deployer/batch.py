@@ -278,6 +278,7 @@ class BatchService:
         live = self._live[job_id]
         staging = Path(tempfile.mkdtemp(prefix=f"cormorant-batch-{job_id}-"))
         self._start_using(endpoint)
+        stopping = False
         try:
             await self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
             await self.supervisor.scale(endpoint, endpoint.spec.replicas.max)
@@ -292,6 +293,7 @@ class BatchService:
             if live.cancelled:
                 outcome = self._finish(job_id, JobStatus.CANCELLED, live=live, error="cancelled")
             else:
+                stopping = True
                 outcome = self._finish(job_id, JobStatus.FAILED, live=live, error=_STOP_REASON)
             with contextlib.suppress(Exception):
                 await asyncio.shield(outcome)
@@ -307,7 +309,8 @@ class BatchService:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             self._live.pop(job_id, None)
-            self._stop_using(endpoint)
+            # A stopping deployer starts no idle timer: the next one's recover() does.
+            self._stop_using(endpoint, schedule=not stopping)
 
     async def _wait_ready(self, endpoint: EndpointRuntime) -> None:
         deadline = time.monotonic() + self.settings.rollout_ready_timeout_s
@@ -440,13 +443,14 @@ class BatchService:
         if idle is not None:
             idle.cancel()
 
-    def _stop_using(self, endpoint: EndpointRuntime) -> None:
+    def _stop_using(self, endpoint: EndpointRuntime, *, schedule: bool = True) -> None:
         left = self._active.get(endpoint.id, 1) - 1
         if left > 0:
             self._active[endpoint.id] = left
             return
         self._active.pop(endpoint.id, None)
-        self._schedule_idle(endpoint)
+        if schedule:
+            self._schedule_idle(endpoint)
 
     def _schedule_idle(self, endpoint: EndpointRuntime) -> None:
         async def scale_down() -> None:
