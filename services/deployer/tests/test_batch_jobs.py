@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory
+from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import DeployerHarness, wait_until
 
 SLOW_MODEL = """\
@@ -17,6 +20,12 @@ def predict(x):
     time.sleep(0.005)
     return x * 2
 """
+
+
+@pytest.fixture
+def deployer_settings(deployer_settings: DeployerSettings) -> DeployerSettings:
+    """Small chunks, so a job is seen part-way through."""
+    return deployer_settings.model_copy(update={"batch_chunk_rows": 200})
 
 
 async def start_slow_job(

@@ -51,6 +51,7 @@ _SEND_ATTEMPTS = 3
 _PROGRESS_EVERY_S = 0.5
 _READY_POLL_S = 0.05
 _BLOCK_BYTES = 1 << 20
+_CHUNK_BYTES = 2 << 20
 _STOP_REASON = "the deployer stopped while this job ran; nothing was written; submit it again"
 _RESTART_REASON = (
     "the deployer restarted while this job ran; nothing was written to the dataset; "
@@ -518,8 +519,12 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
         try:
             reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES))
             for batch in reader:
-                for start in range(0, batch.num_rows, rows):
-                    yield batch.slice(start, rows)
+                # Wide rows get smaller chunks, so a request stays well under the worker's
+                # body limit (JSON is about twice the size of the Arrow columns).
+                per_row = max(batch.nbytes // max(batch.num_rows, 1), 1)
+                size = max(1, min(rows, _CHUNK_BYTES // per_row))
+                for start in range(0, batch.num_rows, size):
+                    yield batch.slice(start, size)
         except pa.ArrowInvalid as exc:
             raise BadRequest(
                 f"{reference} is not a valid CSV file ({exc}); give a header line and rows "
