@@ -144,10 +144,20 @@ def test_rows_whose_predict_raises_carry_the_error_and_the_job_succeeds(
     fine = [row for row in written if not row["error"]]
     assert all(int(r["prediction"]) == int(r["x"]) * int(r["y"]) for r in fine)
 
-    compared = client.request(
-        "GET", f"/api/v1/endpoints/{slug}/batch-jobs/compare", params={"ids": final["id"]}
-    )
+    compare = f"/api/v1/endpoints/{slug}/batch-jobs/compare"
+    params = {"ids": final["id"], "metrics": "row_x"}
+    compared = client.request("GET", compare, params=params)
     assert compared["metrics"]["failures"] == {final["id"]: 30}
+    logged = [x for x in range(3_000) if x % 100 != 7]
+
+    def all_metrics_logged() -> bool:
+        found = client.request("GET", compare, params=params)["custom"]["row_x"][final["id"]]
+        return bool(found["count"] == len(logged))
+
+    wait_for(all_metrics_logged, 30, "the metrics predict logged did not all arrive")
+    found = client.request("GET", compare, params=params)["custom"]["row_x"][final["id"]]
+    assert found["avg"] == pytest.approx(sum(logged) / len(logged))
+    assert (found["min"], found["max"]) == (0, 2_999)
 
 
 @pytest.fixture(scope="module")

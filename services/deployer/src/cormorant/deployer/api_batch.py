@@ -80,9 +80,16 @@ async def compare_jobs(
     slug: str,
     service: BatchDep,
     ids: Annotated[str, Query(description="Job ids separated by commas.")] = "",
+    metrics: Annotated[
+        str, Query(description="Custom metric keys (logged by predict) separated by commas.")
+    ] = "",
 ) -> BatchJobComparison:
-    """The jobs' figures side by side."""
-    return await service.compare(slug, [i.strip() for i in ids.split(",") if i.strip()])
+    """The jobs' figures side by side, and the custom metrics predict logged during each."""
+    return await service.compare(slug, _split(ids), _split(metrics))
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @router.get(PREFIX + "/{job_id}")

@@ -39,7 +39,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.datasets import DatasetStore, ResolvedFile, validate_path
 from cormorant.common.db.models import BatchJob, Dataset, JobStatus
-from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
+from cormorant.common.errors import (
+    BadRequest,
+    Conflict,
+    CormorantError,
+    NotFound,
+    ServiceUnavailable,
+)
 from cormorant.deployer.endpoints import EndpointNotFound
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
@@ -52,6 +58,7 @@ _PROGRESS_EVERY_S = 0.5
 _READY_POLL_S = 0.05
 _BLOCK_BYTES = 1 << 20
 _CHUNK_BYTES = 2 << 20
+_MAX_WINDOW_MINUTES = 7 * 24 * 60
 _STOP_REASON = "the deployer stopped while this job ran; nothing was written; submit it again"
 _RESTART_REASON = (
     "the deployer restarted while this job ran; nothing was written to the dataset; "
@@ -104,6 +111,18 @@ class BatchJobComparison(BaseModel):
     jobs: list[BatchJobOut]
     metrics: dict[str, dict[str, float | int | None]]
     """Per figure (``rows_per_s``, ``duration_s``, ``failures``...), its value per job id."""
+    custom: dict[str, dict[str, CustomMetric | None]] = Field(default_factory=dict)
+    """Per custom metric asked for, what predict code logged during each job (by minute, from
+    the prediction log: minutes shared with another job of the endpoint count for both)."""
+
+
+class CustomMetric(BaseModel):
+    """A custom metric over one job's minutes."""
+
+    count: int
+    avg: float | None
+    min: float | None
+    max: float | None
 
 
 class JobNotFound(NotFound):
@@ -252,8 +271,10 @@ class BatchService:
             await self._finish(key, JobStatus.CANCELLED, error="cancelled")
         return await self.get(slug, job_id)
 
-    async def compare(self, slug: str, ids: list[str]) -> BatchJobComparison:
-        """The jobs' figures side by side."""
+    async def compare(
+        self, slug: str, ids: list[str], custom: list[str] | None = None
+    ) -> BatchJobComparison:
+        """The jobs' figures side by side, with the custom metrics named in ``custom``."""
         if not ids:
             raise BadRequest("give the jobs to compare, e.g. ?ids=ID1,ID2")
         jobs = [await self.get(slug, job_id) for job_id in ids]
@@ -264,7 +285,43 @@ class BatchService:
         metrics["failure_rate"] = {
             job.id: (job.failures / job.rows_done) if job.rows_done else None for job in jobs
         }
-        return BatchJobComparison(jobs=jobs, metrics=metrics)
+        logged = {key: {job.id: await self._custom(slug, key, job) for job in jobs}
+                  for key in custom or []}  # fmt: skip
+        return BatchJobComparison(jobs=jobs, metrics=metrics, custom=logged)
+
+    async def _custom(self, slug: str, key: str, job: BatchJobOut) -> CustomMetric | None:
+        """``key`` as logged in the minutes ``job`` ran, from the prediction log's charts."""
+        if job.started_at is None:
+            return None
+        first = job.started_at.replace(second=0, microsecond=0)
+        last = job.finished_at or _now()
+        minutes = min(int((_now() - first).total_seconds() // 60) + 2, _MAX_WINDOW_MINUTES)
+        try:
+            response = await self.http.get(
+                f"{self.settings.predictlog_url.rstrip('/')}/api/v1/endpoints/{slug}/charts",
+                params={"series": key, "window": f"{minutes}m"},
+                timeout=10.0,
+            )
+            response.raise_for_status()
+            points = response.json()["points"]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise ServiceUnavailable(
+                f"the prediction log could not be read for metric {key!r} ({exc}); retry"
+            ) from exc
+        count, total = 0, 0.0
+        low: float | None = None
+        high: float | None = None
+        for point in points:
+            moment = datetime.fromisoformat(point["t"].replace("Z", "+00:00"))
+            if not first <= moment <= last or not point.get("count"):
+                continue
+            count += point["count"]
+            total += point["avg"] * point["count"]
+            low = point["min"] if low is None else min(low, point["min"])
+            high = point["max"] if high is None else max(high, point["max"])
+        if count == 0:
+            return CustomMetric(count=0, avg=None, min=None, max=None)
+        return CustomMetric(count=count, avg=total / count, min=low, max=high)
 
     # --- the job --------------------------------------------------------------------------
 
