@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cormorant.sdk.client import Client, CormorantAPIError
+from cormorant.sdk.client import Client
+from cormorant.sdk.datasets import Datasets
 
 FINISHED = ("succeeded", "failed", "cancelled")
 Progress = Callable[[dict[str, Any]], None]
@@ -73,25 +74,11 @@ def input_reference(client: Client, input_file: str | Path, dataset: str) -> str
     path = Path(input_file)
     if not path.is_file():
         return str(input_file)
-    ensure_dataset(client, dataset)
+    datasets = Datasets(client)
+    datasets.create(dataset, exist_ok=True)
     target = f"inputs/{path.name}"
-    with path.open("rb") as handle:
-        version = client.request(
-            "POST",
-            f"/api/v1/datasets/{dataset}/files",
-            data={"path": target},
-            files={"file": (path.name, handle, "text/csv")},
-        )
+    version = datasets.upload(dataset, path, path=target)
     return f"{dataset}@{version['version']}/{target}"
-
-
-def ensure_dataset(client: Client, name: str) -> None:
-    """Create dataset ``name`` unless it exists."""
-    try:
-        client.request("POST", "/api/v1/datasets", json={"name": name})
-    except CormorantAPIError as exc:
-        if exc.status_code != 409:
-            raise
 
 
 def start_job(
