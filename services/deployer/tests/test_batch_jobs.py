@@ -91,3 +91,56 @@ async def test_a_restart_mid_job_fails_the_job_visibly_and_writes_nothing(
     assert "nothing was written" in job["error"]
     assert job["finished_at"] is not None
     assert [v.version for v in await datasets.list_versions("numbers")] == [1]
+
+
+BATCH_FLOW = """\
+name: nightly-scores
+tasks:
+  - name: score
+    type: batch-predict
+    endpoint_id: {slug}
+    input_file: numbers/in.csv
+    output_file: scored.csv
+    dataset: numbers
+"""
+
+
+async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """The ``batch-predict`` task runs a job and reports its rows and output reference."""
+    model = tmp_path / "double"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x):\n    return x * 2\n")
+    slug = (
+        await deployer.create(
+            name="flow batch", kind="batch", source=str(model), server={"workers": 1}
+        )
+    )["slug"]
+    settings = deployer.settings
+    engine = create_engine(settings.database_url)
+    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
+    await datasets.blobs.prepare()
+    await datasets.create_dataset("numbers")
+    await datasets.add_files("numbers", {"in.csv": b"x\n1\n2\n3\n"})
+    saved = await deployer.client.post(
+        "/api/v1/flows", json={"yaml": BATCH_FLOW.format(slug=slug), "directory": str(tmp_path)}
+    )
+    assert saved.status_code == 201, saved.text
+    started = await deployer.client.post("/api/v1/flows/nightly-scores/runs")
+    run_id = started.json()["id"]
+
+    async def finished() -> dict[str, Any] | None:
+        response = await deployer.client.get(f"/api/v1/flows/nightly-scores/runs/{run_id}")
+        run: dict[str, Any] = response.json()
+        return run if run["status"] in ("succeeded", "failed") else None
+
+    run = await wait_until(finished, timeout=90, what="the flow finished")
+    assert run["status"] == "succeeded", run
+    assert "3 rows (0 failed) → numbers@2/scored.csv" in run["tasks"][0]["output"]
+    output = await datasets.read_file("numbers@2/scored.csv")
+    # Predictions are text cells (JSON for non-strings), so they are quoted.
+    assert output.decode().splitlines() == [
+        '"x","prediction","error"', '1,"2",', '2,"4",', '3,"6",'
+    ]  # fmt: skip
+    await engine.dispose()
