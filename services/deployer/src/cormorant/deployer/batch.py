@@ -590,8 +590,20 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
 
 
 def _with_results(batch: pa.RecordBatch, results: list[dict[str, Any]]) -> pa.RecordBatch:
-    predictions = pa.array([_cell(r["prediction"]) if "prediction" in r else None
-                            for r in results], pa.string())  # fmt: skip
+    values = [r.get("prediction") for r in results]
+    try:
+        # Scalars of one kind (the common case) convert in C: numbers print as JSON would.
+        predictions = pa.array(values)
+        if not (
+            pa.types.is_integer(predictions.type)
+            or pa.types.is_floating(predictions.type)
+            or pa.types.is_string(predictions.type)
+            or pa.types.is_null(predictions.type)
+        ):
+            raise TypeError(predictions.type)
+        predictions = predictions.cast(pa.string())
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        predictions = pa.array([_cell(value) for value in values], pa.string())
     errors = pa.array([r.get("error") for r in results], pa.string())
     return pa.RecordBatch.from_arrays(
         [*batch.columns, predictions, errors],
