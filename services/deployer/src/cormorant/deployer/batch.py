@@ -27,12 +27,10 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import orjson
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,6 +47,9 @@ from cormorant.common.errors import (
 from cormorant.deployer.endpoints import EndpointNotFound
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,8 @@ class BatchService:
         output: Path,
     ) -> None:
         chunks = await asyncio.to_thread(self._chunks, source)
+        import pyarrow.csv as pacsv  # imported by the first job: the deployer starts faster
+
         writer: pacsv.CSVWriter | None = None
         in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, list[dict[str, Any]]]]] = deque()
         limit = endpoint.spec.replicas.max * self.settings.batch_requests_per_replica
@@ -572,6 +575,9 @@ class BatchService:
 
 def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.RecordBatch, None, None]:
     """The CSV's record batches cut to at most ``rows`` rows; malformed → ``BadRequest``."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     with handle:
         try:
             reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES))
@@ -590,6 +596,8 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
 
 
 def _with_results(batch: pa.RecordBatch, results: list[dict[str, Any]]) -> pa.RecordBatch:
+    import pyarrow as pa
+
     values = [r.get("prediction") for r in results]
     try:
         # Scalars of one kind (the common case) convert in C: numbers print as JSON would.
