@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cormorant.sdk import cli_rollout
+from cormorant.sdk import cli_batch, cli_datasets, cli_rollout
 from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint
 from cormorant.sdk.stack import StackSettings
@@ -216,6 +216,8 @@ keys_app = typer.Typer(help="Admin keys for the management API.", no_args_is_hel
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(keys_app, name="keys")
 cli_rollout.register(app)
+cli_batch.register(app)
+cli_datasets.register(app)
 app.add_typer(stream_app, name="stream")
 
 

@@ -223,6 +223,23 @@ class Endpoint:
         _raise_for_error(response)
         return response.json()["prediction"]
 
+    def batch_predict(
+        self,
+        input_file: str | Path,
+        output_file: str,
+        dataset: str,
+        *,
+        wait: bool = True,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        """Run a batch job: the final job (``wait``) or a ``BatchJob`` handle."""
+        from cormorant.sdk.batch import start_job  # the batch module imports this one
+
+        if self.slug is None:
+            raise ValueError("name the endpoint: Endpoint('my-endpoint')")
+        job = start_job(self._admin(), self.slug, input_file, output_file, dataset)
+        return job.wait(progress=progress) if wait else job
+
     def predict_file(self, path: str | Path) -> Any:
         """Predict on a file: its bytes are sent Base64-encoded, as file endpoints expect."""
         encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")

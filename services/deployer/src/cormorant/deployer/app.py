@@ -18,6 +18,8 @@ from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import install_validation_messages, router
+from cormorant.deployer.api_batch import router as batch_router
+from cormorant.deployer.api_batch import start_batch_jobs
 from cormorant.deployer.api_flows import router as flows_router
 from cormorant.deployer.api_rollout import router as rollout_router
 from cormorant.deployer.autoscale import Autoscaler
@@ -138,6 +140,9 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             app.state.flows = FlowService(
                 sessions=store.sessions, endpoints=app.state.service, rollouts=rollouts
             )
+            app.state.batch = await start_batch_jobs(
+                resolved, store.sessions, supervisor, http, app.state.service
+            )
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
@@ -153,6 +158,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     app.include_router(rollout_router)
     app.include_router(flows_router)
     app.include_router(stream_router)
+    app.include_router(batch_router)
     app.state.settings = settings
     return app
 

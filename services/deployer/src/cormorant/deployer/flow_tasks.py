@@ -22,6 +22,8 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from cormorant.common.errors import CormorantError
+from cormorant.deployer.api_batch import batch_service
+from cormorant.deployer.batch import BatchJobIn
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.rollout import RolloutService
 from cormorant.deployer.rollout_schemas import RolloutIn, VersionCreate
@@ -239,13 +241,31 @@ class RollbackTask(FlowTask):
 
 @task_type("batch-predict")
 class BatchPredictTask(FlowTask):
-    """Run a batch job (the batch-jobs module registers the real task under this name)."""
+    """Run a batch job on a batch endpoint and wait for it; fails if the job fails."""
 
-    model_config = ConfigDict(extra="allow")
+    endpoint_id: str = Field(min_length=1, description="The batch endpoint's slug.")
+    input_file: str = Field(min_length=1, description="'<dataset>[@<n>]/<path>' of a CSV.")
+    output_file: str = Field(min_length=1, description="Relative path of the output CSV.")
+    dataset: str = Field(min_length=1, description="Dataset the output is synced into.")
 
     async def run(self, ctx: TaskContext) -> str:
-        """Not available until batch jobs land."""
-        raise TaskFailed("batch-predict tasks are not available in this deployer yet")
+        """Run the job to its end; its output reference and figures."""
+        service = batch_service(ctx.endpoints)
+        if service is None:
+            raise TaskFailed("batch jobs are not running in this deployer")
+        body = BatchJobIn(
+            input_file=self.input_file, output_file=self.output_file, dataset=self.dataset
+        )
+        try:
+            job = await service.run(self.endpoint_id, body)
+        except CormorantError as exc:
+            raise TaskFailed(exc.message) from exc
+        if job.status != "succeeded":
+            raise TaskFailed(f"batch job {job.id} {job.status}: {job.error}")
+        return (
+            f"batch job {job.id}: {job.rows_done} rows ({job.failures} failed) "
+            f"→ {job.output_reference}"
+        )
 
 
 def _id(ctx: TaskContext, slug: str) -> Any:

@@ -25,6 +25,7 @@ from cormorant.common.predictor import (
 )
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.worker.api import PREDICT_PATH, PredictEndpoint, PredictHandler, answer_predict
+from cormorant.worker.batch import install_batch_route
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState, PredictorFactory
 from cormorant.worker.publishing import replica_events
@@ -118,6 +119,7 @@ def create_app(
     async def scrape() -> Response:
         return metrics_response(metrics.registry)
 
+    install_batch_route(app, model, pool, settings)
     app.state.model = model
     app.state.metrics = metrics
     app.state.events = events

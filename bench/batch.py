@@ -1,0 +1,181 @@
+"""Batch jobs: throughput against an in-process loop, batch-capable throughput, cold start.
+
+One run starts a local stack (``cormorant up`` on free ports) and prints three figures:
+
+1. A job on the no-op model (``bench/noop``, one predict call per row) over a 100,000-row CSV,
+   warm replicas, against a hand-written in-process loop: pyarrow chunked read → the same
+   predict per row → pyarrow CSV write. Target: ratio ≥ 0.5.
+2. The same CSV on a batch-capable predict (``CORMORANT_PREDICT_BATCH=true``: one call per
+   chunk). Target: ≥ 100,000 rows/s.
+3. Cold start: a scikit-learn endpoint (``examples/regression``) at 0 replicas, from the job's
+   POST to its first predicted row. Target: ≤ 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from cormorant.common.servers import free_port
+from cormorant.sdk import Client
+from cormorant.sdk.batch import start_job
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "gateway")
+BATCH_MODEL = "def predict(rows):\n    return [row[0] for row in rows]\n"
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``cormorant`` command against the bench's stack."""
+    return subprocess.run(
+        [sys.executable, "-m", "cormorant.sdk.cli", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+
+
+def load(path: Path) -> Callable[..., Any]:
+    """The predict function of ``path``, imported in this process."""
+    spec = importlib.util.spec_from_file_location("bench_predict", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function: Callable[..., Any] = module.predict
+    return function
+
+
+def in_process(source: Path, target: Path, predict: Callable[..., Any], chunk: int) -> float:
+    """Rows/s of a pyarrow chunked read → predict per row → CSV write loop."""
+    started = time.perf_counter()
+    rows = 0
+    writer: pacsv.CSVWriter | None = None
+    reader = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 20))
+    for block in reader:
+        for start in range(0, block.num_rows, chunk):
+            batch = block.slice(start, chunk)
+            columns = [column.to_pylist() for column in batch.columns]
+            predictions = [str(predict(*row)) for row in zip(*columns, strict=True)]
+            out = pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(predictions, pa.string())],
+                names=[*batch.schema.names, "prediction"],
+            )
+            if writer is None:
+                writer = pacsv.CSVWriter(str(target), out.schema)
+            writer.write_batch(out)
+            rows += batch.num_rows
+    assert writer is not None
+    writer.close()
+    return rows / (time.perf_counter() - started)
+
+
+def run_job(client: Client, slug: str, reference: str, output: str, dataset: str) -> dict[str, Any]:
+    """Run one job to its end; the final job."""
+    job = start_job(client, slug, reference, output, dataset)
+    final = job.wait(poll_s=0.05, timeout=300)
+    assert final["status"] == "succeeded", final
+    return final
+
+
+def cold_start(client: Client, slug: str, reference: str, dataset: str) -> float:
+    """Seconds from a job's POST, at 0 replicas, to its first predicted row."""
+    assert client.endpoints.get(slug)["replicas"]["ready"] == 0
+    started = time.perf_counter()
+    job = start_job(client, slug, reference, "cold/out.csv", dataset)
+    while job.refresh()["rows_done"] == 0:
+        assert job.status not in ("failed", "cancelled"), job.job
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    job.wait(poll_s=0.05, timeout=120)
+    return elapsed
+
+
+def main() -> None:
+    """Start a stack, run the three measurements, print them with their targets."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--replicas", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="cormorant-bench-batch-") as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "CORMORANT_DATA_DIR": str(work / "data")}
+        for name in SERVICES:
+            env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+        env["CORMORANT_DEPLOYER_BATCH_IDLE_TIMEOUT_S"] = "600"
+        up = cli(env, "up", "--no-example")
+        if up.returncode != 0:
+            raise SystemExit(up.stdout + up.stderr)
+        try:
+            info = json.loads((work / "data" / "stack.json").read_text())
+            client = Client(info["services"]["gateway"]["url"], info["admin_key"])
+            source = work / "numbers.csv"
+            source.write_text("x\n" + "".join(f"{i}.5\n" for i in range(args.rows)))
+            anchor = max(
+                in_process(source, work / "loop.csv", load(ROOT / "bench/noop/noop.py"), 1000)
+                for _ in range(2)
+            )
+
+            batch_dir = work / "batch_model"
+            batch_dir.mkdir()
+            (batch_dir / "predict.py").write_text(BATCH_MODEL)
+            server = {"workers": 1}
+            high = {"min": 0, "max": args.replicas}
+            noop = client.endpoints.create(
+                "noop batch", ROOT / "bench/noop", file="noop.py", kind="batch", replicas=high,
+                server=server,
+            )["slug"]  # fmt: skip
+            capable = client.endpoints.create(
+                "capable batch", batch_dir, kind="batch", replicas=high, server=server,
+                env={"CORMORANT_PREDICT_BATCH": "true"},
+            )["slug"]  # fmt: skip
+            sklearn = client.endpoints.create(
+                "sklearn batch", ROOT / "examples/regression", kind="batch",
+                replicas={"min": 0, "max": 1}, server=server,
+            )["slug"]  # fmt: skip
+
+            first = start_job(client, noop, source, "warmup.csv", "bench")
+            first.wait(poll_s=0.1, timeout=300)
+            reference = first.job["input_file"]
+            warm = run_job(client, noop, reference, "noop.csv", "bench")
+            run_job(client, capable, reference, "warmup2.csv", "bench")
+            fast = run_job(client, capable, reference, "capable.csv", "bench")
+
+            header = ",".join(f"f{i}" for i in range(10))
+            (work / "patients.csv").write_text(
+                header + "\n" + "".join(",".join(["0.01"] * 9 + [f"0.0{i}"]) + "\n"
+                                        for i in range(10))
+            )  # fmt: skip
+            small = start_job(client, sklearn, work / "patients.csv", "cold-in.csv", "bench")
+            small.wait(poll_s=0.1, timeout=300)
+            # The first job imported scikit-learn once; the endpoint is back at 0 after this.
+            client.request("DELETE", f"/api/v1/endpoints/{sklearn}")
+            sklearn2 = client.endpoints.create(
+                "sklearn cold", ROOT / "examples/regression", kind="batch",
+                replicas={"min": 0, "max": 1}, server=server,
+            )["slug"]  # fmt: skip
+            cold = cold_start(client, sklearn2, small.job["input_file"], "bench")
+        finally:
+            cli(env, "down")
+
+    ratio = warm["rows_per_s"] / anchor
+    print(f"rows: {args.rows:,}, replicas: {args.replicas}")
+    print(f"no-op job: {warm['rows_per_s']:,.0f} rows/s; in-process loop: {anchor:,.0f} rows/s; "
+          f"ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
+    print(f"batch-capable job: {fast['rows_per_s']:,.0f} rows/s (target >= 100,000)")
+    print(f"cold start 0 -> first row (scikit-learn): {cold:.2f} s (target <= 2 s)")
+
+
+if __name__ == "__main__":
+    main()

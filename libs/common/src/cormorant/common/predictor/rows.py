@@ -1,0 +1,118 @@
+"""Predict many rows at once, as batch jobs do: one result per row, a raising row isolated.
+
+Each row is an input list, called with the product's semantics (``predict(*row)``). A version
+that declares a batch-capable predict (``CORMORANT_PREDICT_BATCH=true`` in its ``env``) is
+called once per chunk instead, ``predict(rows)``, and must return one value per row; if that
+call raises, the chunk is predicted again row by row so only the raising rows carry an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping, Sequence
+from typing import Any
+
+from cormorant.common.errors import CormorantError
+from cormorant.common.predictor.contract import FunctionRaised
+from cormorant.common.predictor.conversion import is_response_object, refuse_response, to_json
+from cormorant.common.predictor.invocation import ChunkStream, Prediction, Predictor, spread
+
+log = logging.getLogger(__name__)
+
+BATCH_ENV = "CORMORANT_PREDICT_BATCH"
+"""The ``env`` key that declares a version's predict batch-capable (``true``)."""
+
+_PLAIN = (str, int, bool, type(None))
+RowResult = dict[str, Any]
+"""``{"prediction": value}`` or ``{"error": "Type: message"}``."""
+
+
+def declares_batch(env: Mapping[str, str]) -> bool:
+    """True if an endpoint's ``env`` declares its predict batch-capable."""
+    return env.get(BATCH_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def predict_rows(
+    predictor: Predictor, rows: Sequence[Any], *, batch: bool = False
+) -> list[RowResult]:
+    """One result per row, in order; blocks, so call it off the event loop."""
+    if batch and rows:
+        results = _predict_chunk(predictor, rows)
+        if results is not None:
+            return results
+    if predictor.preprocess_function is None and not predictor.accepts_file:
+        return _plain_rows(predictor.predict_function, rows)
+    return [predict_row(predictor, row) for row in rows]
+
+
+def _plain_rows(function: Callable[..., Any], rows: Sequence[Any]) -> list[RowResult]:
+    # The common case without a preprocess or file input: the same semantics as
+    # ``Predictor.predict`` without its per-call set-up, which costs more than a cheap predict.
+    results: list[RowResult] = []
+    append = results.append
+    for row in rows:
+        try:
+            value = function(*row) if type(row) is list else function(*spread(row))
+        except CormorantError as exc:
+            append({"error": exc.message})
+            continue
+        except (Exception, SystemExit) as exc:
+            append({"error": FunctionRaised("predict", exc).message})
+            continue
+        kind = type(value)
+        if kind in _PLAIN or (kind is float and math.isfinite(value)):
+            append({"prediction": value})
+        else:
+            append(_converted(value))
+    return results
+
+
+def _converted(value: Any) -> RowResult:
+    """A non-plain predict result as a row result, as ``Predictor.predict`` converts it."""
+    try:
+        if isinstance(value, Coroutine):
+            value = asyncio.run(value)
+        if isinstance(value, Generator | AsyncIterator):
+            if isinstance(value, Generator):
+                value.close()
+            return {"error": "predict returned a generator; a batch job needs one value per row"}
+        if is_response_object(value):
+            raise refuse_response(value)
+        return {"prediction": to_json(value)}
+    except CormorantError as exc:
+        return {"error": exc.message}
+    except (Exception, SystemExit) as exc:
+        return {"error": FunctionRaised("predict", exc).message}
+
+
+def predict_row(predictor: Predictor, row: Any) -> RowResult:
+    """The prediction for one row's input, or the error it raised."""
+    try:
+        outcome = predictor.predict(row)
+    except CormorantError as exc:
+        return {"error": exc.message}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    if isinstance(outcome, ChunkStream):
+        outcome.close()
+        return {"error": "predict returned a generator; a batch job needs one value per row"}
+    assert isinstance(outcome, Prediction)
+    return {"prediction": outcome.value}
+
+
+def _predict_chunk(predictor: Predictor, rows: Sequence[Any]) -> list[RowResult] | None:
+    # None: fall back to row by row (the chunk raised or answered in the wrong shape).
+    function = predictor.predict_function
+    try:
+        values = function(list(rows))
+        if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+            values = list(values)
+        if len(values) != len(rows):
+            log.warning("batch predict returned %d values for %d rows", len(values), len(rows))
+            return None
+        return [{"prediction": to_json(value)} for value in values]
+    except Exception as exc:
+        log.info("batch predict raised (%s: %s); predicting row by row", type(exc).__name__, exc)
+        return None

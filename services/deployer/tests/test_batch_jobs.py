@@ -1,0 +1,146 @@
+"""Batch jobs in the deployer: a cancelled job or a restart mid-job writes nothing, visibly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cormorant.common.datasets import BlobStore, DatasetStore
+from cormorant.common.db import create_engine, session_factory
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.testing import DeployerHarness, wait_until
+
+SLOW_MODEL = """\
+import time
+
+
+def predict(x):
+    time.sleep(0.005)
+    return x * 2
+"""
+
+
+@pytest.fixture
+def deployer_settings(deployer_settings: DeployerSettings) -> DeployerSettings:
+    """Small chunks, so a job is seen part-way through."""
+    return deployer_settings.model_copy(update={"batch_chunk_rows": 200})
+
+
+async def start_slow_job(
+    deployer: DeployerHarness, tmp_path: Path
+) -> tuple[str, str, DatasetStore]:
+    """A batch endpoint on a slow model and a running job over 4,000 rows."""
+    model = tmp_path / "slow"
+    model.mkdir()
+    (model / "predict.py").write_text(SLOW_MODEL)
+    created = await deployer.create(
+        name="slow batch", kind="batch", source=str(model), server={"workers": 1},
+        replicas={"min": 0, "max": 1},
+    )  # fmt: skip
+    settings = deployer.settings
+    engine = create_engine(settings.database_url)
+    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
+    await datasets.blobs.prepare()
+    await datasets.create_dataset("numbers")
+    rows = "x\n" + "".join(f"{i}\n" for i in range(4_000))
+    await datasets.add_files("numbers", {"in.csv": rows.encode()})
+    slug = created["slug"]
+    body = {"input_file": "numbers/in.csv", "output_file": "out.csv", "dataset": "numbers"}
+    response = await deployer.client.post(f"/api/v1/endpoints/{slug}/batch-jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+
+    async def progressing() -> bool:
+        job = await get_job(deployer, slug, job_id)
+        return job["status"] == "running" and job["rows_done"] > 0
+
+    await wait_until(progressing, timeout=60)
+    return slug, job_id, datasets
+
+
+async def get_job(deployer: DeployerHarness, slug: str, job_id: str) -> dict[str, Any]:
+    response = await deployer.client.get(f"/api/v1/endpoints/{slug}/batch-jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def test_a_cancelled_job_stops_and_writes_nothing(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """DELETE on a running job: ``cancelled``, and the dataset keeps only its input version."""
+    slug, job_id, datasets = await start_slow_job(deployer, tmp_path)
+    response = await deployer.client.delete(f"/api/v1/endpoints/{slug}/batch-jobs/{job_id}")
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "cancelled"
+    assert 0 < job["rows_done"] < 4_000
+    assert [v.version for v in await datasets.list_versions("numbers")] == [1]
+
+
+async def test_a_restart_mid_job_fails_the_job_visibly_and_writes_nothing(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """The deployer restarts while a job runs: the job is ``failed`` saying so, no output."""
+    slug, job_id, datasets = await start_slow_job(deployer, tmp_path)
+    await deployer.restart()
+    job = await get_job(deployer, slug, job_id)
+    assert job["status"] == "failed"
+    assert "nothing was written" in job["error"]
+    assert job["finished_at"] is not None
+    assert [v.version for v in await datasets.list_versions("numbers")] == [1]
+
+
+BATCH_FLOW = """\
+name: nightly-scores
+tasks:
+  - name: score
+    type: batch-predict
+    endpoint_id: {slug}
+    input_file: numbers/in.csv
+    output_file: scored.csv
+    dataset: numbers
+"""
+
+
+async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """The ``batch-predict`` task runs a job and reports its rows and output reference."""
+    model = tmp_path / "double"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x):\n    return x * 2\n")
+    slug = (
+        await deployer.create(
+            name="flow batch", kind="batch", source=str(model), server={"workers": 1}
+        )
+    )["slug"]
+    settings = deployer.settings
+    engine = create_engine(settings.database_url)
+    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
+    await datasets.blobs.prepare()
+    await datasets.create_dataset("numbers")
+    await datasets.add_files("numbers", {"in.csv": b"x\n1\n2\n3\n"})
+    saved = await deployer.client.post(
+        "/api/v1/flows", json={"yaml": BATCH_FLOW.format(slug=slug), "directory": str(tmp_path)}
+    )
+    assert saved.status_code == 201, saved.text
+    started = await deployer.client.post("/api/v1/flows/nightly-scores/runs")
+    run_id = started.json()["id"]
+
+    async def finished() -> dict[str, Any] | None:
+        response = await deployer.client.get(f"/api/v1/flows/nightly-scores/runs/{run_id}")
+        run: dict[str, Any] = response.json()
+        return run if run["status"] in ("succeeded", "failed") else None
+
+    run = await wait_until(finished, timeout=90, what="the flow finished")
+    assert run["status"] == "succeeded", run
+    assert "3 rows (0 failed) → numbers@2/scored.csv" in run["tasks"][0]["output"]
+    output = await datasets.read_file("numbers@2/scored.csv")
+    # Predictions are text cells (JSON for non-strings), so they are quoted.
+    assert output.decode().splitlines() == [
+        '"x","prediction","error"', '1,"2",', '2,"4",', '3,"6",'
+    ]  # fmt: skip
+    await engine.dispose()

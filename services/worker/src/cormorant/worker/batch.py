@@ -1,0 +1,64 @@
+"""``POST /predict/batch``: many rows in one request, one result per row (batch jobs' path).
+
+Body ``{"rows": [[...], ...]}``; answer ``{"results": [{"prediction": v} | {"error": "..."}],
+"version": ...}`` in row order. A raising row gets an error result; the request still succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cormorant.common.errors import BadRequest, PayloadTooLarge
+from cormorant.common.predictor.rows import declares_batch, predict_rows
+from cormorant.worker.model import ModelState
+from cormorant.worker.settings import WorkerSettings
+
+BATCH_PATH = "/predict/batch"
+_EXAMPLE = '{"rows": [[1, 2], [3, 4]]}'
+
+
+def install_batch_route(
+    app: FastAPI, model: ModelState, pool: Executor, settings: WorkerSettings
+) -> None:
+    """Add ``POST /predict/batch`` to the worker's app."""
+    batch = declares_batch(settings.env)
+
+    @app.post(BATCH_PATH, include_in_schema=False)
+    async def predict_batch(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"the request body is larger than {settings.max_body_bytes} bytes; "
+                    "send fewer rows per request"
+                )
+        rows = _parse_rows(bytes(body))
+        predictor = await model.get()
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(
+            pool, lambda: predict_rows(predictor, rows, batch=batch)
+        )
+        answer = {"results": results, "version": settings.version}
+        return Response(orjson.dumps(answer), 200, media_type="application/json")
+
+
+def _parse_rows(body: bytes) -> list[object]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the request body is not valid JSON ({exc}); send e.g. {_EXAMPLE}"
+        ) from exc
+    rows = document.get("rows") if isinstance(document, dict) else None
+    if not isinstance(rows, list):
+        raise BadRequest(
+            f"the request body must be a JSON object with a 'rows' list, e.g. {_EXAMPLE}"
+        )
+    return rows
