@@ -2,9 +2,9 @@
 
 One run of the issue's acceptance scenario through the platform as a user drives it: a local
 stack (``cormorant up`` on free ports, its own data directory), a tansu broker, a 3-partition
-input topic, a stream endpoint with ``--replicas`` replicas created through the gateway, and
-``POST /api/v1/endpoints/{slug}/stream/swap`` while the messages flow (40% before the swap, the
-rest during and after it, fed at a steady pace). The anchor is the issue's: 0 missing and 0
+input topic, a stream endpoint with ``--replicas`` replicas created through the gateway, and a
+new version created and rolled out at 100% (``POST .../versions``, ``POST .../rollout``) while
+the messages flow (40% before the swap, the rest during and after it, fed at a steady pace). The anchor is the issue's: 0 missing and 0
 duplicate ids. Also printed: how long the swap took and the longest time the output stopped
 growing while it ran (prediction logging on, as in production). Prints e.g.::
 
@@ -100,9 +100,14 @@ async def run(args: argparse.Namespace, bootstrap: str, client: Client) -> str:
                 two_fifths.set()
             await asyncio.sleep(args.pause)
 
+    # Version 2 is stored and checked before the feed (it starts nothing); the rollout at 40%
+    # is the handover being measured.
+    created = await asyncio.to_thread(client.rollouts.create_version, slug, MODEL)
     feeding = asyncio.create_task(feed())
     await two_fifths.wait()
-    swapping = asyncio.create_task(asyncio.to_thread(streams.swap, slug))
+    swapping = asyncio.create_task(
+        asyncio.to_thread(streams.swap, slug, version=int(created["version"]))
+    )
     swap_started = time.monotonic()
     # The longest time the output did not grow while the swap ran and input was waiting.
     stall, last_size, last_growth = 0.0, await output_size(bootstrap, output), swap_started

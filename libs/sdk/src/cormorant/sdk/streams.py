@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from cormorant.sdk.client import Client
-from cormorant.sdk.rollout import CHANGE_TIMEOUT_S
 
 
 class Streams:
@@ -67,17 +66,24 @@ class Streams:
         commit: str | None = None,
         version: int | None = None,
     ) -> dict[str, Any]:
-        """Hand the stream to a new version of its code (or back to ``version``) with no gap
-        and no duplicate; returns once the old replicas have left."""
-        body = _drop_none(
-            {"source": str(source) if source else None, "commit": commit, "version": version}
-        )
-        # The answer comes once the new replicas have joined and the old ones left: minutes
-        # for a model that is slow to import, longer than the client's default timeout.
-        result: dict[str, Any] = self._client.request(
-            "POST", f"/api/v1/endpoints/{slug}/stream/swap", json=body, timeout=CHANGE_TIMEOUT_S
-        )
-        return result
+        """Roll out a new version of the code (or the stored ``version``) at 100%: the consumer
+        group is handed over with no gap and no duplicate. Returns once the old replicas have
+        left, with ``previous_version``, ``version`` and ``generation``."""
+        previous = self._client.endpoints.get(slug)
+        if version is None:
+            created = self._client.rollouts.create_version(
+                slug, str(source) if source else previous["source"], commit=commit
+            )
+            label = str(created["version"])
+        else:
+            label = str(version)
+        traffic = self._client.rollouts.rollout(slug, label, 100)
+        return {
+            "slug": slug,
+            "previous_version": previous["version"],
+            "version": traffic["stable"],
+            "generation": traffic["generation"],
+        }
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

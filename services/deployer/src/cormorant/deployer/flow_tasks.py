@@ -205,8 +205,10 @@ class DeployTask(FlowTask):
         body = VersionCreate.model_validate({"source": source, **self._code_fields()})
         version = (await rollouts.create_version(slug, body)).version
         if self.policy is None:
-            await rollouts.rollout(slug, RolloutIn(version=version, percent=100))
-            await rollouts.promote(slug, reason="flow deploy")
+            traffic = await rollouts.rollout(slug, RolloutIn(version=version, percent=100))
+            # A stream's rollout at 100 % is already complete: there is no canary to promote.
+            if traffic.canary is not None:
+                await rollouts.promote(slug, reason="flow deploy")
             return f"version {version} of {slug} deployed and promoted"
         await rollouts.rollout(slug, RolloutIn(version=version, percent=1, policy=self.policy))
         record = await ctx.endpoints.store.find(slug)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, cast
 
 import httpx
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from cormorant.common.db.models import VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, NotFound
@@ -40,7 +40,7 @@ from cormorant.deployer.autoscale import Recommendation, decide, recommend
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.replicas import ReplicaRunner
 from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_schemas import RolloutIn, TrafficOut, VersionCreate
+from cormorant.deployer.rollout_schemas import TrafficOut
 from cormorant.deployer.schemas import EndpointSpec, ReplicasSpec
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.store import EndpointRecord, VersionRecord
@@ -398,27 +398,6 @@ class StreamStatus(BaseModel):
     swapping: bool
 
 
-class StreamSwap(BaseModel):
-    """``POST /api/v1/endpoints/{slug}/stream/swap``: the version to hand the group to."""
-
-    source: str | None = Field(
-        default=None, description="Code of the new version (default: the endpoint's source)."
-    )
-    commit: str | None = Field(default=None, description="Commit of a git source.")
-    version: int | None = Field(
-        default=None, ge=1, description="An existing version to go back to (a rollback)."
-    )
-
-
-class SwapResult(BaseModel):
-    """The outcome of a swap."""
-
-    slug: str
-    previous_version: str
-    version: str
-    generation: int
-
-
 stream_router = APIRouter(tags=["streams"])
 
 
@@ -501,36 +480,6 @@ async def stream_status(slug: str, service: ServiceDep, scaler: ScalerDep) -> St
 
 async def _nothing() -> None:
     return None
-
-
-@stream_router.post("/api/v1/endpoints/{slug}/stream/swap")
-async def swap_route(
-    slug: str,
-    rollouts: RolloutsDep,
-    body: Annotated[StreamSwap | None, Body()] = None,
-) -> SwapResult:
-    """Swap a stream endpoint to a new version of its code (or back to an older version) with
-    no gap and no duplicate; answers once the old replicas have left.
-
-    A shortcut for ``POST .../versions`` then ``POST .../rollout`` at 100%.
-    """
-    request = body or StreamSwap()
-    before = await rollouts.traffic(slug)
-    if request.version is not None:
-        label = str(request.version)
-    else:
-        fields = {"source": request.source, "commit": request.commit}
-        created = await rollouts.create_version(
-            slug, VersionCreate.model_validate({k: v for k, v in fields.items() if v is not None})
-        )
-        label = created.version
-    after = await rollouts.rollout(slug, RolloutIn(version=label, percent=100))
-    return SwapResult(
-        slug=after.slug,
-        previous_version=before.stable or "",
-        version=label,
-        generation=after.generation,
-    )
 
 
 class StreamRollout:
