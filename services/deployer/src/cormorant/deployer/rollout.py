@@ -119,6 +119,12 @@ class RolloutService:
         if "commit" not in given:
             fields["commit"] = None
         replicas = given.pop("replicas", None)
+        if replicas is not None and record.kind in self.kinds:
+            raise BadRequest(
+                f"{record.slug} is a {record.kind} endpoint: a version runs with the endpoint's "
+                "replicas; remove replicas from the version",
+                details={"field": "replicas", "kind": record.kind},
+            )
         if replicas is not None:
             fields["replicas"] = {**fields["replicas"], **replicas}
         fields.update(given)
