@@ -147,6 +147,10 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
         (lambda: client.rollouts.rollout(slug, "2", 50), "percent must be 100"),
         (lambda: client.rollouts.rollout(slug, "7", 100), "has no version '7'"),
         (lambda: client.rollouts.promote(slug), "nothing to promote"),
+        (
+            lambda: client.rollouts.create_version(slug, MODEL, replicas={"min": 1, "max": 1}),
+            "a version runs with the endpoint's replicas",
+        ),
     ):
         with pytest.raises(CormorantAPIError) as refused:
             await asyncio.to_thread(bad)
