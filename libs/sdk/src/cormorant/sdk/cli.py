@@ -15,12 +15,12 @@ from typing import Annotated, Any
 import httpx
 import psutil
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cormorant.sdk import cli_batch, cli_datasets, cli_rollout
+from cormorant.sdk.cli_output import api_call, console, err, key_values
 from cormorant.sdk.cli_stream import stream_app
-from cormorant.sdk.client import Client, CormorantAPIError, Endpoint
+from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
 from cormorant.sdk.stack import StackSettings
 from cormorant.sdk.stackfile import (
     read_private_json,
@@ -30,8 +30,6 @@ from cormorant.sdk.stackfile import (
 )
 
 app = typer.Typer(help="Cormorant: serve Python predict functions.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
 
 
 def _data_dir() -> Path:
@@ -221,31 +219,6 @@ cli_datasets.register(app)
 app.add_typer(stream_app, name="stream")
 
 
-def _pairs(items: list[str] | None, option: str) -> dict[str, str] | None:
-    if not items:
-        return None
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            err.print(f"[red]{option} takes KEY=VALUE, got {item!r}[/red]")
-            raise typer.Exit(2)
-        pairs[key] = value
-    return pairs
-
-
-def _api_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run an SDK call, turning API errors into a red message and exit code 1."""
-    try:
-        return fn(*args, **kwargs)
-    except CormorantAPIError as exc:
-        err.print(f"[red]{exc.status_code} {exc.code}:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    except (httpx.HTTPError, ValueError, TimeoutError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-
-
 def _endpoint_table(endpoints: list[dict[str, Any]]) -> Table:
     table = Table()
     for column in ("slug", "kind", "status", "version", "replicas", "created"):
@@ -311,7 +284,7 @@ def deploy(
     replicas = _drop_none_dict({"min": min_replicas, "max": max_replicas, "target": target})
     source_value = source if "://" in source else str(Path(source).resolve())
     with Client() as client:
-        created = _api_call(
+        created = api_call(
             client.endpoints.create,
             name,
             source_value,
@@ -322,8 +295,8 @@ def deploy(
             preprocess_file=preprocess_file,
             preprocess_function=preprocess_function,
             accepts_file=accepts_file or None,
-            env=_pairs(env, "--env"),
-            server=_pairs(server, "--server"),
+            env=key_values(env, "--env"),
+            server=key_values(server, "--server"),
             replicas=replicas or None,
             timeout_s=timeout_s,
         )
@@ -332,7 +305,7 @@ def deploy(
         console.print(created["token"], markup=False)
         if wait:
             with console.status(f"Waiting for {slug} to serve…"):
-                endpoint = _api_call(client.endpoints.wait_until_running, slug)
+                endpoint = api_call(client.endpoints.wait_until_running, slug)
             console.print(f"[green]{slug} is {endpoint['status']}.[/green]")
             _predict_lines(slug, created["token"], client.url, "your input")
 
@@ -345,21 +318,21 @@ def _drop_none_dict(values: dict[str, Any]) -> dict[str, Any]:
 def endpoints_list() -> None:
     """Every endpoint with its status and replicas."""
     with Client() as client:
-        console.print(_endpoint_table(_api_call(client.endpoints.list)))
+        console.print(_endpoint_table(api_call(client.endpoints.list)))
 
 
 @endpoints_app.command("show")
 def endpoints_show(slug: str) -> None:
     """One endpoint in full, as JSON."""
     with Client() as client:
-        console.print_json(json.dumps(_api_call(client.endpoints.get, slug)))
+        console.print_json(json.dumps(api_call(client.endpoints.get, slug)))
 
 
 @endpoints_app.command("rm")
 def endpoints_rm(slug: str) -> None:
     """Stop and remove an endpoint."""
     with Client() as client:
-        _api_call(client.endpoints.delete, slug)
+        api_call(client.endpoints.delete, slug)
     console.print(f"Endpoint {slug} removed.")
 
 
@@ -370,7 +343,7 @@ def endpoints_rerun(
 ) -> None:
     """A new endpoint with the same settings (and exactly the same code)."""
     with Client() as client:
-        created = _api_call(client.endpoints.rerun, slug, name=name)
+        created = api_call(client.endpoints.rerun, slug, name=name)
     console.print(f"Endpoint [bold]{created['slug']}[/bold] created; its token (shown once):")
     console.print(created["token"], markup=False)
 
@@ -390,7 +363,7 @@ def predict(
         err.print(f"[red]INPUT_JSON is not JSON ({exc}); quote strings: '\"hello\"'[/red]")
         raise typer.Exit(2) from exc
     endpoint = Endpoint(slug, token=token)
-    console.print_json(json.dumps(_api_call(endpoint.predict, value)))
+    console.print_json(json.dumps(api_call(endpoint.predict, value)))
 
 
 @app.command()
@@ -406,7 +379,7 @@ def logs(
     endpoint = Endpoint(slug)
     filters = {"status": status, "version": version, "q": q}
     shown: set[str] = set()
-    items = _api_call(endpoint.logs, limit=limit, **filters)
+    items = api_call(endpoint.logs, limit=limit, **filters)
     while True:
         for item in reversed(items):
             if item["request_id"] in shown:
@@ -423,7 +396,7 @@ def logs(
             return
         time.sleep(1.0)  # --follow polls the log once a second, like `tail -f`
         newest = items[0]["received_at"] if items else None
-        items = _api_call(endpoint.logs, limit=1000, since=newest, **filters)
+        items = api_call(endpoint.logs, limit=1000, since=newest, **filters)
 
 
 @app.command()
@@ -436,7 +409,7 @@ def export(
 
     with Progress(SpinnerColumn(), DownloadColumn(), TransferSpeedColumn(), console=console) as bar:
         task = bar.add_task(f"Exporting {slug}", total=None)
-        size = _api_call(
+        size = api_call(
             Endpoint(slug).export_csv, path, progress=lambda n: bar.update(task, completed=n)
         )
     console.print(f"Wrote {size:,} bytes to {path}.")
@@ -446,13 +419,18 @@ def export(
 def keys_create(name: str) -> None:
     """Create an admin key and print it (shown only this once)."""
     with Client() as client:
-        created = _api_call(client.keys.create, name)
+        created = api_call(client.keys.create, name)
     console.print(created["key"], markup=False)
 
 
 def main() -> None:
     """Entry point of the ``cormorant`` command."""
-    app()
+    try:
+        app()
+    except NotConfigured as exc:
+        # Any command run before `make up` (or without CORMORANT_URL): say so, no traceback.
+        err.print(f"[red]{exc}[/red]")
+        raise SystemExit(1) from exc
 
 
 if __name__ == "__main__":

@@ -10,14 +10,11 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cormorant.sdk.batch import start_job
+from cormorant.sdk.cli_output import console, err
 from cormorant.sdk.client import Client, CormorantAPIError
-
-console = Console()
-err = Console(stderr=True)
 
 
 def batch(

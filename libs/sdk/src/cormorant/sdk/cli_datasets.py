@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cormorant.sdk.client import Client, CormorantAPIError
+from cormorant.sdk.cli_output import api_call, console
+from cormorant.sdk.client import Client
 from cormorant.sdk.datasets import Datasets
 
-console = Console()
-err = Console(stderr=True)
 datasets_app = typer.Typer(help="Datasets: versioned files for batch jobs.", no_args_is_help=True)
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except CormorantAPIError as exc:
-        err.print(f"[red]{exc.status_code} {exc.code}:[/red] {exc.message}", soft_wrap=True)
-        raise typer.Exit(1) from exc
-    except (httpx.HTTPError, ValueError, OSError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
 
 
 @datasets_app.command("create")
 def create(name: str) -> None:
     """Create an empty dataset."""
     with Client() as client:
-        _call(Datasets(client).create, name)
+        api_call(Datasets(client).create, name)
     console.print(f"Dataset {name} created.", markup=False)
 
 
@@ -42,7 +27,7 @@ def create(name: str) -> None:
 def list_datasets() -> None:
     """Every dataset with its latest version."""
     with Client() as client:
-        found = _call(Datasets(client).list)
+        found = api_call(Datasets(client).list)
     table = Table()
     for column in ("name", "latest version", "created"):
         table.add_column(column)
@@ -58,7 +43,7 @@ def list_datasets() -> None:
 def versions(name: str) -> None:
     """Every version of a dataset with its files, oldest first."""
     with Client() as client:
-        found = _call(Datasets(client).versions, name)
+        found = api_call(Datasets(client).versions, name)
     table = Table()
     for column in ("version", "created", "files"):
         table.add_column(column)
@@ -78,7 +63,7 @@ def upload(
 ) -> None:
     """Upload a file as a new version of the dataset."""
     with Client() as client:
-        version = _call(Datasets(client).upload, name, file, path=path)
+        version = api_call(Datasets(client).upload, name, file, path=path)
     console.print(f"{name}@{version['version']}/{path or file.name}", markup=False)
 
 
@@ -86,7 +71,7 @@ def upload(
 def download(reference: str, target: Path) -> None:
     """Download '<dataset>[@<n>]/<path>' to TARGET."""
     with Client() as client:
-        written = _call(Datasets(client).download, reference, target)
+        written = api_call(Datasets(client).download, reference, target)
     console.print(f"Wrote {written}.", markup=False)
 
 

@@ -7,14 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cormorant.sdk.cli_rollout import _call
+from cormorant.sdk.cli_output import api_call, console, err
 from cormorant.sdk.client import Client
-
-console = Console()
-err = Console(stderr=True)
 
 flow_app = typer.Typer(help="Flows: tasks (exec, deploy, rollback...) run in order.",
                        no_args_is_help=True)  # fmt: skip
@@ -49,7 +45,7 @@ def run(
 ) -> None:
     """Store FILE as a flow and run it; commands run in FILE's directory."""
     with Client() as client:
-        result = _call(client.flows.run, file, wait=not no_wait)
+        result = api_call(client.flows.run, file, wait=not no_wait)
     if as_json:
         console.print_json(json.dumps(result))
     else:

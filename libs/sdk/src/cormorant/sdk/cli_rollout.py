@@ -4,32 +4,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cormorant.sdk.client import Client, CormorantAPIError
-
-console = Console()
-err = Console(stderr=True)
+from cormorant.sdk.cli_output import api_call, console, err
+from cormorant.sdk.client import Client
 
 versions_app = typer.Typer(help="Versions of an endpoint.", no_args_is_help=True)
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run an SDK call; an API error becomes a red message and exit code 1."""
-    try:
-        return fn(*args, **kwargs)
-    except CormorantAPIError as exc:
-        err.print(f"[red]{exc.status_code} {exc.code}:[/red] {exc.message}", soft_wrap=True)
-        raise typer.Exit(1) from exc
-    except (httpx.HTTPError, ValueError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
 
 
 def _versions_table(versions: list[dict[str, Any]]) -> Table:
@@ -69,7 +52,7 @@ def versions_create(
     """Create a version of SLUG from SOURCE: its replicas start, it takes no traffic yet."""
     pairs = dict(item.partition("=")[::2] for item in env) if env else None
     with Client() as client:
-        created = _call(
+        created = api_call(
             client.rollouts.create_version,
             slug,
             source,
@@ -86,7 +69,7 @@ def versions_create(
 def versions_list(slug: Annotated[str, typer.Argument(help="The endpoint.")]) -> None:
     """List the versions of SLUG with their role, weight and replicas."""
     with Client() as client:
-        versions = _call(client.rollouts.versions, slug)
+        versions = api_call(client.rollouts.versions, slug)
     console.print(_versions_table(versions))
 
 
@@ -109,7 +92,7 @@ def rollout(
             err.print(f"[red]--policy is not JSON: {exc}[/red]")
             raise typer.Exit(2) from exc
     with Client() as client:
-        traffic = _call(client.rollouts.rollout, slug, version, percent, policy=parsed)
+        traffic = api_call(client.rollouts.rollout, slug, version, percent, policy=parsed)
     _show_traffic(traffic, as_json)
 
 
@@ -119,7 +102,7 @@ def promote(
 ) -> None:
     """Send all of SLUG's traffic to its canary; the old version retires after draining."""
     with Client() as client:
-        _show_traffic(_call(client.rollouts.promote, slug), as_json)
+        _show_traffic(api_call(client.rollouts.promote, slug), as_json)
 
 
 def rollback(
@@ -128,7 +111,7 @@ def rollback(
 ) -> None:
     """Send all of SLUG's traffic back to its stable version; the canary retires."""
     with Client() as client:
-        _show_traffic(_call(client.rollouts.rollback, slug), as_json)
+        _show_traffic(api_call(client.rollouts.rollback, slug), as_json)
 
 
 def traffic(
@@ -137,7 +120,7 @@ def traffic(
 ) -> None:
     """Show SLUG's weights, generation and each version's replicas."""
     with Client() as client:
-        _show_traffic(_call(client.rollouts.traffic, slug), as_json)
+        _show_traffic(api_call(client.rollouts.traffic, slug), as_json)
 
 
 def register(app: typer.Typer) -> None:

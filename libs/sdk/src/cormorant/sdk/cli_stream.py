@@ -4,49 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cormorant.sdk.client import Client, CormorantAPIError
+from cormorant.sdk.cli_output import api_call, console, key_values
+from cormorant.sdk.client import Client
 from cormorant.sdk.streams import Streams
 
 stream_app = typer.Typer(
     help="Stream endpoints: predict every message of Kafka topics.", no_args_is_help=True
 )
-console = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run an SDK call, turning API errors into a red message and exit code 1."""
-    try:
-        return fn(*args, **kwargs)
-    except CormorantAPIError as exc:
-        err.print(f"[red]{exc.status_code} {exc.code}:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    except (httpx.HTTPError, ValueError, TimeoutError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-
-
-def _security(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            err.print(f"[red]--security takes KEY=VALUE, got {item!r}[/red]")
-            raise typer.Exit(2)
-        pairs[key] = value
-    return pairs
 
 
 @stream_app.command("deploy")
@@ -78,7 +48,7 @@ def deploy(
     """Predict every message of the input topics into the output topic."""
     source_value = source if "://" in source else str(Path(source).resolve())
     with Client() as client:
-        created = _call(
+        created = api_call(
             Streams(client).create,
             name,
             source_value,
@@ -86,7 +56,7 @@ def deploy(
             output_topic=output_topic,
             bootstrap_servers=bootstrap,
             dlq_topic=dlq_topic,
-            security=_security(security),
+            security=key_values(security, "--security"),
             min_replicas=min_replicas,
             max_replicas=max_replicas,
             lag_target=lag_target,
@@ -97,7 +67,7 @@ def deploy(
         console.print(f"Stream endpoint [bold]{slug}[/bold] created.")
         if wait:
             with console.status(f"Waiting for {slug} to join its consumer group…"):
-                _call(client.endpoints.wait_until_running, slug)
+                api_call(client.endpoints.wait_until_running, slug)
             console.print(f"[green]{slug} is streaming[/green] from {', '.join(input_topic)}.")
 
 
@@ -131,7 +101,7 @@ def status(
     """Consumer lag per partition and the replicas of a stream endpoint."""
     with Client() as client:
         while True:
-            current = _call(Streams(client).status, slug)
+            current = api_call(Streams(client).status, slug)
             if as_json:
                 console.print_json(json.dumps(current))
             else:
@@ -173,7 +143,7 @@ def swap(
     if source and "://" not in source:
         source = str(Path(source).resolve())
     with Client() as client, console.status(f"Swapping the model of {slug}…"):
-        result = _call(Streams(client).swap, slug, source=source, commit=commit, version=version)
+        result = api_call(Streams(client).swap, slug, source=source, commit=commit, version=version)
     console.print(
         f"[green]{slug}: version {result['previous_version']} → {result['version']}.[/green]"
     )

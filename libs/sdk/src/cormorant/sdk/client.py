@@ -50,6 +50,10 @@ class CormorantAPIError(Exception):
         self.message = message
 
 
+class NotConfigured(ValueError):
+    """No Cormorant to talk to: no URL given, set, or found in a running local stack."""
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
@@ -67,7 +71,7 @@ def _defaults(url: str | None, api_key: str | None) -> tuple[str, str | None, fl
     gateway = stack.get("services", {}).get("gateway", {}).get("url")
     resolved = url or settings.url or gateway
     if not resolved:
-        raise ValueError("no Cormorant URL: pass url=, set CORMORANT_URL, or run `make up`")
+        raise NotConfigured("no Cormorant URL: pass url=, set CORMORANT_URL, or run `make up`")
     return (
         resolved.rstrip("/"),
         api_key or settings.api_key or stack.get("admin_key"),
