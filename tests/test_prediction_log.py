@@ -73,7 +73,7 @@ def echo(own_stack: Stack) -> Endpoint:
     assert result.returncode == 0, result.stdout + result.stderr
     slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
     token = result.stdout.split("(shown once):", 1)[1].split()[0]
-    return Endpoint(slug, token=token, url=own_stack.url)
+    return Endpoint(slug, token=token, url=own_stack.url, api_key=own_stack.admin_key)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
