@@ -1,0 +1,258 @@
+"""Every prediction recorded, end to end through the gateway of a stack of this module's own:
+20,000 predictions under concurrent load become exactly 20,000 rows while predictlog is
+SIGKILLed and nats-server is SIGKILLed mid-load (the supervisor restarts both); the charts
+agree with the rows, and the CLI's CSV export re-imports with every row, formulas escaped."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import pytest
+
+from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.sdk import Endpoint
+from tests.conftest import ROOT, Stack, stack_environment
+
+N = 20_000
+CONCURRENCY = 32
+FORMULA = "=1+1"
+ECHO = ROOT / "tests" / "models" / "echo"
+# A spreadsheet runs a cell starting with one of these (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\x00")
+
+
+def _stack_file(stack: Stack) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads((stack.data_dir / "stack.json").read_text())
+    return info
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: its services get killed, which no other test should see."""
+    data_dir = tmp_path_factory.mktemp("logstack") / "data"
+    env = stack_environment(data_dir)
+    up = subprocess.run(
+        [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = json.loads((data_dir / "stack.json").read_text())
+        env["CORMORANT_URL"] = info["services"]["gateway"]["url"]
+        env["CORMORANT_API_KEY"] = info["admin_key"]
+        yield Stack(
+            info["services"]["gateway"]["url"], info["admin_key"], env, data_dir,
+            info["database_url"],
+        )  # fmt: skip
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cormorant.sdk.cli", "down"],
+            env=env, cwd=ROOT, capture_output=True, timeout=240,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def echo(own_stack: Stack) -> Endpoint:
+    """The echo model, deployed with the CLI."""
+    result = own_stack.cli("deploy", str(ECHO), "--name", "echo", "--server", "workers=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
+    token = result.stdout.split("(shown once):", 1)[1].split()[0]
+    return Endpoint(slug, token=token, url=own_stack.url, api_key=own_stack.admin_key)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)  # polling a readiness condition, not waiting for a guess
+
+
+def _restarted(stack: Stack, kind: str, name: str, old_pid: int) -> Callable[[], Awaitable[bool]]:
+    """True once the supervisor has started ``name`` again under a new pid."""
+
+    async def check() -> bool:
+        try:
+            pid = _stack_file(stack)[kind][name]["pid"]
+        except (json.JSONDecodeError, KeyError):  # the file is being rewritten
+            return False
+        if pid == old_pid or pid is None:
+            return False
+        if kind == "servers":
+            return True
+        url = _stack_file(stack)["services"][name]["url"]
+        try:
+            async with httpx.AsyncClient() as http:
+                return (await http.get(url + "/healthz", timeout=1.0)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, value: Any
+) -> tuple[int, dict[str, Any]]:
+    """One keep-alive HTTP/1.1 request; httpx's CPU per request would make the test the load."""
+    body = json.dumps({"input_params": value}).encode()
+    writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    header = await reader.readuntil(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    length = int(header.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    return status, json.loads(await reader.readexactly(length))
+
+
+async def _load(stack: Stack, echo: Endpoint, disrupt: dict[int, Callable[[], None]]) -> list[str]:
+    """N predictions from CONCURRENCY connections; ``disrupt[k]`` runs once k are answered."""
+    request_ids: list[str] = []
+    statuses: Counter[int] = Counter()
+    next_input = iter(range(N - 1))  # and the formula first: N in all
+    url = httpx.URL(stack.url)
+    head = (
+        f"POST /api/v1/endpoints/{echo.slug}/predict HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: Bearer {echo.token}\r\nContent-Type: application/json\r\n"
+    ).encode()
+
+    async def client(first: Any = None) -> None:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            inputs = [first] if first is not None else next_input
+            for value in inputs:
+                status, answer = await _post(reader, writer, head, value)
+                statuses[status] += 1
+                if status == 200:
+                    assert answer["prediction"] == value
+                request_ids.append(answer.get("request_id", ""))
+                action = disrupt.pop(len(request_ids), None)
+                if action is not None:
+                    action()
+        finally:
+            writer.close()
+
+    await client(FORMULA)
+    await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+    assert statuses == {200: N}, statuses
+    return request_ids
+
+
+async def _drained(stack: Stack) -> Callable[[], Awaitable[bool]]:
+    """True once predictlog's durable consumer has nothing pending or unacknowledged."""
+    nats_url = _stack_file(stack)["nats_url"]
+
+    async def check() -> bool:
+        try:
+            nc = await nats.connect(nats_url, allow_reconnect=False, connect_timeout=1)
+        except Exception:  # nats-server restarting: not ready yet
+            return False
+        try:
+            js = nc.jetstream()
+            for info in await js.consumers_info(PREDICTIONS_STREAM):
+                if info.num_pending or info.num_ack_pending:
+                    return False
+            return True
+        finally:
+            await nc.close()
+
+    return check
+
+
+def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo: Endpoint) -> None:
+    """Exactly one row per answered prediction while predictlog and nats-server are killed
+    mid-load; the charts count the same rows per minute; the CSV export re-imports whole."""
+    stack = own_stack
+
+    def kill(kind: str, name: str) -> Callable[[], None]:
+        def action() -> None:
+            pid = _stack_file(stack)[kind][name]["pid"]
+            killed[name] = pid
+            os.kill(pid, signal.SIGKILL)
+
+        return action
+
+    killed: dict[str, int] = {}
+
+    async def scenario() -> tuple[list[str], list[asyncpg.Record], int, int]:
+        ids = await _load(
+            stack,
+            echo,
+            {N // 3: kill("services", "predictlog"), 2 * N // 3: kill("servers", "nats")},
+        )
+        assert set(killed) == {"predictlog", "nats"}
+        # Both come back by themselves: the supervisor restarts what exits.
+        await _until(
+            _restarted(stack, "services", "predictlog", killed["predictlog"]),
+            within=60, what="predictlog restarted",
+        )  # fmt: skip
+        await _until(
+            _restarted(stack, "servers", "nats", killed["nats"]), within=60, what="nats restarted"
+        )
+        db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
+        try:
+            endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
+
+            async def all_rows() -> bool:
+                n = await db.fetchval(
+                    "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
+                )
+                return bool(n >= N)
+
+            await _until(all_rows, within=60, what=f"{N} rows")
+            await _until(await _drained(stack), within=30, what="the ingest to drain")
+            rows = await db.fetch(
+                "SELECT request_id FROM predictions WHERE endpoint_id = $1", endpoint_id
+            )
+            per_minute = await db.fetch(
+                "SELECT date_trunc('minute', received_at) AS t, count(*) AS n FROM predictions"
+                " WHERE endpoint_id = $1 GROUP BY 1",
+                endpoint_id,
+            )
+            distinct = await db.fetchval(
+                "SELECT count(DISTINCT request_id) FROM predictions WHERE endpoint_id = $1",
+                endpoint_id,
+            )
+        finally:
+            await db.close()
+        return ids, per_minute, len(rows), distinct
+
+    ids, per_minute, row_count, distinct = asyncio.run(scenario())
+    assert len(ids) == len(set(ids)) == N
+    assert row_count == N
+    assert distinct == N
+
+    # Charts agree with the log, minute by minute.
+    points = echo.charts("requests_per_minute", window="1h")["points"]
+    charted = {p["t"]: p["value"] for p in points if p["value"]}
+    counted = {
+        row["t"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:00Z"): row["n"] for row in per_minute
+    }
+    assert sum(charted.values()) == N
+    assert charted == counted, (charted, counted)
+
+    # The CLI's export: every row, re-importable, the formula-looking input escaped.
+    out = stack.data_dir.parent / "echo.csv"
+    assert echo.slug is not None
+    exported = stack.cli("export", echo.slug, str(out))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    with open(out, newline="", encoding="utf-8") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == N
+    assert {r["request_id"] for r in records} == set(ids)
+    formula_rows = [r for r in records if FORMULA in r["input"]]
+    assert len(formula_rows) == 1
+    for record in records:
+        for cell in record.values():
+            assert not cell.startswith(FORMULA_TRIGGERS), record
