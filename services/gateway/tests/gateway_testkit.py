@@ -46,7 +46,7 @@ from cormorant.common.events import Event
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
 
-START_TIMEOUT = 60.0
+START_TIMEOUT = 150.0  # a readiness bound for several workers starting at once on 2 cores
 
 TOOLBOX = """\
 import os
