@@ -8,6 +8,7 @@ version whose replicas never become ready. Counts only, never times.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -131,7 +132,9 @@ def test_cli_versions_rollout_promote_and_traffic(stack: Stack, tmp_path: Path) 
         "cli canary", str(model(tmp_path, "v1", "one")), server=WORKERS_1
     )["slug"]
     client.endpoints.wait_until_running(slug)
-    created = stack.cli("versions", "create", slug, str(model(tmp_path, "v2", "two")))
+    # A path relative to where the command runs, as a user types it.
+    relative = os.path.relpath(model(tmp_path, "v2", "two"), ROOT)
+    created = stack.cli("versions", "create", slug, relative)
     assert created.returncode == 0, created.stderr
     assert "Created version 2" in created.stdout
     listed = stack.cli("versions", "list", slug)

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from cormorant.sdk import cli_batch, cli_datasets, cli_rollout
-from cormorant.sdk.cli_output import api_call, console, err, key_values
+from cormorant.sdk.cli_output import api_call, console, err, key_values, source_arg
 from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
 from cormorant.sdk.stack import StackSettings
@@ -282,7 +282,7 @@ def deploy(
 ) -> None:
     """Deploy a predict function as an endpoint and print its token."""
     replicas = _drop_none_dict({"min": min_replicas, "max": max_replicas, "target": target})
-    source_value = source if "://" in source else str(Path(source).resolve())
+    source_value = source_arg(source)
     with Client() as client:
         created = api_call(
             client.endpoints.create,

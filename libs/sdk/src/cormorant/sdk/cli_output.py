@@ -4,6 +4,7 @@ exit code, and ``KEY=VALUE`` options."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -41,3 +42,11 @@ def key_values(items: list[str] | None, option: str) -> dict[str, str] | None:
             raise typer.Exit(2)
         pairs[key] = value
     return pairs
+
+
+def source_arg(source: str) -> str:
+    """A code source as the deployer takes it: a local directory made absolute (the deployer
+    does not share the caller's working directory), a git URL unchanged."""
+    if "://" in source or source.startswith("git@"):
+        return source
+    return str(Path(source).resolve())

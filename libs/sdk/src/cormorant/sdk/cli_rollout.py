@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cormorant.sdk.cli_output import api_call, console, err
+from cormorant.sdk.cli_output import api_call, console, err, key_values, source_arg
 from cormorant.sdk.client import Client
 
 versions_app = typer.Typer(help="Versions of an endpoint.", no_args_is_help=True)
@@ -50,12 +50,12 @@ def versions_create(
     ] = None,
 ) -> None:
     """Create a version of SLUG from SOURCE: its replicas start, it takes no traffic yet."""
-    pairs = dict(item.partition("=")[::2] for item in env) if env else None
+    pairs = key_values(env, "--env")
     with Client() as client:
         created = api_call(
             client.rollouts.create_version,
             slug,
-            source,
+            source_arg(source),
             file=file,
             function=function,
             commit=commit,

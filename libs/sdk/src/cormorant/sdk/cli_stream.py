@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from cormorant.sdk.cli_output import api_call, console, key_values
+from cormorant.sdk.cli_output import api_call, console, key_values, source_arg
 from cormorant.sdk.client import Client
 from cormorant.sdk.streams import Streams
 
@@ -46,7 +45,7 @@ def deploy(
     wait: Annotated[bool, typer.Option(help="Wait until the endpoint streams.")] = True,
 ) -> None:
     """Predict every message of the input topics into the output topic."""
-    source_value = source if "://" in source else str(Path(source).resolve())
+    source_value = source_arg(source)
     with Client() as client:
         created = api_call(
             Streams(client).create,
@@ -140,8 +139,8 @@ def swap(
     ] = None,
 ) -> None:
     """Hand the stream to a new model version: no gap, no duplicate."""
-    if source and "://" not in source:
-        source = str(Path(source).resolve())
+    if source:
+        source = source_arg(source)
     with Client() as client, console.status(f"Swapping the model of {slug}…"):
         result = api_call(Streams(client).swap, slug, source=source, commit=commit, version=version)
     console.print(
