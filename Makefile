@@ -29,8 +29,10 @@ status: install
 	$(BIN)/cormorant status
 
 # Two workers, a test file each at a time: most of the suite waits on real servers, not CPU.
+# Temporary files stay in this checkout: pytest prunes all but the newest three runs under the
+# shared default, which removed a running suite's servers when another checkout ran tests too.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15 --basetemp=.pytest-tmp
 
 lint: install
 	$(BIN)/ruff check .
