@@ -20,8 +20,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM
-from cormorant.common.events import PredictionLogged, decode
+from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
+from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.predictor import Predictor
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
@@ -72,16 +72,17 @@ async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM)
-        messages: list[Msg] = []
+        events: list[Event] = []
         async with asyncio.timeout(10):
-            while len(messages) < expected:
-                messages += await sub.fetch(expected - len(messages), timeout=10)
+            while len(events) < expected:
+                messages: list[Msg] = await sub.fetch(1, timeout=10)
+                events += decode_all(messages[0].data, messages[0].headers)  # packs unpacked
         try:
             extra = await sub.fetch(1, timeout=0.3)
         except nats.errors.TimeoutError:
             extra = []
         assert not extra, f"more events than expected: {[m.data for m in extra]}"
-        events = [decode(m.data, m.headers) for m in messages]
+        assert len(events) == expected, f"{len(events)} events, expected {expected}"
     finally:
         await nc.close()
     assert all(isinstance(event, PredictionLogged) for event in events)

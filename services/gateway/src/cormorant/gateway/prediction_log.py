@@ -76,11 +76,15 @@ class PredictionLog:
             await bus.ensure_streams(nc.jetstream())
         except Exception as exc:  # the publisher retries until the stream exists
             log.warning("prediction log stream not checked: %s: %s", type(exc).__name__, exc)
+        # Failures come in bursts (a replica gone, a timeout): those queued together leave as
+        # one pack.
         try:
-            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME, registry=self._registry)
+            publisher = bus.BatchedPublisher(
+                nc, name=PUBLISHER_NAME, registry=self._registry, max_pack=bus.PACK_EVENTS
+            )
         except ValueError:
             # The publisher of a previous connection still reports under this name.
-            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME)
+            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME, max_pack=bus.PACK_EVENTS)
         await publisher.start()
         self.publisher = publisher
         try:

@@ -13,7 +13,10 @@ Each hand-over wakes the publisher, the NATS client's flusher and its ack reader
 whatever its size: at 4,000 predictions/s, handing over every 5 ms (20 events at a time) cost
 the worker 45-60 µs per prediction and nats-server 25 µs per event; every 50 ms, 10-25 µs and
 10 µs (``bench/logging_overhead.py``). The events stay in memory a little longer:
-they are handed over (and flushed) when the replica stops, lost only if it is killed.
+they are handed over (and flushed) when the replica stops, lost only if it is killed. The
+publisher then sends the events of a hand-over as packs (one NATS message and one ack for up to
+``bus.PACK_EVENTS`` events); each event keeps its own trace context, taken from the request's
+span when the replica traces.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from random import getrandbits
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
@@ -48,8 +52,9 @@ BATCH_MAX = 256
 how long one hand-over holds the event loop (about 5 µs per event)."""
 
 # What a request leaves for its event: request id, received at (POSIX), latency (s), status,
-# input, output, error, trace id.
-_Pending = tuple[str, float, float, int, Any, Any, str | None, str | None]
+# input, output, error, trace id, trace context (NATS headers).
+_Pending = tuple[str, float, float, int, Any, Any, str | None, str | None, dict[str, str]]
+_NO_CONTEXT: dict[str, str] = {}
 
 
 class ReplicaEvents:
@@ -73,6 +78,7 @@ class ReplicaEvents:
         self._metric_dropped = metrics.metrics_published.labels(outcome="dropped")
         self._prediction_published = metrics.predictions_logged.labels(outcome="published")
         self._prediction_dropped = metrics.predictions_logged.labels(outcome="dropped")
+        self._traced = bool(settings.otlp_endpoint)
         # The same on every event of this replica: built once.
         self._endpoint = settings.endpoint
         self._endpoint_id = settings.endpoint_id
@@ -116,10 +122,13 @@ class ReplicaEvents:
             # Nothing is kept for an event that cannot be sent.
             self._prediction_dropped.inc()
             return
+        # The events leave later, from a timer: the request's own span is taken now.
+        context = _span_context() if self._traced else _NO_CONTEXT
         pending = self._pending
         pending.append(
-            (request_id, received_at, latency_s, status, input_value, output, error, trace_id)
-        )
+            (request_id, received_at, latency_s, status, input_value, output, error, trace_id,
+             context)
+        )  # fmt: skip
         if len(pending) >= BATCH_MAX:
             self._hand_over()
         elif self._handover is None:
@@ -146,7 +155,8 @@ class ReplicaEvents:
             input_value,
             output,
             error,
-            trace,
+            trace_id,
+            context,
         ) in pending:
             if publisher is None:
                 dropped += 1
@@ -165,13 +175,13 @@ class ReplicaEvents:
                     status=status,
                     latency_ms=latency_s * 1000.0,
                     received_at=datetime.fromtimestamp(received_at, UTC),
-                    trace_id=trace,
+                    trace_id=trace_id,
                 )
             except ValueError as exc:  # a value the event refuses must not stop the others
                 log.warning("prediction %s not logged: %s", request_id, exc)
                 dropped += 1
                 continue
-            if publisher.publish(event):
+            if publisher.publish(event, context=context):
                 published += 1
             else:
                 dropped += 1
@@ -251,6 +261,14 @@ def loggable_bytes(value: bytes | bytearray) -> str:
 def too_large(what: str, size: int, limit: int) -> str:
     """The note logged instead of an input or output larger than ``log_max_bytes``."""
     return f"[{what} of {size} bytes not logged: over log_max_bytes ({limit})]"
+
+
+def _span_context() -> dict[str, str]:
+    """The current span as a W3C ``traceparent`` header; empty without a valid span."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return _NO_CONTEXT
+    return {"traceparent": f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"}
 
 
 def _valid_slug(endpoint: str) -> bool:
