@@ -33,9 +33,16 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
-from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM, decode_message, pack_size
-from cormorant.common.db import PredictionRow, insert_predictions
-from cormorant.common.events import Event, EventDecodeError, MetricLogged, PredictionLogged
+from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM, pack_size, unpack
+from cormorant.common.db import PredictionRow, copy_predictions, insert_predictions
+from cormorant.common.events import (
+    EVENT_TYPE_HEADER,
+    Event,
+    EventDecodeError,
+    MetricLogged,
+    PredictionLogged,
+    decode,
+)
 from cormorant.common.telemetry import extract_context
 from cormorant.predictlog import database
 from cormorant.predictlog.database import (
@@ -46,6 +53,7 @@ from cormorant.predictlog.database import (
 )
 from cormorant.predictlog.monitoring import IngestMetrics
 from cormorant.predictlog.pull import BatchPull
+from cormorant.predictlog.reading import LoggedPrediction, read_prediction
 from cormorant.predictlog.settings import PredictLogSettings
 
 log = logging.getLogger(__name__)
@@ -197,6 +205,13 @@ class StreamIngest(Generic[Row]):
 
     # -- what each stream defines
 
+    def read(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        """The event of one message body; ``EventDecodeError`` if not one of this stream's."""
+        event = decode(body, headers)
+        if not isinstance(event, self.event_class):
+            raise EventDecodeError(f"a {event.event_type} event on the {self.stream} stream")
+        return event
+
     def row(self, event: Any, endpoint_id: uuid.UUID) -> Row | None:
         """The row of an event, or None if the event cannot be stored (it is given up)."""
         raise NotImplementedError
@@ -292,25 +307,22 @@ class StreamIngest(Generic[Row]):
             batch.sizes.append(size)
             self.stats.delivered += size
             try:
-                items = decode_message(msg.data, msg.headers)
+                items = unpack(msg.data, msg.headers)
             except EventDecodeError as exc:
                 # What cannot be decoded now never will be: no redelivery.
                 self.stats.undecodable += size
                 self._dropped("undecodable", str(exc), size)
                 batch.given_up[index] = size
                 continue
-            for event, headers in items:
-                if isinstance(event, self.event_class):
-                    batch.events.append((index, event, headers))
+            for body, headers in items:
+                try:
+                    event = self.read(body, headers)
+                except EventDecodeError as exc:
+                    self.stats.undecodable += 1
+                    self._dropped("undecodable", str(exc))
+                    batch.given_up[index] = batch.given_up.get(index, 0) + 1
                     continue
-                problem = (
-                    str(event)
-                    if isinstance(event, EventDecodeError)
-                    else f"a {event.event_type} event on the {self.stream} stream"
-                )
-                self.stats.undecodable += 1
-                self._dropped("undecodable", problem)
-                batch.given_up[index] = batch.given_up.get(index, 0) + 1
+                batch.events.append((index, event, headers))
 
     async def _write_traced(self, batch: _Batch) -> None:
         assert self._tracer is not None
@@ -532,7 +544,17 @@ class PredictionIngest(StreamIngest[PredictionRow]):
     table = "predictions"
     event_class = PredictionLogged
 
-    def row(self, event: PredictionLogged, endpoint_id: uuid.UUID) -> PredictionRow:
+    def read(self, body: bytes, headers: Mapping[str, str]) -> Any:
+        """The prediction, read by ``read_prediction`` when it has the usual shape."""
+        if headers.get(EVENT_TYPE_HEADER) == PredictionLogged.event_type:
+            quick = read_prediction(body)
+            if quick is not None:
+                return quick
+        return super().read(body, headers)
+
+    def row(
+        self, event: PredictionLogged | LoggedPrediction, endpoint_id: uuid.UUID
+    ) -> PredictionRow:
         """The ``predictions`` row of the event."""
         latency = event.latency_ms
         return PredictionRow(
@@ -549,8 +571,15 @@ class PredictionIngest(StreamIngest[PredictionRow]):
         )
 
     async def insert(self, conn: asyncpg.Connection, rows: Sequence[PredictionRow]) -> int:
-        """COPY through the session's staging table, skipping requests already stored."""
-        return await insert_predictions(conn, rows)
+        """COPY straight into ``predictions``; if a request is stored already (a
+        redelivery), through the staging table instead, skipping what is stored."""
+        try:
+            # Nearly always none is: a straight COPY costs PostgreSQL 35 % less per row than
+            # staging and INSERT ... ON CONFLICT (~7 against ~11 µs at 200 rows a batch).
+            async with conn.transaction():
+                return await copy_predictions(conn, rows)
+        except asyncpg.UniqueViolationError:
+            return await insert_predictions(conn, rows)
 
 
 MetricRecord = tuple[str, uuid.UUID, int | None, str, float, str | None, datetime]
