@@ -30,6 +30,7 @@ from cormorant.common.bus import (
     connect,
     decode_all,
     ensure_streams,
+    prediction_body,
     stream_specs,
 )
 from cormorant.common.bus.packing import header_line, pack
@@ -688,3 +689,33 @@ async def test_100k_packed_events_exactly_once_across_a_server_kill(
     # Exactly once in the stream: a pack re-sent after the kill was de-duplicated.
     assert len(events) == N_EVENTS
     assert sorted(e.request_id for e in events) == sorted(f"req-{i}" for i in range(N_EVENTS))
+
+
+@pytest.mark.parametrize(
+    ("input_value", "output"),
+    [
+        ([[5.1, 3.5], {"text": "é\u0000"}], {"label": "setosa"}),
+        (10**30, None),  # past orjson's 64 bits: written by the model
+        ("text", float("nan")),  # NaN as the model writes it: null
+    ],
+)
+def test_prediction_body_is_the_models_body(input_value: object, output: object) -> None:
+    fields = {
+        "event_id": "e" * 32, "occurred_at": datetime.now(UTC), "request_id": "req-1",
+        "endpoint": "iris", "endpoint_id": None, "version": "3", "input": input_value,
+        "output": output, "error": None, "status": 200, "latency_ms": 1.5,
+        "received_at": datetime(2026, 11, 25, 10, 0, tzinfo=UTC), "trace_id": "t" * 32,
+    }  # fmt: skip
+    body = prediction_body(**fields)  # type: ignore[arg-type]
+    assert PredictionLogged.model_validate_json(body) == PredictionLogged.model_validate_json(
+        PredictionLogged(**fields).encode()  # type: ignore[arg-type]
+    )
+
+
+def test_prediction_body_refuses_what_is_not_json() -> None:
+    with pytest.raises(ValueError, match="input"):
+        prediction_body(
+            event_id="e", occurred_at=datetime.now(UTC), request_id="r", endpoint="iris",
+            endpoint_id=None, version="1", input=object(), output=None, error=None, status=200,
+            latency_ms=0.0, received_at=datetime.now(UTC), trace_id=None,
+        )  # fmt: skip

@@ -55,6 +55,7 @@ how long one hand-over holds the event loop (about 5 µs per event)."""
 # input, output, error, trace id, trace context (NATS headers).
 _Pending = tuple[str, float, float, int, Any, Any, str | None, str | None, dict[str, str]]
 _NO_CONTEXT: dict[str, str] = {}
+_PREDICTION = PredictionLogged.event_type
 
 
 class ReplicaEvents:
@@ -83,6 +84,7 @@ class ReplicaEvents:
         self._endpoint = settings.endpoint
         self._endpoint_id = settings.endpoint_id
         self._version = settings.version
+        self._subject = f"{PredictionLogged.subject_prefix}.{settings.endpoint}"
 
     async def __aenter__(self) -> ReplicaEvents:
         self._loop = asyncio.get_running_loop()
@@ -146,6 +148,7 @@ class ReplicaEvents:
         publisher = self.publisher
         published = dropped = 0
         endpoint, endpoint_id, version = self._endpoint, self._endpoint_id, self._version
+        subject = self._subject
         now = datetime.now(UTC)
         for (
             request_id,
@@ -161,9 +164,11 @@ class ReplicaEvents:
             if publisher is None:
                 dropped += 1
                 continue
+            event_id = f"{getrandbits(128):032x}"
             try:
-                event = PredictionLogged(
-                    event_id=f"{getrandbits(128):032x}",
+                # The endpoint was checked as a slug at start; the rest is built by the request.
+                body = bus.prediction_body(
+                    event_id=event_id,
                     occurred_at=now,
                     request_id=request_id,
                     endpoint=endpoint,
@@ -181,7 +186,7 @@ class ReplicaEvents:
                 log.warning("prediction %s not logged: %s", request_id, exc)
                 dropped += 1
                 continue
-            if publisher.publish(event, context=context):
+            if publisher.publish_encoded(subject, _PREDICTION, event_id, body, context=context):
                 published += 1
             else:
                 dropped += 1

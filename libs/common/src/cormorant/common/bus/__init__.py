@@ -23,6 +23,7 @@ from cormorant.common.bus.packing import (
     pack_size,
     unpack,
 )
+from cormorant.common.bus.predictions import prediction_body
 from cormorant.common.bus.publisher import PACK_EVENTS, BatchedPublisher, PublisherStats
 from cormorant.common.bus.replica import reachable, replica_publisher
 from cormorant.common.bus.streams import (
@@ -57,6 +58,7 @@ __all__ = [
     "ensure_streams",
     "is_pack",
     "pack_size",
+    "prediction_body",
     "reachable",
     "replica_publisher",
     "stream_specs",

@@ -3,9 +3,10 @@
 A pack is a JetStream message with three headers: ``Cormorant-Event`` (the type of every
 event inside), ``Cormorant-Pack`` (how many events it carries) and ``Nats-Msg-Id`` (derived
 from the event ids, so a re-sent pack is de-duplicated like a re-sent event). Its body is,
-for each event, one line with the event's own headers as a JSON object (event type, event
-id, W3C trace context) and one line with the event's JSON body. Neither line can hold a
-raw newline: both are compact JSON, which escapes control characters.
+for each event, one line with the event's own headers but the type and id (its W3C trace
+context) as a JSON object, empty when there are none, and one line with the event's JSON
+body (which holds its id). Neither line can hold a raw newline: both are compact JSON, which
+escapes control characters.
 
 Every consumer reads messages through ``unpack`` (or ``decode_message``), so a plain
 one-event message and a pack are handled alike: a pack's events keep their own ids and
@@ -64,8 +65,12 @@ def pack_id(event_ids: Iterable[str]) -> str:
 
 
 def header_line(headers: Mapping[str, str]) -> bytes:
-    """An event's headers as the line that precedes its body in a pack."""
-    return orjson.dumps(headers)
+    """An event's headers as the line that precedes its body in a pack (the type and id are
+    the pack's and the body's already)."""
+    if len(headers) <= 2 and EVENT_TYPE_HEADER in headers:
+        return b""  # nothing but the type and, as a rule, the id
+    own = {k: v for k, v in headers.items() if k != EVENT_TYPE_HEADER and k != MSG_ID_HEADER}
+    return orjson.dumps(own) if own else b""
 
 
 def pack(
@@ -99,15 +104,20 @@ def unpack(data: bytes, headers: Mapping[str, str] | None) -> list[tuple[bytes, 
             f"malformed pack: {len(lines) // 2} event(s) where the header says {expected}",
             event_type=headers.get(EVENT_TYPE_HEADER),
         )
+    base = {EVENT_TYPE_HEADER: headers.get(EVENT_TYPE_HEADER, "")}
     out: list[tuple[bytes, Mapping[str, str]]] = []
     for at in range(0, 2 * expected, 2):
+        line = lines[at]
+        if not line:
+            out.append((lines[at + 1], base))  # shared: nobody writes to these headers
+            continue
         try:
-            own = orjson.loads(lines[at])
+            own = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise EventDecodeError(f"malformed pack: unreadable event headers ({exc})") from exc
         if not isinstance(own, dict):
             raise EventDecodeError("malformed pack: event headers are not an object")
-        out.append((lines[at + 1], own))
+        out.append((lines[at + 1], base | own))
     return out
 
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from cormorant.common.bus import packing
 from cormorant.common.bus._metrics import collector_for
 from cormorant.common.bus._support import Throttled, backoff
-from cormorant.common.events import MSG_ID_HEADER, Event
+from cormorant.common.events import EVENT_TYPE_HEADER, MSG_ID_HEADER, Event
 from cormorant.common.telemetry import inject_context
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,15 @@ class _Outgoing:
     deadline: float = 0.0
     members: list[_Outgoing] | None = None
     """The events of a pack, sent one by one should the pack be refused as too large."""
+
+
+def _add_context(headers: dict[str, str], context: Mapping[str, str] | None) -> None:
+    """The given trace context, else the current span's, into an event's headers."""
+    if context is not None:
+        headers.update(context)
+    elif trace.get_current_span().get_span_context().is_valid:
+        # Checked first: the propagators cost more than the rest of the event's headers.
+        inject_context(headers)
 
 
 class BatchedPublisher:
@@ -190,6 +199,30 @@ class BatchedPublisher:
         self._enqueue(item)
         return True
 
+    def publish_encoded(
+        self,
+        subject: str,
+        event_type: str,
+        event_id: str,
+        payload: bytes,
+        *,
+        context: Mapping[str, str] | None = None,
+    ) -> bool:
+        """``publish`` for an event already encoded: its subject, type, id and JSON body.
+
+        For hot paths that write the body themselves (``prediction_body``).
+        """
+        if self._closed:
+            self._drop(1, "closed")
+            return False
+        if self._pending >= self._max_buffer:
+            self._drop(1, "buffer_full")
+            return False
+        headers = {EVENT_TYPE_HEADER: event_type, MSG_ID_HEADER: event_id}
+        _add_context(headers, context)
+        self._enqueue(_Outgoing(subject, payload, headers, event_type, event_id))
+        return True
+
     def publish_threadsafe(self, event: Event, *, context: Mapping[str, str] | None = None) -> bool:
         """``publish`` from another thread: encodes here, queues on the loop.
 
@@ -257,11 +290,7 @@ class BatchedPublisher:
     @staticmethod
     def _prepare(event: Event, context: Mapping[str, str] | None) -> _Outgoing:
         headers = event.headers()
-        if context is not None:
-            headers.update(context)
-        elif trace.get_current_span().get_span_context().is_valid:
-            # Checked first: the propagators cost more than the rest of the event's headers.
-            inject_context(headers)
+        _add_context(headers, context)
         return _Outgoing(event.subject, event.encode(), headers, event.event_type, event.event_id)
 
     def _offer(self, item: _Outgoing) -> None:
