@@ -8,15 +8,16 @@ connection is made in the background at start-up and retried until NATS answers:
 the replica serves all the same and counts what it could not publish as dropped.
 
 A prediction's request only appends its values to a list; the events are built and handed to
-the publisher together, up to ``BATCH_DELAY_S`` later or once ``BATCH_MAX`` are waiting.
-Each hand-over wakes the publisher, the NATS client's flusher and its ack reader once,
-whatever its size: at 4,000 predictions/s, handing over every 5 ms (20 events at a time) cost
-the worker 45-60 µs per prediction and nats-server 25 µs per event; every 50 ms, 10-25 µs and
-10 µs (``bench/logging_overhead.py``). The events stay in memory a little longer:
-they are handed over (and flushed) when the replica stops, lost only if it is killed. The
-publisher then sends the events of a hand-over as packs (one NATS message and one ack for up to
-``bus.PACK_EVENTS`` events); each event keeps its own trace context, taken from the request's
-span when the replica traces.
+the publisher together, up to ``BATCH_DELAY_S`` later or once ``BATCH_MAX`` are waiting, and
+leave as one pack (one NATS message and one ack for up to ``bus.PACK_EVENTS`` events). What
+each hand-over costs does not depend on its size: the worker's publisher, its NATS client's
+flusher and ack reader wake once, and nats-server spends 0.3-1 ms of CPU per message stored and
+delivered (goroutine wake-ups, mostly). Handed over every 5 ms at 4,000 predictions/s,
+logging cost the worker 45-60 µs per prediction and nats-server 25 µs; every 50 ms, 10-25 µs
+and 10 µs (one event per message, before packs); every 200 ms and packed, about 10 µs and 3 µs
+(``bench/logging_overhead.py``). The events stay in memory a little longer: they are handed
+over (and flushed) when the replica stops, lost only if it is killed. Each event keeps its own
+trace context, taken from the request's span when the replica traces.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ log = logging.getLogger(__name__)
 PUBLISHER_NAME = "replica-events"
 """The ``publisher`` label of the replica's publisher in ``cormorant_publisher_*`` metrics."""
 
-BATCH_DELAY_S = 0.05
+BATCH_DELAY_S = 0.2
 """Longest wait of a logged prediction before it is handed to the publisher."""
-BATCH_MAX = 256
-"""Logged predictions handed over at once without waiting for ``BATCH_DELAY_S``; it bounds
-how long one hand-over holds the event loop (about 5 µs per event)."""
+BATCH_MAX = 1024
+"""Logged predictions handed over at once without waiting for ``BATCH_DELAY_S``, one pack's
+worth; it bounds how long one hand-over holds the event loop (about 2 µs per event)."""
 
 # What a request leaves for its event: request id, received at (POSIX), latency (s), status,
 # input, output, error, trace id, trace context (NATS headers).

@@ -27,8 +27,11 @@ from cormorant.common.telemetry import inject_context
 
 log = logging.getLogger(__name__)
 
-PACK_EVENTS = 256
-"""The ``max_pack`` of the prediction and metric publishers: one message per 256 events."""
+PACK_EVENTS = 1024
+"""The ``max_pack`` of the prediction and metric publishers: up to 1,024 events a message.
+
+nats-server spends 0.3-1 ms of CPU per message (wake-ups) against ~2 µs per event's bytes,
+so the fewer messages the better, up to ``max_pack_bytes``."""
 
 
 @dataclass(slots=True)
@@ -102,7 +105,7 @@ class BatchedPublisher:
         max_buffer: int = 100_000,
         max_in_flight: int = 1_000,
         max_pack: int = 1,
-        max_pack_bytes: int = 512 * 1024,
+        max_pack_bytes: int = 768 * 1024,
         ack_timeout: float = 5.0,
         retry_backoff: float = 0.1,
         max_retry_backoff: float = 5.0,
