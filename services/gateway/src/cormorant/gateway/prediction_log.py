@@ -162,6 +162,18 @@ class PredictionLog:
         return document
 
 
+def log_fields(
+    request_id: bytes, trace_headers: list[tuple[bytes, bytes]] | None
+) -> dict[str, str]:
+    """A predict request's ids for a log line (JSON logs carry them as fields); the trace id
+    is the client's, when it sent a ``traceparent`` (a traced gateway's span has it too)."""
+    fields = {"request_id": request_id.decode("latin-1")}
+    trace_id = _trace_id(trace_headers)
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    return fields
+
+
 def _message(error: BaseException) -> str:
     return error.message if isinstance(error, CormorantError) else str(error)
 

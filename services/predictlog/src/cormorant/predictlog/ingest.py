@@ -162,6 +162,7 @@ class StreamIngest(Generic[Row]):
         max_ack_pending: int,
         retry_backoff: float = 0.1,
         max_retry_backoff: float = 5.0,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.stream = stream
         self.durable = durable
@@ -187,7 +188,10 @@ class StreamIngest(Generic[Row]):
             max_ack_pending=max_ack_pending,
             deliver_policy=DeliverPolicy.ALL,
         )
-        self._tracer = trace.get_tracer(__name__) if settings.otlp_endpoint else None
+        if tracer is None and settings.otlp_endpoint:
+            tracer = trace.get_tracer(__name__)
+        self._tracer = tracer
+        """Traces each batch (linked to its events' requests) when set."""
         self._conn: asyncpg.Connection | None = None
         self._ids: dict[str, uuid.UUID | None] = {}
         self._stopping = asyncio.Event()
