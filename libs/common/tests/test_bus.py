@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from cormorant.common.bus import (
     EVENTS_STREAM,
     METRICS_STREAM,
+    PACK_HEADER,
     PREDICTIONS_STREAM,
     STREAMS,
     BatchedPublisher,
@@ -27,9 +28,12 @@ from cormorant.common.bus import (
     Delivery,
     close,
     connect,
+    decode_all,
     ensure_streams,
+    prediction_body,
     stream_specs,
 )
+from cormorant.common.bus.packing import header_line, pack
 from cormorant.common.events import (
     EVENT_TYPE_HEADER,
     MSG_ID_HEADER,
@@ -516,3 +520,202 @@ async def test_stop_mid_batch_hands_messages_back(js: JetStreamContext) -> None:
         await wait_until(lambda: redelivered == [2], within=10, what="the handed-back event")
     finally:
         await second.stop()
+
+
+# --------------------------------------------------------------------------- packs
+
+
+async def stored_events(js: JetStreamContext, stream: str) -> list[PredictionLogged]:
+    """Every event the stream holds, packs unpacked, in stream order."""
+    info = await js.stream_info(stream)
+    events: list[PredictionLogged] = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        stored = await js.get_msg(stream, seq)
+        for event in decode_all(stored.data or b"", stored.headers):
+            assert isinstance(event, PredictionLogged)
+            events.append(event)
+    return events
+
+
+async def test_events_queued_together_leave_as_one_pack(js: JetStreamContext) -> None:
+    tracer = TracerProvider().get_tracer("test")  # not installed globally
+    registry = new_registry()
+    publisher = BatchedPublisher(js, name="packer", max_pack=256, registry=registry)
+    sent = [prediction(i) for i in range(600)]
+    trace_ids: dict[str, str] = {}
+    for event in sent:  # queued before the drain runs: they leave together
+        with tracer.start_as_current_span("request") as span:
+            trace_ids[event.event_id] = format(span.get_span_context().trace_id, "032x")
+            assert publisher.publish(event)
+    await publisher.start()
+    assert await publisher.flush(timeout=10)
+    assert await publisher.stop() == 0
+
+    stats = publisher.stats
+    assert (stats.published, stats.messages, stats.dropped) == (600, 3, 0)
+    assert sample(registry, "cormorant_publisher_messages_total", publisher="packer") == 3
+    info = await js.stream_info(PREDICTIONS_STREAM)
+    assert info.state.messages == 3
+    first = await js.get_msg(PREDICTIONS_STREAM, info.state.first_seq)
+    assert first.headers is not None
+    assert first.headers[PACK_HEADER] == "256"
+    assert first.headers[EVENT_TYPE_HEADER] == "PredictionLogged"
+    assert [e.event_id for e in await stored_events(js, PREDICTIONS_STREAM)] == [
+        e.event_id for e in sent
+    ]
+
+    seen: dict[str, str] = {}
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            context = trace.get_current_span(delivery.trace_context()).get_span_context()
+            seen[delivery.event.event_id] = format(context.trace_id, "032x")
+
+    consumer = Consumer(
+        js, stream=PREDICTIONS_STREAM, durable="unpacker", handler=handler,
+        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.stats.acked == 600, within=10, what="600 acks")
+        pending = (await js.consumer_info(PREDICTIONS_STREAM, "unpacker")).num_ack_pending
+    finally:
+        await consumer.stop()
+    assert seen == trace_ids  # every event keeps its own request's trace
+    assert pending == 0
+
+
+async def test_a_nak_in_a_pack_redelivers_the_pack(js: JetStreamContext) -> None:
+    seen: list[tuple[float, int]] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            assert isinstance(delivery.event, MetricLogged)
+            seen.append((delivery.event.value, delivery.num_delivered))
+            if delivery.event.value == 2 and delivery.num_delivered == 1:
+                await delivery.nak(delay=0.01)
+
+    publisher = BatchedPublisher(js, name="nak-pack", max_pack=16)
+    for value in (1, 2, 3):
+        publisher.publish(metric(value))
+    await publisher.start()
+    assert await publisher.stop() == 0
+    assert publisher.stats.messages == 1
+    consumer = Consumer(
+        js, stream=METRICS_STREAM, durable="nak-pack", handler=handler, ack_wait=30,
+        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(seen) == 6, within=10, what="the pack twice")
+        await wait_until(lambda: consumer.stats.acked == 5, within=10, what="the acks")
+        info = await js.consumer_info(METRICS_STREAM, "nak-pack")
+    finally:
+        await consumer.stop()
+    # The whole pack came back (handlers are idempotent), and was acked the second time.
+    assert sorted(seen) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+    assert info.num_ack_pending == 0
+
+
+async def test_an_undecodable_event_costs_only_itself(js: JetStreamContext) -> None:
+    good = [prediction(i) for i in range(3)]
+    lines = [(header_line(e.headers()), e.encode()) for e in good]
+    lines.insert(1, (header_line({EVENT_TYPE_HEADER: "PredictionLogged"}), b'{"garbage": 1}'))
+    payload, headers = pack("PredictionLogged", lines, ["a", "b", "c", "d"])
+    await js.publish(good[0].subject, payload, headers=headers)
+    await js.publish(good[0].subject, b"not a pack", headers={**headers, MSG_ID_HEADER: "x"})
+    got: list[str] = []
+
+    async def handler(batch: list[Delivery]) -> None:
+        got.extend(d.event.event_id for d in batch)
+
+    consumer = Consumer(
+        js, stream=PREDICTIONS_STREAM, durable="half-good", handler=handler,
+        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.stats.undecodable == 5, within=10, what="the bad ones")
+        await wait_until(lambda: got == [e.event_id for e in good], within=10, what="the rest")
+        await wait_until(lambda: consumer.stats.acked == 3, within=10, what="the acks")
+        info = await js.consumer_info(PREDICTIONS_STREAM, "half-good")
+    finally:
+        await consumer.stop()
+    assert info.num_ack_pending == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_100k_packed_events_exactly_once_across_a_server_kill(
+    nats_server: NatsServer,
+) -> None:
+    """Packs re-sent after a server kill are de-duplicated like single events."""
+    pub_nc = await connect(nats_server.url, name="pack-publisher")
+    publisher = BatchedPublisher(pub_nc, name="packed", max_buffer=N_EVENTS, max_pack=256,
+                                 ack_timeout=2.0)  # fmt: skip
+
+    async def produce() -> None:
+        for i in range(N_EVENTS):
+            assert publisher.publish(prediction(i))
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # like a request path: publish between other work
+
+    await ensure_streams(pub_nc.jetstream())
+    await publisher.start()
+    try:
+        producer = asyncio.create_task(produce())
+        await wait_until(
+            lambda: publisher.stats.published >= N_EVENTS // 3, within=30, what="a third acked"
+        )
+        at_kill = publisher.stats
+        await asyncio.to_thread(nats_server.kill)
+        await asyncio.to_thread(nats_server.start)
+        await producer
+        assert await publisher.flush(timeout=45), f"not flushed: {publisher.stats}"
+    finally:
+        remaining = await publisher.stop(timeout=5)
+        await close(pub_nc)
+    nc = await connect(nats_server.url, name="pack-audit")
+    try:
+        events = await stored_events(nc.jetstream(), PREDICTIONS_STREAM)
+    finally:
+        await close(nc)
+    stats = publisher.stats
+    print(f"\n100k packed: at kill {at_kill}; publisher {stats}")
+    assert remaining == 0
+    assert at_kill.pending > 0, "the kill must happen mid-stream"
+    assert (stats.published, stats.dropped) == (N_EVENTS, 0)
+    assert stats.messages < N_EVENTS // 50  # packs, not single events
+    # Exactly once in the stream: a pack re-sent after the kill was de-duplicated.
+    assert len(events) == N_EVENTS
+    assert sorted(e.request_id for e in events) == sorted(f"req-{i}" for i in range(N_EVENTS))
+
+
+@pytest.mark.parametrize(
+    ("input_value", "output"),
+    [
+        ([[5.1, 3.5], {"text": "é\u0000"}], {"label": "setosa"}),
+        (10**30, None),  # past orjson's 64 bits: written by the model
+        ("text", float("nan")),  # NaN as the model writes it: null
+    ],
+)
+def test_prediction_body_is_the_models_body(input_value: object, output: object) -> None:
+    fields = {
+        "event_id": "e" * 32, "occurred_at": datetime.now(UTC), "request_id": "req-1",
+        "endpoint": "iris", "endpoint_id": None, "version": "3", "input": input_value,
+        "output": output, "error": None, "status": 200, "latency_ms": 1.5,
+        "received_at": datetime(2026, 11, 25, 10, 0, tzinfo=UTC), "trace_id": "t" * 32,
+    }  # fmt: skip
+    body = prediction_body(**fields)  # type: ignore[arg-type]
+    assert PredictionLogged.model_validate_json(body) == PredictionLogged.model_validate_json(
+        PredictionLogged(**fields).encode()  # type: ignore[arg-type]
+    )
+
+
+def test_prediction_body_refuses_what_is_not_json() -> None:
+    with pytest.raises(ValueError, match="input"):
+        prediction_body(
+            event_id="e", occurred_at=datetime.now(UTC), request_id="r", endpoint="iris",
+            endpoint_id=None, version="1", input=object(), output=None, error=None, status=200,
+            latency_ms=0.0, received_at=datetime.now(UTC), trace_id=None,
+        )  # fmt: skip

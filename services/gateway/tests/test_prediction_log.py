@@ -13,8 +13,8 @@ import nats
 from gateway_testkit import Gateway, eventually, free_port
 from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM
-from cormorant.common.events import PredictionLogged, decode
+from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
+from cormorant.common.events import Event, PredictionLogged
 from cormorant.gateway.prediction_log import NO_VERSION
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -27,10 +27,11 @@ async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
         sub = await nc.jetstream().pull_subscribe(
             PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM
         )
-        messages: list[Msg] = []
+        events: list[Event] = []
         async with asyncio.timeout(10):
-            while len(messages) < expected:
-                messages += await sub.fetch(expected - len(messages), timeout=10)
+            while len(events) < expected:
+                messages: list[Msg] = await sub.fetch(1, timeout=10)
+                events += decode_all(messages[0].data, messages[0].headers)  # packs unpacked
         try:
             extra = await sub.fetch(1, timeout=0.3)
         except nats.errors.TimeoutError:
@@ -38,7 +39,7 @@ async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
         assert not extra, f"more events than expected: {[m.data for m in extra]}"
     finally:
         await nc.close()
-    events = [decode(m.data, m.headers) for m in messages]
+    assert len(events) == expected, f"{len(events)} events, expected {expected}"
     assert all(isinstance(event, PredictionLogged) for event in events)
     return [event for event in events if isinstance(event, PredictionLogged)]
 

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from nats.aio.msg import Msg
 
 from cormorant.common import bus
-from cormorant.common.events import PredictionLogged, decode
+from cormorant.common.events import PredictionLogged
 from cormorant.kafka_bridge.consume import BatchConsumer
 from cormorant.kafka_bridge.replica import Phase, Replica
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
@@ -195,9 +195,9 @@ async def test_every_prediction_is_logged_on_nats(stream: Stream, nats_url: str)
     events: list[PredictionLogged] = []
 
     async def collect(msg: Msg) -> None:
-        event = decode(msg.data, msg.headers)
-        assert isinstance(event, PredictionLogged)
-        events.append(event)
+        for event in bus.decode_all(msg.data, msg.headers):  # a pack carries several
+            assert isinstance(event, PredictionLogged)
+            events.append(event)
 
     await client.subscribe(PredictionLogged.subject_filter("orders"), cb=collect)
     env = {"CORMORANT_NATS_URL": nats_url, "CORMORANT_KAFKA_BRIDGE_PUBLISH_PREDICTIONS": "true"}

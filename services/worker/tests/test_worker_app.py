@@ -16,7 +16,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from cormorant.common.events import MetricLogged, decode
+from cormorant.common.bus import decode_all
+from cormorant.common.events import MetricLogged
 from cormorant.common.predictor import Predictor
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
@@ -205,9 +206,9 @@ async def test_logged_metrics_are_published_to_nats(nats_url: str) -> None:
     received: asyncio.Queue[MetricLogged] = asyncio.Queue()
 
     async def on_message(msg: Any) -> None:
-        event = decode(msg.data, msg.headers)
-        assert isinstance(event, MetricLogged)
-        await received.put(event)
+        for event in decode_all(msg.data, msg.headers):  # a pack carries several
+            assert isinstance(event, MetricLogged)
+            await received.put(event)
 
     await nc.subscribe("cormorant.metrics.>", cb=on_message)
     worker_settings = settings(publish_metrics=True, nats_url=nats_url, version="7")

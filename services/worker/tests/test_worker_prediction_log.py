@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,9 +22,10 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM
-from cormorant.common.events import PredictionLogged, decode
+from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
+from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.predictor import Predictor
+from cormorant.common.telemetry import JsonFormatter
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
 
@@ -72,16 +75,17 @@ async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM)
-        messages: list[Msg] = []
+        events: list[Event] = []
         async with asyncio.timeout(10):
-            while len(messages) < expected:
-                messages += await sub.fetch(expected - len(messages), timeout=10)
+            while len(events) < expected:
+                messages: list[Msg] = await sub.fetch(1, timeout=10)
+                events += decode_all(messages[0].data, messages[0].headers)  # packs unpacked
         try:
             extra = await sub.fetch(1, timeout=0.3)
         except nats.errors.TimeoutError:
             extra = []
         assert not extra, f"more events than expected: {[m.data for m in extra]}"
-        events = [decode(m.data, m.headers) for m in messages]
+        assert len(events) == expected, f"{len(events)} events, expected {expected}"
     finally:
         await nc.close()
     assert all(isinstance(event, PredictionLogged) for event in events)
@@ -198,3 +202,25 @@ async def test_without_nats_predictions_succeed_and_the_drops_are_counted(
         "cormorant_worker_logged_predictions_total", {"outcome": "dropped"}
     )
     assert dropped == 4
+
+
+async def test_a_failures_log_line_carries_request_and_trace_ids(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The JSON log line of a failed prediction names its request and its trace."""
+    app = create_app(worker_settings(nats_url, log_predictions=False), Predictor(model), threads=1)
+    caplog.set_level(logging.WARNING, logger="cormorant.worker")
+    async with serve(app) as client:
+        response = await client.post(
+            "/predict",
+            json={"input_params": ["raise", 1]},
+            headers={"X-Request-ID": "req-failed", "traceparent": TRACEPARENT},
+        )
+    assert response.status_code == 500
+    [record] = [r for r in caplog.records if r.getMessage().startswith("predict failed")]
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["request_id"], line["trace_id"], line["level"]) == (
+        "req-failed",
+        TRACE_ID,
+        "WARNING",
+    )

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from cormorant.common.errors import CormorantError
 from cormorant.gateway.errors import BodyTooLarge
-from cormorant.gateway.prediction_log import is_unanswered
+from cormorant.gateway.prediction_log import is_unanswered, log_fields
 from cormorant.gateway.proxy import Answer, PredictPath
 from cormorant.gateway.routing import Route
 
@@ -148,14 +148,16 @@ class PredictHandler:
             else:
                 # The head is gone with a length the body can no longer fill: only dropping
                 # the client's connection tells it the answer is incomplete.
-                log.warning("predict answer of %s broke off: %s", endpoint, exc.message)
+                log.warning("predict answer of %s broke off: %s", endpoint, exc.message,
+                            extra=log_fields(request_id, trace_headers))  # fmt: skip
                 self.path.finish(answer, exc)
                 answer = None
                 raise
         except ClientGone:
             status = CLIENT_GONE
         except Exception as exc:
-            log.exception("predict request of %r failed unexpectedly", slug)
+            log.exception("predict request of %r failed unexpectedly", slug,
+                          extra=log_fields(request_id, trace_headers))  # fmt: skip
             if answer is not None:
                 self.path.finish(answer)
                 answer = None

@@ -76,11 +76,15 @@ class PredictionLog:
             await bus.ensure_streams(nc.jetstream())
         except Exception as exc:  # the publisher retries until the stream exists
             log.warning("prediction log stream not checked: %s: %s", type(exc).__name__, exc)
+        # Failures come in bursts (a replica gone, a timeout): those queued together leave as
+        # one pack.
         try:
-            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME, registry=self._registry)
+            publisher = bus.BatchedPublisher(
+                nc, name=PUBLISHER_NAME, registry=self._registry, max_pack=bus.PACK_EVENTS
+            )
         except ValueError:
             # The publisher of a previous connection still reports under this name.
-            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME)
+            publisher = bus.BatchedPublisher(nc, name=PUBLISHER_NAME, max_pack=bus.PACK_EVENTS)
         await publisher.start()
         self.publisher = publisher
         try:
@@ -156,6 +160,18 @@ class PredictionLog:
         if isinstance(document, dict) and "input_params" in document:
             return document["input_params"]
         return document
+
+
+def log_fields(
+    request_id: bytes, trace_headers: list[tuple[bytes, bytes]] | None
+) -> dict[str, str]:
+    """A predict request's ids for a log line (JSON logs carry them as fields); the trace id
+    is the client's, when it sent a ``traceparent`` (a traced gateway's span has it too)."""
+    fields = {"request_id": request_id.decode("latin-1")}
+    trace_id = _trace_id(trace_headers)
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    return fields
 
 
 def _message(error: BaseException) -> str:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 
 from prometheus_client import CollectorRegistry
@@ -28,6 +28,8 @@ from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 
 log = logging.getLogger(__name__)
 
+_PREDICTION = PredictionLogged.event_type
+
 
 class PredictionLog:
     """Publishes one event per prediction (and metrics logged by predict code), if it can."""
@@ -39,6 +41,7 @@ class PredictionLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._resources = AsyncExitStack()
+        self._subject = f"{PredictionLogged.subject_prefix}.{settings.endpoint}"
         self._published = metrics.logged.labels(outcome="published")
         self._dropped = metrics.logged.labels(outcome="dropped")
 
@@ -78,10 +81,14 @@ class PredictionLog:
         if publisher is None:
             return
         try:
-            event = PredictionLogged(
+            # The endpoint is a slug (settings) and the rest is built here: orjson writes the
+            # body (see bus.prediction_body).
+            body = bus.prediction_body(
                 event_id=request_id,
+                occurred_at=datetime.now(UTC),
                 request_id=request_id,
                 endpoint=self.settings.endpoint,
+                endpoint_id=None,
                 version=self.settings.version,
                 input=logged_input(value),
                 output=logged_input(output) if isinstance(output, bytes) else output,
@@ -89,12 +96,14 @@ class PredictionLog:
                 status=500 if error is not None else 200,
                 latency_ms=latency_ms,
                 received_at=received_at,
+                trace_id=None,
             )
         except ValueError as exc:  # never let the log stop the stream
             log.warning("prediction %s not logged: %s", request_id, exc)
             self._dropped.inc()
             return
-        (self._published if publisher.publish(event) else self._dropped).inc()
+        sent = publisher.publish_encoded(self._subject, _PREDICTION, request_id, body)
+        (self._published if sent else self._dropped).inc()
 
     def metric(self, key: str, value: float) -> None:
         """The sink of ``Endpoint().log_metric`` in predict code; called on a predict thread."""

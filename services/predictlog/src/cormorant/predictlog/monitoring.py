@@ -80,13 +80,14 @@ class IngestMetrics:
         )
         self.consumer_pending = Gauge(
             "cormorant_predictlog_consumer_pending",
-            "Events in the stream not yet delivered to the consumer (sampled num_pending).",
+            "Messages in the stream not yet delivered to the consumer (sampled num_pending); "
+            "a message is one event or a pack of several.",
             ["stream"],
             registry=registry,
         )
         self.consumer_ack_pending = Gauge(
             "cormorant_predictlog_consumer_ack_pending",
-            "Events delivered and not yet acked (sampled num_ack_pending).",
+            "Messages delivered and not yet acked (sampled num_ack_pending).",
             ["stream"],
             registry=registry,
         )

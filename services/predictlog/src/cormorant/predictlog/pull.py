@@ -5,6 +5,9 @@ nats-py's ``PullSubscription.fetch`` awaits each message of a batch through
 one core before any work is done. ``BatchPull`` asks for a batch with one pull request on
 the same JetStream protocol (``$JS.API.CONSUMER.MSG.NEXT``) and gathers the replies in a
 subscription callback, waking the fetcher once.
+
+A batch is counted in events, not messages: a pack (``cormorant.common.bus.packing``) counts
+as the events it carries, so a batch of 2,000 is a few packs or 2,000 plain messages.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import deque
 from typing import Any
 
@@ -19,6 +23,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import APIError
+
+from cormorant.common.bus import PACK_EVENTS, pack_size
 
 JS_API = "$JS.API"
 
@@ -32,11 +38,18 @@ _FINISHED = frozenset({"404", "408", "409"})
 class _Inbox:
     """What JetStream delivers to our pull requests, gathered by a subscription callback."""
 
-    __slots__ = ("error", "ready", "request", "wake", "want")
+    __slots__ = ("asked", "error", "events", "got", "ready", "request", "wake", "want")
 
     def __init__(self) -> None:
         self.ready: deque[Msg] = deque()
+        self.events = 0
+        """Events carried by the messages in ``ready``."""
         self.want = 0
+        """Events to gather before waking the fetcher."""
+        self.asked = 0
+        """Messages asked for by the request being waited on."""
+        self.got = 0
+        """Messages received since the request being waited on was sent."""
         self.request = ""
         """Reply subject of the request being waited on; older requests' statuses are stale."""
         self.error: Msg | None = None
@@ -48,7 +61,11 @@ class _Inbox:
             # A message may answer an earlier request that timed out here: keep it all the
             # same, it was delivered to us and the next fetch hands it out.
             self.ready.append(msg)
-            if len(self.ready) >= self.want:
+            self.events += pack_size(msg.headers)
+            # Data messages carry their stream subject, not the request's: counted since the
+            # last request, which at worst wakes the fetcher a little early.
+            self.got += 1
+            if self.events >= self.want or self.got >= self.asked:
                 self.wake.set()
         elif status != _HEARTBEAT and msg.subject == self.request:
             if status not in _FINISHED:
@@ -68,6 +85,9 @@ class BatchPull:
         self._box = box
         self._next = next_subject
         self._seq = 0
+        # Events per message in the last batch, to size pull requests in messages; packs
+        # are assumed at first, so a backlog of packs is never asked for all at once.
+        self._per_message = float(PACK_EVENTS)
 
     @classmethod
     async def open(
@@ -88,21 +108,35 @@ class BatchPull:
         )
 
     async def fetch(self, batch: int, wait: float) -> list[Msg]:
-        """Up to ``batch`` messages: what is stored now, else the first to arrive within
-        ``wait`` seconds and whatever came with it; ``TimeoutError`` if none came."""
+        """Messages carrying about ``batch`` events: what is stored now, else the first to
+        arrive within ``wait`` seconds and whatever came with it; ``TimeoutError`` if none.
+
+        The last message handed out may carry the batch past ``batch`` (a pack is not split).
+        """
         box = self._box
-        if len(box.ready) < batch:
-            await self._pull(batch - len(box.ready), batch, wait, linger=False)
+        if box.events < batch:
+            await self._pull(self._messages_for(batch - box.events), batch, wait, linger=False)
         if not box.ready:
             # Nothing stored: one lingering request for a single message wakes us on the
             # next publish without leaving a request behind that would keep delivering.
             await self._pull(1, 1, wait, linger=True)
             if not box.ready:
                 raise TimeoutError
-            if len(box.ready) < batch:
-                await self._pull(batch - len(box.ready), batch, wait, linger=False)
-        count = min(batch, len(box.ready))
-        return [box.ready.popleft() for _ in range(count)]
+            if box.events < batch:
+                await self._pull(self._messages_for(batch - box.events), batch, wait,
+                                 linger=False)  # fmt: skip
+        msgs: list[Msg] = []
+        events = 0
+        while box.ready and events < batch:
+            msg = box.ready.popleft()
+            events += pack_size(msg.headers)
+            msgs.append(msg)
+        box.events -= events
+        self._per_message = max(1.0, events / len(msgs))
+        return msgs
+
+    def _messages_for(self, events: int) -> int:
+        return max(1, math.ceil(events / self._per_message))
 
     async def close(self) -> None:
         """Stop receiving, and hand back what was received but not handed out."""
@@ -112,12 +146,16 @@ class BatchPull:
             while self._box.ready:
                 await self._box.ready.popleft().nak()
         self._box.ready.clear()
+        self._box.events = 0
 
     async def _pull(self, count: int, want: int, wait: float, *, linger: bool) -> None:
+        """Ask for ``count`` messages; wait until ``want`` events arrived or the request ends."""
         box = self._box
         self._seq += 1
         box.request = f"{self._inbox}.{self._seq}"
         box.want = want
+        box.asked = count
+        box.got = 0
         box.error = None
         box.wake.clear()
         request: dict[str, Any] = {"batch": count}

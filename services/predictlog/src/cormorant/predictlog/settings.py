@@ -54,8 +54,9 @@ class PredictLogSettings(ServiceSettings):
     db_pool_size: int = Field(default=5, ge=1)
     """Connections of the API's pool (each ingest consumer has a connection of its own)."""
 
-    logs_max_limit: int = Field(default=500, ge=1)
-    """Largest page the logs API returns."""
+    logs_max_limit: int = Field(default=1_000, ge=1)
+    """Largest page the logs API returns (the SDK and ``cormorant logs --follow`` ask for
+    pages of up to 1,000)."""
 
     export_page_rows: int = Field(default=2_000, ge=1)
     """Rows read per query while streaming a CSV export; bounds the memory an export takes."""

@@ -76,11 +76,14 @@ class LogKit:
         return PredictionLogged(**(values | fields))
 
     async def publish(self, events: Iterable[Event], *, rate: float | None = None) -> int:
-        """Publish through a ``BatchedPublisher`` (at about ``rate``/s) and wait for the acks."""
+        """Publish through a packing ``BatchedPublisher`` (as replicas publish, at about
+        ``rate``/s) and wait for the acks."""
         nc = await bus.connect(self.nats_url, name="predictlog-test-publisher")
         try:
             await bus.ensure_streams(nc.jetstream())
-            publisher = bus.BatchedPublisher(nc, name="test", max_buffer=200_000)
+            publisher = bus.BatchedPublisher(
+                nc, name="test", max_buffer=200_000, max_pack=bus.PACK_EVENTS
+            )
             await publisher.start()
             started = time.monotonic()
             count = 0

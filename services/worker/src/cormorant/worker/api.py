@@ -139,11 +139,13 @@ class PredictHandler:
             status = exc.status_code
             error = _error_text(exc)
             if status >= 500:
-                log.warning("predict failed: %s", exc.message)
+                log.warning("predict failed: %s", exc.message,
+                            extra=_log_fields(request_id, traceparent))  # fmt: skip
             return _error_response(exc, request_id)
         except Exception as exc:
             error = _error_text(exc)
-            log.exception("predict request failed unexpectedly")
+            log.exception("predict request failed unexpectedly",
+                          extra=_log_fields(request_id, traceparent))  # fmt: skip
             return _error_response(CormorantError("the worker failed; see its logs"), request_id)
         except asyncio.CancelledError:
             status = CLIENT_GONE
@@ -223,13 +225,15 @@ class PredictHandler:
             status = exc.status_code
             error = _error_text(exc)
             finished = True
-            log.warning("predict stream failed: %s", exc.message)
+            log.warning("predict stream failed: %s", exc.message,
+                        extra=_log_fields(logged.request_id, logged.traceparent))  # fmt: skip
             yield encode(exc.to_body(), "error")
         except Exception as exc:
             status = 500
             error = _error_text(exc)
             finished = True
-            log.exception("predict stream failed unexpectedly")
+            log.exception("predict stream failed unexpectedly",
+                          extra=_log_fields(logged.request_id, logged.traceparent))  # fmt: skip
             yield encode(CormorantError("the worker failed; see its logs").to_body(), "error")
         finally:
             if not finished:
@@ -349,6 +353,15 @@ def _trace_id(traceparent: bytes | None) -> str | None:
     if match is None or match.group(1) == _NO_TRACE:
         return None
     return match.group(1).decode("ascii")
+
+
+def _log_fields(request_id: str, traceparent: bytes | None) -> dict[str, str]:
+    """The request's ids for a log line (JSON logs carry them as fields)."""
+    fields = {"request_id": request_id}
+    trace_id = _trace_id(traceparent)
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    return fields
 
 
 def _error_response(exc: CormorantError, request_id: str) -> Response:

@@ -8,12 +8,16 @@ connection is made in the background at start-up and retried until NATS answers:
 the replica serves all the same and counts what it could not publish as dropped.
 
 A prediction's request only appends its values to a list; the events are built and handed to
-the publisher together, up to ``BATCH_DELAY_S`` later or once ``BATCH_MAX`` are waiting.
-Each hand-over wakes the publisher, the NATS client's flusher and its ack reader once,
-whatever its size: at 4,000 predictions/s, handing over every 5 ms (20 events at a time) cost
-the worker 45-60 µs per prediction and nats-server 25 µs per event; every 50 ms, 10-25 µs and
-10 µs (``bench/logging_overhead.py``). The events stay in memory a little longer:
-they are handed over (and flushed) when the replica stops, lost only if it is killed.
+the publisher together, up to ``BATCH_DELAY_S`` later or once ``BATCH_MAX`` are waiting, and
+leave as one pack (one NATS message and one ack for up to ``bus.PACK_EVENTS`` events). What
+each hand-over costs does not depend on its size: the worker's publisher, its NATS client's
+flusher and ack reader wake once, and nats-server spends 0.3-1 ms of CPU per message stored and
+delivered (goroutine wake-ups, mostly). Handed over every 5 ms at 4,000 predictions/s,
+logging cost the worker 45-60 µs per prediction and nats-server 25 µs; every 50 ms, 10-25 µs
+and 10 µs (one event per message, before packs); every 200 ms and packed, about 10 µs and 3 µs
+(``bench/logging_overhead.py``). The events stay in memory a little longer: they are handed
+over (and flushed) when the replica stops, lost only if it is killed. Each event keeps its own
+trace context, taken from the request's span when the replica traces.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from random import getrandbits
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
@@ -41,15 +46,17 @@ log = logging.getLogger(__name__)
 PUBLISHER_NAME = "replica-events"
 """The ``publisher`` label of the replica's publisher in ``cormorant_publisher_*`` metrics."""
 
-BATCH_DELAY_S = 0.05
+BATCH_DELAY_S = 0.2
 """Longest wait of a logged prediction before it is handed to the publisher."""
-BATCH_MAX = 256
-"""Logged predictions handed over at once without waiting for ``BATCH_DELAY_S``; it bounds
-how long one hand-over holds the event loop (about 5 µs per event)."""
+BATCH_MAX = 1024
+"""Logged predictions handed over at once without waiting for ``BATCH_DELAY_S``, one pack's
+worth; it bounds how long one hand-over holds the event loop (about 2 µs per event)."""
 
 # What a request leaves for its event: request id, received at (POSIX), latency (s), status,
-# input, output, error, trace id.
-_Pending = tuple[str, float, float, int, Any, Any, str | None, str | None]
+# input, output, error, trace id, trace context (NATS headers).
+_Pending = tuple[str, float, float, int, Any, Any, str | None, str | None, dict[str, str]]
+_NO_CONTEXT: dict[str, str] = {}
+_PREDICTION = PredictionLogged.event_type
 
 
 class ReplicaEvents:
@@ -73,10 +80,12 @@ class ReplicaEvents:
         self._metric_dropped = metrics.metrics_published.labels(outcome="dropped")
         self._prediction_published = metrics.predictions_logged.labels(outcome="published")
         self._prediction_dropped = metrics.predictions_logged.labels(outcome="dropped")
+        self._traced = bool(settings.otlp_endpoint)
         # The same on every event of this replica: built once.
         self._endpoint = settings.endpoint
         self._endpoint_id = settings.endpoint_id
         self._version = settings.version
+        self._subject = f"{PredictionLogged.subject_prefix}.{settings.endpoint}"
 
     async def __aenter__(self) -> ReplicaEvents:
         self._loop = asyncio.get_running_loop()
@@ -116,10 +125,13 @@ class ReplicaEvents:
             # Nothing is kept for an event that cannot be sent.
             self._prediction_dropped.inc()
             return
+        # The events leave later, from a timer: the request's own span is taken now.
+        context = _span_context() if self._traced else _NO_CONTEXT
         pending = self._pending
         pending.append(
-            (request_id, received_at, latency_s, status, input_value, output, error, trace_id)
-        )
+            (request_id, received_at, latency_s, status, input_value, output, error, trace_id,
+             context)
+        )  # fmt: skip
         if len(pending) >= BATCH_MAX:
             self._hand_over()
         elif self._handover is None:
@@ -137,6 +149,7 @@ class ReplicaEvents:
         publisher = self.publisher
         published = dropped = 0
         endpoint, endpoint_id, version = self._endpoint, self._endpoint_id, self._version
+        subject = self._subject
         now = datetime.now(UTC)
         for (
             request_id,
@@ -146,14 +159,17 @@ class ReplicaEvents:
             input_value,
             output,
             error,
-            trace,
+            trace_id,
+            context,
         ) in pending:
             if publisher is None:
                 dropped += 1
                 continue
+            event_id = f"{getrandbits(128):032x}"
             try:
-                event = PredictionLogged(
-                    event_id=f"{getrandbits(128):032x}",
+                # The endpoint was checked as a slug at start; the rest is built by the request.
+                body = bus.prediction_body(
+                    event_id=event_id,
                     occurred_at=now,
                     request_id=request_id,
                     endpoint=endpoint,
@@ -165,13 +181,13 @@ class ReplicaEvents:
                     status=status,
                     latency_ms=latency_s * 1000.0,
                     received_at=datetime.fromtimestamp(received_at, UTC),
-                    trace_id=trace,
+                    trace_id=trace_id,
                 )
             except ValueError as exc:  # a value the event refuses must not stop the others
                 log.warning("prediction %s not logged: %s", request_id, exc)
                 dropped += 1
                 continue
-            if publisher.publish(event):
+            if publisher.publish_encoded(subject, _PREDICTION, event_id, body, context=context):
                 published += 1
             else:
                 dropped += 1
@@ -251,6 +267,14 @@ def loggable_bytes(value: bytes | bytearray) -> str:
 def too_large(what: str, size: int, limit: int) -> str:
     """The note logged instead of an input or output larger than ``log_max_bytes``."""
     return f"[{what} of {size} bytes not logged: over log_max_bytes ({limit})]"
+
+
+def _span_context() -> dict[str, str]:
+    """The current span as a W3C ``traceparent`` header; empty without a valid span."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return _NO_CONTEXT
+    return {"traceparent": f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"}
 
 
 def _valid_slug(endpoint: str) -> bool:

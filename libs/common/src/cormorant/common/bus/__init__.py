@@ -2,7 +2,10 @@
 
 - ``connect`` / ``close``: a client that reconnects forever and logs connection changes.
 - ``STREAMS`` / ``ensure_streams``: the JetStream streams that hold the event catalogue.
-- ``BatchedPublisher``: a bounded, never-blocking, at-least-once publisher for the request path.
+- ``BatchedPublisher``: a bounded, never-blocking, at-least-once publisher for the request path;
+  with ``max_pack`` it sends several events of one subject as one message (a pack).
+- ``unpack`` / ``decode_message``: the events a message carries, pack or not; every consumer
+  reads messages through them.
 - ``Consumer`` / ``consume``: durable pull consumers handing decoded batches to a handler.
 
 Exactly-once on the stream comes from at-least-once publishing plus JetStream de-duplication
@@ -12,7 +15,16 @@ at-least-once: a handler must tolerate seeing an event twice (de-duplicate on ``
 
 from cormorant.common.bus.connection import close, connect
 from cormorant.common.bus.consumer import Consumer, ConsumerStats, Delivery, Handler, consume
-from cormorant.common.bus.publisher import BatchedPublisher, PublisherStats
+from cormorant.common.bus.packing import (
+    PACK_HEADER,
+    decode_all,
+    decode_message,
+    is_pack,
+    pack_size,
+    unpack,
+)
+from cormorant.common.bus.predictions import prediction_body
+from cormorant.common.bus.publisher import PACK_EVENTS, BatchedPublisher, PublisherStats
 from cormorant.common.bus.replica import reachable, replica_publisher
 from cormorant.common.bus.streams import (
     EVENTS_STREAM,
@@ -27,6 +39,8 @@ from cormorant.common.bus.streams import (
 __all__ = [
     "EVENTS_STREAM",
     "METRICS_STREAM",
+    "PACK_EVENTS",
+    "PACK_HEADER",
     "PREDICTIONS_STREAM",
     "STREAMS",
     "BatchedPublisher",
@@ -39,8 +53,14 @@ __all__ = [
     "close",
     "connect",
     "consume",
+    "decode_all",
+    "decode_message",
     "ensure_streams",
+    "is_pack",
+    "pack_size",
+    "prediction_body",
     "reachable",
     "replica_publisher",
     "stream_specs",
+    "unpack",
 ]

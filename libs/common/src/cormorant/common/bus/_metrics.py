@@ -43,6 +43,7 @@ class BusCollector(Collector):
         pub_stats = {name: p.stats for name, p in publishers.items()}
         for attr, doc in (
             ("published", "Events acknowledged by JetStream (each event counted once)."),
+            ("messages", "NATS messages acknowledged by JetStream (a pack of events is one)."),
             ("retried", "Publish attempts that failed and were queued again."),
             ("duplicates", "Acks where JetStream recognised a re-sent event."),
         ):
@@ -67,6 +68,14 @@ class BusCollector(Collector):
         for name, stats in pub_stats.items():
             buffer.add_metric([name], stats.pending)
         yield buffer
+        in_flight = GaugeMetricFamily(
+            "cormorant_publisher_in_flight_events",
+            "Events sent and waiting for their acknowledgement.",
+            labels=["publisher"],
+        )
+        for name, stats in pub_stats.items():
+            in_flight.add_metric([name], stats.in_flight)
+        yield in_flight
 
         con_stats = {name: c.stats for name, c in consumers.items()}
         for attr, doc in (

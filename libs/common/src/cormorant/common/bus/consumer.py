@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +16,52 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry
 
+from cormorant.common.bus import packing
 from cormorant.common.bus._metrics import collector_for
 from cormorant.common.bus._support import Throttled, backoff
-from cormorant.common.events import Event, EventDecodeError, decode
+from cormorant.common.events import Event, EventDecodeError
 from cormorant.common.telemetry import extract_context
 
 log = logging.getLogger(__name__)
+
+
+class _Parcel:
+    """One JetStream message and the deliveries of the events it carries.
+
+    The message is settled once every delivery is: redelivered if any asked for it (the
+    others were handled, and handlers are idempotent), else acked, or terminated when every
+    one of them was.
+    """
+
+    __slots__ = ("_acked", "_nak_delay", "_naked", "_open", "msg")
+
+    def __init__(self, msg: Msg, size: int) -> None:
+        self.msg = msg
+        self._open = size
+        self._acked = False
+        self._naked = False
+        self._nak_delay: float | None = None
+
+    async def settle(self, how: str, delay: float | None = None) -> None:
+        """Record one delivery's outcome; settle the message with the last one."""
+        if how == "nak":
+            self._nak_delay = delay if not self._naked else _sooner(self._nak_delay, delay)
+            self._naked = True
+        elif how == "ack":
+            self._acked = True
+        self._open -= 1
+        if self._open > 0:
+            return
+        if self._naked:
+            await self.msg.nak(self._nak_delay)
+        elif self._acked:
+            await self.msg.ack()
+        else:
+            await self.msg.term()
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else min(a, b)
 
 
 @dataclass(slots=True, eq=False)
@@ -30,16 +70,22 @@ class Delivery:
 
     A handler may settle a delivery itself (``ack``/``nak``/``term``); the consumer settles
     the others once the handler returns (ack) or raises (nak with backoff, or term after
-    ``max_deliver`` attempts).
+    ``max_deliver`` attempts). Several events may share one message (a pack, see
+    ``packing``): the message is settled when all of its deliveries are, and a ``nak`` of
+    one redelivers them all.
     """
 
     event: Event
     msg: Msg
     settled: bool = False
+    headers: Mapping[str, str] | None = None
+    """The event's own headers (its trace context); the message's when None."""
+    parcel: _Parcel | None = None
 
     def trace_context(self) -> Context:
         """The trace context of the request that produced the event, to link spans to."""
-        return extract_context(self.msg.headers or {})
+        headers = self.headers if self.headers is not None else self.msg.headers
+        return extract_context(headers or {})
 
     @property
     def num_delivered(self) -> int:
@@ -48,20 +94,27 @@ class Delivery:
 
     async def ack(self) -> None:
         """Done with this event."""
-        if not self.settled:
-            self.settled = True
-            await self.msg.ack()
+        await self._settle("ack")
 
     async def nak(self, delay: float | None = None) -> None:
         """Ask for redelivery, after ``delay`` seconds if given."""
-        if not self.settled:
-            self.settled = True
-            await self.msg.nak(delay)
+        await self._settle("nak", delay)
 
     async def term(self) -> None:
         """Never deliver this event again."""
-        if not self.settled:
-            self.settled = True
+        await self._settle("term")
+
+    async def _settle(self, how: str, delay: float | None = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.parcel is not None:
+            await self.parcel.settle(how, delay)
+        elif how == "ack":
+            await self.msg.ack()
+        elif how == "nak":
+            await self.msg.nak(delay)
+        else:
             await self.msg.term()
 
 
@@ -225,18 +278,7 @@ class Consumer:
     async def _handle(self, msgs: list[Msg]) -> None:
         deliveries: list[Delivery] = []
         for msg in msgs:
-            try:
-                event = decode(msg.data, msg.headers)
-            except EventDecodeError as exc:
-                # A message that cannot be decoded now never will be: stop its redelivery.
-                self._stats.undecodable += 1
-                self._dead_log(
-                    "consumer %r: terminating undecodable message: %s", self.durable, exc
-                )
-                with contextlib.suppress(Exception):
-                    await msg.term()
-                continue
-            deliveries.append(Delivery(event, msg))
+            await self._unpack(msg, deliveries)
         if not deliveries:
             return
         self._stats.batches += 1
@@ -263,6 +305,35 @@ class Consumer:
         finally:
             keepalive.cancel()
             self._busy = False
+
+    async def _unpack(self, msg: Msg, deliveries: list[Delivery]) -> None:
+        """Append a delivery for each event ``msg`` carries; terminate what cannot decode."""
+        try:
+            items = packing.decode_message(msg.data, msg.headers)
+        except EventDecodeError as exc:  # a malformed pack: none of its events is readable
+            self._stats.undecodable += packing.pack_size(msg.headers)
+            self._dead_log("consumer %r: terminating undecodable message: %s", self.durable, exc)
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        good = [(event, own) for event, own in items if isinstance(event, Event)]
+        for event, _ in items:
+            if isinstance(event, EventDecodeError):
+                # An event that cannot be decoded now never will be: stop its redelivery.
+                self._stats.undecodable += 1
+                self._dead_log(
+                    "consumer %r: terminating undecodable event: %s", self.durable, event
+                )
+        if not good:
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        if len(items) == 1 and not packing.is_pack(msg.headers):
+            deliveries.append(Delivery(good[0][0], msg))
+            return
+        parcel = _Parcel(msg, len(good))
+        for event, own in good:
+            deliveries.append(Delivery(event, msg, headers=own, parcel=parcel))
 
     async def _settle(
         self, deliveries: list[Delivery], *, failed: bool, delay: bool = True
@@ -297,10 +368,11 @@ class Consumer:
     async def _keep_alive(self, deliveries: list[Delivery]) -> None:
         while True:
             await asyncio.sleep(self._ack_wait / 2)
-            for delivery in deliveries:
-                if not delivery.settled:
-                    with contextlib.suppress(Exception):
-                        await delivery.msg.in_progress()
+            # Once per message, however many of its events are still open.
+            open_msgs = {id(d.msg): d.msg for d in deliveries if not d.settled}
+            for msg in open_msgs.values():
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
 
 async def consume(

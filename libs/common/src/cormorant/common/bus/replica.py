@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.bus.connection import close, connect
-from cormorant.common.bus.publisher import BatchedPublisher
+from cormorant.common.bus.publisher import PACK_EVENTS, BatchedPublisher
 from cormorant.common.bus.streams import ensure_streams
 
 
@@ -40,14 +40,21 @@ async def replica_publisher(
     publisher_name: str,
     connect_timeout: float,
     registry: CollectorRegistry | None = None,
+    max_pack: int = PACK_EVENTS,
 ) -> AsyncIterator[BatchedPublisher]:
-    """Connect (bounded in time), make sure the streams exist, and run a batched publisher."""
+    """Connect (bounded in time), make sure the streams exist, and run a batched publisher.
+
+    It packs up to ``max_pack`` events per message: a replica publishes predictions and
+    metrics only, whose streams are read through ``unpack``.
+    """
     # connect() waits for a server forever; a replica must not, it serves without NATS.
     async with asyncio.timeout(connect_timeout):
         client = await connect(url, name=client_name)
     try:
         await ensure_streams(client.jetstream())
-        publisher = BatchedPublisher(client, name=publisher_name, registry=registry)
+        publisher = BatchedPublisher(
+            client, name=publisher_name, registry=registry, max_pack=max_pack
+        )
         await publisher.start()
         try:
             yield publisher
