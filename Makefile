@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/logging_overhead.py
+	$(BIN)/python bench/prediction_log_kills.py
 	$(BIN)/python bench/kafka_bridge.py
 	$(BIN)/python bench/rollout_under_load.py
 	$(BIN)/python bench/stream_swap.py

@@ -6,6 +6,7 @@ agree with the rows, and the CLI's CSV export re-imports with every row, formula
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -42,10 +44,9 @@ def _stack_file(stack: Stack) -> dict[str, Any]:
     return info
 
 
-@pytest.fixture(scope="module")
-def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of this module's own: its services get killed, which no other test should see."""
-    data_dir = tmp_path_factory.mktemp("logstack") / "data"
+@contextlib.contextmanager
+def running_stack(data_dir: Path) -> Iterator[Stack]:
+    """``cormorant up --no-example`` on free ports with its data in ``data_dir``; down after."""
     env = stack_environment(data_dir)
     up = subprocess.run(
         [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
@@ -67,14 +68,26 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def echo(own_stack: Stack) -> Endpoint:
-    """The echo model, deployed with the CLI."""
-    result = own_stack.cli("deploy", str(ECHO), "--name", "echo", "--server", "workers=1")
+def deploy_echo(stack: Stack) -> Endpoint:
+    """The echo model, deployed with the CLI (one gunicorn worker)."""
+    result = stack.cli("deploy", str(ECHO), "--name", "echo", "--server", "workers=1")
     assert result.returncode == 0, result.stdout + result.stderr
     slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
     token = result.stdout.split("(shown once):", 1)[1].split()[0]
-    return Endpoint(slug, token=token, url=own_stack.url, api_key=own_stack.admin_key)
+    return Endpoint(slug, token=token, url=stack.url, api_key=stack.admin_key)
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: its services get killed, which no other test should see."""
+    with running_stack(tmp_path_factory.mktemp("logstack") / "data") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def echo(own_stack: Stack) -> Endpoint:
+    """The echo model, deployed with the CLI."""
+    return deploy_echo(own_stack)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
@@ -118,11 +131,13 @@ async def _post(
     return status, json.loads(await reader.readexactly(length))
 
 
-async def _load(stack: Stack, echo: Endpoint, disrupt: dict[int, Callable[[], None]]) -> list[str]:
-    """N predictions from CONCURRENCY connections; ``disrupt[k]`` runs once k are answered."""
+async def _load(
+    stack: Stack, echo: Endpoint, disrupt: dict[int, Callable[[], None]], n: int
+) -> list[str]:
+    """``n`` predictions from CONCURRENCY connections; ``disrupt[k]`` runs once k are answered."""
     request_ids: list[str] = []
     statuses: Counter[int] = Counter()
-    next_input = iter(range(N - 1))  # and the formula first: N in all
+    next_input = iter(range(n - 1))  # and the formula first: n in all
     url = httpx.URL(stack.url)
     head = (
         f"POST /api/v1/endpoints/{echo.slug}/predict HTTP/1.1\r\nHost: {url.host}\r\n"
@@ -147,7 +162,7 @@ async def _load(stack: Stack, echo: Endpoint, disrupt: dict[int, Callable[[], No
 
     await client(FORMULA)
     await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
-    assert statuses == {200: N}, statuses
+    assert statuses == {200: n}, statuses
     return request_ids
 
 
@@ -172,10 +187,13 @@ async def _drained(stack: Stack) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo: Endpoint) -> None:
-    """Exactly one row per answered prediction while predictlog and nats-server are killed
-    mid-load; the charts count the same rows per minute; the CSV export re-imports whole."""
-    stack = own_stack
+Counted = tuple[list[str], list[asyncpg.Record], int, int]
+
+
+def predict_across_kills(stack: Stack, echo: Endpoint, n: int) -> Counted:
+    """Send ``n`` predictions, SIGKILL predictlog at a third and nats-server at two thirds,
+    wait for both to come back and the ingest to drain; the answered request ids, the rows per
+    minute, the row count and the distinct request ids in PostgreSQL."""
 
     def kill(kind: str, name: str) -> Callable[[], None]:
         def action() -> None:
@@ -187,11 +205,12 @@ def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo
 
     killed: dict[str, int] = {}
 
-    async def scenario() -> tuple[list[str], list[asyncpg.Record], int, int]:
+    async def scenario() -> Counted:
         ids = await _load(
             stack,
             echo,
-            {N // 3: kill("services", "predictlog"), 2 * N // 3: kill("servers", "nats")},
+            {n // 3: kill("services", "predictlog"), 2 * n // 3: kill("servers", "nats")},
+            n,
         )
         assert set(killed) == {"predictlog", "nats"}
         # Both come back by themselves: the supervisor restarts what exits.
@@ -207,15 +226,15 @@ def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo
             endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
 
             async def all_rows() -> bool:
-                n = await db.fetchval(
+                count = await db.fetchval(
                     "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
                 )
-                return bool(n >= N)
+                return bool(count >= n)
 
-            await _until(all_rows, within=60, what=f"{N} rows")
+            await _until(all_rows, within=60 + n / 1000, what=f"{n} rows")
             await _until(await _drained(stack), within=30, what="the ingest to drain")
-            rows = await db.fetch(
-                "SELECT request_id FROM predictions WHERE endpoint_id = $1", endpoint_id
+            rows = await db.fetchval(
+                "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
             )
             per_minute = await db.fetch(
                 "SELECT date_trunc('minute', received_at) AS t, count(*) AS n FROM predictions"
@@ -228,9 +247,16 @@ def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo
             )
         finally:
             await db.close()
-        return ids, per_minute, len(rows), distinct
+        return ids, per_minute, rows, distinct
 
-    ids, per_minute, row_count, distinct = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_20000_predictions_become_20000_rows_across_kills(own_stack: Stack, echo: Endpoint) -> None:
+    """Exactly one row per answered prediction while predictlog and nats-server are killed
+    mid-load; the charts count the same rows per minute; the CSV export re-imports whole."""
+    stack = own_stack
+    ids, per_minute, row_count, distinct = predict_across_kills(stack, echo, N)
     assert len(ids) == len(set(ids)) == N
     assert row_count == N
     assert distinct == N
