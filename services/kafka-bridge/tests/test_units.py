@@ -140,6 +140,8 @@ def test_security_options_in_either_spelling() -> None:
         client_security({"sasl.secret": "x"})
     with pytest.raises(InvalidSecurityOption, match="security_protocol 'TLS'"):
         client_security({"security_protocol": "tls"})
+    with pytest.raises(InvalidSecurityOption, match="sasl_mechanism 'MD5' is not one of"):
+        client_security({"sasl_mechanism": "md5"})
 
 
 def test_flags_become_settings() -> None:

@@ -70,26 +70,25 @@ def client_security(options: Mapping[str, str]) -> dict[str, Any]:
             raise InvalidSecurityOption(
                 f"unknown Kafka security option {raw_key!r}; known: {', '.join(known)}"
             )
-    protocol = kwargs.get("security_protocol")
-    if protocol is not None:
-        kwargs["security_protocol"] = protocol = protocol.upper()
-        if protocol not in _PROTOCOLS:
-            raise InvalidSecurityOption(
-                f"security_protocol {protocol!r} is not one of {', '.join(sorted(_PROTOCOLS))}"
-            )
-    mechanism = kwargs.get("sasl_mechanism")
-    if mechanism is not None:
-        kwargs["sasl_mechanism"] = mechanism = mechanism.upper()
-        if mechanism not in _MECHANISMS:
-            raise InvalidSecurityOption(
-                f"sasl_mechanism {mechanism!r} is not one of {', '.join(sorted(_MECHANISMS))}"
-            )
+    protocol = _choice(kwargs, "security_protocol", _PROTOCOLS)
+    _choice(kwargs, "sasl_mechanism", _MECHANISMS)
     if ssl_files or (protocol or "").endswith("SSL"):
         try:
             kwargs["ssl_context"] = _ssl_context(**ssl_files)
         except (OSError, ValueError) as exc:
             raise InvalidSecurityOption(f"the SSL options cannot be used: {exc}") from exc
     return kwargs
+
+
+def _choice(kwargs: dict[str, Any], key: str, allowed: frozenset[str]) -> str | None:
+    # Kafka's names are upper case; users write them either way.
+    value: str | None = kwargs.get(key)
+    if value is None:
+        return None
+    kwargs[key] = value = value.upper()
+    if value not in allowed:
+        raise InvalidSecurityOption(f"{key} {value!r} is not one of {', '.join(sorted(allowed))}")
+    return value
 
 
 def _ssl_context(

@@ -7,14 +7,21 @@ nothing else in the code base reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _shared(name: str) -> AliasChoices:
-    """Accept a shared setting by its field name or its one ``CORMORANT_`` variable."""
-    return AliasChoices(name, f"CORMORANT_{name.upper()}")
+def _shared(name: str, *former: str) -> AliasChoices:
+    """Accept a shared setting by its field name or its one ``CORMORANT_`` variable (then by
+    the ``former`` variables it had when it was a service's own)."""
+    return AliasChoices(name, f"CORMORANT_{name.upper()}", *former)
+
+
+def default_datasets_url(data_dir: Path) -> str:
+    """The default storage of datasets: ``<data_dir>/datasets`` as an absolute local path."""
+    return str((data_dir / "datasets").resolve())
 
 
 class CommonSettings(BaseSettings):
@@ -48,6 +55,35 @@ class CommonSettings(BaseSettings):
 
     otlp_endpoint: str | None = Field(default=None, validation_alias=_shared("otlp_endpoint"))
     """OTLP/HTTP collector base URL; traces are exported only when this is set."""
+
+    # The deployer reads the files the feedback service stores: one setting keeps them on the
+    # same storage. The per-service names it replaced are still read.
+    datasets_url: str | None = Field(
+        default=None,
+        validation_alias=_shared(
+            "datasets_url", "CORMORANT_DEPLOYER_DATASETS_URL", "CORMORANT_FEEDBACK_DATASETS_URL"
+        ),
+    )
+    """fsspec URL where dataset files are stored (``s3://bucket/prefix``, ``memory://x``, a
+    directory); default ``<data_dir>/datasets``. Formerly ``CORMORANT_DEPLOYER_DATASETS_URL``
+    and ``CORMORANT_FEEDBACK_DATASETS_URL``, still read when this is unset."""
+
+    datasets_storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=_shared(
+            "datasets_storage_options",
+            "CORMORANT_DEPLOYER_DATASETS_STORAGE_OPTIONS",
+            "CORMORANT_FEEDBACK_DATASETS_STORAGE_OPTIONS",
+        ),
+    )
+    """Options for the fsspec filesystem of ``datasets_url`` (a JSON object, e.g.
+    ``{"endpoint_url": "http://minio:9000"}`` for S3-compatible storage). Formerly
+    ``CORMORANT_DEPLOYER_DATASETS_STORAGE_OPTIONS`` and
+    ``CORMORANT_FEEDBACK_DATASETS_STORAGE_OPTIONS``, still read when this is unset."""
+
+    def resolved_datasets_url(self) -> str:
+        """``datasets_url``, or the local default under ``data_dir``."""
+        return self.datasets_url or default_datasets_url(self.data_dir)
 
 
 class ServiceSettings(CommonSettings):

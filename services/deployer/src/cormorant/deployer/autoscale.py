@@ -14,8 +14,9 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nats.aio.msg import Msg
 
@@ -23,6 +24,8 @@ from cormorant.common.events import EventDecodeError, LoadReported, decode
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,34 @@ def decide(
     kept = tuple(r for r in history if now - r.at < scale_down_delay)
     kept += (Recommendation(now, recommended),)
     return max(r.replicas for r in kept), kept
+
+
+def decide_for(
+    histories: dict[K, tuple[Recommendation, ...]],
+    key: K,
+    recommended: int,
+    *,
+    current: int,
+    now: float,
+    scale_down_delay: float,
+) -> int:
+    """``decide`` on the recommendations kept in ``histories[key]``, which it updates."""
+    # Seeded with the current count: a restarted deployer does not scale down at once.
+    history = histories.get(key) or (Recommendation(now, current),)
+    desired, histories[key] = decide(
+        history, recommended, now=now, scale_down_delay=scale_down_delay
+    )
+    return desired
+
+
+async def run_every(interval: float, tick: Callable[[], Awaitable[None]], what: str) -> None:
+    """Await ``tick`` every ``interval`` seconds until cancelled; a failed pass is logged."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await tick()
+        except Exception:
+            log.exception("%s failed", what)
 
 
 def observed_concurrency(
@@ -136,12 +167,7 @@ class Autoscaler:
 
     async def run(self) -> None:
         """Decide every ``interval`` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("autoscaling pass failed")
+        await run_every(self.interval, self.tick, "autoscaling pass")
 
     async def tick(self) -> None:
         """One decision for every web endpoint."""
@@ -165,9 +191,12 @@ class Autoscaler:
             min_replicas=max(bounds.min, 1),
             max_replicas=bounds.max,
         )
-        # Seeded with the current count: a restarted deployer does not scale down at once.
-        history = self.history.get(endpoint.slug) or (Recommendation(now, endpoint.desired),)
-        desired, self.history[endpoint.slug] = decide(
-            history, recommended, now=now, scale_down_delay=self.scale_down_delay
+        desired = decide_for(
+            self.history,
+            endpoint.slug,
+            recommended,
+            current=endpoint.desired,
+            now=now,
+            scale_down_delay=self.scale_down_delay,
         )
         return max(bounds.min, 1, min(bounds.max, desired))

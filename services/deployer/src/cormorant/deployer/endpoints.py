@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
 from cormorant.common.errors import BadRequest, NotFound
-from cormorant.common.events import EndpointChanged, TrafficChanged, VersionCreated
+from cormorant.common.events import EndpointChanged, TrafficChanged
 from cormorant.deployer.kafka_admin import prepare_stream_spec
 from cormorant.deployer.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
 from cormorant.deployer.schemas import (
@@ -38,7 +38,7 @@ from cormorant.deployer.store import (
 from cormorant.deployer.stream_spec import bridge_options
 from cormorant.deployer.supervisor import Publisher, Supervisor
 from cormorant.deployer.validation import check_code, resolve_spec, server_flag_value
-from cormorant.deployer.views import endpoint_view, event_attributes
+from cormorant.deployer.views import endpoint_view, event_attributes, version_created
 
 log = logging.getLogger(__name__)
 
@@ -228,23 +228,7 @@ class EndpointService:
                 endpoint=record.slug, change="created", attributes=event_attributes(view)
             )
         )
-        self.publisher.publish(
-            VersionCreated(
-                endpoint=record.slug,
-                version=version.label,
-                attributes={
-                    "number": version.number,
-                    "source": version.source,
-                    "commit": version.commit,
-                    "source_digest": version.digest,
-                    "file": spec.file,
-                    "function": spec.function,
-                    "preprocess_file": spec.preprocess_file,
-                    "preprocess_function": spec.preprocess_function,
-                    "accepts_file": spec.accepts_file,
-                },
-            )
-        )
+        self.publisher.publish(version_created(record.slug, version, spec))
         self.publisher.publish(
             TrafficChanged(endpoint=record.slug, generation=1, weights={version.label: 100})
         )

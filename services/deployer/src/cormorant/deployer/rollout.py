@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from cormorant.common.db.models import RolloutStatus, VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
-from cormorant.common.events import TrafficChanged, VersionCreated
+from cormorant.common.events import TrafficChanged
 from cormorant.deployer.endpoints import EndpointNotFound, EndpointService
 from cormorant.deployer.handshake import GatewayHandshake
 from cormorant.deployer.rollout_schemas import (
@@ -41,6 +41,7 @@ from cormorant.deployer.schemas import EndpointCreate, EndpointSpec
 from cormorant.deployer.store import EndpointRecord, VersionRecord
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 from cormorant.deployer.validation import resolve_spec
+from cormorant.deployer.views import version_created
 
 log = logging.getLogger(__name__)
 
@@ -170,20 +171,7 @@ class RolloutService:
         self, record: EndpointRecord, version: VersionRecord, spec: EndpointSpec
     ) -> None:
         log.info("created version %s of %s from %s", version.label, record.slug, spec.source)
-        self.supervisor.publish(
-            VersionCreated(
-                endpoint=record.slug,
-                version=version.label,
-                attributes={
-                    "number": version.number,
-                    "source": version.source,
-                    "commit": version.commit,
-                    "source_digest": version.digest,
-                    "file": spec.file,
-                    "function": spec.function,
-                },
-            )
-        )
+        self.supervisor.publish(version_created(record.slug, version, spec))
 
     async def find_version(self, record: EndpointRecord, label: str) -> VersionRecord:
         """Version ``label`` of the endpoint, or 404 naming the versions there are."""

@@ -5,16 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from cormorant.deployer.schemas import ReplicasIn, ServerValue
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from cormorant.deployer.schemas import ReplicasIn, ServerValue, StrictModel
 
 
-class VersionCreate(_Strict):
+class VersionCreate(StrictModel):
     """``POST /api/v1/endpoints/{slug}/versions``: new code for the endpoint; unset fields keep
     the endpoint's current values."""
 
@@ -30,7 +26,7 @@ class VersionCreate(_Strict):
     replicas: ReplicasIn | None = None
 
 
-class RolloutIn(_Strict):
+class RolloutIn(StrictModel):
     """``POST /api/v1/endpoints/{slug}/rollout``: the canary's share of the traffic."""
 
     version: str = Field(min_length=1, description='The version label, e.g. "2".')

@@ -24,7 +24,12 @@ from cormorant.common.db.models import (
     VersionStatus,
 )
 from cormorant.deployer.schemas import EndpointSpec
-from cormorant.deployer.store import LIVE_REPLICA_STATES, VersionRecord
+from cormorant.deployer.store import (
+    LIVE_REPLICA_STATES,
+    VersionRecord,
+    new_version_row,
+    version_record,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,31 +84,10 @@ class RolloutStore:
             last = await session.scalar(
                 select(func.max(ModelVersion.number)).where(ModelVersion.endpoint_id == endpoint_id)
             )
-            version = ModelVersion(
-                id=uuid.uuid4(),
-                endpoint_id=endpoint_id,
-                number=(last or 0) + 1,
-                source=spec.source,
-                commit=commit,
-                source_digest=digest,
-                file=spec.file,
-                function=spec.function,
-                preprocess_file=spec.preprocess_file,
-                preprocess_function=spec.preprocess_function,
-                accepts_file=spec.accepts_file,
-                env=dict(spec.env),
-                server=dict(spec.server),
-                status=VersionStatus.PENDING,
-            )
+            version = new_version_row(endpoint_id, (last or 0) + 1, spec, digest, commit)
             session.add(version)
             await session.flush()
-            return VersionRecord(
-                id=version.id,
-                number=version.number,
-                source=version.source,
-                commit=version.commit,
-                digest=version.source_digest,
-            )
+            return version_record(version)
 
     async def versions(self, endpoint_id: uuid.UUID) -> list[VersionRow]:
         """Every version of the endpoint, newest first."""

@@ -11,11 +11,13 @@ KindName = Literal["web", "batch", "stream"]
 ServerValue = str | int | float | bool
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A request body: an unknown field is refused (400 naming it), so a typo is not ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class ReplicasIn(_Strict):
+class ReplicasIn(StrictModel):
     """Replica bounds as a client gives them; unset values take the defaults."""
 
     min: int | None = Field(default=None, ge=0, description="Fewest replicas (web: at least 1).")
@@ -25,7 +27,7 @@ class ReplicasIn(_Strict):
     )
 
 
-class EndpointCreate(_Strict):
+class EndpointCreate(StrictModel):
     """``POST /api/v1/endpoints``: a predict function to serve."""
 
     name: str = Field(
@@ -48,7 +50,7 @@ class EndpointCreate(_Strict):
     kafka: dict[str, JsonValue] | None = Field(default=None, description="Stream endpoints only.")
 
 
-class EndpointRerun(_Strict):
+class EndpointRerun(StrictModel):
     """``POST /api/v1/endpoints/{slug}/rerun``: fields that override the original's."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)

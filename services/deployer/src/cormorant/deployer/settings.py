@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from cormorant.common.datasets import default_datasets_url
 from cormorant.common.settings import ServiceSettings
 
 
@@ -116,13 +115,6 @@ class DeployerSettings(ServiceSettings):
     predictlog_url: str = "http://127.0.0.1:8082"
     """Prediction log service, whose logs and charts feed the checks of rollout policies."""
 
-    datasets_url: str | None = None
-    """fsspec URL of dataset files, for batch jobs; must be the feedback service's
-    ``CORMORANT_FEEDBACK_DATASETS_URL`` (default ``<data_dir>/datasets``, as there)."""
-
-    datasets_storage_options: dict[str, Any] = Field(default_factory=dict)
-    """Options for the fsspec filesystem of ``datasets_url`` (as the feedback service's)."""
-
     batch_idle_timeout_s: float = Field(default=60.0, ge=0)
     """Seconds a batch endpoint keeps its replicas after its last job before scaling to 0."""
 
@@ -131,10 +123,6 @@ class DeployerSettings(ServiceSettings):
 
     batch_requests_per_replica: int = Field(default=2, ge=1)
     """Chunks a batch job keeps in flight per replica."""
-
-    def resolved_datasets_url(self) -> str:
-        """``datasets_url``, or the local default under ``data_dir``."""
-        return self.datasets_url or default_datasets_url(self.data_dir)
 
     def resolved_worker_command(self) -> list[str]:
         """``worker_command``, or this interpreter running ``cormorant.worker``."""

@@ -174,22 +174,7 @@ class Store:
                 spec=spec.model_dump(mode="json"),
                 desired_replicas=0 if batch else spec.replicas.min,
             )
-            version = ModelVersion(
-                id=uuid.uuid4(),
-                endpoint_id=endpoint.id,
-                number=1,
-                source=spec.source,
-                commit=new.commit,
-                source_digest=new.digest,
-                file=spec.file,
-                function=spec.function,
-                preprocess_file=spec.preprocess_file,
-                preprocess_function=spec.preprocess_function,
-                accepts_file=spec.accepts_file,
-                env=dict(spec.env),
-                server=dict(spec.server),
-                status=VersionStatus.PENDING,
-            )
+            version = new_version_row(endpoint.id, 1, spec, new.digest, new.commit)
             weights = {"1": 100}
             session.add(endpoint)
             await session.flush()
@@ -208,7 +193,7 @@ class Store:
                 ]
             )
             await session.flush()
-            return _endpoint_record(endpoint, _version_record(version))
+            return _endpoint_record(endpoint, version_record(version))
 
     async def find(self, slug: str) -> EndpointRecord | None:
         """The endpoint named ``slug`` unless it was deleted."""
@@ -432,10 +417,33 @@ async def _current_version(session: AsyncSession, endpoint_id: uuid.UUID) -> Ver
     if number is not None:
         query = query.where(ModelVersion.number == number)
     version = await session.scalar(query.order_by(ModelVersion.number.desc()).limit(1))
-    return _version_record(version) if version is not None else None
+    return version_record(version) if version is not None else None
 
 
-def _version_record(version: ModelVersion) -> VersionRecord:
+def new_version_row(
+    endpoint_id: uuid.UUID, number: int, spec: EndpointSpec, digest: str, commit: str | None
+) -> ModelVersion:
+    """A pending version ``number`` of the endpoint, holding the code fields of ``spec``."""
+    return ModelVersion(
+        id=uuid.uuid4(),
+        endpoint_id=endpoint_id,
+        number=number,
+        source=spec.source,
+        commit=commit,
+        source_digest=digest,
+        file=spec.file,
+        function=spec.function,
+        preprocess_file=spec.preprocess_file,
+        preprocess_function=spec.preprocess_function,
+        accepts_file=spec.accepts_file,
+        env=dict(spec.env),
+        server=dict(spec.server),
+        status=VersionStatus.PENDING,
+    )
+
+
+def version_record(version: ModelVersion) -> VersionRecord:
+    """The record callers get of ``version``."""
     return VersionRecord(
         id=version.id,
         number=version.number,

@@ -7,17 +7,15 @@ stream operations (autoscaling on lag, model swap, status) in ``streams.py``.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
+from cormorant.common.kafka_topics import check_input_topics, check_topic
 from cormorant.deployer.runtime import BridgeOptions
 from cormorant.deployer.schemas import EndpointSpec
 
-# Kafka's own rule for topic names (and the length it enforces).
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # Security options whose values are never shown back (the API echoes the rest).
 _SECRET_MARKS = ("password", "secret", "token", "key")
 MASK = "***"
@@ -42,17 +40,13 @@ class KafkaSpec(BaseModel):
     @field_validator("input_topics")
     @classmethod
     def _inputs(cls, value: list[str]) -> list[str]:
-        for topic in value:
-            _check_topic(topic)
-        if len(set(value)) != len(value):
-            raise ValueError("an input topic is named twice")
-        return value
+        return check_input_topics(value)
 
     @field_validator("output_topic", "dlq_topic")
     @classmethod
     def _topic(cls, value: str | None) -> str | None:
         if value is not None:
-            _check_topic(value)
+            check_topic(value)
         return value
 
     @property
@@ -132,8 +126,3 @@ def public_kafka(spec_kafka: dict[str, JsonValue] | None) -> dict[str, JsonValue
             for key, value in security.items()
         }
     return shown
-
-
-def _check_topic(name: str) -> None:
-    if _TOPIC.fullmatch(name) is None or name in (".", ".."):
-        raise ValueError(f"{name!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")

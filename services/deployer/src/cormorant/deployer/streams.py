@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from cormorant.common.db.models import VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, NotFound
 from cormorant.common.events import EndpointChanged
-from cormorant.deployer.autoscale import Recommendation, decide, recommend
+from cormorant.deployer.autoscale import Recommendation, decide_for, recommend, run_every
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.replicas import ReplicaRunner
 from cormorant.deployer.rollout import RolloutService
@@ -142,12 +142,7 @@ class StreamAutoscaler:
 
     async def run(self) -> None:
         """Decide every ``interval`` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("stream autoscaling pass failed")
+        await run_every(self.interval, self.tick, "stream autoscaling pass")
 
     async def tick(self) -> None:
         """One decision for every stream endpoint with a ready replica."""
@@ -192,12 +187,14 @@ class StreamAutoscaler:
         now = self.clock()
         partitions = stored_kafka(endpoint.spec.kafka).partition_count
         recommended = desired_for_lag(lag, endpoint.spec.replicas, partitions)
-        # Seeded with the current count: a restarted deployer does not scale down at once.
-        history = self.history.get(endpoint.id) or (Recommendation(now, endpoint.desired),)
-        desired, self.history[endpoint.id] = decide(
-            history, recommended, now=now, scale_down_delay=self.scale_down_delay
+        return decide_for(
+            self.history,
+            endpoint.id,
+            recommended,
+            current=endpoint.desired,
+            now=now,
+            scale_down_delay=self.scale_down_delay,
         )
-        return desired
 
 
 def _changing(endpoint: EndpointRuntime) -> bool:

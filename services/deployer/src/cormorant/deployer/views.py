@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cormorant.deployer.schemas import EndpointOut, ReplicaCounts, ReplicaEventOut
-from cormorant.deployer.store import EndpointRecord, EndpointStats
+from cormorant.common.events import VersionCreated
+from cormorant.deployer.schemas import EndpointOut, EndpointSpec, ReplicaCounts, ReplicaEventOut
+from cormorant.deployer.store import EndpointRecord, EndpointStats, VersionRecord
 from cormorant.deployer.stream_spec import public_kafka
 
 
@@ -79,3 +80,22 @@ def endpoint_view(
 def event_attributes(view: EndpointOut) -> dict[str, Any]:
     """The endpoint's public fields for an ``EndpointChanged`` event (events left out)."""
     return view.model_dump(mode="json", exclude={"events"})
+
+
+def version_created(slug: str, version: VersionRecord, spec: EndpointSpec) -> VersionCreated:
+    """The ``VersionCreated`` event of ``version``, whose code fields ``spec`` holds."""
+    return VersionCreated(
+        endpoint=slug,
+        version=version.label,
+        attributes={
+            "number": version.number,
+            "source": version.source,
+            "commit": version.commit,
+            "source_digest": version.digest,
+            "file": spec.file,
+            "function": spec.function,
+            "preprocess_file": spec.preprocess_file,
+            "preprocess_function": spec.preprocess_function,
+            "accepts_file": spec.accepts_file,
+        },
+    )

@@ -8,13 +8,12 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from cormorant.common.kafka_topics import check_input_topics, check_topic
 from cormorant.common.predictor import DEFAULT_MAX_FILE_BYTES, PredictorSpec
 from cormorant.common.settings import ServiceSettings
 
 # The endpoint slug tags logged predictions and NATS subjects, so it follows the slug rule.
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-# Kafka's own rule for topic names (and the length it enforces).
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class KafkaBridgeSettings(ServiceSettings):
@@ -142,17 +141,13 @@ class KafkaBridgeSettings(ServiceSettings):
     @field_validator("input_topics")
     @classmethod
     def _input_topics(cls, value: list[str]) -> list[str]:
-        for topic in value:
-            _check_topic(topic)
-        if len(set(value)) != len(value):
-            raise ValueError("an input topic is named twice")
-        return value
+        return check_input_topics(value)
 
     @field_validator("output_topic", "dlq_topic")
     @classmethod
     def _topic(cls, value: str | None) -> str | None:
         if value:
-            _check_topic(value)
+            check_topic(value)
         return value
 
     @field_validator("acks")
@@ -197,8 +192,3 @@ class KafkaBridgeSettings(ServiceSettings):
             accepts_file=self.accepts_file,
             max_file_bytes=self.max_file_bytes,
         )
-
-
-def _check_topic(name: str) -> None:
-    if _TOPIC.fullmatch(name) is None or name in (".", ".."):
-        raise ValueError(f"{name!r} is not a Kafka topic name (letters, digits, '.', '_', '-')")

@@ -15,7 +15,6 @@ from cormorant.common.datasets.blobs import (
     BlobStore,
     BlobWriter,
     FileSource,
-    default_datasets_url,
 )
 from cormorant.common.datasets.refs import (
     MAX_NAME_LENGTH,
@@ -32,6 +31,7 @@ from cormorant.common.datasets.store import (
     ResolvedFile,
     VersionInfo,
 )
+from cormorant.common.settings import default_datasets_url
 
 __all__ = [
     "CHUNK_SIZE",

@@ -47,11 +47,6 @@ FileSource: TypeAlias = (
 async), or a ``Blob`` already stored (e.g. by ``BlobStore.writer``)."""
 
 
-def default_datasets_url(data_dir: Path) -> str:
-    """The default storage of datasets: ``<data_dir>/datasets`` as an absolute local path."""
-    return str((data_dir / "datasets").resolve())
-
-
 class BlobMissing(CormorantError):
     """A manifest names content that storage no longer holds."""
 
