@@ -34,12 +34,14 @@ def main() -> int:
     parser.add_argument("--predictions", type=int, default=100_000)
     args = parser.parse_args()
     n: int = args.predictions
-    with tempfile.TemporaryDirectory(prefix="cormorant-logkills-") as tmp:
-        with running_stack(Path(tmp) / "data") as stack:
-            echo = deploy_echo(stack)
-            started = time.perf_counter()
-            ids, _, rows, distinct = predict_across_kills(stack, echo, n)
-            elapsed = time.perf_counter() - started
+    with (
+        tempfile.TemporaryDirectory(prefix="cormorant-logkills-") as tmp,
+        running_stack(Path(tmp) / "data") as stack,
+    ):
+        echo = deploy_echo(stack)
+        started = time.perf_counter()
+        ids, _, rows, distinct = predict_across_kills(stack, echo, n)
+        elapsed = time.perf_counter() - started
     answered = len(ids)
     missing = len(set(ids)) - distinct
     duplicates = rows - distinct
