@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,26 @@ class LocalRuntime:
         """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
         argv = [*self._argv(launch, 0)]
         argv.insert(len(self._command(launch)), "--check")
+        result = None
+        if self.template is not None and self._forkable(launch, self.template):
+            result = await self._check_forked(launch, argv, self.template)
+        if result is None:
+            result = await self._check_process(launch, argv)
+        code, text = result
+        if code == 0:
+            return
+        if "unrecognized arguments" in text and "--check" in text:
+            # A worker from before --check existed: its replicas will refuse a bad
+            # configuration at start, and the crash reason will say why.
+            return
+        if code == REFUSED_EXIT_CODE:
+            raise ConfigurationRefused(_clip(refusal_reason(text)))
+        raise CormorantError(
+            f"the worker could not check this configuration (exit {code}): "
+            f"{_clip(text) or 'no output'}"
+        )
+
+    async def _check_process(self, launch: ReplicaLaunch, argv: list[str]) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -109,19 +130,40 @@ class LocalRuntime:
                 proc.kill()
             await proc.wait()
             raise
-        text = err.decode(errors="replace").strip()
-        if proc.returncode == 0:
-            return
-        if "unrecognized arguments" in text and "--check" in text:
-            # A worker from before --check existed: its replicas will refuse a bad
-            # configuration at start, and the crash reason will say why.
-            return
-        if proc.returncode == REFUSED_EXIT_CODE:
-            raise ConfigurationRefused(_clip(refusal_reason(text)))
-        raise CormorantError(
-            f"the worker could not check this configuration (exit {proc.returncode}): "
-            f"{_clip(text) or 'no output'}"
-        )
+        assert proc.returncode is not None
+        return proc.returncode, err.decode(errors="replace").strip()
+
+    async def _check_forked(
+        self, launch: ReplicaLaunch, argv: list[str], template: WorkerTemplate
+    ) -> tuple[int, str] | None:
+        """The check forked from the template (milliseconds, not seconds); None if it cannot."""
+        fd, name = tempfile.mkstemp(prefix="cormorant-check-", suffix=".log")
+        os.close(fd)
+        output = Path(name)
+        try:
+            try:
+                pid, generation = await template.spawn(
+                    title=argv,
+                    args=argv[len(self.command) :],
+                    env=self._env(launch),
+                    cwd=str(launch.source),
+                    log_path=name,
+                )
+            except TemplateUnavailable:
+                return None
+            try:
+                async with asyncio.timeout(self.check_timeout):
+                    code = await generation.wait(pid)
+            except BaseException:
+                _kill_group(pid)
+                raise
+            finally:
+                generation.exits.pop(pid, None)
+            if code is None:  # the template died before reporting it
+                return None
+            return code, _read(output)
+        finally:
+            os.unlink(name)
 
     def open(self) -> None:
         """Start the worker template, if there is one (it is ready seconds later)."""
@@ -332,6 +374,10 @@ def _exit_code(proc: _Process) -> int | _Running | None:
             return _RUNNING
     # Adopted, or its template died: the exit code went to whoever reaped it.
     return _RUNNING if _alive(proc.pid) else None
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace").strip()
 
 
 def _release(proc: _Process) -> None:

@@ -48,6 +48,7 @@ class Generation:
     alive: bool = True
     exits: dict[int, int] = field(default_factory=dict)
     """Exit codes it reported, by replica pid, until the runtime forgets the replica."""
+    waiters: dict[int, asyncio.Future[int | None]] = field(default_factory=dict)
 
     def exit_code(self, pid: int) -> int | None:
         """The replica's exit code if this template reported it."""
@@ -56,6 +57,31 @@ class Generation:
     def watches(self, pid: int) -> bool:
         """Whether this template still runs and would report ``pid``'s exit."""
         return self.alive and pid not in self.exits
+
+    async def wait(self, pid: int) -> int | None:
+        """``pid``'s exit code once reported; None if this template ended first."""
+        if not self.watches(pid):
+            return self.exits.get(pid)
+        future = self.waiters.setdefault(pid, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.shield(future)
+        finally:
+            self.waiters.pop(pid, None)
+
+    def ended(self, pid: int, code: int) -> None:
+        """Record a reported exit."""
+        self.exits[pid] = code
+        waiter = self.waiters.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(code)
+
+    def died(self) -> None:
+        """The template process is gone: nothing more will be reported."""
+        self.alive = False
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
 
 
 class WorkerTemplate:
@@ -83,9 +109,14 @@ class WorkerTemplate:
         return self._ready.is_set() and self.generation is not None and self.generation.alive
 
     @property
+    def booting(self) -> bool:
+        """A template process runs and is still importing."""
+        return not self._ready.is_set() and self.generation is not None and self.generation.alive
+
+    @property
     def top_modules(self) -> set[str]:
-        """Top-level packages the template imported (a model's own copy would be shadowed)."""
-        return {name.split(".")[0] for name in self.preloaded}
+        """Top-level packages the template imports (a model's own copy would be shadowed)."""
+        return {name.split(".")[0] for name in self.modules}
 
     def start(self) -> None:
         """Start the template in the background; it is ready a few seconds later."""
@@ -196,7 +227,7 @@ class WorkerTemplate:
             while line := await process.stdout.readline():
                 self._dispatch(generation, json.loads(line))
         finally:
-            generation.alive = False
+            generation.died()
             self._ready.clear()
             for future in self._pending.values():
                 if not future.done():
@@ -209,7 +240,7 @@ class WorkerTemplate:
     def _dispatch(self, generation: Generation, message: dict[str, Any]) -> None:
         event = message.get("event")
         if event == "exited":
-            generation.exits[int(message["pid"])] = int(message["code"])
+            generation.ended(int(message["pid"]), int(message["code"]))
         elif event == "spawned" or event == "refused":
             future = self._pending.pop(int(message["id"]), None)
             if future is None or future.done():
