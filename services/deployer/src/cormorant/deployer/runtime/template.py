@@ -109,11 +109,6 @@ class WorkerTemplate:
         return self._ready.is_set() and self.generation is not None and self.generation.alive
 
     @property
-    def booting(self) -> bool:
-        """A template process runs and is still importing."""
-        return not self._ready.is_set() and self.generation is not None and self.generation.alive
-
-    @property
     def top_modules(self) -> set[str]:
         """Top-level packages the template imports (a model's own copy would be shadowed)."""
         return {name.split(".")[0] for name in self.modules}
@@ -180,6 +175,9 @@ class WorkerTemplate:
         except (TimeoutError, asyncio.CancelledError) as exc:
             future.add_done_callback(_kill_late_replica)
             if isinstance(exc, TimeoutError):
+                # Wedged: a new one is started in its place.
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
                 raise TemplateUnavailable("the worker template did not answer") from None
             raise
         except (OSError, RuntimeError) as exc:  # its stdin closed: it just died
