@@ -244,3 +244,21 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
             assert FORKED not in replica_log(deployer, "plain")
     finally:
         kill_workers(str(settings.data_dir))
+
+
+@pytest.mark.parametrize(
+    ("value", "modules"),
+    [("", []), ("numpy, sklearn.linear_model", ["numpy", "sklearn.linear_model"]),
+     ('["pandas"]', ["pandas"])],
+)  # fmt: skip
+def test_preload_modules_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, modules: list[str]
+) -> None:
+    """`CORMORANT_DEPLOYER_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
+    no template, as does a custom worker command."""
+    monkeypatch.setenv("CORMORANT_DEPLOYER_PRELOAD_MODULES", value)
+    settings = DeployerSettings()
+    assert settings.preload_modules == modules
+    assert (settings.template_command() is None) == (not modules)
+    custom = settings.model_copy(update={"worker_command": ["my-worker"]})
+    assert custom.template_command() is None

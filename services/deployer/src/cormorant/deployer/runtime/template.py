@@ -251,6 +251,14 @@ class WorkerTemplate:
             self.preloaded = list(message.get("preloaded") or [])
             self.room = int(message.get("room") or 0)
             missing = message.get("missing") or {}
+            if self.room == 0:
+                # Without /proc (not Linux) a forked replica could not show its own command
+                # line, which is how a restarted deployer recognises it.
+                log.warning("no worker template here: replicas start as fresh processes")
+                self._closing = True
+                if self._process is not None and self._process.stdin is not None:
+                    self._process.stdin.close()
+                return
             log.info(
                 "worker template ready in %s s (pid %d); preloaded %s%s",
                 message.get("seconds"),
