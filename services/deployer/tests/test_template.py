@@ -227,6 +227,23 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
     assert replica(deployer, "orphan").ppid() == template_pid(template)
 
 
+async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """An endpoint that sets a variable libraries read when imported (`OMP_NUM_THREADS`) gets
+    a fresh process: forked, it would inherit libraries imported without it."""
+    await ready_template(deployer)
+    await deployer.create(
+        name="threads", source=str(model_dir), server={"workers": 1},
+        env={"OMP_NUM_THREADS": "1", "FLAG": "x"},
+    )  # fmt: skip
+    await deployer.wait_running("threads")
+    url = (await deployer.route("threads"))["replicas"][0]["url"]
+    assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": "x"}
+    assert replica(deployer, "threads").ppid() == os.getpid()
+    assert FORKED not in replica_log(deployer, "threads")
+
+
 async def test_without_preload_modules_replicas_start_as_fresh_processes(
     deployer_settings: DeployerSettings, model_dir: Path
 ) -> None:

@@ -52,7 +52,7 @@ _POLL_S = 0.05
 # itself, so it does not fork from a template that imported them already.
 _IMPORT_TIME_ENV = ("OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "VECLIB_", "BLIS_",
                     "GOTO_", "KMP_", "NUMPY_", "SCIPY_", "SKLEARN_", "PANDAS_", "PYTHON",
-                    "LD_", "MALLOC_")  # fmt: skip
+                    "LD_", "MALLOC_", "CUDA_", "TF_", "TORCH", "JAX_", "XLA_")  # fmt: skip
 
 
 @dataclass(slots=True)
