@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -32,7 +33,10 @@ def replica_pids(slug: str) -> list[int]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if "cormorant.worker" in cmdline and slug in cmdline and "--endpoint" in cmdline:
-            pids.append(proc.info["pid"])
+            # A master leads its replica's process group; its workers share the command line.
+            with contextlib.suppress(OSError):
+                if os.getpgid(proc.info["pid"]) == proc.info["pid"]:
+                    pids.append(proc.info["pid"])
     return pids
 
 

@@ -38,6 +38,10 @@ def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> Deplo
         autoscale_window_s=1.0,
         autoscale_interval_s=0.2,
         start_timeout_s=60.0,
+        # Replicas start as fresh processes: most tests create endpoints before a template
+        # would be ready, and each template's imports cost seconds of CPU. test_template.py
+        # runs replicas forked from one.
+        preload_modules=[],
     )
 
 

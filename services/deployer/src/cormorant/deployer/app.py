@@ -30,6 +30,7 @@ from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout import RolloutService
 from cormorant.deployer.rollout_store import RolloutStore
 from cormorant.deployer.runtime.local import LocalRuntime
+from cormorant.deployer.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.snapshot import SnapshotStore
 from cormorant.deployer.store import Store
@@ -84,14 +85,24 @@ def create_app(settings: DeployerSettings) -> FastAPI:
 
             http = await stack.enter_async_context(httpx.AsyncClient())
             snapshots = SnapshotStore(data_dir)
+            environment = replica_environment(resolved)
+            template_command = resolved.template_command()
             runtime = LocalRuntime(
                 command=resolved.resolved_worker_command(),
                 data_dir=data_dir,
                 host=resolved.replica_host,
-                env=replica_environment(resolved),
+                env=environment,
                 check_timeout=resolved.check_timeout_s,
                 bridge_command=resolved.resolved_bridge_command(),
+                template=WorkerTemplate(
+                    command=template_command, modules=resolved.preload_modules, env=environment
+                )
+                if template_command
+                else None,
             )
+            # Ended after the supervisor closed (callbacks run last-in first-out).
+            runtime.open()
+            stack.push_async_callback(runtime.close)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             supervisor = Supervisor(
                 settings=resolved,

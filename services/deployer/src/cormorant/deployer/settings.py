@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cormorant.common.settings import ServiceSettings
+
+# What models commonly import, by cost: the scikit-learn estimators alone take seconds.
+DEFAULT_PRELOAD_MODULES = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "joblib",
+    "sklearn",
+    "sklearn.linear_model",
+    "sklearn.ensemble",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+)
 
 
 class DeployerSettings(ServiceSettings):
@@ -27,6 +41,13 @@ class DeployerSettings(ServiceSettings):
     worker_command: list[str] | None = None
     """Command that starts a worker replica, as a JSON list, the replica's flags appended
     (unset: this Python interpreter with ``-m cormorant.worker``)."""
+
+    preload_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PRELOAD_MODULES)
+    )
+    """Modules the warm worker template imports before forking replicas from it, comma-separated
+    (those not installed are skipped); empty: no template, every replica starts as a fresh
+    process. With ``worker_command`` set there is no template either."""
 
     replica_host: str = "127.0.0.1"
     """Interface local replicas listen on; the gateway reaches them there."""
@@ -123,6 +144,22 @@ class DeployerSettings(ServiceSettings):
 
     batch_requests_per_replica: int = Field(default=2, ge=1)
     """Chunks a batch job keeps in flight per replica."""
+
+    @field_validator("preload_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def template_command(self) -> list[str] | None:
+        """The worker template's command, or None when replicas start as fresh processes."""
+        if self.worker_command is not None or not self.preload_modules:
+            return None
+        return [sys.executable, "-m", "cormorant.worker.template"]
 
     def resolved_worker_command(self) -> list[str]:
         """``worker_command``, or this interpreter running ``cormorant.worker``."""

@@ -1,6 +1,12 @@
 """The ``local`` runtime: each replica is a ``python -m cormorant.worker`` process here (a
 ``python -m cormorant.kafka_bridge`` one for a stream endpoint).
 
+A web or batch replica is forked from the warm worker template when one is ready
+(``runtime/template.py``): the same worker ``main`` with the same flags, environment, working
+directory and log, without seconds of imports; it shows the command line a fresh process would
+have. Otherwise (no template, a stream replica, an environment or source that would not see the
+template's imports) it is started as a fresh process.
+
 A replica runs in a session of its own, so it survives a restart of the deployer (which then
 adopts it) and so that stopping it can reach every process it forked (gunicorn workers, and
 whatever the predict code starts) through its process group.
@@ -15,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,12 +41,18 @@ from cormorant.deployer.runtime import (
     ReplicaLaunch,
     refusal_reason,
 )
+from cormorant.deployer.runtime.template import Generation, TemplateUnavailable, WorkerTemplate
 
 log = logging.getLogger(__name__)
 
 _TAIL_LINES = 20
 _TAIL_CHARS = 2000
 _POLL_S = 0.05
+# Variables that libraries read once, when imported: a replica that sets one must import them
+# itself, so it does not fork from a template that imported them already.
+_IMPORT_TIME_ENV = ("OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "VECLIB_", "BLIS_",
+                    "GOTO_", "KMP_", "NUMPY_", "SCIPY_", "SKLEARN_", "PANDAS_", "PYTHON",
+                    "LD_", "MALLOC_", "CUDA_", "TF_", "TORCH", "JAX_", "XLA_")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -48,6 +61,8 @@ class _Process:
     popen: subprocess.Popen[bytes] | None
     log_path: Path
     log_offset: int
+    template: Generation | None = None
+    """The template run that forked it (which reports its exit code), if any."""
 
 
 class LocalRuntime:
@@ -62,8 +77,10 @@ class LocalRuntime:
         env: Mapping[str, str],
         check_timeout: float,
         bridge_command: Sequence[str] | None = None,
+        template: WorkerTemplate | None = None,
     ) -> None:
         self.command = list(command)
+        self.template = template
         self.bridge_command = list(
             bridge_command or [sys.executable, "-m", "cormorant.kafka_bridge"]
         )
@@ -77,6 +94,26 @@ class LocalRuntime:
         """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
         argv = [*self._argv(launch, 0)]
         argv.insert(len(self._command(launch)), "--check")
+        result = None
+        if self.template is not None and self._forkable(launch, self.template):
+            result = await self._check_forked(launch, argv, self.template)
+        if result is None:
+            result = await self._check_process(launch, argv)
+        code, text = result
+        if code == 0:
+            return
+        if "unrecognized arguments" in text and "--check" in text:
+            # A worker from before --check existed: its replicas will refuse a bad
+            # configuration at start, and the crash reason will say why.
+            return
+        if code == REFUSED_EXIT_CODE:
+            raise ConfigurationRefused(_clip(refusal_reason(text)))
+        raise CormorantError(
+            f"the worker could not check this configuration (exit {code}): "
+            f"{_clip(text) or 'no output'}"
+        )
+
+    async def _check_process(self, launch: ReplicaLaunch, argv: list[str]) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -93,36 +130,106 @@ class LocalRuntime:
                 proc.kill()
             await proc.wait()
             raise
-        text = err.decode(errors="replace").strip()
-        if proc.returncode == 0:
-            return
-        if "unrecognized arguments" in text and "--check" in text:
-            # A worker from before --check existed: its replicas will refuse a bad
-            # configuration at start, and the crash reason will say why.
-            return
-        if proc.returncode == REFUSED_EXIT_CODE:
-            raise ConfigurationRefused(_clip(refusal_reason(text)))
-        raise CormorantError(
-            f"the worker could not check this configuration (exit {proc.returncode}): "
-            f"{_clip(text) or 'no output'}"
-        )
+        assert proc.returncode is not None
+        return proc.returncode, err.decode(errors="replace").strip()
+
+    async def _check_forked(
+        self, launch: ReplicaLaunch, argv: list[str], template: WorkerTemplate
+    ) -> tuple[int, str] | None:
+        """The check forked from the template (milliseconds, not seconds); None if it cannot."""
+        fd, name = tempfile.mkstemp(prefix="cormorant-check-", suffix=".log")
+        os.close(fd)
+        output = Path(name)
+        try:
+            try:
+                pid, generation = await template.spawn(
+                    title=argv,
+                    args=argv[len(self.command) :],
+                    env=self._env(launch),
+                    cwd=str(launch.source),
+                    log_path=name,
+                )
+            except TemplateUnavailable:
+                return None
+            try:
+                async with asyncio.timeout(self.check_timeout):
+                    code = await generation.wait(pid)
+            except BaseException:
+                _kill_group(pid)
+                raise
+            finally:
+                generation.exits.pop(pid, None)
+            if code is None:  # the template died before reporting it
+                return None
+            return code, _read(output)
+        finally:
+            os.unlink(name)
+
+    def open(self) -> None:
+        """Start the worker template, if there is one (it is ready seconds later)."""
+        if self.template is not None:
+            self.template.start()
+
+    async def close(self) -> None:
+        """End the worker template; replicas keep running (``Supervisor.close`` decides)."""
+        if self.template is not None:
+            await self.template.close()
 
     async def start(self, launch: ReplicaLaunch) -> ReplicaHandle:
         """Start the worker on a free port, its output appended to the replica's log."""
+        port = free_port(self.host)
+        argv = self._argv(launch, port)
+        if self.template is not None and self._forkable(launch, self.template):
+            log_path, offset = self._begin_log(launch, port, "forked from the worker template")
+            try:
+                pid, generation = await self.template.spawn(
+                    title=argv,
+                    args=argv[len(self.command) :],
+                    env=self._env(launch),
+                    cwd=str(launch.source),
+                    log_path=str(log_path),
+                )
+            except TemplateUnavailable as exc:
+                log.info("replica %s starts as a fresh process: %s", launch.replica_id, exc)
+                with log_path.open("ab") as out:
+                    out.write(f"--- not forked ({exc}); starting a fresh process\n".encode())
+            else:
+                self._procs[launch.replica_id] = _Process(pid, None, log_path, offset, generation)
+                return ReplicaHandle(launch.replica_id, _url(self.host, port), self.host, pid)
+        else:
+            log_path, offset = self._begin_log(launch, port)
         # Not in a thread: a cancellation between the fork and the handle would leave a
         # process nobody tracks, and a fork+exec is over in milliseconds.
-        return self._spawn(launch)
+        return self._spawn(launch, argv, port, log_path, offset)
 
-    def _spawn(self, launch: ReplicaLaunch) -> ReplicaHandle:
-        port = free_port(self.host)
+    def _forkable(self, launch: ReplicaLaunch, template: WorkerTemplate) -> bool:
+        """Whether ``launch`` would run the same forked from the template as started afresh."""
+        if launch.bridge is not None or not template.ready:
+            return False
+        if any(key.upper().startswith(_IMPORT_TIME_ENV) for key in launch.env):
+            return False
+        # A module of the model's own named like a preloaded one would be shadowed by it.
+        try:
+            names = {Path(entry).stem for entry in os.listdir(launch.source)}
+        except OSError:
+            return False
+        return not names & template.top_modules
+
+    def _begin_log(self, launch: ReplicaLaunch, port: int, how: str = "") -> tuple[Path, int]:
+        """The replica's log with a header line appended; where its own output starts."""
         log_path = self.log_path(launch)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = self._argv(launch, port)
         with log_path.open("ab") as out:
             stamp = datetime.now(UTC).isoformat(timespec="seconds")
-            out.write(f"--- {stamp} starting replica {launch.replica_id} on port {port}\n".encode())
-            out.flush()
-            offset = out.tell()
+            detail = f" ({how})" if how else ""
+            line = f"--- {stamp} starting replica {launch.replica_id} on port {port}{detail}\n"
+            out.write(line.encode())
+            return log_path, out.tell()
+
+    def _spawn(
+        self, launch: ReplicaLaunch, argv: list[str], port: int, log_path: Path, offset: int
+    ) -> ReplicaHandle:
+        with log_path.open("ab") as out:
             popen = subprocess.Popen(
                 argv,
                 stdout=out,
@@ -168,15 +275,10 @@ class LocalRuntime:
         proc = self._procs.get(handle.replica_id)
         if proc is None:
             return Exit(None, "")
-        if proc.popen is not None:
-            code = proc.popen.poll()
-            if code is None:
-                return None
-            return Exit(code, self._tail(proc))
-        if _alive(proc.pid):
+        code = _exit_code(proc)
+        if isinstance(code, _Running):
             return None
-        # Not our child (adopted): the exit code went to whoever started it.
-        return Exit(None, self._tail(proc))
+        return Exit(code, self._tail(proc))
 
     async def stop(self, handle: ReplicaHandle, *, grace_s: float) -> Exit:
         """SIGTERM (gunicorn finishes in-flight requests), SIGKILL the group after ``grace_s``."""
@@ -205,12 +307,10 @@ class LocalRuntime:
         _kill_group(proc.pid)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            if proc.popen is not None:
-                if proc.popen.poll() is not None:
-                    return
-            elif not _alive(proc.pid):
-                return
+            if not isinstance(_exit_code(proc), _Running):
+                break
             await asyncio.sleep(_POLL_S)
+        _release(proc)
 
     def _command(self, launch: ReplicaLaunch) -> list[str]:
         return self.bridge_command if launch.bridge is not None else self.command
@@ -233,7 +333,9 @@ class LocalRuntime:
 
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop tracking a replica without touching its process (it keeps serving)."""
-        self._procs.pop(handle.replica_id, None)
+        proc = self._procs.pop(handle.replica_id, None)
+        if proc is not None:
+            _release(proc)
 
     def log_path(self, launch: ReplicaLaunch) -> Path:
         """The replica's log file."""
@@ -250,6 +352,37 @@ class LocalRuntime:
             return ""
         lines = [line for line in text.splitlines() if line.strip()][-_TAIL_LINES:]
         return _clip("\n".join(lines))
+
+
+class _Running:
+    """The process has not ended (``_exit_code``'s answer while it runs)."""
+
+
+_RUNNING = _Running()
+
+
+def _exit_code(proc: _Process) -> int | _Running | None:
+    """The exit code once ended (None when unknown), ``_RUNNING`` while it runs."""
+    if proc.popen is not None:
+        code = proc.popen.poll()
+        return _RUNNING if code is None else code
+    if proc.template is not None:
+        reported = proc.template.exit_code(proc.pid)
+        if reported is not None:
+            return reported
+        if proc.template.watches(proc.pid):
+            return _RUNNING
+    # Adopted, or its template died: the exit code went to whoever reaped it.
+    return _RUNNING if _alive(proc.pid) else None
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace").strip()
+
+
+def _release(proc: _Process) -> None:
+    if proc.template is not None:
+        proc.template.exits.pop(proc.pid, None)
 
 
 def _url(host: str, port: int) -> str:

@@ -1,0 +1,281 @@
+"""Replicas forked from the warm worker template: they serve, crash, stop and are adopted like
+replicas started as fresh processes; with no preload modules there is no template at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from cormorant.deployer.runtime.local import LocalRuntime
+from cormorant.deployer.runtime.template import WorkerTemplate
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.testing import (
+    DeployerHarness,
+    kill_workers,
+    pid_gone,
+    wait_until,
+    worker_processes,
+)
+
+FORKED = "forked from the worker template"
+EXITS_AT_START = """
+import os
+print("cannot open the model: disk on fire", flush=True)
+os._exit(3)
+
+
+def predict(x):
+    return x
+"""
+
+
+@pytest.fixture
+async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+    """A deployer whose template preloads numpy (the worker's own stack is always preloaded)."""
+    settings = deployer_settings.model_copy(update={"preload_modules": ["numpy"]})
+    harness = DeployerHarness(settings)
+    try:
+        await harness.start()
+        yield harness
+    finally:
+        try:
+            await harness.stop()
+        finally:
+            kill_workers(str(settings.data_dir))
+
+
+async def ready_template(deployer: DeployerHarness) -> WorkerTemplate:
+    """The deployer's template, once it has imported everything."""
+    assert deployer.app is not None
+    runtime = deployer.app.state.service.runtime
+    assert isinstance(runtime, LocalRuntime)
+    assert runtime.template is not None
+    assert await runtime.template.wait_ready(120), "the worker template did not become ready"
+    return runtime.template
+
+
+def template_pid(template: WorkerTemplate) -> int:
+    assert template.generation is not None
+    return template.generation.pid
+
+
+def replica(deployer: DeployerHarness, slug: str) -> psutil.Process:
+    [process] = [
+        p for p in worker_processes(str(deployer.settings.data_dir)) if slug in p.cmdline()
+    ]
+    return process
+
+
+def replica_log(deployer: DeployerHarness, slug: str) -> str:
+    logs = (deployer.settings.data_dir / "logs" / "replicas").glob(f"{slug}-*.log")
+    return "".join(path.read_text(errors="replace") for path in logs)
+
+
+def group(pid: int) -> list[int]:
+    """Live processes of the process group led by ``pid``."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(process.pid) == pid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+    return members
+
+
+async def predict(url: str, value: Any) -> Any:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{url}/predict", json={"input_params": value})
+    assert response.status_code == 200, response.text
+    return response.json()["prediction"]
+
+
+async def wait_group_gone(pid: int) -> None:
+    async def gone() -> bool:
+        return not group(pid)
+
+    await wait_until(gone, timeout=30, what=f"process group {pid} gone")
+
+
+async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """A replica forked from the template serves predictions with its own environment, shows
+    its worker command line, survives a deployer restart (the template does not) and is
+    adopted; deleting the endpoint stops its gunicorn master and workers."""
+    template = await ready_template(deployer)
+    refused = await deployer.client.post(
+        "/api/v1/endpoints",
+        json={"name": "bound", "source": str(model_dir), "server": {"bind": "0.0.0.0:80"}},
+    )
+    assert refused.status_code == 400, refused.text
+    assert "server setting 'bind': cannot be set" in refused.json()["error"]["message"]
+
+    await deployer.create(
+        name="warm", source=str(model_dir), server={"workers": 2}, env={"FLAG": "on"}
+    )
+    await deployer.wait_running("warm")
+    url = (await deployer.route("warm"))["replicas"][0]["url"]
+    assert await predict(url, 21) == {"answer": "v1", "double": 42, "flag": "on"}
+    process = replica(deployer, "warm")
+    assert process.ppid() == template_pid(template)
+    assert "--port" in process.cmdline()
+    assert FORKED in replica_log(deployer, "warm")
+    assert len(group(process.pid)) == 3  # the gunicorn master and its two workers
+    old_template = template_pid(template)
+
+    await deployer.restart()
+
+    assert pid_gone(old_template)
+    after = await deployer.wait_running("warm")
+    assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
+    assert replica(deployer, "warm").pid == process.pid
+    assert await predict(url, 2) == {"answer": "v1", "double": 4, "flag": "on"}
+
+    response = await deployer.client.delete("/api/v1/endpoints/warm")
+    assert response.status_code in (200, 202, 204), response.text
+    await wait_group_gone(process.pid)
+
+
+async def test_forked_replica_crashes_are_reported_with_their_reason(
+    deployer: DeployerHarness, model_dir: Path, tmp_path: Path
+) -> None:
+    """What a user sees of a crash does not depend on how the replica started: a model that
+    cannot import, a replica that exits at start (its exit code, which only the template
+    collects), one killed by a signal (restarted, forked again); stopping one kills its
+    workers too."""
+    template = await ready_template(deployer)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "predict.py").write_text(
+        'raise RuntimeError("model.bin is missing")\n\n\ndef predict(x):\n    return x\n'
+    )
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    (exits / "predict.py").write_text(EXITS_AT_START)
+    await deployer.create(name="broken", source=str(broken), server={"workers": 1})
+    await deployer.create(name="exits", source=str(exits), server={"workers": 1})
+    await deployer.create(name="phoenix", source=str(model_dir), server={"workers": 1})
+
+    failed = await deployer.wait_for("broken", lambda e: e["status"] == "failed", what="failed")
+    assert "RuntimeError: model.bin is missing" in failed["reason"]
+    assert FORKED in replica_log(deployer, "broken")
+
+    crashed = await deployer.wait_for(
+        "exits", lambda e: any(x["state"] == "crashed" for x in e["events"]), what="a crash"
+    )
+    [reason, *_] = [e["reason"] for e in crashed["events"] if e["state"] == "crashed"]
+    assert reason.startswith("exited with code 3 before it was ready; log tail:"), reason
+    assert "cannot open the model: disk on fire" in reason
+
+    await deployer.wait_running("phoenix")
+    victim = replica(deployer, "phoenix")
+    assert victim.ppid() == template_pid(template)
+    os.kill(victim.pid, signal.SIGKILL)
+    after = await deployer.wait_for(
+        "phoenix",
+        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
+        what="restarted and ready",
+    )
+    [reason] = [e["reason"] for e in after["events"] if e["state"] == "crashed"]
+    assert reason.startswith("killed by SIGKILL; log tail:"), reason
+    restarted = replica(deployer, "phoenix")
+    assert restarted.pid != victim.pid
+    assert restarted.ppid() == template_pid(template)
+    assert len(group(restarted.pid)) == 2
+
+    response = await deployer.client.delete("/api/v1/endpoints/phoenix")
+    assert response.status_code in (200, 202, 204), response.text
+    await wait_group_gone(restarted.pid)
+
+
+async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """A template that dies is started again; a replica it forked keeps serving and its crash
+    is still noticed and restarted (from the new template)."""
+    template = await ready_template(deployer)
+    await deployer.create(name="orphan", source=str(model_dir), server={"workers": 1})
+    await deployer.wait_running("orphan")
+    first = replica(deployer, "orphan")
+    old = template_pid(template)
+    assert first.ppid() == old
+
+    os.kill(old, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        return template.ready and template_pid(template) != old
+
+    await wait_until(replaced, timeout=120, what="a new worker template")
+    url = (await deployer.route("orphan"))["replicas"][0]["url"]
+    assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": None}
+
+    os.kill(first.pid, signal.SIGKILL)
+    after = await deployer.wait_for(
+        "orphan",
+        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
+        what="restarted and ready",
+    )
+    [reason] = [e["reason"] for e in after["events"] if e["state"] == "crashed"]
+    assert reason.startswith("exited; log tail:"), reason  # its exit code died with its parent
+    assert replica(deployer, "orphan").ppid() == template_pid(template)
+
+
+async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """An endpoint that sets a variable libraries read when imported (`OMP_NUM_THREADS`) gets
+    a fresh process: forked, it would inherit libraries imported without it."""
+    await ready_template(deployer)
+    await deployer.create(
+        name="threads", source=str(model_dir), server={"workers": 1},
+        env={"OMP_NUM_THREADS": "1", "FLAG": "x"},
+    )  # fmt: skip
+    await deployer.wait_running("threads")
+    url = (await deployer.route("threads"))["replicas"][0]["url"]
+    assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": "x"}
+    assert replica(deployer, "threads").ppid() == os.getpid()
+    assert FORKED not in replica_log(deployer, "threads")
+
+
+async def test_without_preload_modules_replicas_start_as_fresh_processes(
+    deployer_settings: DeployerSettings, model_dir: Path
+) -> None:
+    """`preload_modules` empty: no template; the replica is the deployer's own child process."""
+    settings = deployer_settings.model_copy(update={"preload_modules": []})
+    try:
+        async with DeployerHarness(settings) as deployer:
+            assert deployer.app is not None
+            assert deployer.app.state.service.runtime.template is None
+            await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
+            await deployer.wait_running("plain")
+            url = (await deployer.route("plain"))["replicas"][0]["url"]
+            assert await predict(url, 4) == {"answer": "v1", "double": 8, "flag": None}
+            assert replica(deployer, "plain").ppid() == os.getpid()
+            assert FORKED not in replica_log(deployer, "plain")
+    finally:
+        kill_workers(str(settings.data_dir))
+
+
+@pytest.mark.parametrize(
+    ("value", "modules"),
+    [("", []), ("numpy, sklearn.linear_model", ["numpy", "sklearn.linear_model"]),
+     ('["pandas"]', ["pandas"])],
+)  # fmt: skip
+def test_preload_modules_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, modules: list[str]
+) -> None:
+    """`CORMORANT_DEPLOYER_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
+    no template, as does a custom worker command."""
+    monkeypatch.setenv("CORMORANT_DEPLOYER_PRELOAD_MODULES", value)
+    settings = DeployerSettings()
+    assert settings.preload_modules == modules
+    assert (settings.template_command() is None) == (not modules)
+    custom = settings.model_copy(update={"worker_command": ["my-worker"]})
+    assert custom.template_command() is None
