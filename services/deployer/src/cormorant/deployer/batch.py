@@ -44,6 +44,13 @@ from cormorant.common.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from cormorant.common.predictor.arrow_rows import (
+    ARROW_STREAM,
+    decode_results,
+    encode_batch,
+    prediction_cells,
+    sendable,
+)
 from cormorant.deployer.endpoints import EndpointNotFound
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
@@ -339,14 +346,24 @@ class BatchService:
         self._start_using(endpoint)
         stopping = False
         try:
+            t0 = time.perf_counter()
             await self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
+            t1 = time.perf_counter()
             await self.supervisor.scale(endpoint, endpoint.spec.replicas.max)
             await self._wait_ready(endpoint)
+            t2 = time.perf_counter()
             output = staging / "output.csv"
             await self._predict_file(job_id, live, endpoint, source, output)
+            t3 = time.perf_counter()
             version = await self.datasets.add_files(dataset, {output_file: output})
+            t4 = time.perf_counter()
             await self._finish(
                 job_id, JobStatus.SUCCEEDED, live=live, output_dataset_version=version.version
+            )
+            t5 = time.perf_counter()
+            log.info(
+                "stage ms: running %.1f ready %.1f predict %.1f sync %.1f finish %.1f",
+                *(1000 * (b - a) for a, b in itertools.pairwise((t0, t1, t2, t3, t4, t5))),
             )
         except asyncio.CancelledError:
             if live.cancelled:
@@ -394,10 +411,12 @@ class BatchService:
         output: Path,
     ) -> None:
         chunks = await asyncio.to_thread(self._chunks, source)
-        import pyarrow.csv as pacsv  # imported by the first job: the deployer starts faster
+        # Imported by the first job: the deployer starts faster.
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
 
         writer: pacsv.CSVWriter | None = None
-        in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, list[dict[str, Any]]]]] = deque()
+        in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, pa.Array, pa.Array]]] = deque()
         limit = endpoint.spec.replicas.max * self.settings.batch_requests_per_replica
         turn = itertools.count()
         flushed = time.monotonic()
@@ -407,13 +426,16 @@ class BatchService:
                 if batch is not None:
                     in_flight.append(asyncio.create_task(self._send(endpoint, batch, live, turn)))
                 if in_flight and (batch is None or len(in_flight) >= limit):
-                    done_batch, results = await in_flight.popleft()
-                    table = _with_results(done_batch, results)
+                    done_batch, predictions, errors = await in_flight.popleft()
+                    table = pa.RecordBatch.from_arrays(
+                        [*done_batch.columns, predictions, errors],
+                        names=[*done_batch.schema.names, "prediction", "error"],
+                    )
                     if writer is None:
                         writer = pacsv.CSVWriter(str(output), table.schema)
                     await asyncio.to_thread(writer.write_batch, table)
-                    live.rows_done += len(results)
-                    live.failures += sum(1 for r in results if "error" in r)
+                    live.rows_done += table.num_rows
+                    live.failures += len(errors) - errors.null_count
                     if time.monotonic() - flushed > _PROGRESS_EVERY_S:
                         flushed = time.monotonic()
                         await self._update(job_id, rows_done=live.rows_done,
@@ -436,9 +458,17 @@ class BatchService:
         batch: pa.RecordBatch,
         live: _Live,
         turn: Iterator[int],
-    ) -> tuple[pa.RecordBatch, list[dict[str, Any]]]:
-        columns = [column.to_pylist() for column in batch.columns]
-        body = orjson.dumps({"rows": list(zip(*columns, strict=True))})
+    ) -> tuple[pa.RecordBatch, pa.Array, pa.Array]:
+        # Plain columns go as Arrow (no per-row work here); other types as JSON rows, which
+        # encode them as they always have.
+        arrow = sendable(batch.schema)
+        if arrow:
+            body = encode_batch(batch)
+            media = ARROW_STREAM
+        else:
+            columns = [column.to_pylist() for column in batch.columns]
+            body = orjson.dumps({"rows": list(zip(*columns, strict=True))})
+            media = "application/json"
         problem = "no replica is ready"
         for _ in range(_SEND_ATTEMPTS):
             replicas = _ready_urls(endpoint)
@@ -450,7 +480,7 @@ class BatchService:
                 response = await self.http.post(
                     url + _BATCH_PATH,
                     content=body,
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": media, "Accept": media},
                     timeout=endpoint.spec.timeout_s,
                 )
             except httpx.HTTPError as exc:
@@ -462,13 +492,14 @@ class BatchService:
                     break
                 continue
             live.replicas_used.add(replica_id)
-            results: list[dict[str, Any]] = orjson.loads(response.content)["results"]
-            if len(results) != batch.num_rows:
-                raise JobFailed(
-                    f"replica {replica_id} answered {len(results)} results "
-                    f"for {batch.num_rows} rows"
-                )
-            return batch, results
+            try:
+                if arrow:
+                    predictions, errors = decode_results(response.content, batch.num_rows)
+                else:
+                    predictions, errors = _json_results(response.content, batch.num_rows)
+            except ValueError as exc:
+                raise JobFailed(f"replica {replica_id} answered a chunk wrongly: {exc}") from exc
+            return batch, predictions, errors
         raise JobFailed(f"a chunk of {batch.num_rows} rows could not be predicted: {problem}")
 
     # --- CSV ------------------------------------------------------------------------------
@@ -595,35 +626,18 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
             ) from exc
 
 
-def _with_results(batch: pa.RecordBatch, results: list[dict[str, Any]]) -> pa.RecordBatch:
+def _json_results(content: bytes, rows: int) -> tuple[pa.Array, pa.Array]:
+    """A JSON answer's results as the output's ``prediction`` cells and ``error`` column."""
     import pyarrow as pa
 
-    values = [r.get("prediction") for r in results]
     try:
-        # Scalars of one kind (the common case) convert in C: numbers print as JSON would.
-        predictions = pa.array(values)
-        if not (
-            pa.types.is_integer(predictions.type)
-            or pa.types.is_floating(predictions.type)
-            or pa.types.is_string(predictions.type)
-            or pa.types.is_null(predictions.type)
-        ):
-            raise TypeError(predictions.type)
-        predictions = predictions.cast(pa.string())
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        predictions = pa.array([_cell(value) for value in values], pa.string())
-    errors = pa.array([r.get("error") for r in results], pa.string())
-    return pa.RecordBatch.from_arrays(
-        [*batch.columns, predictions, errors],
-        names=[*batch.schema.names, "prediction", "error"],
-    )
-
-
-def _cell(value: Any) -> str | None:
-    """A prediction as a CSV cell: a string as is, anything else as JSON."""
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+        results: list[dict[str, Any]] = orjson.loads(content)["results"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"the answer is not JSON with 'results' ({exc})") from exc
+    if len(results) != rows:
+        raise ValueError(f"the answer has {len(results)} results for {rows} rows")
+    predictions = prediction_cells([r.get("prediction") for r in results])
+    return predictions, pa.array([r.get("error") for r in results], pa.string())
 
 
 def _check_output(path: str) -> str:

@@ -25,6 +25,8 @@ BATCH_ENV = "CORMORANT_PREDICT_BATCH"
 """The ``env`` key that declares a version's predict batch-capable (``true``)."""
 
 _PLAIN = (str, int, bool, type(None))
+_SCALARS = frozenset((str, int, bool, float, type(None)))
+_NUMBERS = frozenset((int, float))
 RowResult = dict[str, Any]
 """``{"prediction": value}`` or ``{"error": "Type: message"}``."""
 
@@ -45,6 +47,60 @@ def predict_rows(
     if predictor.preprocess_function is None and not predictor.accepts_file:
         return _plain_rows(predictor.predict_function, rows)
     return [predict_row(predictor, row) for row in rows]
+
+
+def predict_columns(
+    predictor: Predictor, columns: Sequence[Sequence[Any]], rows: int, *, batch: bool = False
+) -> tuple[list[Any], list[str | None]]:
+    """``predict_rows`` for rows given as columns: per row, its prediction and its error.
+
+    A prediction is a JSON value (``None`` for a row that failed); an error is ``None`` for a
+    row that was predicted. Blocks, so call it off the event loop.
+    """
+    plain = predictor.preprocess_function is None and not predictor.accepts_file
+    if columns and plain and not batch:
+        return _plain_columns(predictor.predict_function, columns, rows)
+    if columns:
+        lists = [list(row) for row in zip(*columns, strict=True)]
+    else:
+        lists = [[] for _ in range(rows)]
+    results = predict_rows(predictor, lists, batch=batch)
+    return [r.get("prediction") for r in results], [r.get("error") for r in results]
+
+
+def _plain_columns(
+    function: Callable[..., Any], columns: Sequence[Sequence[Any]], rows: int
+) -> tuple[list[Any], list[str | None]]:
+    # predict(*row) through map(), which passes a row's values without building a tuple per
+    # row; a raising row stops map() right after that row, so the loop resumes with the next.
+    values: list[Any] = []
+    errors: list[str | None] = [None] * rows
+    arguments = [iter(column) for column in columns]
+    while True:
+        try:
+            values.extend(map(function, *arguments))
+            break
+        except CormorantError as exc:
+            errors[len(values)] = exc.message
+            values.append(None)
+        except (Exception, SystemExit) as exc:
+            errors[len(values)] = FunctionRaised("predict", exc).message
+            values.append(None)
+    kinds = set(map(type, values))
+    if float not in kinds and kinds <= _SCALARS:
+        return values, errors
+    # A float sums to a finite number only if every one is finite (a false alarm from an
+    # overflowing sum takes the exact path below, which gives the same answer).
+    if kinds <= _NUMBERS and math.isfinite(sum(values)):
+        return values, errors
+    for index, value in enumerate(values):
+        kind = type(value)
+        if kind in _PLAIN or (kind is float and math.isfinite(value)):
+            continue
+        result = _converted(value)
+        values[index] = result.get("prediction")
+        errors[index] = result.get("error")
+    return values, errors
 
 
 def _plain_rows(function: Callable[..., Any], rows: Sequence[Any]) -> list[RowResult]:
