@@ -163,3 +163,24 @@ async def test_a_bad_arrow_body_is_400_with_what_to_send() -> None:
         message = response.json()["error"]["message"]
         assert "column 'when' has type date32" in message
         assert "JSON rows" in message
+
+
+async def test_a_batch_capable_predict_gets_arrow_rows_as_lists_once_per_chunk() -> None:
+    """The chunk's rows arrive as lists, as with JSON; a raising chunk goes row by row."""
+    calls: list[Any] = []
+
+    def total(*args: Any) -> Any:
+        calls.append(args)
+        if len(args) == 1:
+            if any(row[0] < 0 for row in args[0]):
+                raise ValueError("a negative row")
+            return [row[0] + row[1] for row in args[0]]
+        return add_or_raise(*args)
+
+    env = {"CORMORANT_PREDICT_BATCH": "true"}
+    async with worker(Predictor(total), env=env) as client:
+        cells = await _arrow_cells(client, _arrow({"a": [1, 2], "b": [3, 4]}))
+        assert cells == {"prediction": ["4", "6"], "error": [None, None]}
+        assert calls == [([[1, 3], [2, 4]],)]
+        cells = await _arrow_cells(client, _arrow({"a": [-1, 2], "b": [3, 4]}))
+        assert cells == {"prediction": [None, "6"], "error": ["ValueError: negative -1", None]}

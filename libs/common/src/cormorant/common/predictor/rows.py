@@ -57,15 +57,21 @@ def predict_columns(
     A prediction is a JSON value (``None`` for a row that failed); an error is ``None`` for a
     row that was predicted. Blocks, so call it off the event loop.
     """
-    plain = predictor.preprocess_function is None and not predictor.accepts_file
-    if columns and plain and not batch:
+    if batch and rows:
+        values = _chunk_values(predictor, _lists(columns, rows))
+        if values is not None:
+            return values, [None] * rows
+    if columns and predictor.preprocess_function is None and not predictor.accepts_file:
         return _plain_columns(predictor.predict_function, columns, rows)
-    if columns:
-        lists = [list(row) for row in zip(*columns, strict=True)]
-    else:
-        lists = [[] for _ in range(rows)]
-    results = predict_rows(predictor, lists, batch=batch)
+    results = predict_rows(predictor, _lists(columns, rows))
     return [r.get("prediction") for r in results], [r.get("error") for r in results]
+
+
+def _lists(columns: Sequence[Sequence[Any]], rows: int) -> list[list[Any]]:
+    """The rows as lists, as JSON decoding gives them."""
+    if not columns:
+        return [[] for _ in range(rows)]
+    return [list(row) for row in zip(*columns, strict=True)]
 
 
 def _plain_columns(
@@ -86,12 +92,7 @@ def _plain_columns(
         except (Exception, SystemExit) as exc:
             errors[len(values)] = FunctionRaised("predict", exc).message
             values.append(None)
-    kinds = set(map(type, values))
-    if float not in kinds and kinds <= _SCALARS:
-        return values, errors
-    # A float sums to a finite number only if every one is finite (a false alarm from an
-    # overflowing sum takes the exact path below, which gives the same answer).
-    if kinds <= _NUMBERS and math.isfinite(sum(values)):
+    if _all_json(values):
         return values, errors
     for index, value in enumerate(values):
         kind = type(value)
@@ -101,6 +102,16 @@ def _plain_columns(
         values[index] = result.get("prediction")
         errors[index] = result.get("error")
     return values, errors
+
+
+def _all_json(values: Sequence[Any]) -> bool:
+    """True if every value is a plain JSON scalar (a float finite): ``to_json`` keeps it."""
+    kinds = set(map(type, values))
+    if float not in kinds:
+        return kinds <= _SCALARS
+    # Floats sum to a finite number only if each one is finite (an overflowing sum is a
+    # false alarm: the caller converts every value, which gives the same answer).
+    return kinds <= _NUMBERS and math.isfinite(sum(values))
 
 
 def _plain_rows(function: Callable[..., Any], rows: Sequence[Any]) -> list[RowResult]:
@@ -159,6 +170,11 @@ def predict_row(predictor: Predictor, row: Any) -> RowResult:
 
 
 def _predict_chunk(predictor: Predictor, rows: Sequence[Any]) -> list[RowResult] | None:
+    values = _chunk_values(predictor, rows)
+    return None if values is None else [{"prediction": value} for value in values]
+
+
+def _chunk_values(predictor: Predictor, rows: Sequence[Any]) -> list[Any] | None:
     # None: fall back to row by row (the chunk raised or answered in the wrong shape).
     function = predictor.predict_function
     try:
@@ -168,7 +184,9 @@ def _predict_chunk(predictor: Predictor, rows: Sequence[Any]) -> list[RowResult]
         if len(values) != len(rows):
             log.warning("batch predict returned %d values for %d rows", len(values), len(rows))
             return None
-        return [{"prediction": to_json(value)} for value in values]
+        if _all_json(values):
+            return list(values)
+        return [to_json(value) for value in values]
     except Exception as exc:
         log.info("batch predict raised (%s: %s); predicting row by row", type(exc).__name__, exc)
         return None
