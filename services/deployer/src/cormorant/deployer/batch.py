@@ -158,6 +158,8 @@ class _Live:
     replicas_used: set[str] = field(default_factory=set)
     cancelled: bool = False
     """Cancelled by a user (not by the deployer stopping)."""
+    marked: asyncio.Future[None] | None = None
+    """The write of the job's ``running`` status and start time."""
 
 
 class BatchService:
@@ -348,13 +350,17 @@ class BatchService:
         stopping = False
         try:
             started = time.monotonic()
-            await self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
+            # Written while the job starts its work: every later write of the row waits for it.
+            live.marked = asyncio.ensure_future(
+                self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
+            )
             await self.supervisor.scale(endpoint, endpoint.spec.replicas.max)
             await self._wait_ready(endpoint)
             ready = time.monotonic()
             output = staging / "output.csv"
             await self._predict_file(job_id, live, endpoint, source, output)
             predicted = time.monotonic()
+            await self._marked(live)
             version = await self.datasets.add_files(dataset, {output_file: output})
             await self._finish(
                 job_id, JobStatus.SUCCEEDED, live=live, output_dataset_version=version.version
@@ -443,6 +449,7 @@ class BatchService:
                     live.failures += len(errors) - errors.null_count
                     if time.monotonic() - flushed > _PROGRESS_EVERY_S:
                         flushed = time.monotonic()
+                        await self._marked(live)
                         await self._update(job_id, rows_done=live.rows_done,
                                            failures=live.failures,
                                            replicas=len(live.replicas_used))  # fmt: skip
@@ -574,10 +581,17 @@ class BatchService:
         async with self.sessions() as session, session.begin():
             await session.execute(update(BatchJob).where(BatchJob.id == job_id).values(**values))
 
+    async def _marked(self, live: _Live) -> None:
+        """Wait until the job's row says ``running`` (an error writing it is raised here)."""
+        if live.marked is not None:
+            await live.marked
+
     async def _finish(
         self, job_id: uuid.UUID, status: JobStatus, *, live: _Live | None = None, **values: Any
     ) -> None:
         if live is not None:
+            with contextlib.suppress(Exception):
+                await self._marked(live)
             values |= {"rows_done": live.rows_done, "failures": live.failures,
                        "replicas": len(live.replicas_used)}  # fmt: skip
         await self._update(job_id, status=status, finished_at=_now(), **values)
