@@ -2,11 +2,13 @@
 
 A job checks everything before it is accepted (endpoint, dataset, output path, the whole CSV
 parsed once, which also counts its rows), then runs in the background: it scales the endpoint
-to ``replicas.max``, streams the CSV in chunks of ``batch_chunk_rows`` rows (pyarrow), sends
-each chunk to a ready replica's ``POST /predict/batch`` with at most ``batch_requests_per_replica``
-chunks in flight per replica, and writes the input columns plus ``prediction`` and ``error`` in
-input order to a temporary file. Only a complete file is synced into the dataset, as a new
-version; a failed or cancelled job writes nothing. After the last job of an endpoint its
+to ``replicas.max``, streams the CSV in chunks of up to ``batch_chunk_rows`` rows (pyarrow; the
+first chunks smaller), sends each chunk to a ready replica's ``POST /predict/batch`` with at most
+``batch_requests_per_replica`` chunks in flight per replica (as an Arrow IPC stream when its
+columns are plain numbers, strings and booleans, else as JSON rows), and writes the input columns
+plus ``prediction`` and ``error`` in input order into a blob of the dataset store, hashed as it
+is written. Only a complete file is synced into the dataset, as a new version; a failed or
+cancelled job writes nothing. After the last job of an endpoint its
 replicas stay ``batch_idle_timeout_s`` seconds, then it scales back to 0.
 
 A deployer that restarts marks the jobs it was running ``failed`` with the reason.
@@ -18,7 +20,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import shutil
 import tempfile
 import time
 import uuid
@@ -36,6 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.datasets import DatasetStore, ResolvedFile, validate_path
+from cormorant.common.datasets.blobs import BlobWriter
 from cormorant.common.db.models import BatchJob, Dataset, JobStatus
 from cormorant.common.errors import (
     BadRequest,
@@ -345,7 +347,6 @@ class BatchService:
         output_file: str,
     ) -> None:
         live = self._live[job_id]
-        staging = Path(tempfile.mkdtemp(prefix=f"cormorant-batch-{job_id}-"))
         self._start_using(endpoint)
         stopping = False
         try:
@@ -357,11 +358,15 @@ class BatchService:
             await self.supervisor.scale(endpoint, endpoint.spec.replicas.max)
             await self._wait_ready(endpoint)
             ready = time.monotonic()
-            output = staging / "output.csv"
-            await self._predict_file(job_id, live, endpoint, source, output)
+            # The output goes straight into the dataset's blob store, hashed as it is written;
+            # it is kept only if every row was written (the writer drops it otherwise).
+            label = f"file {output_file!r}"
+            async with self.datasets.blobs.writer(label=label) as output:
+                await self._predict_file(job_id, live, endpoint, source, output)
+                blob = await output.commit()
             predicted = time.monotonic()
             await self._marked(live)
-            version = await self.datasets.add_files(dataset, {output_file: output})
+            version = await self.datasets.add_files(dataset, {output_file: blob})
             await self._finish(
                 job_id, JobStatus.SUCCEEDED, live=live, output_dataset_version=version.version
             )
@@ -389,7 +394,6 @@ class BatchService:
                 job_id, JobStatus.FAILED, live=live, error=f"{type(exc).__name__}: {exc}"
             )
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
             self._live.pop(job_id, None)
             # A stopping deployer starts no idle timer: the next one's recover() does.
             self._stop_using(endpoint, schedule=not stopping)
@@ -414,14 +418,13 @@ class BatchService:
         live: _Live,
         endpoint: EndpointRuntime,
         source: ResolvedFile,
-        output: Path,
+        output: BlobWriter,
     ) -> None:
         chunks = await asyncio.to_thread(self._chunks, source)
         # Imported by the first job: the deployer starts faster.
         import pyarrow as pa
-        import pyarrow.csv as pacsv
 
-        writer: pacsv.CSVWriter | None = None
+        header = True
         in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, pa.Array, pa.Array]]] = deque()
         limit = endpoint.spec.replicas.max * self.settings.batch_requests_per_replica
         turn = itertools.count()
@@ -438,13 +441,12 @@ class BatchService:
                         [*done_batch.columns, predictions, errors],
                         names=[*done_batch.schema.names, "prediction", "error"],
                     )
-                    if writer is None:
-                        writer = pacsv.CSVWriter(str(output), table.schema)
-                    # Written in a thread while the loop reads and sends the next chunks;
-                    # one write at a time keeps the rows in order.
+                    # Written (CSV made in a thread) while the loop reads and sends the next
+                    # chunks; one write at a time keeps the rows in order.
                     if writing is not None:
                         await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(writer.write_batch, table))
+                    writing = asyncio.ensure_future(_write_csv(output, table, header=header))
+                    header = False
                     live.rows_done += table.num_rows
                     live.failures += len(errors) - errors.null_count
                     if time.monotonic() - flushed > _PROGRESS_EVERY_S:
@@ -461,13 +463,11 @@ class BatchService:
             for task in in_flight:
                 task.cancel()
             if writing is not None:
-                # A write thread cannot be stopped: the file is closed once it has returned.
+                # A write thread cannot be stopped: the output is dropped once it has returned.
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(writing)
-            if writer is not None:
-                writer.close()
             chunks.close()
-        if writer is None:
+        if header:
             raise JobFailed("the input CSV has no rows")
 
     async def _send(
@@ -655,6 +655,21 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
                 f"{reference} is not a valid CSV file ({exc}); give a header line and rows "
                 "with the same number of columns"
             ) from exc
+
+
+async def _write_csv(output: BlobWriter, table: pa.RecordBatch, *, header: bool) -> None:
+    """Append ``table``'s rows to the output as CSV (with the header line if ``header``)."""
+
+    def encode() -> bytes:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
+
+    await output.write(await asyncio.to_thread(encode))
 
 
 def _json_results(content: bytes, rows: int) -> tuple[pa.Array, pa.Array]:
