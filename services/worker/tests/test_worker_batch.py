@@ -99,16 +99,20 @@ def various(kind: str, x: float) -> Any:
         "list": (x, "a"),
         "nan": math.nan,
         "numpy": np.float64(x),
+        "huge": 2**63 + int(x),
     }
     if kind == "raise":
         raise ValueError(f"bad {x}")
+    if kind == "stop":
+        raise StopIteration
     return values[kind]
 
 
 async def test_arrow_rows_give_the_same_cells_and_errors_as_json_rows() -> None:
     """A chunk sent as Arrow is answered with the output cells its JSON rows would give."""
-    kinds = ["int", "float", "str", "none", "bool", "dict", "list", "nan", "numpy", "raise"]
+    kinds = ["int", "float", "str", "none", "bool", "dict", "list", "nan", "numpy", "raise", "stop"]
     chunks = [[kind] for kind in kinds] + [kinds, ["float", "int"], ["float", "nan"]]
+    chunks += [["float"] * 4 + ["huge"] * 2]
     async with worker(Predictor(various)) as client:
         for chosen in chunks:
             xs = [float(i) + 0.5 for i in range(len(chosen))]

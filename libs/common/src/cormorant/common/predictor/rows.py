@@ -82,16 +82,20 @@ def _plain_columns(
     values: list[Any] = []
     errors: list[str | None] = [None] * rows
     arguments = [iter(column) for column in columns]
-    while True:
+    while len(values) < rows:
         try:
             values.extend(map(function, *arguments))
-            break
         except CormorantError as exc:
             errors[len(values)] = exc.message
             values.append(None)
         except (Exception, SystemExit) as exc:
             errors[len(values)] = FunctionRaised("predict", exc).message
             values.append(None)
+        else:
+            if len(values) < rows:
+                # map() ends quietly when predict raises StopIteration (its message is lost).
+                errors[len(values)] = FunctionRaised("predict", StopIteration()).message
+                values.append(None)
     if _all_json(values):
         return values, errors
     for index, value in enumerate(values):
@@ -111,7 +115,10 @@ def _all_json(values: Sequence[Any]) -> bool:
         return kinds <= _SCALARS
     # Floats sum to a finite number only if each one is finite (an overflowing sum is a
     # false alarm: the caller converts every value, which gives the same answer).
-    return kinds <= _NUMBERS and math.isfinite(sum(values))
+    try:
+        return kinds <= _NUMBERS and math.isfinite(sum(values))
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _plain_rows(function: Callable[..., Any], rows: Sequence[Any]) -> list[RowResult]:
