@@ -4,7 +4,7 @@ One run starts a local stack (``cormorant up`` on free ports) and prints three f
 
 1. A job on the no-op model (``bench/noop``, one predict call per row) over a 100,000-row CSV,
    warm replicas, against a hand-written in-process loop: pyarrow chunked read → the same
-   predict per row → pyarrow CSV write. Target: ratio ≥ 0.5.
+   predict per row → pyarrow CSV write; each the best of 2 runs. Target: ratio ≥ 0.5.
 2. The same CSV on a batch-capable predict (``CORMORANT_PREDICT_BATCH=true``: one call per
    chunk). Target: ≥ 100,000 rows/s.
 3. Cold start: a scikit-learn endpoint (``examples/regression``) at 0 replicas, from the job's
@@ -91,6 +91,14 @@ def run_job(client: Client, slug: str, reference: str, output: str, dataset: str
     return final
 
 
+def warm_up(client: Client, slug: str, reference: str, job: dict[str, Any], replicas: int) -> None:
+    """More warm-up jobs until one has used every replica (one still starting served none)."""
+    for _ in range(5):
+        if (job["replicas"] or 0) >= replicas:
+            return
+        job = run_job(client, slug, reference, "warmup.csv", "bench")
+
+
 def cold_start(
     client: Client, slug: str, reference: str, dataset: str, data_dir: Path
 ) -> tuple[float, str]:
@@ -171,8 +179,12 @@ def main() -> None:
             first = start_job(client, noop, source, "warmup.csv", "bench")
             first.wait(poll_s=0.1, timeout=300)
             reference = first.job["input_file"]
-            warm = run_job(client, noop, reference, "noop.csv", "bench")
-            run_job(client, capable, reference, "warmup2.csv", "bench")
+            warm_up(client, noop, reference, first.job, args.replicas)
+            # Best of 2, as the loop is: one job lasts ~0.1 s, a moment of other load sinks it.
+            jobs = [run_job(client, noop, reference, f"noop{i}.csv", "bench") for i in range(2)]
+            warm = max(jobs, key=lambda job: float(job["rows_per_s"]))
+            warmed = run_job(client, capable, reference, "warmup2.csv", "bench")
+            warm_up(client, capable, reference, warmed, args.replicas)
             fast = run_job(client, capable, reference, "capable.csv", "bench")
 
             header = ",".join(f"f{i}" for i in range(10))
@@ -196,8 +208,9 @@ def main() -> None:
 
     ratio = warm["rows_per_s"] / anchor
     print(f"rows: {args.rows:,}, replicas: {args.replicas}")
-    print(f"no-op job: {warm['rows_per_s']:,.0f} rows/s; in-process loop: {anchor:,.0f} rows/s; "
-          f"ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
+    each = ", ".join(f"{job['rows_per_s']:,.0f}" for job in jobs)
+    print(f"no-op job: {warm['rows_per_s']:,.0f} rows/s (best of {each}); in-process loop: "
+          f"{anchor:,.0f} rows/s; ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
     print(f"batch-capable job: {fast['rows_per_s']:,.0f} rows/s (target >= 100,000)")
     print(f"cold start 0 -> first row (scikit-learn): {cold:.2f} s (target <= 2 s)")
     print(f"  after the POST, s: {breakdown}")

@@ -144,3 +144,61 @@ async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
         '"x","prediction","error"', '1,"2",', '2,"4",', '3,"6",'
     ]  # fmt: skip
     await engine.dispose()
+
+
+DESCRIBE_MODEL = """\
+def predict(*row):
+    return " ".join(f"{type(value).__name__}:{value}" for value in row)
+"""
+
+
+async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
+    deployer: DeployerHarness, tmp_path: Path
+) -> None:
+    """Numbers and strings (sent as Arrow) and a date column (sent as JSON rows) arrive as
+    JSON would decode them, and the output keeps the input order across chunks."""
+    model = tmp_path / "describe"
+    model.mkdir()
+    (model / "predict.py").write_text(DESCRIBE_MODEL)
+    slug = (
+        await deployer.create(
+            name="describe batch", kind="batch", source=str(model), server={"workers": 1},
+            replicas={"min": 0, "max": 2},
+        )
+    )["slug"]  # fmt: skip
+    settings = deployer.settings
+    engine = create_engine(settings.database_url)
+    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
+    await datasets.blobs.prepare()
+    await datasets.create_dataset("described")
+    plain = "n,x,s\n" + "".join(f"{i},{i}.5,s{i}\n" for i in range(1_000))
+    dated = "when,n\n" + "".join(f"2026-12-{i % 28 + 1:02d},{i}\n" for i in range(1_000))
+    await datasets.add_files(
+        "described", {"plain.csv": plain.encode(), "dated.csv": dated.encode()}
+    )
+
+    async def run(name: str) -> list[str]:
+        body = {"input_file": f"described/{name}.csv", "output_file": f"out/{name}.csv",
+                "dataset": "described"}  # fmt: skip
+        response = await deployer.client.post(f"/api/v1/endpoints/{slug}/batch-jobs", json=body)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+
+        async def ended() -> dict[str, Any] | None:
+            job = await get_job(deployer, slug, job_id)
+            return job if job["status"] in ("succeeded", "failed") else None
+
+        job = await wait_until(ended, timeout=120, what="the job ended")
+        assert job["status"] == "succeeded", job
+        assert (job["rows_done"], job["failures"]) == (1_000, 0)
+        output = await datasets.read_file(job["output_reference"])
+        return output.decode().splitlines()
+
+    assert await run("plain") == ['"n","x","s","prediction","error"'] + [
+        f'{i},{i}.5,"s{i}","int:{i} float:{i}.5 str:s{i}",' for i in range(1_000)
+    ]
+    assert await run("dated") == ['"when","n","prediction","error"'] + [
+        f'2026-12-{i % 28 + 1:02d},{i},"str:2026-12-{i % 28 + 1:02d} int:{i}",'
+        for i in range(1_000)
+    ]
+    await engine.dispose()

@@ -2,11 +2,13 @@
 
 A job checks everything before it is accepted (endpoint, dataset, output path, the whole CSV
 parsed once, which also counts its rows), then runs in the background: it scales the endpoint
-to ``replicas.max``, streams the CSV in chunks of ``batch_chunk_rows`` rows (pyarrow), sends
-each chunk to a ready replica's ``POST /predict/batch`` with at most ``batch_requests_per_replica``
-chunks in flight per replica, and writes the input columns plus ``prediction`` and ``error`` in
-input order to a temporary file. Only a complete file is synced into the dataset, as a new
-version; a failed or cancelled job writes nothing. After the last job of an endpoint its
+to ``replicas.max``, streams the CSV in chunks of up to ``batch_chunk_rows`` rows (pyarrow; the
+first chunks smaller), sends each chunk to a ready replica's ``POST /predict/batch`` with at most
+``batch_requests_per_replica`` chunks in flight per replica (as an Arrow IPC stream when its
+columns are plain numbers, strings and booleans, else as JSON rows), and writes the input columns
+plus ``prediction`` and ``error`` in input order into a blob of the dataset store, hashed as it
+is written. Only a complete file is synced into the dataset, as a new version; a failed or
+cancelled job writes nothing. After the last job of an endpoint its
 replicas stay ``batch_idle_timeout_s`` seconds, then it scales back to 0.
 
 A deployer that restarts marks the jobs it was running ``failed`` with the reason.
@@ -18,7 +20,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import shutil
 import tempfile
 import time
 import uuid
@@ -36,6 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.datasets import DatasetStore, ResolvedFile, validate_path
+from cormorant.common.datasets.blobs import BlobWriter
 from cormorant.common.db.models import BatchJob, Dataset, JobStatus
 from cormorant.common.errors import (
     BadRequest,
@@ -43,6 +45,13 @@ from cormorant.common.errors import (
     CormorantError,
     NotFound,
     ServiceUnavailable,
+)
+from cormorant.common.predictor.arrow_rows import (
+    ARROW_STREAM,
+    decode_results,
+    encode_batch,
+    prediction_cells,
+    sendable,
 )
 from cormorant.deployer.endpoints import EndpointNotFound
 from cormorant.deployer.settings import DeployerSettings
@@ -59,6 +68,7 @@ _PROGRESS_EVERY_S = 0.5
 _READY_POLL_S = 0.05
 _BLOCK_BYTES = 1 << 20
 _CHUNK_BYTES = 2 << 20
+_FIRST_CHUNK_ROWS = 1000
 _MAX_WINDOW_MINUTES = 7 * 24 * 60
 _STOP_REASON = "the deployer stopped while this job ran; nothing was written; submit it again"
 _RESTART_REASON = (
@@ -150,6 +160,8 @@ class _Live:
     replicas_used: set[str] = field(default_factory=set)
     cancelled: bool = False
     """Cancelled by a user (not by the deployer stopping)."""
+    marked: asyncio.Future[None] | None = None
+    """The write of the job's ``running`` status and start time."""
 
 
 class BatchService:
@@ -335,19 +347,35 @@ class BatchService:
         output_file: str,
     ) -> None:
         live = self._live[job_id]
-        staging = Path(tempfile.mkdtemp(prefix=f"cormorant-batch-{job_id}-"))
         self._start_using(endpoint)
         stopping = False
         try:
-            await self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
+            started = time.monotonic()
+            # Written while the job starts its work: every later write of the row waits for it.
+            live.marked = asyncio.ensure_future(
+                self._update(job_id, status=JobStatus.RUNNING, started_at=_now())
+            )
             await self.supervisor.scale(endpoint, endpoint.spec.replicas.max)
             await self._wait_ready(endpoint)
-            output = staging / "output.csv"
-            await self._predict_file(job_id, live, endpoint, source, output)
-            version = await self.datasets.add_files(dataset, {output_file: output})
+            ready = time.monotonic()
+            # The output goes straight into the dataset's blob store, hashed as it is written;
+            # it is kept only if every row was written (the writer drops it otherwise).
+            label = f"file {output_file!r}"
+            async with self.datasets.blobs.writer(label=label) as output:
+                await self._predict_file(job_id, live, endpoint, source, output)
+                blob = await output.commit()
+            predicted = time.monotonic()
+            await self._marked(live)
+            version = await self.datasets.add_files(dataset, {output_file: blob})
             await self._finish(
                 job_id, JobStatus.SUCCEEDED, live=live, output_dataset_version=version.version
             )
+            log.info(
+                "batch job %s succeeded: %d rows, %d failed; replicas ready after %.3f s, "
+                "rows predicted and written in %.3f s, synced after %.3f s",
+                job_id, live.rows_done, live.failures, ready - started, predicted - ready,
+                time.monotonic() - started,
+            )  # fmt: skip
         except asyncio.CancelledError:
             if live.cancelled:
                 outcome = self._finish(job_id, JobStatus.CANCELLED, live=live, error="cancelled")
@@ -366,7 +394,6 @@ class BatchService:
                 job_id, JobStatus.FAILED, live=live, error=f"{type(exc).__name__}: {exc}"
             )
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
             self._live.pop(job_id, None)
             # A stopping deployer starts no idle timer: the next one's recover() does.
             self._stop_using(endpoint, schedule=not stopping)
@@ -391,43 +418,56 @@ class BatchService:
         live: _Live,
         endpoint: EndpointRuntime,
         source: ResolvedFile,
-        output: Path,
+        output: BlobWriter,
     ) -> None:
         chunks = await asyncio.to_thread(self._chunks, source)
-        import pyarrow.csv as pacsv  # imported by the first job: the deployer starts faster
+        # Imported by the first job: the deployer starts faster.
+        import pyarrow as pa
 
-        writer: pacsv.CSVWriter | None = None
-        in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, list[dict[str, Any]]]]] = deque()
+        header = True
+        in_flight: deque[asyncio.Task[tuple[pa.RecordBatch, pa.Array, pa.Array]]] = deque()
         limit = endpoint.spec.replicas.max * self.settings.batch_requests_per_replica
         turn = itertools.count()
         flushed = time.monotonic()
+        writing: asyncio.Future[None] | None = None
         try:
             while True:
                 batch = await asyncio.to_thread(next, chunks, None)
                 if batch is not None:
                     in_flight.append(asyncio.create_task(self._send(endpoint, batch, live, turn)))
                 if in_flight and (batch is None or len(in_flight) >= limit):
-                    done_batch, results = await in_flight.popleft()
-                    table = _with_results(done_batch, results)
-                    if writer is None:
-                        writer = pacsv.CSVWriter(str(output), table.schema)
-                    await asyncio.to_thread(writer.write_batch, table)
-                    live.rows_done += len(results)
-                    live.failures += sum(1 for r in results if "error" in r)
+                    done_batch, predictions, errors = await in_flight.popleft()
+                    table = pa.RecordBatch.from_arrays(
+                        [*done_batch.columns, predictions, errors],
+                        names=[*done_batch.schema.names, "prediction", "error"],
+                    )
+                    # Written (CSV made in a thread) while the loop reads and sends the next
+                    # chunks; one write at a time keeps the rows in order.
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(_write_csv(output, table, header=header))
+                    header = False
+                    live.rows_done += table.num_rows
+                    live.failures += len(errors) - errors.null_count
                     if time.monotonic() - flushed > _PROGRESS_EVERY_S:
                         flushed = time.monotonic()
+                        await self._marked(live)
                         await self._update(job_id, rows_done=live.rows_done,
                                            failures=live.failures,
                                            replicas=len(live.replicas_used))  # fmt: skip
                 if batch is None and not in_flight:
                     break
+            if writing is not None:
+                await writing
         finally:
             for task in in_flight:
                 task.cancel()
-            if writer is not None:
-                writer.close()
+            if writing is not None:
+                # A write thread cannot be stopped: the output is dropped once it has returned.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)
             chunks.close()
-        if writer is None:
+        if header:
             raise JobFailed("the input CSV has no rows")
 
     async def _send(
@@ -436,9 +476,17 @@ class BatchService:
         batch: pa.RecordBatch,
         live: _Live,
         turn: Iterator[int],
-    ) -> tuple[pa.RecordBatch, list[dict[str, Any]]]:
-        columns = [column.to_pylist() for column in batch.columns]
-        body = orjson.dumps({"rows": list(zip(*columns, strict=True))})
+    ) -> tuple[pa.RecordBatch, pa.Array, pa.Array]:
+        # Plain columns go as Arrow (no per-row work here); other types as JSON rows, which
+        # encode them as they always have.
+        arrow = sendable(batch.schema)
+        if arrow:
+            body = encode_batch(batch)
+            media = ARROW_STREAM
+        else:
+            columns = [column.to_pylist() for column in batch.columns]
+            body = orjson.dumps({"rows": list(zip(*columns, strict=True))})
+            media = "application/json"
         problem = "no replica is ready"
         for _ in range(_SEND_ATTEMPTS):
             replicas = _ready_urls(endpoint)
@@ -450,7 +498,7 @@ class BatchService:
                 response = await self.http.post(
                     url + _BATCH_PATH,
                     content=body,
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": media, "Accept": media},
                     timeout=endpoint.spec.timeout_s,
                 )
             except httpx.HTTPError as exc:
@@ -462,13 +510,14 @@ class BatchService:
                     break
                 continue
             live.replicas_used.add(replica_id)
-            results: list[dict[str, Any]] = orjson.loads(response.content)["results"]
-            if len(results) != batch.num_rows:
-                raise JobFailed(
-                    f"replica {replica_id} answered {len(results)} results "
-                    f"for {batch.num_rows} rows"
-                )
-            return batch, results
+            try:
+                if arrow:
+                    predictions, errors = decode_results(response.content, batch.num_rows)
+                else:
+                    predictions, errors = _json_results(response.content, batch.num_rows)
+            except ValueError as exc:
+                raise JobFailed(f"replica {replica_id} answered a chunk wrongly: {exc}") from exc
+            return batch, predictions, errors
         raise JobFailed(f"a chunk of {batch.num_rows} rows could not be predicted: {problem}")
 
     # --- CSV ------------------------------------------------------------------------------
@@ -532,10 +581,17 @@ class BatchService:
         async with self.sessions() as session, session.begin():
             await session.execute(update(BatchJob).where(BatchJob.id == job_id).values(**values))
 
+    async def _marked(self, live: _Live) -> None:
+        """Wait until the job's row says ``running`` (an error writing it is raised here)."""
+        if live.marked is not None:
+            await live.marked
+
     async def _finish(
         self, job_id: uuid.UUID, status: JobStatus, *, live: _Live | None = None, **values: Any
     ) -> None:
         if live is not None:
+            with contextlib.suppress(Exception):
+                await self._marked(live)
             values |= {"rows_done": live.rows_done, "failures": live.failures,
                        "replicas": len(live.replicas_used)}  # fmt: skip
         await self._update(job_id, status=status, finished_at=_now(), **values)
@@ -581,13 +637,19 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
     with handle:
         try:
             reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES))
+            # The first chunks are small and double: replicas start on the first rows sooner.
+            ramp = _FIRST_CHUNK_ROWS
             for batch in reader:
                 # Wide rows get smaller chunks, so a request stays well under the worker's
                 # body limit (JSON is about twice the size of the Arrow columns).
                 per_row = max(batch.nbytes // max(batch.num_rows, 1), 1)
-                size = max(1, min(rows, _CHUNK_BYTES // per_row))
-                for start in range(0, batch.num_rows, size):
-                    yield batch.slice(start, size)
+                most = max(1, min(rows, _CHUNK_BYTES // per_row))
+                start = 0
+                while start < batch.num_rows:
+                    chunk = batch.slice(start, min(most, ramp))
+                    ramp = min(ramp * 2, rows)
+                    start += chunk.num_rows
+                    yield chunk
         except pa.ArrowInvalid as exc:
             raise BadRequest(
                 f"{reference} is not a valid CSV file ({exc}); give a header line and rows "
@@ -595,35 +657,33 @@ def _slices(handle: IO[bytes], reference: str, rows: int) -> Generator[pa.Record
             ) from exc
 
 
-def _with_results(batch: pa.RecordBatch, results: list[dict[str, Any]]) -> pa.RecordBatch:
+async def _write_csv(output: BlobWriter, table: pa.RecordBatch, *, header: bool) -> None:
+    """Append ``table``'s rows to the output as CSV (with the header line if ``header``)."""
+
+    def encode() -> bytes:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
+
+    await output.write(await asyncio.to_thread(encode))
+
+
+def _json_results(content: bytes, rows: int) -> tuple[pa.Array, pa.Array]:
+    """A JSON answer's results as the output's ``prediction`` cells and ``error`` column."""
     import pyarrow as pa
 
-    values = [r.get("prediction") for r in results]
     try:
-        # Scalars of one kind (the common case) convert in C: numbers print as JSON would.
-        predictions = pa.array(values)
-        if not (
-            pa.types.is_integer(predictions.type)
-            or pa.types.is_floating(predictions.type)
-            or pa.types.is_string(predictions.type)
-            or pa.types.is_null(predictions.type)
-        ):
-            raise TypeError(predictions.type)
-        predictions = predictions.cast(pa.string())
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        predictions = pa.array([_cell(value) for value in values], pa.string())
-    errors = pa.array([r.get("error") for r in results], pa.string())
-    return pa.RecordBatch.from_arrays(
-        [*batch.columns, predictions, errors],
-        names=[*batch.schema.names, "prediction", "error"],
-    )
-
-
-def _cell(value: Any) -> str | None:
-    """A prediction as a CSV cell: a string as is, anything else as JSON."""
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
+        results: list[dict[str, Any]] = orjson.loads(content)["results"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"the answer is not JSON with 'results' ({exc})") from exc
+    if len(results) != rows:
+        raise ValueError(f"the answer has {len(results)} results for {rows} rows")
+    predictions = prediction_cells([r.get("prediction") for r in results])
+    return predictions, pa.array([r.get("error") for r in results], pa.string())
 
 
 def _check_output(path: str) -> str:

@@ -139,7 +139,7 @@ class DeployerSettings(ServiceSettings):
     batch_idle_timeout_s: float = Field(default=60.0, ge=0)
     """Seconds a batch endpoint keeps its replicas after its last job before scaling to 0."""
 
-    batch_chunk_rows: int = Field(default=5000, ge=1)
+    batch_chunk_rows: int = Field(default=10000, ge=1)
     """Most rows a batch job sends to a replica in one request (fewer for wide rows)."""
 
     batch_requests_per_replica: int = Field(default=2, ge=1)

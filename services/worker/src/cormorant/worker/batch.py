@@ -2,6 +2,10 @@
 
 Body ``{"rows": [[...], ...]}``; answer ``{"results": [{"prediction": v} | {"error": "..."}],
 "version": ...}`` in row order. A raising row gets an error result; the request still succeeds.
+
+A body sent as an Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``, as
+batch jobs send their chunks) is answered as one: a ``prediction`` column of output cells and an
+``error`` column (``cormorant.common.predictor.arrow_rows``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cormorant.common.errors import BadRequest, PayloadTooLarge
-from cormorant.common.predictor.rows import declares_batch, predict_rows
+from cormorant.common.predictor import Predictor
+from cormorant.common.predictor.arrow_rows import ARROW_STREAM, decode_columns, encode_results
+from cormorant.common.predictor.rows import declares_batch, predict_columns, predict_rows
 from cormorant.worker.model import ModelState
 from cormorant.worker.settings import WorkerSettings
 
@@ -39,14 +45,28 @@ def install_batch_route(
                     f"the request body is larger than {settings.max_body_bytes} bytes; "
                     "send fewer rows per request"
                 )
+        loop = asyncio.get_running_loop()
+        if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+            predictor = await model.get()
+            data = bytes(body)
+            answer = await loop.run_in_executor(
+                pool, lambda: _arrow_answer(predictor, data, batch, settings.version)
+            )
+            return Response(answer, 200, media_type=ARROW_STREAM)
         rows = _parse_rows(bytes(body))
         predictor = await model.get()
-        loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(
             pool, lambda: predict_rows(predictor, rows, batch=batch)
         )
-        answer = {"results": results, "version": settings.version}
-        return Response(orjson.dumps(answer), 200, media_type="application/json")
+        document = {"results": results, "version": settings.version}
+        return Response(orjson.dumps(document), 200, media_type="application/json")
+
+
+def _arrow_answer(predictor: Predictor, body: bytes, batch: bool, version: str) -> bytes:
+    # Decoded here too, off the loop: pyarrow is imported by the first such request.
+    columns, count = decode_columns(body)
+    values, errors = predict_columns(predictor, columns, count, batch=batch)
+    return encode_results(values, errors, version)
 
 
 def _parse_rows(body: bytes) -> list[object]:

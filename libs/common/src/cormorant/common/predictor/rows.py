@@ -25,6 +25,8 @@ BATCH_ENV = "CORMORANT_PREDICT_BATCH"
 """The ``env`` key that declares a version's predict batch-capable (``true``)."""
 
 _PLAIN = (str, int, bool, type(None))
+_SCALARS = frozenset((str, int, bool, float, type(None)))
+_NUMBERS = frozenset((int, float))
 RowResult = dict[str, Any]
 """``{"prediction": value}`` or ``{"error": "Type: message"}``."""
 
@@ -45,6 +47,78 @@ def predict_rows(
     if predictor.preprocess_function is None and not predictor.accepts_file:
         return _plain_rows(predictor.predict_function, rows)
     return [predict_row(predictor, row) for row in rows]
+
+
+def predict_columns(
+    predictor: Predictor, columns: Sequence[Sequence[Any]], rows: int, *, batch: bool = False
+) -> tuple[list[Any], list[str | None]]:
+    """``predict_rows`` for rows given as columns: per row, its prediction and its error.
+
+    A prediction is a JSON value (``None`` for a row that failed); an error is ``None`` for a
+    row that was predicted. Blocks, so call it off the event loop.
+    """
+    if batch and rows:
+        values = _chunk_values(predictor, _lists(columns, rows))
+        if values is not None:
+            return values, [None] * rows
+    if columns and predictor.preprocess_function is None and not predictor.accepts_file:
+        return _plain_columns(predictor.predict_function, columns, rows)
+    results = predict_rows(predictor, _lists(columns, rows))
+    return [r.get("prediction") for r in results], [r.get("error") for r in results]
+
+
+def _lists(columns: Sequence[Sequence[Any]], rows: int) -> list[list[Any]]:
+    """The rows as lists, as JSON decoding gives them."""
+    if not columns:
+        return [[] for _ in range(rows)]
+    return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _plain_columns(
+    function: Callable[..., Any], columns: Sequence[Sequence[Any]], rows: int
+) -> tuple[list[Any], list[str | None]]:
+    # predict(*row) through map(), which passes a row's values without building a tuple per
+    # row; a raising row stops map() right after that row, so the loop resumes with the next.
+    values: list[Any] = []
+    errors: list[str | None] = [None] * rows
+    arguments = [iter(column) for column in columns]
+    while len(values) < rows:
+        try:
+            values.extend(map(function, *arguments))
+        except CormorantError as exc:
+            errors[len(values)] = exc.message
+            values.append(None)
+        except (Exception, SystemExit) as exc:
+            errors[len(values)] = FunctionRaised("predict", exc).message
+            values.append(None)
+        else:
+            if len(values) < rows:
+                # map() ends quietly when predict raises StopIteration (its message is lost).
+                errors[len(values)] = FunctionRaised("predict", StopIteration()).message
+                values.append(None)
+    if _all_json(values):
+        return values, errors
+    for index, value in enumerate(values):
+        kind = type(value)
+        if kind in _PLAIN or (kind is float and math.isfinite(value)):
+            continue
+        result = _converted(value)
+        values[index] = result.get("prediction")
+        errors[index] = result.get("error")
+    return values, errors
+
+
+def _all_json(values: Sequence[Any]) -> bool:
+    """True if every value is a plain JSON scalar (a float finite): ``to_json`` keeps it."""
+    kinds = set(map(type, values))
+    if float not in kinds:
+        return kinds <= _SCALARS
+    # Floats sum to a finite number only if each one is finite (an overflowing sum is a
+    # false alarm: the caller converts every value, which gives the same answer).
+    try:
+        return kinds <= _NUMBERS and math.isfinite(sum(values))
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _plain_rows(function: Callable[..., Any], rows: Sequence[Any]) -> list[RowResult]:
@@ -103,6 +177,11 @@ def predict_row(predictor: Predictor, row: Any) -> RowResult:
 
 
 def _predict_chunk(predictor: Predictor, rows: Sequence[Any]) -> list[RowResult] | None:
+    values = _chunk_values(predictor, rows)
+    return None if values is None else [{"prediction": value} for value in values]
+
+
+def _chunk_values(predictor: Predictor, rows: Sequence[Any]) -> list[Any] | None:
     # None: fall back to row by row (the chunk raised or answered in the wrong shape).
     function = predictor.predict_function
     try:
@@ -112,7 +191,9 @@ def _predict_chunk(predictor: Predictor, rows: Sequence[Any]) -> list[RowResult]
         if len(values) != len(rows):
             log.warning("batch predict returned %d values for %d rows", len(values), len(rows))
             return None
-        return [{"prediction": to_json(value)} for value in values]
+        if _all_json(values):
+            return list(values)
+        return [to_json(value) for value in values]
     except Exception as exc:
         log.info("batch predict raised (%s: %s); predicting row by row", type(exc).__name__, exc)
         return None
