@@ -100,6 +100,39 @@ async def test_replica_exiting_at_start_fails_the_endpoint_after_repeated_crashe
         assert failed["restarts"] >= 2
 
 
+async def test_scaling_up_one_at_a_time_keeps_every_serving_replica(
+    deployer_settings: DeployerSettings, model_dir: Path
+) -> None:
+    """Growing 2 → 3 starts one replica and stops none: the two already serving keep their
+    processes (a scale-up used to stop every replica but the oldest, and the reconcile loop
+    then replaced one every 10 s without ever reaching 3). The autoscaler is slowed down so
+    that only this test decides the count."""
+    settings = deployer_settings.model_copy(update={"autoscale_interval_s": 3600.0})
+    async with DeployerHarness(settings) as deployer:
+        await _grow_from_two_to_three(deployer, model_dir)
+
+
+async def _grow_from_two_to_three(deployer: DeployerHarness, model_dir: Path) -> None:
+    await deployer.create(
+        name="grow", source=str(model_dir), server=WORKERS_1, replicas={"min": 2, "max": 3}
+    )
+    await deployer.wait_running("grow", ready=2)
+    marker = str(deployer.settings.data_dir)
+    serving = {p.pid for p in worker_processes(marker) if "grow" in p.cmdline()}
+    assert deployer.app is not None
+    supervisor = deployer.app.state.supervisor
+    [endpoint] = [e for e in supervisor.endpoints.values() if e.slug == "grow"]
+
+    await supervisor.scale(endpoint, 3)
+    await supervisor.converge(endpoint)  # what the reconcile loop does every 10 s
+
+    after = await deployer.wait_running("grow", ready=3)
+    assert not [e for e in after["events"] if e["state"] in ("stopped", "draining")]
+    pids = {p.pid for p in worker_processes(marker) if "grow" in p.cmdline()}
+    assert serving < pids, (serving, pids)
+    assert len(pids) == 3
+
+
 async def test_restarted_deployer_adopts_running_replicas_without_restarting_them(
     deployer: DeployerHarness, model_dir: Path
 ) -> None:

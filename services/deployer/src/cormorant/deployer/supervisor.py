@@ -111,6 +111,9 @@ class EndpointRuntime:
 
 
 def _victims(replicas: Iterable[ReplicaRunner], count: int) -> list[ReplicaRunner]:
+    # A negative count (replicas missing) must stop none: ranked[:-1] would stop all but one.
+    if count <= 0:
+        return []
     # Replicas not serving yet go first, then the newest: the oldest have warm caches.
     ranked = sorted(replicas, key=lambda r: (r.state == "ready", -r.order))
     return ranked[:count]
