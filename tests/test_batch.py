@@ -198,3 +198,15 @@ def test_bad_job_requests_are_refused_and_write_nothing(
     assert words in refused.value.message
     assert versions(client, "bad-inputs") == before
     assert client.request("GET", f"/api/v1/endpoints/{refusing}/batch-jobs")["jobs"] == []
+
+
+def test_deploying_a_batch_endpoint_tells_how_to_run_a_job(stack: Stack) -> None:
+    """`cormorant deploy --kind batch` ends with the batch command to run, not a predict call
+    its endpoint would refuse with 409."""
+    result = stack.cli(
+        "deploy", str(MULTI_ARGS), "--name", "nightly", "--kind", "batch", "--max", "1"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cormorant batch nightly input.csv out/predictions.csv --dataset NAME" in result.stdout
+    assert "curl" not in result.stdout
+    assert "cormorant predict" not in result.stdout

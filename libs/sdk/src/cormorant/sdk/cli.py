@@ -307,7 +307,17 @@ def deploy(
             with console.status(f"Waiting for {slug} to serve…"):
                 endpoint = api_call(client.endpoints.wait_until_running, slug)
             console.print(f"[green]{slug} is {endpoint['status']}.[/green]")
-            _predict_lines(slug, created["token"], client.url, "your input")
+            if kind == "batch":
+                # Its predict URL answers 409: a batch endpoint serves jobs, not requests.
+                console.print("\nRun a job (it scales from 0 and back):")
+                console.print(
+                    f"  .venv/bin/cormorant batch {slug} input.csv out/predictions.csv "
+                    "--dataset NAME",
+                    soft_wrap=True,
+                    markup=False,
+                )
+            else:
+                _predict_lines(slug, created["token"], client.url, "your input")
 
 
 def _drop_none_dict(values: dict[str, Any]) -> dict[str, Any]:
