@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, kill_workers
+from cormorant.deployer.testing import DeployerHarness, running_deployer
 
 TINY_MODEL = """\
 import os
@@ -48,15 +48,8 @@ def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> Deplo
 @pytest.fixture
 async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
     """A running deployer; every replica it started is killed afterwards."""
-    harness = DeployerHarness(deployer_settings)
-    try:
-        await harness.start()
+    async with running_deployer(deployer_settings) as harness:
         yield harness
-    finally:
-        try:
-            await harness.stop()
-        finally:
-            kill_workers(str(deployer_settings.data_dir))
 
 
 @pytest.fixture

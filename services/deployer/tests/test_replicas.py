@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, kill_workers, pid_gone, worker_processes
+from cormorant.deployer.testing import (
+    DeployerHarness,
+    pid_gone,
+    running_deployer,
+    worker_processes,
+)
 
 WORKERS_1 = {"workers": 1}
 CRASHING_WORKER = """
@@ -108,11 +113,8 @@ async def test_scaling_up_one_at_a_time_keeps_every_serving_replica(
     then replaced one every 10 s without ever reaching 3). The autoscaler is slowed down so
     that only this test decides the count."""
     settings = deployer_settings.model_copy(update={"autoscale_interval_s": 3600.0})
-    try:
-        async with DeployerHarness(settings) as deployer:
-            await _grow_from_two_to_three(deployer, model_dir)
-    finally:
-        kill_workers(str(settings.data_dir))
+    async with running_deployer(settings) as deployer:
+        await _grow_from_two_to_three(deployer, model_dir)
 
 
 async def _grow_from_two_to_three(deployer: DeployerHarness, model_dir: Path) -> None:

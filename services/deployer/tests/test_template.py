@@ -19,8 +19,8 @@ from cormorant.deployer.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
     DeployerHarness,
-    kill_workers,
     pid_gone,
+    running_deployer,
     wait_until,
     worker_processes,
 )
@@ -41,15 +41,8 @@ def predict(x):
 async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
     """A deployer whose template preloads numpy (the worker's own stack is always preloaded)."""
     settings = deployer_settings.model_copy(update={"preload_modules": ["numpy"]})
-    harness = DeployerHarness(settings)
-    try:
-        await harness.start()
+    async with running_deployer(settings) as harness:
         yield harness
-    finally:
-        try:
-            await harness.stop()
-        finally:
-            kill_workers(str(settings.data_dir))
 
 
 async def ready_template(deployer: DeployerHarness) -> WorkerTemplate:
@@ -249,18 +242,15 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
 ) -> None:
     """`preload_modules` empty: no template; the replica is the deployer's own child process."""
     settings = deployer_settings.model_copy(update={"preload_modules": []})
-    try:
-        async with DeployerHarness(settings) as deployer:
-            assert deployer.app is not None
-            assert deployer.app.state.service.runtime.template is None
-            await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
-            await deployer.wait_running("plain")
-            url = (await deployer.route("plain"))["replicas"][0]["url"]
-            assert await predict(url, 4) == {"answer": "v1", "double": 8, "flag": None}
-            assert replica(deployer, "plain").ppid() == os.getpid()
-            assert FORKED not in replica_log(deployer, "plain")
-    finally:
-        kill_workers(str(settings.data_dir))
+    async with running_deployer(settings) as deployer:
+        assert deployer.app is not None
+        assert deployer.app.state.service.runtime.template is None
+        await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
+        await deployer.wait_running("plain")
+        url = (await deployer.route("plain"))["replicas"][0]["url"]
+        assert await predict(url, 4) == {"answer": "v1", "double": 8, "flag": None}
+        assert replica(deployer, "plain").ppid() == os.getpid()
+        assert FORKED not in replica_log(deployer, "plain")
 
 
 @pytest.mark.parametrize(

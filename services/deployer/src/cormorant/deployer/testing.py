@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -191,3 +191,17 @@ def pid_gone(pid: int) -> bool:
         return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+@contextlib.asynccontextmanager
+async def running_deployer(settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+    """A started deployer; once it stops, every replica it started is killed."""
+    harness = DeployerHarness(settings)
+    try:
+        await harness.start()
+        yield harness
+    finally:
+        try:
+            await harness.stop()
+        finally:
+            kill_workers(str(settings.data_dir))
