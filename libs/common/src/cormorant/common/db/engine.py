@@ -68,6 +68,8 @@ async def wait_for_database(url: str | URL, timeout: float = 30.0) -> None:  # n
     deadline = time.monotonic() + timeout
     delay = 0.05
     engine = create_engine(url, poolclass=NullPool)
+    # The last attempt is usually cut short by the deadline: the error before it says why.
+    last_error: BaseException | None = None
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -76,12 +78,16 @@ async def wait_for_database(url: str | URL, timeout: float = 30.0) -> None:  # n
                     async with engine.connect() as conn:
                         await conn.execute(text("SELECT 1"))
                 return
-            except (DBAPIError, OSError, TimeoutError) as error:
+            except TimeoutError as error:
+                last_error = last_error or error
+            except (DBAPIError, OSError) as error:
                 last_error = error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                timed_out = last_error is None or isinstance(last_error, TimeoutError)
+                cause = "no answer" if timed_out else _describe(last_error)
                 raise TimeoutError(
-                    f"database not ready after {timeout:g} s: {_describe(last_error)}"
+                    f"database not ready after {timeout:g} s: {cause}"
                 ) from last_error
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
