@@ -45,6 +45,19 @@ async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[Deploye
         yield harness
 
 
+async def kill_and_await_restart(deployer: DeployerHarness, slug: str, pid: int) -> str:
+    """SIGKILL the replica ``pid`` of ``slug``; once restarted and ready, the crash's reason."""
+    os.kill(pid, signal.SIGKILL)
+    after = await deployer.wait_for(
+        slug,
+        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
+        what="restarted and ready",
+    )
+    [reason] = [e["reason"] for e in after["events"] if e["state"] == "crashed"]
+    reason_text: str = reason
+    return reason_text
+
+
 async def ready_template(deployer: DeployerHarness) -> WorkerTemplate:
     """The deployer's template, once it has imported everything."""
     assert deployer.app is not None
@@ -170,13 +183,7 @@ async def test_forked_replica_crashes_are_reported_with_their_reason(
     await deployer.wait_running("phoenix")
     victim = replica(deployer, "phoenix")
     assert victim.ppid() == template_pid(template)
-    os.kill(victim.pid, signal.SIGKILL)
-    after = await deployer.wait_for(
-        "phoenix",
-        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
-        what="restarted and ready",
-    )
-    [reason] = [e["reason"] for e in after["events"] if e["state"] == "crashed"]
+    reason = await kill_and_await_restart(deployer, "phoenix", victim.pid)
     assert reason.startswith("killed by SIGKILL; log tail:"), reason
     restarted = replica(deployer, "phoenix")
     assert restarted.pid != victim.pid
@@ -209,13 +216,7 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
     url = (await deployer.route("orphan"))["replicas"][0]["url"]
     assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": None}
 
-    os.kill(first.pid, signal.SIGKILL)
-    after = await deployer.wait_for(
-        "orphan",
-        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
-        what="restarted and ready",
-    )
-    [reason] = [e["reason"] for e in after["events"] if e["state"] == "crashed"]
+    reason = await kill_and_await_restart(deployer, "orphan", first.pid)
     assert reason.startswith("exited; log tail:"), reason  # its exit code died with its parent
     assert replica(deployer, "orphan").ppid() == template_pid(template)
 

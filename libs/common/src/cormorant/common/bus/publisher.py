@@ -188,11 +188,7 @@ class BatchedPublisher:
         ``context`` is the event's trace context as headers (``traceparent``...); without
         it, the current span's is sent.
         """
-        if self._closed:
-            self._drop(1, "closed")
-            return False
-        if self._pending >= self._max_buffer:
-            self._drop(1, "buffer_full")
+        if self._refuses():
             return False
         try:
             item = self._prepare(event, context)
@@ -215,11 +211,7 @@ class BatchedPublisher:
 
         For hot paths that write the body themselves (``prediction_body``).
         """
-        if self._closed:
-            self._drop(1, "closed")
-            return False
-        if self._pending >= self._max_buffer:
-            self._drop(1, "buffer_full")
+        if self._refuses():
             return False
         headers = {EVENT_TYPE_HEADER: event_type, MSG_ID_HEADER: event_id}
         _add_context(headers, context)
@@ -297,11 +289,7 @@ class BatchedPublisher:
         return _Outgoing(event.subject, event.encode(), headers, event.event_type, event.event_id)
 
     def _offer(self, item: _Outgoing) -> None:
-        if self._closed:
-            self._drop(1, "closed")
-        elif self._pending >= self._max_buffer:
-            self._drop(1, "buffer_full")
-        else:
+        if not self._refuses():
             self._enqueue(item)
 
     def _enqueue(self, item: _Outgoing) -> None:
@@ -310,6 +298,16 @@ class BatchedPublisher:
             self._empty.clear()
         self._pending += 1
         self._wakeup.set()
+
+    def _refuses(self) -> bool:
+        """Count one drop and say so if nothing more can be queued (closed, or buffer full)."""
+        if self._closed:
+            self._drop(1, "closed")
+            return True
+        if self._pending >= self._max_buffer:
+            self._drop(1, "buffer_full")
+            return True
+        return False
 
     def _drop(self, count: int, reason: str, detail: object = None) -> None:
         stats = self._stats
