@@ -397,7 +397,7 @@ async def test_predictions_and_metrics_through_the_orm(
         )
 
     async with sessions() as session:
-        prediction = await session.get(Prediction, ("r1", received))
+        prediction = await session.get(Prediction, (received, "r1"))
         assert prediction is not None
         assert (prediction.input, prediction.output) == (["I love it"], {"label": "positive"})
         assert (prediction.status, prediction.latency_ms, prediction.error) == (200, 1.25, None)

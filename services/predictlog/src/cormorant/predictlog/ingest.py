@@ -34,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM, pack_size, unpack
+from cormorant.common.bus.packing import COLUMNS_LAYOUT, LAYOUT_HEADER
 from cormorant.common.db import PredictionRow, copy_predictions, insert_predictions
 from cormorant.common.events import (
     EVENT_TYPE_HEADER,
@@ -53,7 +54,11 @@ from cormorant.predictlog.database import (
 )
 from cormorant.predictlog.monitoring import IngestMetrics
 from cormorant.predictlog.pull import BatchPull
-from cormorant.predictlog.reading import LoggedPrediction, read_prediction
+from cormorant.predictlog.reading import (
+    LoggedPrediction,
+    read_prediction,
+    read_prediction_pack,
+)
 from cormorant.predictlog.settings import PredictLogSettings
 
 log = logging.getLogger(__name__)
@@ -216,6 +221,13 @@ class StreamIngest(Generic[Row]):
             raise EventDecodeError(f"a {event.event_type} event on the {self.stream} stream")
         return event
 
+    def read_pack(
+        self, data: bytes, headers: Mapping[str, str] | None
+    ) -> Sequence[tuple[Any, Mapping[str, str]]] | None:
+        """Every event of a pack read at once, with its own headers; None to read the pack's
+        events one by one (``unpack`` and ``read``)."""
+        return None
+
     def row(self, event: Any, endpoint_id: uuid.UUID) -> Row | None:
         """The row of an event, or None if the event cannot be stored (it is given up)."""
         raise NotImplementedError
@@ -310,6 +322,10 @@ class StreamIngest(Generic[Row]):
             size = pack_size(msg.headers)
             batch.sizes.append(size)
             self.stats.delivered += size
+            whole = self.read_pack(msg.data, msg.headers) if size > 1 else None
+            if whole is not None:
+                batch.events.extend((index, event, headers) for event, headers in whole)
+                continue
             try:
                 items = unpack(msg.data, msg.headers)
             except EventDecodeError as exc:
@@ -555,6 +571,16 @@ class PredictionIngest(StreamIngest[PredictionRow]):
             if quick is not None:
                 return quick
         return super().read(body, headers)
+
+    def read_pack(
+        self, data: bytes, headers: Mapping[str, str] | None
+    ) -> Sequence[tuple[Any, Mapping[str, str]]] | None:
+        """A replica's column pack, read by ``read_prediction_pack``."""
+        if headers is None or headers.get(LAYOUT_HEADER) != COLUMNS_LAYOUT:
+            return None
+        if headers.get(EVENT_TYPE_HEADER) != PredictionLogged.event_type:
+            return None
+        return read_prediction_pack(data, headers)
 
     def row(
         self, event: PredictionLogged | LoggedPrediction, endpoint_id: uuid.UUID

@@ -106,12 +106,14 @@ class PredictHandler:
         logged_input: Any = None
         output: Any = None
         error: str | None = None
+        logged_size = 0  # about the bytes of the logged input and output
         try:
             body = await self._read_body(request, length)
             if events is not None:
                 size = len(body)
                 limit = self.log_max_bytes
                 logged_input = body if size <= limit else too_large("input", size, limit)
+                logged_size = min(size, limit)
             input_value = _parse_input(body, content_type)
             if logged_input is body and not isinstance(input_value, bytes):
                 logged_input = input_value
@@ -129,8 +131,9 @@ class PredictHandler:
                     size = len(content)
                     limit = self.log_max_bytes
                     output = outcome.value if size <= limit else too_large("output", size, limit)
+                    logged_size += min(size, limit)
                 return Response(content, 200, {REQUEST_ID_HEADER: request_id}, JSON)
-            stream = _LoggedStream(request_id, received, logged_input, traceparent)
+            stream = _LoggedStream(request_id, received, logged_input, traceparent, logged_size)
             response = await self._stream(outcome, request, started, stream)
             streaming = True
             status = 200
@@ -161,7 +164,8 @@ class PredictHandler:
                     if type(logged_input) is bytes:
                         logged_input = loggable_bytes(logged_input)
                     events.prediction(request_id, received, elapsed, status, logged_input,
-                                      output, error, _trace_id(traceparent))  # fmt: skip
+                                      output, error, _trace_id(traceparent),
+                                      logged_size)  # fmt: skip
 
     async def _read_body(self, request: Request, length: bytes | None) -> bytes:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -253,7 +257,8 @@ class PredictHandler:
                 )
                 events.prediction(logged.request_id, logged.received, elapsed, status,
                                   logged.input_for_log(), output, error,
-                                  _trace_id(logged.traceparent))  # fmt: skip
+                                  _trace_id(logged.traceparent),
+                                  logged.size + min(size, self.log_max_bytes))  # fmt: skip
 
     def _close_later(self, stream: ChunkStream) -> None:
         # Not awaited: this may run while a client's disconnect cancels us; the stream's lock
@@ -267,15 +272,22 @@ class PredictHandler:
 class _LoggedStream:
     """What a stream's log event needs from the request that started it."""
 
-    __slots__ = ("input", "received", "request_id", "traceparent")
+    __slots__ = ("input", "received", "request_id", "size", "traceparent")
 
     def __init__(
-        self, request_id: str, received: float, input_value: Any, traceparent: bytes | None
+        self,
+        request_id: str,
+        received: float,
+        input_value: Any,
+        traceparent: bytes | None,
+        size: int,
     ) -> None:
         self.request_id = request_id
         self.received = received
         self.input = input_value
         self.traceparent = traceparent
+        self.size = size
+        """About the bytes of the logged input."""
 
     def input_for_log(self) -> Any:
         """The input as the log keeps it (raw bytes as text or Base64)."""

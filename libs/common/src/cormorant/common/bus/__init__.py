@@ -17,13 +17,20 @@ from cormorant.common.bus.connection import close, connect
 from cormorant.common.bus.consumer import Consumer, ConsumerStats, Delivery, Handler, consume
 from cormorant.common.bus.packing import (
     PACK_HEADER,
+    Pack,
     decode_all,
     decode_message,
     is_pack,
     pack_size,
     unpack,
 )
-from cormorant.common.bus.predictions import prediction_body
+from cormorant.common.bus.predictions import (
+    PredictionColumns,
+    column_event_id,
+    prediction_body,
+    prediction_pack,
+    read_prediction_columns,
+)
 from cormorant.common.bus.publisher import PACK_EVENTS, BatchedPublisher, PublisherStats
 from cormorant.common.bus.replica import reachable, replica_publisher
 from cormorant.common.bus.streams import (
@@ -48,9 +55,12 @@ __all__ = [
     "ConsumerStats",
     "Delivery",
     "Handler",
+    "Pack",
+    "PredictionColumns",
     "PublisherStats",
     "StreamSpec",
     "close",
+    "column_event_id",
     "connect",
     "consume",
     "decode_all",
@@ -59,7 +69,9 @@ __all__ = [
     "is_pack",
     "pack_size",
     "prediction_body",
+    "prediction_pack",
     "reachable",
+    "read_prediction_columns",
     "replica_publisher",
     "stream_specs",
     "unpack",

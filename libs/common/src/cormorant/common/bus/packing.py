@@ -13,12 +13,18 @@ one-event message and a pack are handled alike: a pack's events keep their own i
 trace contexts. A message is acked once, for all of its events; consumers are idempotent on
 the event (or request) id, so a pack redelivered because one of its events had to wait
 stores nothing twice.
+
+A producer may also build a pack itself (``Pack``, sent with ``BatchedPublisher.publish_pack``)
+in another layout, named by its ``Cormorant-Pack-Layout`` header: ``columns`` is the
+prediction log's (``bus.predictions``), one JSON object of columns for the whole pack, which
+``unpack`` expands into the same events for any other reader.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -33,8 +39,26 @@ from cormorant.common.events import (
 
 PACK_HEADER: Final = "Cormorant-Pack"
 """Header holding the number of events a pack carries."""
+LAYOUT_HEADER: Final = "Cormorant-Pack-Layout"
+"""Header naming a producer-built pack's layout; absent on the line layout above."""
+COLUMNS_LAYOUT: Final = "columns"
+"""The layout of ``bus.predictions.prediction_pack``."""
 
 _NL: Final = b"\n"
+
+
+@dataclass(slots=True, frozen=True)
+class Pack:
+    """Events packed by their producer, for ``BatchedPublisher.publish_pack``."""
+
+    event_type: str
+    payload: bytes
+    headers: dict[str, str]
+    """The pack's NATS headers, its type, count, layout and ``Nats-Msg-Id`` among them."""
+    count: int
+    split: Callable[[], Sequence[Pack]] | None = None
+    """The same events in smaller packs, should this one be refused as too large; an empty
+    sequence when it cannot be split."""
 
 
 def is_pack(headers: Mapping[str, str] | None) -> bool:
@@ -97,6 +121,16 @@ def unpack(data: bytes, headers: Mapping[str, str] | None) -> list[tuple[bytes, 
     """
     if headers is None or PACK_HEADER not in headers:
         return [(data, headers or {})]
+    layout = headers.get(LAYOUT_HEADER)
+    if layout is not None:
+        if layout == COLUMNS_LAYOUT:
+            # Imported here: that module builds its packs with this one's names.
+            from cormorant.common.bus.predictions import expand_prediction_pack
+
+            return expand_prediction_pack(data, headers)
+        raise EventDecodeError(
+            f"malformed pack: unknown layout {layout!r}", event_type=headers.get(EVENT_TYPE_HEADER)
+        )
     expected = pack_size(headers)
     lines = data.split(_NL)
     if not lines or lines[-1] != b"" or len(lines) != 2 * expected + 1:

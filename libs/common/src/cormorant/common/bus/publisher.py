@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -68,6 +68,10 @@ class _Outgoing:
     deadline: float = 0.0
     members: list[_Outgoing] | None = None
     """The events of a pack, sent one by one should the pack be refused as too large."""
+    split: Callable[[], Sequence[packing.Pack]] | None = None
+    """A producer-built pack's smaller packs, sent instead should it be refused."""
+    packed: bool = False
+    """Built by its producer (``publish_pack``): sent as it is, never packed with others."""
 
 
 def _add_context(headers: dict[str, str], context: Mapping[str, str] | None) -> None:
@@ -218,6 +222,22 @@ class BatchedPublisher:
         self._enqueue(_Outgoing(subject, payload, headers, event_type, event_id))
         return True
 
+    def publish_pack(self, subject: str, pack: packing.Pack) -> bool:
+        """Queue a pack its producer built; False and ``pack.count`` drops if it cannot be.
+
+        It leaves as it is, in one message, with its own headers; should the server refuse
+        it as too large, ``pack.split`` gives the packs sent instead.
+        """
+        if self._refuses(pack.count):
+            return False
+        self._enqueue(self._outgoing(subject, pack))
+        return True
+
+    @property
+    def pack_bytes(self) -> int:
+        """The most bytes of events one pack should carry, below the server's limit."""
+        return self._pack_limit()
+
     def publish_threadsafe(self, event: Event, *, context: Mapping[str, str] | None = None) -> bool:
         """``publish`` from another thread: encodes here, queues on the loop.
 
@@ -288,6 +308,19 @@ class BatchedPublisher:
         _add_context(headers, context)
         return _Outgoing(event.subject, event.encode(), headers, event.event_type, event.event_id)
 
+    @staticmethod
+    def _outgoing(subject: str, pack: packing.Pack) -> _Outgoing:
+        return _Outgoing(
+            subject,
+            pack.payload,
+            pack.headers,
+            pack.event_type,
+            pack.headers.get(MSG_ID_HEADER, ""),
+            count=pack.count,
+            split=pack.split,
+            packed=True,
+        )
+
     def _offer(self, item: _Outgoing) -> None:
         if not self._refuses():
             self._enqueue(item)
@@ -296,16 +329,16 @@ class BatchedPublisher:
         self._queue.append(item)
         if self._pending == 0:
             self._empty.clear()
-        self._pending += 1
+        self._pending += item.count
         self._wakeup.set()
 
-    def _refuses(self) -> bool:
-        """Count one drop and say so if nothing more can be queued (closed, or buffer full)."""
+    def _refuses(self, count: int = 1) -> bool:
+        """Count ``count`` drops and say so if they cannot be queued (closed, or no room)."""
         if self._closed:
-            self._drop(1, "closed")
+            self._drop(count, "closed")
             return True
-        if self._pending >= self._max_buffer:
-            self._drop(1, "buffer_full")
+        if self._pending + count > self._max_buffer:
+            self._drop(count, "buffer_full")
             return True
         return False
 
@@ -357,7 +390,7 @@ class BatchedPublisher:
             return self._retry.popleft()
         queue = self._queue
         first = queue.popleft()
-        if self._max_pack == 1 or not queue:
+        if self._max_pack == 1 or not queue or first.packed:
             return first
         limit = self._pack_limit()
         line = packing.header_line(first.headers)
@@ -367,7 +400,7 @@ class BatchedPublisher:
         members, lines = [first], [(line, first.payload)]
         while queue and len(members) < self._max_pack:
             item = queue[0]
-            if item.subject != first.subject or item.event_type != first.event_type:
+            if item.packed or item.subject != first.subject or item.event_type != first.event_type:
                 break
             line = packing.header_line(item.headers)
             size += len(line) + len(item.payload) + 2
@@ -447,8 +480,17 @@ class BatchedPublisher:
             self._retry.extend(item.members)
             self._wakeup.set()
             return
-        self._settled(item.count)
-        self._drop(item.count, "rejected", detail)
+        count = item.count
+        if item.split is not None:
+            parts = [self._outgoing(item.subject, pack) for pack in item.split()]
+            self._retry.extend(parts)
+            self._wakeup.set()
+            # What the smaller packs leave out (an event too large alone) is dropped here.
+            count -= sum(part.count for part in parts)
+            if not count:
+                return
+        self._settled(count)
+        self._drop(count, "rejected", detail)
 
     async def _on_ack(self, msg: Msg) -> None:
         item = self._sent(msg.subject[len(self._reply_prefix) :])

@@ -62,7 +62,7 @@ class CopyConnection(Protocol):
         ...
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs the ingest 1 µs more a row
 class PredictionRow:
     """One row of ``predictions``: JSON values as Python objects, ``None`` for SQL NULL."""
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import REAL, BigInteger, Index, SmallInteger, func
+from sqlalchemy import REAL, BigInteger, Index, PrimaryKeyConstraint, SmallInteger, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -21,11 +21,13 @@ class Prediction(Base):
 
     Range-partitioned by ``received_at``: daily partitions plus a default one, managed by
     ``cormorant.common.db.partitions``. The key includes ``received_at`` because every
-    unique index of a partitioned table must contain the partition key.
+    unique index of a partitioned table must contain the partition key, and leads with it
+    because rows arrive in time order (new keys land at the index's right edge).
     """
 
     __tablename__ = "predictions"
     __table_args__ = (
+        PrimaryKeyConstraint("received_at", "request_id"),
         Index(None, "endpoint_id", "received_at"),
         {"postgresql_partition_by": "RANGE (received_at)"},
     )
