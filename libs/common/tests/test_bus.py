@@ -26,11 +26,13 @@ from cormorant.common.bus import (
     BatchedPublisher,
     Consumer,
     Delivery,
+    PredictionColumns,
     close,
     connect,
     decode_all,
     ensure_streams,
     prediction_body,
+    prediction_pack,
     stream_specs,
 )
 from cormorant.common.bus.packing import header_line, pack
@@ -689,6 +691,87 @@ async def test_100k_packed_events_exactly_once_across_a_server_kill(
     # Exactly once in the stream: a pack re-sent after the kill was de-duplicated.
     assert len(events) == N_EVENTS
     assert sorted(e.request_id for e in events) == sorted(f"req-{i}" for i in range(N_EVENTS))
+
+
+# --------------------------------------------------------------------------- column packs
+
+
+async def test_a_column_pack_reads_back_as_its_events(js: JetStreamContext) -> None:
+    """A replica's pack is one message; every reader gets its events back, each with its own
+    trace context and timestamps to the microsecond."""
+    sent = [prediction(i) for i in range(300)]
+    sent[5] = sent[5].model_copy(update={"input": 10**30, "error": "ValueError: no"})
+    contexts = [{"traceparent": f"00-{i:032x}-{i:016x}-01"} if i % 2 else {} for i in range(300)]
+    pack, left_out = prediction_pack(PredictionColumns.of(sent, contexts))
+    assert pack is not None
+    assert not left_out
+    publisher = BatchedPublisher(js, name="columns")
+    await publisher.start()
+    assert publisher.publish_pack(sent[0].subject, pack)
+    assert await publisher.stop() == 0
+    assert (publisher.stats.published, publisher.stats.messages) == (300, 1)
+
+    stored = await stored_events(js, PREDICTIONS_STREAM)
+    fields = ("request_id", "endpoint", "version", "input", "output", "error", "status",
+              "latency_ms", "received_at", "trace_id")  # fmt: skip
+    assert [e.model_dump(include=set(fields)) for e in stored] == [
+        e.model_dump(include=set(fields)) for e in sent
+    ]
+    assert len({e.event_id for e in stored}) == 300
+    seen: dict[str, dict[str, str]] = {}
+
+    async def handler(batch: list[Delivery]) -> None:
+        for delivery in batch:
+            assert isinstance(delivery.event, PredictionLogged)
+            own = {k: v for k, v in delivery.headers.items() if k == "traceparent"}
+            seen[delivery.event.request_id] = own
+
+    consumer = Consumer(
+        js, stream=PREDICTIONS_STREAM, durable="columns", handler=handler,
+        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.stats.acked == 300, within=10, what="300 acks")
+    finally:
+        await consumer.stop()
+    assert seen == {event.request_id: contexts[i] for i, event in enumerate(sent)}
+
+
+async def test_a_column_pack_too_large_for_the_server_goes_in_parts(
+    nc: Client, js: JetStreamContext
+) -> None:
+    """Over the server's max_payload, the pack is split until the parts pass: all stored,
+    each once, none dropped."""
+    sent = [
+        prediction(i).model_copy(update={"input": "x" * 1_000, "request_id": f"big-{i}"})
+        for i in range(3_000)
+    ]
+    pack, _ = prediction_pack(PredictionColumns.of(sent))
+    assert pack is not None
+    assert len(pack.payload) > nc.max_payload
+    publisher = BatchedPublisher(js, name="too-large")
+    await publisher.start()
+    assert publisher.publish_pack(sent[0].subject, pack)
+    assert await publisher.flush(timeout=10)
+    assert await publisher.stop() == 0
+    stats = publisher.stats
+    assert (stats.published, stats.dropped) == (3_000, 0)
+    assert stats.messages >= 4
+    stored = await stored_events(js, PREDICTIONS_STREAM)
+    assert sorted(e.request_id for e in stored) == sorted(e.request_id for e in sent)
+
+
+def test_a_column_pack_leaves_out_only_what_is_not_json() -> None:
+    sent = [prediction(i) for i in range(4)]
+    columns = PredictionColumns.of(sent)
+    columns.output[2] = object()
+    pack, left_out = prediction_pack(columns)
+    assert pack is not None
+    assert pack.count == 3
+    assert [request_id for request_id, _ in left_out] == ["req-2"]
+    events = decode_all(pack.payload, pack.headers)
+    assert [e.request_id for e in events] == ["req-0", "req-1", "req-3"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,9 @@ N = 20_000
 
 
 async def test_20000_predictions_become_20000_rows(client: httpx.AsyncClient, kit: LogKit) -> None:
-    """The acceptance: 20,000 events published under load are 20,000 rows, each id once."""
-    await kit.publish(kit.prediction(i) for i in range(N))
+    """The acceptance: 20,000 events published under load are 20,000 rows, each id once
+    (packed by the publisher, as the gateway sends them; the kill tests send column packs)."""
+    await kit.publish((kit.prediction(i) for i in range(N)), columns=False)
     await kit.wait_rows(N, within=60)
 
     async def drained() -> bool:
@@ -202,6 +203,52 @@ async def test_a_row_the_database_refuses_is_dropped_alone(
 
     await eventually(dropped, timeout=30, what="the refused event given up")
     assert await kit.counts() == (19, 19)
+
+
+async def test_an_odd_prediction_in_a_column_pack_costs_only_itself(
+    client: httpx.AsyncClient, kit: LogKit
+) -> None:
+    """A replica's pack with one event the model refuses: that one is given up, the others
+    are stored, values orjson cannot hold among them."""
+    events = [kit.prediction(i) for i in range(50)]
+    columns = bus.PredictionColumns.of(events)
+    columns.status[7] = 99  # not an HTTP status
+    columns.input[8] = 10**30  # past 64 bits
+    columns.output[9] = {"text": "é", "nested": [1.5, None, True]}
+    pack, left_out = bus.prediction_pack(columns)
+    assert pack is not None
+    assert not left_out
+    nc = await bus.connect(kit.nats_url, name="odd-pack")
+    try:
+        await nc.jetstream().publish(events[0].subject, pack.payload, headers=pack.headers)
+    finally:
+        await bus.close(nc)
+    await kit.wait_rows(49, within=30)
+
+    async def given_up() -> bool:
+        text = (await client.get("/metrics")).text
+        labels = {"table": "predictions", "reason": "undecodable"}
+        return sample(text, "cormorant_predictlog_events_dropped_total", **labels) == 1
+
+    await eventually(given_up, timeout=30, what="the odd event given up")
+    assert await kit.counts() == (49, 49)
+    conn = await kit.connect()
+    try:
+        stored = {
+            row["request_id"]: row
+            for row in await conn.fetch(
+                "SELECT request_id, received_at, input::text AS input, output::text AS output,"
+                " status, latency_ms FROM predictions"
+            )
+        }
+    finally:
+        await conn.close()
+    assert events[7].request_id not in stored
+    assert stored[events[8].request_id]["input"] == str(10**30)
+    assert stored[events[9].request_id]["output"] == '{"text": "é", "nested": [1.5, null, true]}'
+    # Timestamps travel as POSIX seconds and come back to the microsecond.
+    assert stored[events[3].request_id]["received_at"] == events[3].received_at
+    assert stored[events[3].request_id]["latency_ms"] == events[3].latency_ms
 
 
 async def test_daily_partitions_exist_from_today_on(client: httpx.AsyncClient, kit: LogKit) -> None:

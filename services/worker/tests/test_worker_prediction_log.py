@@ -186,6 +186,29 @@ async def test_bytes_bad_json_and_large_inputs_are_logged_readably(nats_url: str
     assert events["large"].output == 2000
 
 
+async def test_large_predictions_are_all_logged_in_packs_the_server_takes(nats_url: str) -> None:
+    """Inputs and outputs of 150 kB each: packs are cut by size, each under NATS's
+    max_payload, and every prediction arrives whole."""
+    app = create_app(worker_settings(nats_url), Predictor(model), threads=1)
+    text = "é" * 75_000  # 150 kB of UTF-8
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        for index in range(12):
+            response = await client.post(
+                "/predict", json={"input_params": text}, headers={"X-Request-ID": f"big-{index}"}
+            )
+            assert response.status_code == 200
+        events = await read_logged(nats_url, 12)
+        nc = await nats.connect(nats_url)
+        try:
+            stored = (await nc.jetstream().stream_info(PREDICTIONS_STREAM)).state.messages
+        finally:
+            await nc.close()
+    assert sorted(e.request_id for e in events) == sorted(f"big-{i}" for i in range(12))
+    assert all(e.input == text and e.output == [text] for e in events)
+    assert stored >= 4  # 3.6 MB of predictions, at most 1 MB a message
+
+
 async def test_without_nats_predictions_succeed_and_the_drops_are_counted(
     unused_tcp_port: int,
 ) -> None:

@@ -75,9 +75,12 @@ class LogKit:
         }
         return PredictionLogged(**(values | fields))
 
-    async def publish(self, events: Iterable[Event], *, rate: float | None = None) -> int:
-        """Publish through a packing ``BatchedPublisher`` (as replicas publish, at about
-        ``rate``/s) and wait for the acks."""
+    async def publish(
+        self, events: Iterable[Event], *, rate: float | None = None, columns: bool = True
+    ) -> int:
+        """Publish through a ``BatchedPublisher`` at about ``rate``/s and wait for the acks:
+        predictions in column packs of up to 1,000 as replicas send them, or with ``columns``
+        off packed by the publisher as the gateway and the kafka-bridge send them."""
         nc = await bus.connect(self.nats_url, name="predictlog-test-publisher")
         try:
             await bus.ensure_streams(nc.jetstream())
@@ -87,12 +90,33 @@ class LogKit:
             await publisher.start()
             started = time.monotonic()
             count = 0
+            group: list[PredictionLogged] = []
+
+            def send_group() -> None:
+                pack, left_out = bus.prediction_pack(bus.PredictionColumns.of(group))
+                assert pack is not None
+                assert not left_out
+                assert publisher.publish_pack(group[0].subject, pack)
+                group.clear()
+
             for event in events:
-                assert publisher.publish(event)
+                if columns and isinstance(event, PredictionLogged):
+                    if group and (
+                        (event.endpoint, event.endpoint_id, event.version)
+                        != (group[0].endpoint, group[0].endpoint_id, group[0].version)
+                    ):
+                        send_group()
+                    group.append(event)
+                    if len(group) == 1_000:
+                        send_group()
+                else:
+                    assert publisher.publish(event)
                 count += 1
                 if count % 500 == 0:
                     ahead = count / rate - (time.monotonic() - started) if rate else 0.0
                     await asyncio.sleep(max(ahead, 0.0))
+            if group:
+                send_group()
             assert await publisher.flush(120), "events not acknowledged by JetStream"
             stats = publisher.stats
             await publisher.stop()

@@ -10,7 +10,7 @@ latency not below zero, aware timestamps) because it builds those values itself;
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from random import getrandbits
@@ -108,6 +108,20 @@ class PredictionColumns:
 
     def __len__(self) -> int:
         return len(self.request_id)
+
+    @classmethod
+    def of(
+        cls, events: Sequence[PredictionLogged], contexts: Sequence[Mapping[str, str]] | None = None
+    ) -> PredictionColumns:
+        """``events`` (of one endpoint version) as columns; ``contexts``: their trace headers."""
+        first = events[0]
+        return cls(
+            first.endpoint, first.endpoint_id, first.version, first.occurred_at,
+            [e.request_id for e in events], [e.received_at.timestamp() for e in events],
+            [e.latency_ms for e in events], [e.status for e in events],
+            [e.input for e in events], [e.output for e in events], [e.error for e in events],
+            [e.trace_id for e in events], None if contexts is None else list(contexts),
+        )  # fmt: skip
 
     def part(self, start: int, stop: int) -> PredictionColumns:
         """The events ``start:stop``."""
