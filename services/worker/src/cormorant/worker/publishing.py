@@ -7,17 +7,17 @@ metrics come from predict threads and hop to the loop with ``call_soon_threadsaf
 connection is made in the background at start-up and retried until NATS answers: meanwhile
 the replica serves all the same and counts what it could not publish as dropped.
 
-A prediction's request only appends its values to a list; the events are built and handed to
-the publisher together, up to ``BATCH_DELAY_S`` later or once ``BATCH_MAX`` are waiting, and
-leave as one pack (one NATS message and one ack for up to ``bus.PACK_EVENTS`` events). What
-each hand-over costs does not depend on its size: the worker's publisher, its NATS client's
-flusher and ack reader wake once, and nats-server spends 0.3-1 ms of CPU per message stored and
-delivered (goroutine wake-ups, mostly). Handed over every 5 ms at 4,000 predictions/s,
-logging cost the worker 45-60 µs per prediction and nats-server 25 µs; every 50 ms, 10-25 µs
-and 10 µs (one event per message, before packs); every 200 ms and packed, about 10 µs and 3 µs
-(``bench/logging_overhead.py``). The events stay in memory a little longer: they are handed
-over (and flushed) when the replica stops, lost only if it is killed. Each event keeps its own
-trace context, taken from the request's span when the replica traces.
+A prediction's request only appends its values to a list; every ``BATCH_DELAY_S``, or once
+``BATCH_MAX`` events or ``BATCH_BYTES`` are waiting, the list leaves as one column pack
+(``bus.prediction_pack``): one JSON object of columns written by one ``orjson.dumps``, one NATS
+message and one ack. What each hand-over costs does not depend on its size: the worker's
+publisher, its NATS client's flusher and ack reader wake once, and nats-server spends 0.3-1 ms
+of CPU per message stored and delivered (goroutine wake-ups, mostly). Logging cost the worker
+45-60 µs per prediction with one event per message every 5 ms, about 10 µs with line packs of
+1,024 built event by event, and 2-3 µs with column packs (``bench/logging_overhead.py``). The
+events stay in memory a little longer: they are handed over (and flushed) when the replica
+stops, lost only if it is killed. Each event keeps its own trace context, taken from the
+request's span when the replica traces.
 """
 
 from __future__ import annotations

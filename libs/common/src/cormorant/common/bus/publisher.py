@@ -99,6 +99,7 @@ class BatchedPublisher:
     ack, under an id derived from their event ids. Only streams read through ``unpack``
     (``Consumer``, the prediction log's ingest) may receive packs; the event stream's core
     NATS subscribers read one event per message, so its publishers leave ``max_pack`` at 1.
+    ``publish_pack`` takes a pack its producer built (a replica's column pack), sent as it is.
     """
 
     def __init__(
@@ -473,7 +474,8 @@ class BatchedPublisher:
             self._retry_later(item, type(exc).__name__)
 
     def _refused(self, item: _Outgoing, detail: str) -> None:
-        """A message refused for good: a pack's events go again one by one, else dropped."""
+        """A message refused for good: a pack's events go again one by one (a producer's
+        pack in the smaller packs it splits into), else they are dropped."""
         if item.members:
             # Too large together (or some other refusal of the whole): each event alone
             # may pass, and only the one at fault is then dropped.
