@@ -117,6 +117,9 @@ def test_a_job_predicts_every_row_in_order_into_a_new_dataset_version(
 
     listed = client.request("GET", f"/api/v1/endpoints/{slug}/batch-jobs")["jobs"]
     assert [j["id"] for j in listed] == [job.id]
+    # Not asked to, a job leaves the prediction log alone.
+    assert final["log_predictions"] is False
+    assert endpoint.logs(limit=10) == []
     wait_for(lambda: replicas(client, slug)["ready"] == 0, 30, "the endpoint kept its replicas")
     assert replicas(client, slug)["desired"] == 0
 
@@ -124,17 +127,36 @@ def test_a_job_predicts_every_row_in_order_into_a_new_dataset_version(
 def test_rows_whose_predict_raises_carry_the_error_and_the_job_succeeds(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """1% of rows raise: the job succeeds, those rows have an error and no prediction (CLI)."""
+    """1% of rows raise: the job succeeds, those rows have an error and no prediction (CLI);
+    asked to, the job records each row in the prediction log."""
     client = stack.client()
     slug = create_batch_endpoint(client, "flaky batch", FLAKY, 1)
     source = tmp_path / "numbers.csv"
     source.write_text("x,y\n" + "".join(f"{x},{x % 7}\n" for x in range(3_000)))
 
-    result = stack.cli("batch", slug, str(source), "flaky/out.csv", "--dataset", "flaky", "--json")
+    result = stack.cli(
+        "batch", slug, str(source), "flaky/out.csv", "--dataset", "flaky", "--log-predictions",
+        "--json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     final = json.loads(result.stdout)
     assert final["status"] == "succeeded"
     assert (final["rows_done"], final["failures"]) == (3_000, 30)
+    assert final["log_predictions"] is True
+
+    endpoint = Endpoint(slug, url=stack.url, api_key=stack.admin_key)
+    wait_for(lambda: len(endpoint.logs(limit=5_000)) >= 3_000, 30, "the rows did not reach the log")
+    logged_rows = {item["request_id"]: item for item in endpoint.logs(limit=5_000)}
+    assert set(logged_rows) == {f"{final['id']}-{row}" for row in range(1, 3_001)}
+    eighth = logged_rows[f"{final['id']}-8"]  # x = 7: raised
+    assert (eighth["status"], eighth["error"]) == (500, "ValueError: row 7 is unlucky")
+    assert eighth["input"] == [7, 0]
+    tenth = logged_rows[f"{final['id']}-10"]  # x = 9, y = 2
+    assert (tenth["status"], tenth["output"], tenth["input"]) == (
+        200, 18, [9, 2],
+    )  # fmt: skip
+    failed = endpoint.logs(limit=5_000, status="5xx")
+    assert len(failed) == 30
 
     written = list(csv.DictReader(io.StringIO(download(client, final["output_reference"]))))
     errors = [row for row in written if row["error"]]

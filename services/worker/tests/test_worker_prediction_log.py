@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import nats
+import pyarrow as pa
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from nats.aio.msg import Msg
 from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
 from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.predictor import Predictor
+from cormorant.common.predictor.arrow_rows import ARROW_STREAM, encode_batch
 from cormorant.common.telemetry import JsonFormatter
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
@@ -207,6 +209,58 @@ async def test_large_predictions_are_all_logged_in_packs_the_server_takes(nats_u
     assert sorted(e.request_id for e in events) == sorted(f"big-{i}" for i in range(12))
     assert all(e.input == text and e.output == [text] for e in events)
     assert stored >= 4  # 3.6 MB of predictions, at most 1 MB a message
+
+
+def add_or_raise(a: int, b: int) -> int:
+    """A batch model: the sum, or an error for negative rows."""
+    if a < 0:
+        raise ValueError(f"negative row {a}")
+    return a + b
+
+
+@pytest.mark.parametrize("arrow", [False, True], ids=["json-rows", "arrow-rows"])
+async def test_a_batch_chunk_asked_to_is_logged_one_prediction_per_row(
+    nats_url: str, arrow: bool
+) -> None:
+    """A job's chunk with Cormorant-Log-As: each row one prediction, numbered from the
+    chunk's first row; a chunk without it logs nothing."""
+    app = create_app(worker_settings(nats_url), Predictor(add_or_raise), threads=1)
+    rows = [[1, 2], [-3, 4], [5, 6]]
+    if arrow:
+        body = encode_batch(pa.RecordBatch.from_pydict({"a": [1, -3, 5], "b": [2, 4, 6]}))
+        media = ARROW_STREAM
+    else:
+        body = json.dumps({"rows": rows}).encode()
+        media = "application/json"
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        plain = await client.post("/predict/batch", content=body, headers={"Content-Type": media})
+        assert plain.status_code == 200
+        logged = await client.post(
+            "/predict/batch",
+            content=body,
+            headers={
+                "Content-Type": media,
+                "Cormorant-Log-As": "job7",
+                "Cormorant-First-Row": "41",
+            },
+        )
+        assert logged.status_code == 200
+        bad = await client.post(
+            "/predict/batch",
+            content=body,
+            headers={"Content-Type": media, "Cormorant-Log-As": "job7", "Cormorant-First-Row": "0"},
+        )
+        assert bad.status_code == 400
+        assert "Cormorant-First-Row" in bad.json()["error"]["message"]
+        events = {e.request_id: e for e in await read_logged(nats_url, 3)}
+    assert set(events) == {"job7-41", "job7-42", "job7-43"}
+    assert (events["job7-41"].input, events["job7-41"].output) == ([1, 2], 3)
+    assert (events["job7-41"].status, events["job7-41"].error) == (200, None)
+    assert (events["job7-42"].status, events["job7-42"].output) == (500, None)
+    assert events["job7-42"].error == "ValueError: negative row -3"
+    assert events["job7-43"].output == 11
+    assert all(e.version == "3" and e.latency_ms >= 0 for e in events.values())
 
 
 async def test_without_nats_predictions_succeed_and_the_drops_are_counted(

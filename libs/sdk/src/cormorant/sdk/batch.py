@@ -82,10 +82,22 @@ def input_reference(client: Client, input_file: str | Path, dataset: str) -> str
 
 
 def start_job(
-    client: Client, slug: str, input_file: str | Path, output_file: str, dataset: str
+    client: Client,
+    slug: str,
+    input_file: str | Path,
+    output_file: str,
+    dataset: str,
+    *,
+    log_predictions: bool = False,
 ) -> BatchJob:
-    """Start a batch job on endpoint ``slug`` (uploading a local input first)."""
+    """Start a batch job on endpoint ``slug`` (uploading a local input first); with
+    ``log_predictions``, every row is also recorded in the prediction log."""
     reference = input_reference(client, input_file, dataset)
-    body = {"input_file": reference, "output_file": output_file, "dataset": dataset}
+    body = {
+        "input_file": reference,
+        "output_file": output_file,
+        "dataset": dataset,
+        "log_predictions": log_predictions,
+    }
     job = client.request("POST", f"/api/v1/endpoints/{slug}/batch-jobs", json=body)
     return BatchJob(client, slug, job)

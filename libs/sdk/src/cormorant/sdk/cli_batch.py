@@ -24,12 +24,21 @@ def batch(
     ],
     output_file: Annotated[str, typer.Argument(help="Relative path of the output CSV.")],
     dataset: Annotated[str, typer.Option(help="Dataset the output CSV is synced into.")],
+    log_predictions: Annotated[
+        bool,
+        typer.Option(
+            "--log-predictions",
+            help="Also record every row in the prediction log (logs, charts, CSV export).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final job as JSON.")] = False,
 ) -> None:
     """Predict every row of a CSV on a batch endpoint; the output becomes a dataset version."""
     try:
         with Client() as client:
-            job = start_job(client, slug, input_file, output_file, dataset)
+            job = start_job(
+                client, slug, input_file, output_file, dataset, log_predictions=log_predictions
+            )
             with Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),

@@ -235,13 +235,18 @@ class Endpoint:
         *,
         wait: bool = True,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        log_predictions: bool = False,
     ) -> Any:
-        """Run a batch job: the final job (``wait``) or a ``BatchJob`` handle."""
+        """Run a batch job: the final job (``wait``) or a ``BatchJob`` handle; with
+        ``log_predictions``, its rows are also recorded in the prediction log."""
         from cormorant.sdk.batch import start_job  # the batch module imports this one
 
         if self.slug is None:
             raise ValueError("name the endpoint: Endpoint('my-endpoint')")
-        job = start_job(self._admin(), self.slug, input_file, output_file, dataset)
+        job = start_job(
+            self._admin(), self.slug, input_file, output_file, dataset,
+            log_predictions=log_predictions,
+        )  # fmt: skip
         return job.wait(progress=progress) if wait else job
 
     def predict_file(self, path: str | Path) -> Any:

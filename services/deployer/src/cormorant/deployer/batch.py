@@ -53,6 +53,7 @@ from cormorant.common.predictor.arrow_rows import (
     prediction_cells,
     sendable,
 )
+from cormorant.common.predictor.rows import FIRST_ROW_HEADER, LOG_AS_HEADER
 from cormorant.deployer.endpoints import EndpointNotFound
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
@@ -85,6 +86,12 @@ class BatchJobIn(BaseModel):
     )
     output_file: str = Field(min_length=1, description="Relative path of the output CSV.")
     dataset: str = Field(min_length=1, description="Dataset the output CSV is synced into.")
+    log_predictions: bool = Field(
+        default=False,
+        description="Also record every row in the prediction log (logs, charts, CSV export), "
+        "with request ids '<job id>-<row number>'. Off by default: a job's rows are already in "
+        "its output, and logging costs the machine ~15 µs of CPU per row.",
+    )
 
 
 class BatchJobOut(BaseModel):
@@ -102,6 +109,7 @@ class BatchJobOut(BaseModel):
     replicas: int | None
     output_dataset_version: int | None
     output_reference: str | None
+    log_predictions: bool
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -162,6 +170,8 @@ class _Live:
     """Cancelled by a user (not by the deployer stopping)."""
     marked: asyncio.Future[None] | None = None
     """The write of the job's ``running`` status and start time."""
+    log_as: str | None = None
+    """The request id prefix of the rows, when they are recorded in the prediction log."""
 
 
 class BatchService:
@@ -223,10 +233,11 @@ class BatchService:
             output_file=output_file,
             dataset_id=dataset.id,
             rows_total=rows_total,
+            log_predictions=body.log_predictions,
         )
         async with self.sessions() as session, session.begin():
             session.add(job)
-        live = _Live()
+        live = _Live(log_as=str(job.id) if body.log_predictions else None)
         self._live[job.id] = live
         live.task = self.supervisor.spawn(
             self._run(job.id, endpoint, source, dataset.name, output_file),
@@ -430,11 +441,14 @@ class BatchService:
         turn = itertools.count()
         flushed = time.monotonic()
         writing: asyncio.Future[None] | None = None
+        first_row = 1
         try:
             while True:
                 batch = await asyncio.to_thread(next, chunks, None)
                 if batch is not None:
-                    in_flight.append(asyncio.create_task(self._send(endpoint, batch, live, turn)))
+                    sending = self._send(endpoint, batch, live, turn, first_row)
+                    in_flight.append(asyncio.create_task(sending))
+                    first_row += batch.num_rows
                 if in_flight and (batch is None or len(in_flight) >= limit):
                     done_batch, predictions, errors = await in_flight.popleft()
                     table = pa.RecordBatch.from_arrays(
@@ -476,6 +490,7 @@ class BatchService:
         batch: pa.RecordBatch,
         live: _Live,
         turn: Iterator[int],
+        first_row: int,
     ) -> tuple[pa.RecordBatch, pa.Array, pa.Array]:
         # Plain columns go as Arrow (no per-row work here); other types as JSON rows, which
         # encode them as they always have.
@@ -487,6 +502,10 @@ class BatchService:
             columns = [column.to_pylist() for column in batch.columns]
             body = orjson.dumps({"rows": list(zip(*columns, strict=True))})
             media = "application/json"
+        headers = {"Content-Type": media, "Accept": media}
+        if live.log_as is not None:
+            headers[LOG_AS_HEADER] = live.log_as
+            headers[FIRST_ROW_HEADER] = str(first_row)
         problem = "no replica is ready"
         for _ in range(_SEND_ATTEMPTS):
             replicas = _ready_urls(endpoint)
@@ -498,7 +517,7 @@ class BatchService:
                 response = await self.http.post(
                     url + _BATCH_PATH,
                     content=body,
-                    headers={"Content-Type": media, "Accept": media},
+                    headers=headers,
                     timeout=endpoint.spec.timeout_s,
                 )
             except httpx.HTTPError as exc:
@@ -620,6 +639,7 @@ class BatchService:
             replicas=replicas,
             output_dataset_version=version,
             output_reference=f"{dataset}@{version}/{job.output_file}" if version else None,
+            log_predictions=job.log_predictions,
             error=job.error,
             created_at=job.created_at,
             started_at=job.started_at,

@@ -119,7 +119,7 @@ def create_app(
     async def scrape() -> Response:
         return metrics_response(metrics.registry)
 
-    install_batch_route(app, model, pool, settings)
+    install_batch_route(app, model, pool, settings, events)
     app.state.model = model
     app.state.metrics = metrics
     app.state.events = events

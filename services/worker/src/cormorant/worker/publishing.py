@@ -28,6 +28,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
+from cormorant.common.bus import Pack
 from cormorant.common.events import InvalidSubjectToken, MetricLogged, PredictionLogged
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.settings import WorkerSettings
@@ -80,6 +82,15 @@ def _parts(pending: list[_Pending], limit: int) -> list[list[_Pending]]:
         size += entry[-1]
     parts.append(pending[start:])
     return parts
+
+
+@dataclass(slots=True)
+class RowPacks:
+    """A batch chunk's rows packed for the prediction log, and those left out (not JSON)."""
+
+    packs: list[Pack]
+    left_out: list[tuple[str, str]]
+    """(request id, reason) of each row left out."""
 
 
 class ReplicaEvents:
@@ -208,6 +219,59 @@ class ReplicaEvents:
             request_ids, received, [latency * 1000.0 for latency in latencies], statuses,
             inputs, outputs, errors, trace_ids, contexts if self._traced else None,
         )  # fmt: skip
+
+    def row_packs(
+        self,
+        prefix: str,
+        first_row: int,
+        inputs: list[Any],
+        outputs: list[Any],
+        errors: list[str | None],
+        received_at: float,
+        latency_s: float,
+        size: int,
+    ) -> RowPacks:
+        """A batch chunk's rows as column packs: one prediction per row, with request id
+        ``<prefix>-<row number>`` and its share of the chunk's ``latency_s``; ``size`` is
+        about the bytes of the chunk's rows and answers. Pure: call it from any thread."""
+        count = len(inputs)
+        if not count:
+            return RowPacks([], [])
+        share = latency_s * 1000.0 / count
+        columns = bus.PredictionColumns(
+            self._endpoint, self._endpoint_id, self._version, datetime.now(UTC),
+            [f"{prefix}-{first_row + index}" for index in range(count)], [received_at] * count,
+            [share] * count, [200 if error is None else 500 for error in errors], inputs,
+            outputs, errors, [None] * count,
+        )  # fmt: skip
+        limit = BATCH_BYTES
+        parts = max(1, -(-(size + count * _EVENT_BYTES) // limit))
+        step = -(-count // parts)
+        packs: list[Pack] = []
+        left_out: list[tuple[str, str]] = []
+        for start in range(0, count, step):
+            pack, refused = bus.prediction_pack(columns.part(start, start + step))
+            left_out += refused
+            if pack is not None:
+                packs.append(pack)
+        return RowPacks(packs, left_out)
+
+    def publish_row_packs(self, packs: RowPacks) -> None:
+        """Queue ``row_packs``' packs on the publisher; call on the loop thread."""
+        for request_id, reason in packs.left_out[:10]:
+            log.warning("prediction %s not logged: %s", request_id, reason)
+        dropped = len(packs.left_out)
+        published = 0
+        publisher = self.publisher
+        for pack in packs.packs:
+            if publisher is not None and publisher.publish_pack(self._subject, pack):
+                published += pack.count
+            else:
+                dropped += pack.count
+        if published:
+            self._prediction_published.inc(published)
+        if dropped:
+            self._prediction_dropped.inc(dropped)
 
     def metric(self, key: str, value: float) -> None:
         """The sink of ``Endpoint().log_metric``: hand the metric to the loop, return at once."""

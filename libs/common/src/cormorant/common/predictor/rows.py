@@ -31,6 +31,13 @@ RowResult = dict[str, Any]
 """``{"prediction": value}`` or ``{"error": "Type: message"}``."""
 
 
+LOG_AS_HEADER = "Cormorant-Log-As"
+"""Header of a batch chunk whose rows the replica also records in the prediction log: the
+request id prefix of its rows (the job's id); each row's id is ``<prefix>-<row number>``."""
+FIRST_ROW_HEADER = "Cormorant-First-Row"
+"""Header of such a chunk: the number of its first row in the job's input (from 1)."""
+
+
 def declares_batch(env: Mapping[str, str]) -> bool:
     """True if an endpoint's ``env`` declares its predict batch-capable."""
     return env.get(BATCH_ENV, "").strip().lower() in ("1", "true", "yes")

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, text
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cormorant.common.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
@@ -50,6 +50,8 @@ class BatchJob(Base):
     replicas: Mapped[int | None]
     """Replicas the job ran on."""
     output_dataset_version: Mapped[int | None]
+    log_predictions: Mapped[bool] = mapped_column(server_default=false())
+    """Whether each row is also recorded in the prediction log."""
     error: Mapped[str | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
