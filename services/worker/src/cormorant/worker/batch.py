@@ -105,7 +105,7 @@ def install_batch_route(
             content, packs = await loop.run_in_executor(pool, plain)
             response = Response(content, 200, media_type="application/json")
         if logs is not None and packs is not None:
-            logs.publish_row_packs(packs)
+            logs.publish_packs(packs)
         return response
 
 

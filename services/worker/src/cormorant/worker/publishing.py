@@ -86,7 +86,7 @@ def _parts(pending: list[_Pending], limit: int) -> list[list[_Pending]]:
 
 @dataclass(slots=True)
 class RowPacks:
-    """A batch chunk's rows packed for the prediction log, and those left out (not JSON)."""
+    """Predictions packed for the prediction log, and those left out (not JSON)."""
 
     packs: list[Pack]
     left_out: list[tuple[str, str]]
@@ -192,24 +192,14 @@ class ReplicaEvents:
         if publisher is None:
             self._prediction_dropped.inc(len(pending))
             return
-        published = dropped = 0
         occurred_at = datetime.now(UTC)
+        packed = RowPacks([], [])
         for part in _parts(pending, publisher.pack_bytes):
-            columns = self._columns(part, occurred_at)
-            pack, left_out = bus.prediction_pack(columns)
-            for request_id, reason in left_out:
-                log.warning("prediction %s not logged: %s", request_id, reason)
-            dropped += len(left_out)
-            if pack is None:
-                continue
-            if publisher.publish_pack(self._subject, pack):
-                published += pack.count
-            else:
-                dropped += pack.count
-        if published:
-            self._prediction_published.inc(published)
-        if dropped:
-            self._prediction_dropped.inc(dropped)
+            pack, left_out = bus.prediction_pack(self._columns(part, occurred_at))
+            packed.left_out += left_out
+            if pack is not None:
+                packed.packs.append(pack)
+        self.publish_packs(packed)
 
     def _columns(self, pending: list[_Pending], occurred_at: datetime) -> bus.PredictionColumns:
         (request_ids, received, latencies, statuses, inputs, outputs, errors, trace_ids,
@@ -256,8 +246,8 @@ class ReplicaEvents:
                 packs.append(pack)
         return RowPacks(packs, left_out)
 
-    def publish_row_packs(self, packs: RowPacks) -> None:
-        """Queue ``row_packs``' packs on the publisher; call on the loop thread."""
+    def publish_packs(self, packs: RowPacks) -> None:
+        """Queue packs of predictions on the publisher; call on the loop thread."""
         for request_id, reason in packs.left_out[:10]:
             log.warning("prediction %s not logged: %s", request_id, reason)
         dropped = len(packs.left_out)
