@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from cormorant.deployer.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
     DeployerHarness,
@@ -66,6 +71,41 @@ async def test_killed_replica_is_restarted_and_the_crash_is_shown(
     new_route = await deployer.route("phoenix")
     assert new_route["replicas"][0]["id"] == old_route["replicas"][0]["id"]
     assert replica_pid(marker, "phoenix") != old_pid
+
+
+async def test_a_port_another_process_took_is_not_mistaken_for_the_replica(
+    deployer: DeployerHarness, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port given to a replica is taken by another server (answering 200 on /healthz)
+    before the replica binds it: that server's answer never makes the replica ready; the
+    replica crashes, starts again on another port and is ready there."""
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    taken = squatter.server_address[1]
+    ports = iter([taken])
+    real_free_port = local.free_port
+    monkeypatch.setattr(local, "free_port", lambda host: next(ports, None) or real_free_port(host))
+    try:
+        await deployer.create(name="squatted", source=str(model_dir), server=WORKERS_1)
+        ready = await deployer.wait_running("squatted", timeout=90)
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+    states = [e["state"] for e in ready["events"]]
+    assert states.index("crashed") < states.index("ready"), states
+    [replica] = (await deployer.route("squatted"))["replicas"]
+    assert not replica["url"].endswith(f":{taken}")
 
 
 async def test_model_that_cannot_import_fails_the_endpoint_with_the_reason(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,18 @@ from cormorant.common.telemetry import metrics_response
 
 S = TypeVar("S", bound=ServiceSettings)
 
+REPLICA_ENV = "CORMORANT_REPLICA_ID"
+"""The replica id a local deployer gives each replica it starts."""
+REPLICA_HEADER = "Cormorant-Replica"
+"""Header of a replica's ``/healthz`` answer naming it, so that a deployer probing a port some
+other process took meanwhile does not take that process's 200 for its replica's."""
+
+
+def replica_identity() -> dict[str, str]:
+    """The ``/healthz`` header naming this replica; empty outside a replica."""
+    replica = os.environ.get(REPLICA_ENV)
+    return {REPLICA_HEADER: replica} if replica else {}
+
 
 def create_service_app(
     *,
@@ -29,10 +42,12 @@ def create_service_app(
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     install_error_handlers(app)
 
+    identity = replica_identity()
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         if ready():
-            return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "ok"}, headers=identity)
         return error_response(503, "not_ready", f"{title} is starting")
 
     @app.get("/metrics", include_in_schema=False)

@@ -173,7 +173,7 @@ class ReplicaRunner:
                 return Failure(
                     _with_tail(f"{ended.describe()} before it was ready", ended.log_tail)
                 )
-            probe = await self.sup.probe(handle.url)
+            probe = await self.sup.probe(handle.url, handle.identity)
             if probe is True or isinstance(probe, Failure):
                 return probe
             if time.monotonic() > deadline:

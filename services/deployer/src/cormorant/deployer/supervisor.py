@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
+from cormorant.common.web import REPLICA_HEADER
 from cormorant.deployer.replicas import Failure, ReplicaRunner
 from cormorant.deployer.runtime import ReplicaLaunch, Runtime
 from cormorant.deployer.schemas import EndpointOut, EndpointSpec
@@ -295,13 +296,16 @@ class Supervisor:
         tracked = self.endpoints.get(endpoint_id)
         return endpoint_view(record, stats, tracked.events if tracked else ())
 
-    async def probe(self, url: str) -> bool | Failure | None:
-        """True if ``/healthz`` answers 200, a ``Failure`` if the model cannot load, else None."""
+    async def probe(self, url: str, identity: str | None = None) -> bool | Failure | None:
+        """True if ``/healthz`` answers 200 (naming the replica ``identity`` when given), a
+        ``Failure`` if the model cannot load, else None."""
         try:
             response = await self.http.get(f"{url}/healthz", timeout=_PROBE_TIMEOUT_S)
         except httpx.HTTPError:
             return None
         if response.status_code == 200:
+            if identity is not None and response.headers.get(REPLICA_HEADER) != identity:
+                return None  # another process on the port the replica lost the race to bind
             return True
         if response.status_code == 503:
             try:

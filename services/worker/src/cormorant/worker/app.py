@@ -24,6 +24,7 @@ from cormorant.common.predictor import (
     set_predict_context,
 )
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
+from cormorant.common.web import replica_identity
 from cormorant.worker.api import PREDICT_PATH, PredictEndpoint, PredictHandler, answer_predict
 from cormorant.worker.batch import install_batch_route
 from cormorant.worker.metrics import WorkerMetrics
@@ -109,10 +110,12 @@ def create_app(
     app = WorkerApp(title=TITLE, version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
 
+    identity = replica_identity()
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         if model.ready():
-            return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "ok"}, headers=identity)
         return error_response(503, "not_ready", f"{TITLE} is starting")
 
     @app.get("/metrics", include_in_schema=False)

@@ -118,6 +118,10 @@ class ReplicaHandle:
     host: str
     pid: int | None = None
     adopted: bool = False
+    identity: str | None = None
+    """The name its ``/healthz`` must answer with (``web.REPLICA_HEADER``), when the runtime
+    gave it one: on a shared machine its port may be another process's by the time it is
+    probed."""
 
 
 REFUSED_EXIT_CODE = 2

@@ -33,6 +33,7 @@ import psutil
 
 from cormorant.common.errors import CormorantError
 from cormorant.common.servers import free_port
+from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.runtime import (
     REFUSED_EXIT_CODE,
     ConfigurationRefused,
@@ -195,7 +196,10 @@ class LocalRuntime:
                     out.write(f"--- not forked ({exc}); starting a fresh process\n".encode())
             else:
                 self._procs[launch.replica_id] = _Process(pid, None, log_path, offset, generation)
-                return ReplicaHandle(launch.replica_id, _url(self.host, port), self.host, pid)
+                return ReplicaHandle(
+                    launch.replica_id, _url(self.host, port), self.host, pid,
+                    identity=launch.replica_id,
+                )  # fmt: skip
         else:
             log_path, offset = self._begin_log(launch, port)
         # Not in a thread: a cancellation between the fork and the handle would leave a
@@ -241,7 +245,10 @@ class LocalRuntime:
                 start_new_session=True,
             )
         self._procs[launch.replica_id] = _Process(popen.pid, popen, log_path, offset)
-        return ReplicaHandle(launch.replica_id, _url(self.host, port), self.host, popen.pid)
+        return ReplicaHandle(
+            launch.replica_id, _url(self.host, port), self.host, popen.pid,
+            identity=launch.replica_id,
+        )  # fmt: skip
 
     async def adopt(
         self, launch: ReplicaLaunch, *, url: str, host: str | None, pid: int | None
@@ -327,9 +334,10 @@ class LocalRuntime:
         return [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
 
     def _env(self, launch: ReplicaLaunch) -> dict[str, str]:
-        if launch.bridge is None:
-            return self.env
-        return {**self.env, **launch.bridge.environment()}
+        env = {**self.env, REPLICA_ENV: launch.replica_id}
+        if launch.bridge is not None:
+            env.update(launch.bridge.environment())
+        return env
 
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop tracking a replica without touching its process (it keeps serving)."""
