@@ -8,7 +8,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -26,6 +28,7 @@ from cormorant.common.bus import (
     BatchedPublisher,
     Consumer,
     Delivery,
+    Handler,
     PredictionColumns,
     close,
     connect,
@@ -39,6 +42,7 @@ from cormorant.common.bus.packing import header_line, pack
 from cormorant.common.events import (
     EVENT_TYPE_HEADER,
     MSG_ID_HEADER,
+    Event,
     MetricLogged,
     PredictionLogged,
 )
@@ -539,6 +543,23 @@ async def stored_events(js: JetStreamContext, stream: str) -> list[PredictionLog
     return events
 
 
+@asynccontextmanager
+async def consuming(
+    js: JetStreamContext, event: type[Event], durable: str, handler: Handler, **options: Any
+) -> AsyncIterator[Consumer]:
+    """A started ``Consumer`` of ``event``'s stream, stopped when the block ends."""
+    stream = PREDICTIONS_STREAM if event is PredictionLogged else METRICS_STREAM
+    consumer = Consumer(
+        js, stream=stream, durable=durable, handler=handler,
+        filter_subject=event.subject_filter(), fetch_timeout=0.5, **options,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def test_events_queued_together_leave_as_one_pack(js: JetStreamContext) -> None:
     tracer = TracerProvider().get_tracer("test")  # not installed globally
     registry = new_registry()
@@ -573,16 +594,9 @@ async def test_events_queued_together_leave_as_one_pack(js: JetStreamContext) ->
             context = trace.get_current_span(delivery.trace_context()).get_span_context()
             seen[delivery.event.event_id] = format(context.trace_id, "032x")
 
-    consumer = Consumer(
-        js, stream=PREDICTIONS_STREAM, durable="unpacker", handler=handler,
-        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
-    )  # fmt: skip
-    await consumer.start()
-    try:
+    async with consuming(js, PredictionLogged, "unpacker", handler) as consumer:
         await wait_until(lambda: consumer.stats.acked == 600, within=10, what="600 acks")
         pending = (await js.consumer_info(PREDICTIONS_STREAM, "unpacker")).num_ack_pending
-    finally:
-        await consumer.stop()
     assert seen == trace_ids  # every event keeps its own request's trace
     assert pending == 0
 
@@ -603,17 +617,10 @@ async def test_a_nak_in_a_pack_redelivers_the_pack(js: JetStreamContext) -> None
     await publisher.start()
     assert await publisher.stop() == 0
     assert publisher.stats.messages == 1
-    consumer = Consumer(
-        js, stream=METRICS_STREAM, durable="nak-pack", handler=handler, ack_wait=30,
-        filter_subject=MetricLogged.subject_filter(), fetch_timeout=0.5,
-    )  # fmt: skip
-    await consumer.start()
-    try:
+    async with consuming(js, MetricLogged, "nak-pack", handler, ack_wait=30) as consumer:
         await wait_until(lambda: len(seen) == 6, within=10, what="the pack twice")
         await wait_until(lambda: consumer.stats.acked == 5, within=10, what="the acks")
         info = await js.consumer_info(METRICS_STREAM, "nak-pack")
-    finally:
-        await consumer.stop()
     # The whole pack came back (handlers are idempotent), and was acked the second time.
     assert sorted(seen) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
     assert info.num_ack_pending == 0
@@ -631,18 +638,11 @@ async def test_an_undecodable_event_costs_only_itself(js: JetStreamContext) -> N
     async def handler(batch: list[Delivery]) -> None:
         got.extend(d.event.event_id for d in batch)
 
-    consumer = Consumer(
-        js, stream=PREDICTIONS_STREAM, durable="half-good", handler=handler,
-        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
-    )  # fmt: skip
-    await consumer.start()
-    try:
+    async with consuming(js, PredictionLogged, "half-good", handler) as consumer:
         await wait_until(lambda: consumer.stats.undecodable == 5, within=10, what="the bad ones")
         await wait_until(lambda: got == [e.event_id for e in good], within=10, what="the rest")
         await wait_until(lambda: consumer.stats.acked == 3, within=10, what="the acks")
         info = await js.consumer_info(PREDICTIONS_STREAM, "half-good")
-    finally:
-        await consumer.stop()
     assert info.num_ack_pending == 0
 
 
@@ -723,18 +723,11 @@ async def test_a_column_pack_reads_back_as_its_events(js: JetStreamContext) -> N
     async def handler(batch: list[Delivery]) -> None:
         for delivery in batch:
             assert isinstance(delivery.event, PredictionLogged)
-            own = {k: v for k, v in delivery.headers.items() if k == "traceparent"}
+            own = {k: v for k, v in (delivery.headers or {}).items() if k == "traceparent"}
             seen[delivery.event.request_id] = own
 
-    consumer = Consumer(
-        js, stream=PREDICTIONS_STREAM, durable="columns", handler=handler,
-        filter_subject=PredictionLogged.subject_filter(), fetch_timeout=0.5,
-    )  # fmt: skip
-    await consumer.start()
-    try:
+    async with consuming(js, PredictionLogged, "columns", handler) as consumer:
         await wait_until(lambda: consumer.stats.acked == 300, within=10, what="300 acks")
-    finally:
-        await consumer.stop()
     assert seen == {event.request_id: contexts[i] for i, event in enumerate(sent)}
 
 

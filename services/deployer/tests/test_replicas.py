@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cormorant.common.servers import free_port
 from cormorant.deployer.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
@@ -94,8 +95,7 @@ async def test_a_port_another_process_took_is_not_mistaken_for_the_replica(
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
     taken = squatter.server_address[1]
     ports = iter([taken])
-    real_free_port = local.free_port
-    monkeypatch.setattr(local, "free_port", lambda host: next(ports, None) or real_free_port(host))
+    monkeypatch.setattr(local, "free_port", lambda host: next(ports, None) or free_port(host))
     try:
         await deployer.create(name="squatted", source=str(model_dir), server=WORKERS_1)
         ready = await deployer.wait_running("squatted", timeout=90)
