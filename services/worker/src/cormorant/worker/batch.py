@@ -78,10 +78,14 @@ def install_batch_route(
                 answer = encode_results(values, errors, settings.version)
                 if logs is None or log_as is None:
                     return answer, None
-                inputs = [list(row) for row in zip(*columns, strict=True)] if columns else []
+                inputs: list[Any] = (
+                    [list(row) for row in zip(*columns, strict=True)]
+                    if columns
+                    else [[] for _ in range(count)]
+                )
                 return answer, logs.row_packs(
-                    log_as, first_row, inputs or [[] for _ in range(count)], values, errors,
-                    received, time.perf_counter() - started, len(data) + len(answer),
+                    log_as, first_row, inputs, values, errors, received,
+                    time.perf_counter() - started, len(data) + len(answer),
                 )  # fmt: skip
 
             content, packs = await loop.run_in_executor(pool, arrow)
@@ -110,7 +114,7 @@ def install_batch_route(
 
 
 def _first_row(value: str | None) -> int:
-    if value is None or not value.isdigit() or int(value) < 1:
+    if value is None or not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise BadRequest(
             f"{FIRST_ROW_HEADER} must be the number of the chunk's first row (from 1), not "
             f"{value!r}"
