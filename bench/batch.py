@@ -7,7 +7,10 @@ One run starts a local stack (``cormorant up`` on free ports) and prints three f
    predict per row → pyarrow CSV write; each the best of 2 runs. Target: ratio ≥ 0.5.
 2. The same CSV on a batch-capable predict (``CORMORANT_PREDICT_BATCH=true``: one call per
    chunk). Target: ≥ 100,000 rows/s.
-3. Cold start: a scikit-learn endpoint (``examples/regression``) at 0 replicas, from the job's
+3. The no-op job again with ``log_predictions``: its rows/s against the best unlogged job,
+   and how long after it ended every row is in the prediction log (no target: the figure
+   says what recording a job's rows costs).
+4. Cold start: a scikit-learn endpoint (``examples/regression``) at 0 replicas, from the job's
    POST to its first predicted row, with when each step was reached (from the job's and the
    replica's timestamps) and whether the replica forked from the deployer's warm template
    (``CORMORANT_DEPLOYER_PRELOAD_MODULES=`` measures fresh processes). Target: ≤ 2 s.
@@ -32,7 +35,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from cormorant.common.servers import free_port
-from cormorant.sdk import Client
+from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.batch import start_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,12 +86,37 @@ def in_process(source: Path, target: Path, predict: Callable[..., Any], chunk: i
     return rows / (time.perf_counter() - started)
 
 
-def run_job(client: Client, slug: str, reference: str, output: str, dataset: str) -> dict[str, Any]:
+def run_job(
+    client: Client,
+    slug: str,
+    reference: str,
+    output: str,
+    dataset: str,
+    *,
+    log_predictions: bool = False,
+) -> dict[str, Any]:
     """Run one job to its end; the final job."""
-    job = start_job(client, slug, reference, output, dataset)
+    job = start_job(client, slug, reference, output, dataset, log_predictions=log_predictions)
     final = job.wait(poll_s=0.05, timeout=300)
     assert final["status"] == "succeeded", final
     return final
+
+
+def wait_logged(client: Client, slug: str, rows: int, scratch: Path) -> int:
+    """Export the endpoint's prediction log until it holds ``rows`` rows (or stops growing
+    for 30 s); the rows it holds."""
+    endpoint = Endpoint(slug, url=client.url, api_key=client.api_key)
+    held, last_change, last = 0, time.monotonic(), -1
+    while time.monotonic() - last_change < 30:
+        endpoint.export_csv(scratch)
+        with scratch.open("rb") as exported:
+            held = sum(1 for _ in exported) - 1
+        if held >= rows:
+            break
+        if held != last:
+            last, last_change = held, time.monotonic()
+        time.sleep(0.5)
+    return held
 
 
 def warm_up(client: Client, slug: str, reference: str, job: dict[str, Any], replicas: int) -> None:
@@ -183,6 +211,10 @@ def main() -> None:
             # Best of 2, as the loop is: one job lasts ~0.1 s, a moment of other load sinks it.
             jobs = [run_job(client, noop, reference, f"noop{i}.csv", "bench") for i in range(2)]
             warm = max(jobs, key=lambda job: float(job["rows_per_s"]))
+            logged = run_job(client, noop, reference, "logged.csv", "bench", log_predictions=True)
+            ended = time.monotonic()
+            in_log = wait_logged(client, noop, args.rows, work / "log.csv")
+            log_wait = time.monotonic() - ended
             warmed = run_job(client, capable, reference, "warmup2.csv", "bench")
             warm_up(client, capable, reference, warmed, args.replicas)
             fast = run_job(client, capable, reference, "capable.csv", "bench")
@@ -212,6 +244,9 @@ def main() -> None:
     print(f"no-op job: {warm['rows_per_s']:,.0f} rows/s (best of {each}); in-process loop: "
           f"{anchor:,.0f} rows/s; ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
     print(f"batch-capable job: {fast['rows_per_s']:,.0f} rows/s (target >= 100,000)")
+    print(f"no-op job with log_predictions: {logged['rows_per_s']:,.0f} rows/s, ratio "
+          f"{logged['rows_per_s'] / warm['rows_per_s']:.2f} of the unlogged job; {in_log:,} of "
+          f"{args.rows:,} rows in the prediction log {log_wait:.1f} s after it ended")  # fmt: skip
     print(f"cold start 0 -> first row (scikit-learn): {cold:.2f} s (target <= 2 s)")
     print(f"  after the POST, s: {breakdown}")
 
