@@ -1,6 +1,6 @@
 """Batch jobs: throughput against an in-process loop, batch-capable throughput, cold start.
 
-One run starts a local stack (``cormorant up`` on free ports) and prints three figures:
+One run starts a local stack (``cormorant up`` on free ports) and prints four figures:
 
 1. A job on the no-op model (``bench/noop``, one predict call per row) over a 100,000-row CSV,
    warm replicas, against a hand-written in-process loop: pyarrow chunked read → the same
