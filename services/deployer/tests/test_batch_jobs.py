@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,20 @@ def deployer_settings(deployer_settings: DeployerSettings) -> DeployerSettings:
     return deployer_settings.model_copy(update={"batch_chunk_rows": 200})
 
 
+@pytest.fixture
+async def datasets(deployer: DeployerHarness) -> AsyncIterator[DatasetStore]:
+    """The datasets the deployer's jobs read and write (its database and blob store)."""
+    settings = deployer.settings
+    engine = create_engine(settings.database_url)
+    store = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
+    await store.blobs.prepare()
+    yield store
+    await engine.dispose()
+
+
 async def start_slow_job(
-    deployer: DeployerHarness, tmp_path: Path
-) -> tuple[str, str, DatasetStore]:
+    deployer: DeployerHarness, datasets: DatasetStore, tmp_path: Path
+) -> tuple[str, str]:
     """A batch endpoint on a slow model and a running job over 4,000 rows."""
     model = tmp_path / "slow"
     model.mkdir()
@@ -39,10 +51,6 @@ async def start_slow_job(
         name="slow batch", kind="batch", source=str(model), server={"workers": 1},
         replicas={"min": 0, "max": 1},
     )  # fmt: skip
-    settings = deployer.settings
-    engine = create_engine(settings.database_url)
-    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
-    await datasets.blobs.prepare()
     await datasets.create_dataset("numbers")
     rows = "x\n" + "".join(f"{i}\n" for i in range(4_000))
     await datasets.add_files("numbers", {"in.csv": rows.encode()})
@@ -57,7 +65,7 @@ async def start_slow_job(
         return job["status"] == "running" and job["rows_done"] > 0
 
     await wait_until(progressing, timeout=60)
-    return slug, job_id, datasets
+    return slug, job_id
 
 
 async def get_job(deployer: DeployerHarness, slug: str, job_id: str) -> dict[str, Any]:
@@ -68,10 +76,10 @@ async def get_job(deployer: DeployerHarness, slug: str, job_id: str) -> dict[str
 
 
 async def test_a_cancelled_job_stops_and_writes_nothing(
-    deployer: DeployerHarness, tmp_path: Path
+    deployer: DeployerHarness, datasets: DatasetStore, tmp_path: Path
 ) -> None:
     """DELETE on a running job: ``cancelled``, and the dataset keeps only its input version."""
-    slug, job_id, datasets = await start_slow_job(deployer, tmp_path)
+    slug, job_id = await start_slow_job(deployer, datasets, tmp_path)
     response = await deployer.client.delete(f"/api/v1/endpoints/{slug}/batch-jobs/{job_id}")
     assert response.status_code == 200
     job = response.json()
@@ -81,10 +89,10 @@ async def test_a_cancelled_job_stops_and_writes_nothing(
 
 
 async def test_a_restart_mid_job_fails_the_job_visibly_and_writes_nothing(
-    deployer: DeployerHarness, tmp_path: Path
+    deployer: DeployerHarness, datasets: DatasetStore, tmp_path: Path
 ) -> None:
     """The deployer restarts while a job runs: the job is ``failed`` saying so, no output."""
-    slug, job_id, datasets = await start_slow_job(deployer, tmp_path)
+    slug, job_id = await start_slow_job(deployer, datasets, tmp_path)
     await deployer.restart()
     job = await get_job(deployer, slug, job_id)
     assert job["status"] == "failed"
@@ -106,7 +114,7 @@ tasks:
 
 
 async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
-    deployer: DeployerHarness, tmp_path: Path
+    deployer: DeployerHarness, datasets: DatasetStore, tmp_path: Path
 ) -> None:
     """The ``batch-predict`` task runs a job and reports its rows and output reference."""
     model = tmp_path / "double"
@@ -117,10 +125,6 @@ async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
             name="flow batch", kind="batch", source=str(model), server={"workers": 1}
         )
     )["slug"]
-    settings = deployer.settings
-    engine = create_engine(settings.database_url)
-    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
-    await datasets.blobs.prepare()
     await datasets.create_dataset("numbers")
     await datasets.add_files("numbers", {"in.csv": b"x\n1\n2\n3\n"})
     saved = await deployer.client.post(
@@ -143,7 +147,6 @@ async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
     assert output.decode().splitlines() == [
         '"x","prediction","error"', '1,"2",', '2,"4",', '3,"6",'
     ]  # fmt: skip
-    await engine.dispose()
 
 
 DESCRIBE_MODEL = """\
@@ -153,7 +156,7 @@ def predict(*row):
 
 
 async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
-    deployer: DeployerHarness, tmp_path: Path
+    deployer: DeployerHarness, datasets: DatasetStore, tmp_path: Path
 ) -> None:
     """Numbers and strings (sent as Arrow) and a date column (sent as JSON rows) arrive as
     JSON would decode them, and the output keeps the input order across chunks."""
@@ -166,10 +169,6 @@ async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
             replicas={"min": 0, "max": 2},
         )
     )["slug"]  # fmt: skip
-    settings = deployer.settings
-    engine = create_engine(settings.database_url)
-    datasets = DatasetStore(session_factory(engine), BlobStore(settings.resolved_datasets_url()))
-    await datasets.blobs.prepare()
     await datasets.create_dataset("described")
     plain = "n,x,s\n" + "".join(f"{i},{i}.5,s{i}\n" for i in range(1_000))
     dated = "when,n\n" + "".join(f"2026-12-{i % 28 + 1:02d},{i}\n" for i in range(1_000))
@@ -201,4 +200,3 @@ async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
         f'2026-12-{i % 28 + 1:02d},{i},"str:2026-12-{i % 28 + 1:02d} int:{i}",'
         for i in range(1_000)
     ]
-    await engine.dispose()
