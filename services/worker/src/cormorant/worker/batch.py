@@ -33,6 +33,7 @@ from cormorant.common.predictor.rows import (
     declares_batch,
     predict_columns,
     predict_rows,
+    rows_of,
 )
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents, RowPacks
@@ -78,13 +79,8 @@ def install_batch_route(
                 answer = encode_results(values, errors, settings.version)
                 if logs is None or log_as is None:
                     return answer, None
-                inputs: list[Any] = (
-                    [list(row) for row in zip(*columns, strict=True)]
-                    if columns
-                    else [[] for _ in range(count)]
-                )
                 return answer, logs.row_packs(
-                    log_as, first_row, inputs, values, errors, received,
+                    log_as, first_row, rows_of(columns, count), values, errors, received,
                     time.perf_counter() - started, len(data) + len(answer),
                 )  # fmt: skip
 

@@ -65,16 +65,16 @@ def predict_columns(
     row that was predicted. Blocks, so call it off the event loop.
     """
     if batch and rows:
-        values = _chunk_values(predictor, _lists(columns, rows))
+        values = _chunk_values(predictor, rows_of(columns, rows))
         if values is not None:
             return values, [None] * rows
     if columns and predictor.preprocess_function is None and not predictor.accepts_file:
         return _plain_columns(predictor.predict_function, columns, rows)
-    results = predict_rows(predictor, _lists(columns, rows))
+    results = predict_rows(predictor, rows_of(columns, rows))
     return [r.get("prediction") for r in results], [r.get("error") for r in results]
 
 
-def _lists(columns: Sequence[Sequence[Any]], rows: int) -> list[list[Any]]:
+def rows_of(columns: Sequence[Sequence[Any]], rows: int) -> list[list[Any]]:
     """The rows as lists, as JSON decoding gives them."""
     if not columns:
         return [[] for _ in range(rows)]
