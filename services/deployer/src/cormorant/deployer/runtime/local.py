@@ -196,15 +196,17 @@ class LocalRuntime:
                     out.write(f"--- not forked ({exc}); starting a fresh process\n".encode())
             else:
                 self._procs[launch.replica_id] = _Process(pid, None, log_path, offset, generation)
-                return ReplicaHandle(
-                    launch.replica_id, _url(self.host, port), self.host, pid,
-                    identity=launch.replica_id,
-                )  # fmt: skip
+                return self._handle(launch, port, pid)
         else:
             log_path, offset = self._begin_log(launch, port)
         # Not in a thread: a cancellation between the fork and the handle would leave a
         # process nobody tracks, and a fork+exec is over in milliseconds.
         return self._spawn(launch, argv, port, log_path, offset)
+
+    def _handle(self, launch: ReplicaLaunch, port: int, pid: int) -> ReplicaHandle:
+        """A replica this runtime started: its ``/healthz`` names it (``REPLICA_ENV``)."""
+        url = _url(self.host, port)
+        return ReplicaHandle(launch.replica_id, url, self.host, pid, identity=launch.replica_id)
 
     def _forkable(self, launch: ReplicaLaunch, template: WorkerTemplate) -> bool:
         """Whether ``launch`` would run the same forked from the template as started afresh."""
@@ -245,10 +247,7 @@ class LocalRuntime:
                 start_new_session=True,
             )
         self._procs[launch.replica_id] = _Process(popen.pid, popen, log_path, offset)
-        return ReplicaHandle(
-            launch.replica_id, _url(self.host, port), self.host, popen.pid,
-            identity=launch.replica_id,
-        )  # fmt: skip
+        return self._handle(launch, port, popen.pid)
 
     async def adopt(
         self, launch: ReplicaLaunch, *, url: str, host: str | None, pid: int | None
