@@ -68,11 +68,6 @@ _EVENT_BYTES = 120
 
 def _parts(pending: list[_Pending], limit: int) -> list[list[_Pending]]:
     """``pending`` cut where the sizes add up to ``limit``: one pack each."""
-    total = 0
-    for entry in pending:
-        total += entry[-1]
-    if total <= limit:
-        return [pending]
     parts: list[list[_Pending]] = []
     start = size = 0
     for index, entry in enumerate(pending):
@@ -185,7 +180,7 @@ class ReplicaEvents:
             self._handover.cancel()
             self._handover = None
         pending, self._pending = self._pending, []
-        self._pending_bytes = 0
+        size, self._pending_bytes = self._pending_bytes, 0
         if not pending:
             return
         publisher = self.publisher
@@ -194,7 +189,8 @@ class ReplicaEvents:
             return
         occurred_at = datetime.now(UTC)
         packed = RowPacks([], [])
-        for part in _parts(pending, publisher.pack_bytes):
+        limit = publisher.pack_bytes
+        for part in [pending] if size <= limit else _parts(pending, limit):
             pack, left_out = bus.prediction_pack(self._columns(part, occurred_at))
             packed.left_out += left_out
             if pack is not None:
