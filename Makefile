@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := libs/common libs/sdk services/worker services/gateway services/deployer \
-            services/predictlog services/feedback services/alerts services/kafka-bridge
+            services/predictlog services/feedback services/alerts services/kafka-bridge \
+            services/batch
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 
 .PHONY: install up down status test lint format bench constraints docs clean

@@ -39,7 +39,7 @@ from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.batch import start_job
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "gateway")
+SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 BATCH_MODEL = "def predict(rows):\n    return [row[0] for row in rows]\n"
 
 
@@ -172,7 +172,7 @@ def main() -> None:
         env = {**os.environ, "CORMORANT_DATA_DIR": str(work / "data")}
         for name in SERVICES:
             env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
-        env["CORMORANT_DEPLOYER_BATCH_IDLE_TIMEOUT_S"] = "600"
+        env["CORMORANT_BATCH_IDLE_TIMEOUT_S"] = "600"
         up = cli(env, "up", "--no-example")
         if up.returncode != 0:
             raise SystemExit(up.stdout + up.stderr)

@@ -31,7 +31,7 @@ from cormorant.common.servers import free_port
 from cormorant.sdk import Client
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("deployer", "predictlog", "feedback", "alerts", "gateway")
+SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 RATIO_TARGET = 1.5
 
 

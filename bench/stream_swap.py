@@ -38,7 +38,7 @@ from cormorant.sdk.streams import Streams
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "models" / "stream"
-SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "gateway")
+SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 CHUNK = 1_000
 
 

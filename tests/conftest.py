@@ -16,7 +16,7 @@ from cormorant.common.servers import free_port
 from cormorant.sdk import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("deployer", "predictlog", "feedback", "alerts", "gateway")
+SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack") / "data"
     env = stack_environment(data_dir)
     env["CORMORANT_DEPLOYER_SCALE_DOWN_DELAY_S"] = "4"
-    env["CORMORANT_DEPLOYER_BATCH_IDLE_TIMEOUT_S"] = "2"
+    env["CORMORANT_BATCH_IDLE_TIMEOUT_S"] = "2"
     # Stream replicas: a killed one is noticed by its group in 3 s rather than 10.
     env["CORMORANT_KAFKA_BRIDGE_SESSION_TIMEOUT_MS"] = "3000"
     env["CORMORANT_KAFKA_BRIDGE_HEARTBEAT_INTERVAL_MS"] = "500"

@@ -170,3 +170,92 @@ async def test_flow_version_breaking_its_metric_check_is_rolled_back_with_the_re
     assert traffic["history"][0]["action"] == "rollback"
     assert [s.failed for s in load.samples].count(True) == 0
     client.endpoints.delete(slug)
+
+
+BUILD_AND_SHIP = """\
+name: build-and-ship
+tasks:
+  - name: build
+    type: exec
+    command: >-
+      mkdir -p out &&
+      printf 'def predict(x):\\n    return "built"\\n' > out/predict.py &&
+      echo built it
+  - name: ship
+    type: deploy
+    endpoint: shipped
+    source: out
+    server: {workers: 1}
+  - name: again
+    type: deploy
+    endpoint: shipped
+    source: out
+  - name: undo
+    type: rollback
+    endpoint_id: shipped
+  - name: never
+    type: exec
+    command: echo unreachable
+"""
+
+
+def test_flow_builds_deploys_and_stops_at_the_first_failure(stack: Stack, tmp_path: Path) -> None:
+    """exec builds a model directory in the run's workspace, deploy creates the endpoint from
+    it through the API, a second deploy adds version 2 and promotes it, rollback has nothing
+    to roll back and fails the run; the last task is skipped, the flow's directory untouched."""
+    flow_file = tmp_path / "flow.yaml"
+    flow_file.write_text(BUILD_AND_SHIP)
+    client = stack.client()
+    run = client.flows.run(flow_file, timeout=240)
+    tasks = {t["name"]: t for t in run["tasks"]}
+    assert run["status"] == "failed", run
+    assert "undo" in run["error"]
+    assert "nothing to roll back" in run["error"]
+    assert tasks["build"]["status"] == "succeeded"
+    assert "built it" in tasks["build"]["output"]
+    assert "created endpoint shipped" in tasks["ship"]["output"]
+    assert "version 2 of shipped deployed and promoted" in tasks["again"]["output"]
+    assert tasks["undo"]["status"] == "failed"
+    assert tasks["never"]["status"] == "skipped"
+    assert not (tmp_path / "out").exists()
+    assert client.rollouts.traffic("shipped")["weights"] == {"2": 100}
+    client.endpoints.delete("shipped")
+
+
+BATCH_FLOW = """\
+name: nightly-scores
+tasks:
+  - name: score
+    type: batch-predict
+    endpoint_id: {slug}
+    input_file: flow-numbers/in.csv
+    output_file: scored.csv
+    dataset: flow-numbers
+"""
+
+
+def test_a_batch_predict_flow_task_runs_a_job_to_its_end(stack: Stack, tmp_path: Path) -> None:
+    """The ``batch-predict`` task runs a job through the API and reports its rows and output
+    reference; the output is in the dataset."""
+    client = stack.client()
+    model = tmp_path / "double"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x):\n    return x * 2\n")
+    slug = client.endpoints.create("flow batch", str(model), kind="batch", server={"workers": 1})[
+        "slug"
+    ]
+    client.request("POST", "/api/v1/datasets", json={"name": "flow-numbers"})
+    client.request(
+        "POST",
+        "/api/v1/datasets/flow-numbers/files",
+        data={"path": "in.csv"},
+        files={"file": ("in.csv", b"x\n1\n2\n3\n", "text/csv")},
+    )
+    flow_file = tmp_path / "batch.yaml"
+    flow_file.write_text(BATCH_FLOW.format(slug=slug))
+    run = client.flows.run(flow_file, timeout=240)
+    assert run["status"] == "succeeded", run
+    assert "3 rows (0 failed) → flow-numbers@2/scored.csv" in run["tasks"][0]["output"]
+    scored = client._http.get("/api/v1/datasets/flow-numbers/versions/2/files/scored.csv")
+    # Predictions are text cells (JSON for non-strings), so they are quoted.
+    assert scored.text.splitlines() == ['"x","prediction","error"', '1,"2",', '2,"4",', '3,"6",']

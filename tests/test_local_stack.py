@@ -15,7 +15,7 @@ import pytest
 
 from cormorant.common.servers import free_port
 
-SERVICES = ("deployer", "predictlog", "feedback", "alerts", "gateway")
+SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ SETTINGS_CLASSES = [
     ("Prediction log", "cormorant.predictlog.settings:PredictLogSettings"),
     ("Feedback and datasets", "cormorant.feedback.settings:FeedbackSettings"),
     ("Alerts", "cormorant.alerts.settings:AlertsSettings"),
+    ("Batch jobs", "cormorant.batch.settings:BatchSettings"),
     ("Kafka bridge", "cormorant.kafka_bridge.settings:KafkaBridgeSettings"),
     ("Test fixtures", "cormorant.common.testing.plugin:ExternalServers"),
 ]

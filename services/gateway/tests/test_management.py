@@ -65,12 +65,13 @@ async def services() -> AsyncIterator[dict[str, tuple[StandIn, str]]]:
 async def gateway(
     workers: dict[str, Worker], start_gateway: Any, services: dict[str, tuple[StandIn, str]]
 ) -> AsyncIterator[Gateway]:
-    """A gateway whose management API reaches the stand-ins; alerts is down."""
+    """A gateway whose management API reaches the stand-ins; alerts and batch are down."""
     async with start_gateway(
         [demo_route(workers)],
         predictlog_url=services["predictlog"][1],
         feedback_url=services["feedback"][1],
         alerts_url=f"http://127.0.0.1:{free_port()}",
+        batch_url=f"http://127.0.0.1:{free_port()}",
         openapi_cache_s=0,
     ) as gw:
         gw.deployer.openapi = SERVICE_OPENAPI
@@ -85,7 +86,9 @@ def test_paths_go_to_their_owners() -> None:
     assert owner("/api/v1/endpoints/demo/logs.csv") == "predictlog"
     assert owner("/api/v1/endpoints/demo/charts/latency") == "predictlog"
     assert owner("/api/v1/endpoints/demo/metrics") == "predictlog"
-    assert owner("/api/v1/flows/retrain/runs") == "deployer"
+    assert owner("/api/v1/endpoints/demo/batch-jobs") == "batch"
+    assert owner("/api/v1/endpoints/demo/batch-jobs/compare") == "batch"
+    assert owner("/api/v1/flows/retrain/runs") == "alerts"
     assert owner("/api/v1/datasets/d1/versions") == "feedback"
     assert owner("/api/v1/feedback-loops") == "feedback"
     assert owner("/api/v1/triggers/t1") == "alerts"
@@ -178,7 +181,7 @@ async def test_openapi_merges_the_services(gateway: Gateway) -> None:
     assert ref["schema"]["$ref"] == "#/components/schemas/deployer_KeyList"
     assert "KeyList" in schemas
     assert schemas["KeyList"] != schemas["deployer_KeyList"]
-    assert set(document["x-cormorant-missing"]) == {"alerts", "predictlog", "feedback"}
+    assert set(document["x-cormorant-missing"]) == {"alerts", "batch", "predictlog", "feedback"}
     assert document["components"]["securitySchemes"]["adminKey"]["scheme"] == "bearer"
     assert (await gateway.http.get("/docs")).status_code == 404
 

@@ -73,6 +73,9 @@ class StackSettings(CommonSettings):
     alerts_port: int = 8084
     """Alerts service's internal API."""
 
+    batch_port: int = 8085
+    """Batch service's internal API."""
+
     ready_timeout: float = 60.0
     """Seconds a service may take to answer ``/healthz`` before start-up fails."""
 
@@ -96,6 +99,7 @@ def service_specs(settings: StackSettings) -> list[ServiceSpec]:
         ServiceSpec("predictlog", "cormorant.predictlog", settings.predictlog_port),
         ServiceSpec("feedback", "cormorant.feedback", settings.feedback_port),
         ServiceSpec("alerts", "cormorant.alerts", settings.alerts_port),
+        ServiceSpec("batch", "cormorant.batch", settings.batch_port),
         ServiceSpec("gateway", "cormorant.gateway", settings.gateway_port),
     ]
 
@@ -295,12 +299,26 @@ class Supervisor:
             env[f"CORMORANT_GATEWAY_{spec.name.upper()}_URL"] = (
                 f"http://{settings.host}:{spec.port}"
             )
-        # The deployer reads live metrics there for rollout policies' checks.
+        # The deployer reads live metrics there for rollout policies' checks, batch for
+        # comparing jobs; batch asks the deployer for replicas.
         env["CORMORANT_DEPLOYER_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
+        env["CORMORANT_BATCH_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
+        env["CORMORANT_BATCH_DEPLOYER_URL"] = env["CORMORANT_GATEWAY_DEPLOYER_URL"]
+        # Flows call the public API with the bootstrap key: given to alerts alone.
+        own = {
+            "alerts": {
+                "CORMORANT_ALERTS_FLOWS_API_URL": f"http://{settings.host}:{settings.gateway_port}",
+                "CORMORANT_ALERTS_FLOWS_API_KEY": stack.admin_key,
+            }
+        }
         logs = self.data_dir / "logs"
         for spec in service_specs(settings):
             svc = ServiceProcess(
-                spec, host=settings.host, env=env, logs=logs, timeout=settings.ready_timeout
+                spec,
+                host=settings.host,
+                env=env | own.get(spec.name, {}),
+                logs=logs,
+                timeout=settings.ready_timeout,
             )
             stack.services.append(svc)
             svc.spawn()

@@ -1,1 +1,1 @@
-"""Endpoints, model versions, traffic, replicas and autoscaling, batch jobs, flows."""
+"""Endpoints, model versions, traffic, replicas and autoscaling, batch capacity on demand."""

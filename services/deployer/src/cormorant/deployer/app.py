@@ -18,13 +18,11 @@ from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import install_validation_messages, router
-from cormorant.deployer.api_batch import router as batch_router
-from cormorant.deployer.api_batch import start_batch_jobs
-from cormorant.deployer.api_flows import router as flows_router
 from cormorant.deployer.api_rollout import router as rollout_router
 from cormorant.deployer.autoscale import Autoscaler
+from cormorant.deployer.demand import Demands
+from cormorant.deployer.demand import router as demand_router
 from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.flows import FlowService
 from cormorant.deployer.handshake import GatewayHandshake
 from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout import RolloutService
@@ -148,12 +146,8 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             rollouts.kinds["stream"] = app.state.stream_rollout
             await rollouts.recover()
             app.state.rollouts = rollouts
-            app.state.flows = FlowService(
-                sessions=store.sessions, endpoints=app.state.service, rollouts=rollouts
-            )
-            app.state.batch = await start_batch_jobs(
-                resolved, store.sessions, supervisor, http, app.state.service
-            )
+            app.state.demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
+            app.state.demands.recover()
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
@@ -167,9 +161,8 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     install_validation_messages(app)
     app.include_router(router)
     app.include_router(rollout_router)
-    app.include_router(flows_router)
     app.include_router(stream_router)
-    app.include_router(batch_router)
+    app.include_router(demand_router)
     app.state.settings = settings
     return app
 

@@ -137,13 +137,8 @@ class DeployerSettings(ServiceSettings):
     """Prediction log service, whose logs and charts feed the checks of rollout policies."""
 
     batch_idle_timeout_s: float = Field(default=60.0, ge=0)
-    """Seconds a batch endpoint keeps its replicas after its last job before scaling to 0."""
-
-    batch_chunk_rows: int = Field(default=10000, ge=1)
-    """Most rows a batch job sends to a replica in one request (fewer for wide rows)."""
-
-    batch_requests_per_replica: int = Field(default=2, ge=1)
-    """Chunks a batch job keeps in flight per replica."""
+    """Seconds a batch endpoint found scaled up at start keeps its replicas before scaling to 0
+    (unless the batch service renews its demand)."""
 
     @field_validator("preload_modules", mode="before")
     @classmethod

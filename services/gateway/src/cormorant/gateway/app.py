@@ -85,6 +85,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         "predictlog": settings.predictlog_url,
         "feedback": settings.feedback_url,
         "alerts": settings.alerts_url,
+        "batch": settings.batch_url,
     }
 
     @asynccontextmanager

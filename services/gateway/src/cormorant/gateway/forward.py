@@ -47,18 +47,18 @@ def owner(path: str) -> str | None:
     if head == "endpoints":
         if len(parts) >= 3 and parts[2] in PREDICTLOG_PARTS:
             return "predictlog"
-        return "deployer"
-    if head == "flows":
+        if len(parts) >= 3 and parts[2] == "batch-jobs":
+            return "batch"
         return "deployer"
     if head in ("datasets", "feedback-loops"):
         return "feedback"
-    if head == "triggers":
+    if head in ("triggers", "flows"):
         return "alerts"
     return None
 
 
 class Forwarder:
-    """Forwards management calls to the deployer, predictlog, feedback and alerts services."""
+    """Forwards management calls to the deployer, batch, predictlog, feedback and alerts."""
 
     def __init__(
         self, services: Mapping[str, str], http: httpx.AsyncClient, metrics: GatewayMetrics

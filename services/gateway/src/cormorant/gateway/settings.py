@@ -27,7 +27,7 @@ class GatewaySettings(ServiceSettings):
     """Port the service listens on."""
 
     deployer_url: str = "http://127.0.0.1:8081"
-    """Deployer: owns endpoints and flows, and serves the routing table to the gateway."""
+    """Deployer: owns endpoints and versions, and serves the routing table to the gateway."""
 
     predictlog_url: str = "http://127.0.0.1:8082"
     """Prediction log service: logs, CSV export, charts and metrics of each endpoint."""
@@ -36,7 +36,10 @@ class GatewaySettings(ServiceSettings):
     """Feedback service: feedback loops and datasets."""
 
     alerts_url: str = "http://127.0.0.1:8084"
-    """Alerts service: metric triggers."""
+    """Alerts service: metric triggers and flows."""
+
+    batch_url: str = "http://127.0.0.1:8085"
+    """Batch service: batch jobs."""
 
     instance_id: str | None = None
     """Name of this gateway in load reports (default: <hostname>-<pid>)."""

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from cormorant.deployer.flows import FlowIn, FlowList, FlowOut, FlowService, RunList, RunOut
+from cormorant.alerts.flows.service import FlowService
+from cormorant.alerts.flows.spec import FlowIn, FlowList, FlowOut, RunList, RunOut
 
 router = APIRouter(tags=["flows"])
 
 
 def _service(request: Request) -> FlowService:
-    return cast(FlowService, request.app.state.flows)
+    # The lifespan's state, copied into every request's.
+    flows = request.state.flows
+    assert isinstance(flows, FlowService)
+    return flows
 
 
 FlowsDep = Annotated[FlowService, Depends(_service)]

@@ -1,63 +1,23 @@
-"""HTTP routes of batch jobs, and their service's start-up."""
+"""HTTP routes of batch jobs (behind the gateway, at the paths the deployer once served)."""
 
 from __future__ import annotations
 
-import weakref
-from typing import Annotated, cast
+from typing import Annotated
 
-import httpx
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cormorant.common.datasets import BlobStore, DatasetStore
-from cormorant.deployer.batch import (
-    BatchJobComparison,
-    BatchJobIn,
-    BatchJobList,
-    BatchJobOut,
-    BatchService,
-)
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.supervisor import Supervisor
+from cormorant.batch.jobs import BatchService
+from cormorant.batch.schemas import BatchJobComparison, BatchJobIn, BatchJobList, BatchJobOut
 
 router = APIRouter(tags=["batch jobs"])
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"
 
-_SERVICES: weakref.WeakKeyDictionary[EndpointService, BatchService] = weakref.WeakKeyDictionary()
-
-
-async def start_batch_jobs(
-    settings: DeployerSettings,
-    sessions: async_sessionmaker[AsyncSession],
-    supervisor: Supervisor,
-    http: httpx.AsyncClient,
-    endpoints: EndpointService,
-) -> BatchService:
-    """The batch-job service, once jobs a previous deployer left are marked failed."""
-    blobs = BlobStore(
-        settings.resolved_datasets_url(), storage_options=settings.datasets_storage_options
-    )
-    await blobs.prepare()
-    service = BatchService(
-        settings=settings,
-        sessions=sessions,
-        supervisor=supervisor,
-        datasets=DatasetStore(sessions, blobs),
-        http=http,
-    )
-    await service.recover()
-    _SERVICES[endpoints] = service
-    return service
-
-
-def batch_service(endpoints: EndpointService) -> BatchService | None:
-    """The batch-job service running beside ``endpoints`` (for flow tasks)."""
-    return _SERVICES.get(endpoints)
-
 
 def _service(request: Request) -> BatchService:
-    return cast(BatchService, request.app.state.batch)
+    # The lifespan's state (``app.State``), copied into every request's.
+    jobs = request.state.jobs
+    assert isinstance(jobs, BatchService)
+    return jobs
 
 
 BatchDep = Annotated[BatchService, Depends(_service)]
