@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -43,6 +43,7 @@ from cormorant.batch.schemas import (
     CustomMetric,
 )
 from cormorant.batch.settings import BatchSettings
+from cormorant.common.bus import BatchedPublisher
 from cormorant.common.datasets import DatasetStore, ResolvedFile
 from cormorant.common.datasets.blobs import BlobWriter
 from cormorant.common.db.models import BatchJob, Dataset, Endpoint, JobStatus
@@ -53,7 +54,7 @@ from cormorant.common.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from cormorant.common.events import BatchJobChanged, BatchJobStatus, Event
+from cormorant.common.events import BatchJobChanged, BatchJobStatus
 from cormorant.common.predictor.arrow_rows import (
     ARROW_STREAM,
     decode_results,
@@ -84,14 +85,6 @@ _EVENT_STATUS: dict[JobStatus, BatchJobStatus] = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
 }
-
-
-class Publisher(Protocol):
-    """Where events go once the database holds the change (a ``BatchedPublisher``)."""
-
-    def publish(self, event: Event) -> bool:
-        """Queue ``event`` without blocking."""
-        ...
 
 
 class EndpointNotFound(NotFound):
@@ -158,7 +151,7 @@ class BatchService:
         capacity: Capacity,
         datasets: DatasetStore,
         http: httpx.AsyncClient,
-        publisher: Publisher,
+        publisher: BatchedPublisher,
     ) -> None:
         self.settings = settings
         self.sessions = sessions

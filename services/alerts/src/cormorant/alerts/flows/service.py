@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -34,22 +34,15 @@ from cormorant.alerts.flows.spec import (
     stored_tasks,
 )
 from cormorant.alerts.flows.tasks import FlowTask, TaskContext, TaskFailed
+from cormorant.common.bus import BatchedPublisher
 from cormorant.common.db.models import Flow, FlowRun, JobStatus
 from cormorant.common.errors import NotFound
-from cormorant.common.events import Event, FlowRunChanged, FlowRunStatus
+from cormorant.common.events import FlowRunChanged, FlowRunStatus
 from cormorant.sdk import Client
 
 log = logging.getLogger(__name__)
 
 _RESTART_REASON = "the alerts service stopped while this run was executing; start it again"
-
-
-class Publisher(Protocol):
-    """Where events go once the database holds the change (a ``BatchedPublisher``)."""
-
-    def publish(self, event: Event) -> bool:
-        """Queue ``event`` without blocking."""
-        ...
 
 
 class FlowService:
@@ -59,7 +52,7 @@ class FlowService:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        publisher: Publisher,
+        publisher: BatchedPublisher,
         client: Callable[[], Client],
         limits: ExecLimits,
         workspace_max_bytes: int,
