@@ -19,6 +19,7 @@ from cormorant.common.telemetry import metrics_response, new_registry, setup_tra
 from cormorant.gateway import keys, v2
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.forward import Forwarder
+from cormorant.gateway.inference import InferenceService
 from cormorant.gateway.keys import Admin
 from cormorant.gateway.load import LoadReporter
 from cormorant.gateway.metrics import GatewayMetrics
@@ -175,6 +176,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     app.state.routing = table
     app.state.credentials = credentials
     app.state.predict_path = predict_path
+    app.state.inference = InferenceService(predict_path, table)
     app.state.prediction_log = prediction_log
     app.state.gateway_id = gateway_id
     openapi = OpenAPIDocument(app, services, cache_s=settings.openapi_cache_s)
