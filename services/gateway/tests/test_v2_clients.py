@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc.aio as triton_grpc
 import tritonclient.http.aio as triton_http
 from gateway_testkit import Gateway, Worker, demo_route, free_port
 from tritonclient.utils import InferenceServerException
@@ -74,7 +75,8 @@ async def gateway(
     workers: dict[str, Worker], iris_worker: Worker, start_gateway: Any
 ) -> AsyncIterator[Gateway]:
     """A gateway routing ``demo`` to the toolbox and ``other`` to the iris model."""
-    async with start_gateway([demo_route(workers), other_route(iris_worker)]) as gw:
+    routes = [demo_route(workers), other_route(iris_worker)]
+    async with start_gateway(routes, grpc_port=free_port()) as gw:
         yield gw
 
 
@@ -250,3 +252,60 @@ async def test_kserve_rest_client(gateway: Gateway) -> None:
         assert await client.is_server_ready(gateway.url)
     finally:
         await client._client.aclose()
+
+
+def _grpc_target(gateway: Gateway) -> str:
+    return f"127.0.0.1:{gateway.app.state.settings.grpc_port}"
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+async def test_tritonclient_grpc(gateway: Gateway, datatype: str) -> None:
+    """gRPC on the sibling port: the same token, rows, typed outputs, metadata and errors."""
+    client = triton_grpc.InferenceServerClient(_grpc_target(gateway))
+    auth = gateway.auth("other")
+    metadata = {"authorization": auth["Authorization"]}
+    try:
+        assert await client.is_server_live()
+        assert await client.is_server_ready()
+        assert await client.is_model_ready("other", headers=metadata)
+        described = await client.get_model_metadata("other", headers=metadata, as_json=True)
+        assert described["name"] == "other"
+        assert described["inputs"][0] == {
+            "name": "sepal_length", "datatype": "FP64", "shape": ["-1"],
+        }  # fmt: skip
+        rows = [[5.1, 3.5, 1.4], [7.0, 3.2, 4.7]]
+        array = np.array(rows, dtype=np.float32 if datatype == "FP32" else np.float64)
+        tensor = triton_grpc.InferInput("features", list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        result = await client.infer(
+            "other",
+            [tensor],
+            outputs=[triton_grpc.InferRequestedOutput("total"),
+                     triton_grpc.InferRequestedOutput("label")],
+            request_id="g-1",
+            headers=metadata,
+        )  # fmt: skip
+        totals = result.as_numpy("total")
+        assert totals is not None
+        assert totals.dtype == np.float64
+        assert totals == pytest.approx([sum(r) for r in rows], rel=1e-6)
+        labels = result.as_numpy("label")
+        assert labels is not None
+        assert [label.decode() for label in labels] == ["small", "big"]
+        response = result.get_response()
+        assert (response.id, response.model_version) == ("g-1", "1")
+        with pytest.raises(InferenceServerException) as unauthenticated:
+            await client.infer("other", [tensor])
+        assert unauthenticated.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException) as denied:
+            await client.infer("other", [tensor], headers={"authorization": "Bearer nope"})
+        assert denied.value.status() in ("StatusCode.UNAUTHENTICATED",
+                                         "StatusCode.PERMISSION_DENIED")  # fmt: skip
+        short = triton_grpc.InferInput("features", [1, 2], datatype)
+        short.set_data_from_numpy(array[:1, :2].copy())
+        with pytest.raises(InferenceServerException) as invalid:
+            await client.infer("other", [short], headers=metadata)
+        assert invalid.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "missing a required argument" in str(invalid.value.message())
+    finally:
+        await client.close()

@@ -36,7 +36,7 @@ class InvalidRawTensor(BadRequest):
 def decode(name: str, datatype: str, raw: bytes | memoryview) -> list[Any]:
     """The elements of ``raw`` for a tensor of ``datatype``, flat."""
     if datatype == "BYTES":
-        return [_text(item) for item in _split_bytes(name, raw)]
+        return [text(item) for item in _split_bytes(name, raw)]
     size = _SIZES.get(datatype)
     if size is None:
         raise InvalidRawTensor(f"input {name!r}: unknown datatype {datatype!r}")
@@ -93,7 +93,8 @@ def _split_bytes(name: str, raw: bytes | memoryview) -> list[bytes]:
     return items
 
 
-def _text(data: bytes) -> str:
+def text(data: bytes) -> str:
+    """A ``BYTES`` element for predict: its text when UTF-8, else its Base64."""
     try:
         return data.decode()
     except UnicodeDecodeError:
