@@ -164,3 +164,37 @@ async def test_load_reports_time_averaged_in_flight(gateway: Gateway) -> None:
     assert sum(busy.concurrency.values()) <= 4.0 + 1e-6
     assert busy.interval_s == pytest.approx(0.2, abs=0.1)
     assert sum(r.requests for r in reports) == 4
+
+
+async def test_v2_follows_the_canary_split_and_the_version_pin(
+    workers: dict[str, Worker], start_gateway: Any
+) -> None:
+    """V2 requests take the route's weights; /versions/{v}/ and X-Cormorant-Version pin one."""
+    route = demo_route(workers, "r1", "r3", weights={"v1": 50, "v2": 50})
+    async with start_gateway([route]) as gateway:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["whoami"]}]}
+        seen = set()
+        for _ in range(40):
+            answer = await gateway.http.post(
+                "/v2/models/demo/infer", json=body, headers=gateway.auth()
+            )
+            assert answer.status_code == 200, answer.text
+            seen.add((answer.json()["model_version"], answer.json()["outputs"][0]["data"][0]))
+        assert seen == {("v1", "r1"), ("v2", "r3")}
+        pinned = await gateway.http.post(
+            "/v2/models/demo/versions/v2/infer", json=body, headers=gateway.auth()
+        )
+        assert pinned.json()["model_version"] == "v2"
+        header = await gateway.http.post(
+            "/v2/models/demo/infer",
+            json=body,
+            headers={**gateway.auth(), "X-Cormorant-Version": "v1"},
+        )
+        assert header.json()["outputs"][0]["data"] == ["r1"]
+        ready = await gateway.http.get("/v2/models/demo/versions/v9/ready", headers=gateway.auth())
+        assert ready.status_code == 503
+        missing = await gateway.http.post(
+            "/v2/models/demo/versions/v9/infer", json=body, headers=gateway.auth()
+        )
+        assert missing.status_code == 503
+        assert "version 'v9'" in missing.json()["error"]
