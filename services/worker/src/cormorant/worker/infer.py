@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -36,6 +37,9 @@ from cormorant.common.predictor.arguments import (
     signature_outputs,
 )
 from cormorant.common.predictor.rows import declares_batch
+
+# The same log text and trace id as /predict's events, so both read alike in the log.
+from cormorant.worker.api import _error_text, _trace_id
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents
 from cormorant.worker.settings import WorkerSettings
@@ -92,7 +96,8 @@ def install_infer_routes(
     @app.post(ROWS_PATH, include_in_schema=False)
     async def predict_rows(request: Request) -> Response:
         received, started = time.time(), time.perf_counter()
-        request_id = request.headers.get("x-request-id") or ""
+        request_id = request.headers.get("x-request-id") or f"{getrandbits(128):032x}"
+        traceparent = request.headers.get("traceparent")
         status = 500
         logged_input: Any = None
         output: Any = None
@@ -113,10 +118,10 @@ def install_infer_routes(
             return Response(content, 200, media_type="application/json")
         except CormorantError as exc:
             status = exc.status_code
-            error = f"{type(exc).__name__}: {exc.message}"
+            error = _error_text(exc)
             return JSONResponse(exc.to_body(), exc.status_code)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = _error_text(exc)
             log.exception("predict rows failed unexpectedly", extra={"request_id": request_id})
             failed = CormorantError("the worker failed; see its logs")
             return JSONResponse(failed.to_body(), 500)
@@ -126,8 +131,10 @@ def install_infer_routes(
                 if size > limit:
                     logged_input = f"(input and output of {size} bytes, over {limit}: not kept)"
                     output = None
-                logs.prediction(request_id, received, time.perf_counter() - started, status,
-                                logged_input, output, error, None, min(size, limit))  # fmt: skip
+                trace_id = _trace_id(traceparent.encode("latin-1") if traceparent else None)
+                elapsed = time.perf_counter() - started
+                logs.prediction(request_id, received, elapsed, status, logged_input, output,
+                                error, trace_id, min(size, limit))  # fmt: skip
 
 
 async def _read(request: Request, limit: int) -> bytes:
