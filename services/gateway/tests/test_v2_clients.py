@@ -6,6 +6,8 @@ A real worker serves an iris-like model with named parameters; the gateway route
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -229,29 +231,50 @@ async def test_named_inputs_and_parameters(gateway: Gateway) -> None:
     assert "first dimension is the batch" in mismatch.json()["error"]
 
 
-async def test_kserve_rest_client(gateway: Gateway) -> None:
-    """KServe's InferenceRESTClient infers with a token and reads the typed outputs."""
-    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+# KServe's client in a process of its own: kserve and tritonclient.grpc both register the
+# protocol's messages under the package ``inference``, which protobuf refuses in one process.
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
+async def main(url, token):
     client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
     features = InferInput("features", [2, 3], "FP32")
     features.set_data_from_numpy(
         np.array([[5.1, 3.5, 1.4], [7.0, 3.2, 4.7]], dtype=np.float32), binary_data=True
     )
     request = InferRequest(model_name="other", infer_inputs=[features], request_id="k-1")
-    try:
-        response = await client.infer(
-            gateway.url, request, model_name="other", headers=gateway.auth("other")
-        )
-        assert response.id == "k-1"
-        by_name = {o.name: o for o in response.outputs}
-        assert by_name["total"].datatype == "FP64"
-        assert by_name["total"].shape == [2]
-        assert by_name["total"].as_numpy() == pytest.approx([10.0, 14.9], rel=1e-6)
-        assert by_name["wide"].as_numpy().tolist() == [True, True]
-        assert await client.is_server_ready(gateway.url)
-    finally:
-        await client._client.aclose()
+    response = await client.infer(
+        url, request, model_name="other", headers={"Authorization": "Bearer " + token}
+    )
+    outputs = {
+        o.name: {"datatype": o.datatype, "shape": o.shape, "data": o.as_numpy().tolist()}
+        for o in response.outputs
+    }
+    ready = await client.is_server_ready(url)
+    print(json.dumps({"id": response.id, "outputs": outputs, "ready": ready}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_kserve_rest_client(gateway: Gateway) -> None:
+    """KServe's InferenceRESTClient infers with a token and reads the typed outputs."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", KSERVE_CLIENT, gateway.url, gateway.credentials.tokens["other"],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    answer = json.loads(out.decode().strip().splitlines()[-1])
+    assert answer["id"] == "k-1"
+    assert answer["ready"] is True
+    total = answer["outputs"]["total"]
+    assert (total["datatype"], total["shape"]) == ("FP64", [2])
+    assert total["data"] == pytest.approx([10.0, 14.9], rel=1e-6)
+    assert answer["outputs"]["wide"]["data"] == [True, True]
+    assert answer["outputs"]["label"]["data"] == ["small", "big"]
 
 
 def _grpc_target(gateway: Gateway) -> str:
