@@ -14,4 +14,4 @@ def predict(rows):
     end = time.perf_counter() + FIXED_S + PER_ROW_S * len(rows)
     while time.perf_counter() < end:
         pass
-    return [sum(row[0]) for row in rows]
+    return [sum(row) for row in rows]

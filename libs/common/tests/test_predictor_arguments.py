@@ -65,6 +65,9 @@ def test_batch_capable_predict_gets_the_rows_once() -> None:
     inputs = [NamedInput("a", [1.0, 2.0]), NamedInput("b", [10.0, 20.0])]
     assert predict_named(Predictor(batch), inputs, {"scale": 10}, batch=True) == [110.0, 220.0]
     assert calls == [[[1.0, 10.0], [2.0, 20.0]]]
+    features = [NamedInput("features", [[1.0, 2.0], [3.0, 4.0]])]
+    assert predict_named(Predictor(batch), features, {}, batch=True) == [3.0, 7.0]
+    assert calls[-1] == [[1.0, 2.0], [3.0, 4.0]]
     with pytest.raises(InvalidPrediction, match="one value per row: got 1 for 2"):
         predict_named(Predictor(lambda rows: [1]), inputs, {}, batch=True)
 

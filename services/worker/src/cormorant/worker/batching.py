@@ -26,6 +26,7 @@ from cormorant.common.errors import CormorantError
 from cormorant.common.predictor import JSONValue, Predictor
 from cormorant.common.predictor.arguments import (
     NamedInput,
+    batch_rows,
     check_rows,
     plan_calls,
     predict_chunk,
@@ -102,11 +103,11 @@ class AdaptiveBatcher:
         """A ``RowsRunner``: the request's rows predicted within a shared call."""
         count = check_rows(inputs)
         rows = [[column.rows[index] for column in inputs] for index in range(count)]
-        # Request parameters reach predict by keyword: only requests with the same ones share
-        # a call, which in practice means those with none.
         names = [column.name for column in inputs]
         plan = plan_calls(predictor, names, parameters, batch=True)
-        return await self.submit(predictor, rows, plan.keywords)
+        # Request parameters reach predict by keyword: only requests with the same ones share
+        # a call, which in practice means those with none.
+        return await self.submit(predictor, batch_rows(plan, rows), plan.keywords)
 
     async def one(self, predictor: Predictor, row: Any) -> JSONValue:
         """One row (a ``/predict`` request's input), predicted within a shared call."""

@@ -102,7 +102,7 @@ def predict_named(
     plan = plan_calls(predictor, [i.name for i in inputs], parameters, batch=batch)
     rows = [[column.rows[index] for column in inputs] for index in range(count)]
     if batch:
-        return predict_chunk(predictor, rows, plan.keywords)
+        return predict_chunk(predictor, batch_rows(plan, rows), plan.keywords)
     values: list[JSONValue] = []
     for index, row in enumerate(rows):
         args, kwargs = plan.row_arguments(row)
@@ -121,6 +121,12 @@ def predict_named(
         assert isinstance(outcome, Prediction)
         values.append(outcome.value)
     return values
+
+
+def batch_rows(plan: CallPlan, rows: list[list[Any]]) -> list[list[Any]]:
+    """Each row as the list of its positional values, as a batch-capable predict takes rows:
+    one input's ``[a, b, c]`` row is ``[a, b, c]``, several inputs' values in order."""
+    return [list(plan.row_arguments(row)[0]) for row in rows]
 
 
 def check_rows(inputs: Sequence[NamedInput]) -> int:
