@@ -197,10 +197,32 @@ async def infer(slug: str, request: Request, version: str | None = None) -> Resp
     return Response(content, 200, headers, OCTETS)
 
 
+def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
+    """``schema`` with its local ``$defs`` references replaced by what they name."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {k: _inlined(v, definitions) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
+# The body is read by hand (it may carry raw tensor bytes after the JSON), so FastAPI does not
+# see a body model: the document gets the JSON part's schema written out here.
+_REQUEST_SCHEMA = InferRequestModel.model_json_schema()
 _INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferRequestModel"}}},
+        "content": {
+            JSON: {"schema": _inlined(_REQUEST_SCHEMA, _REQUEST_SCHEMA.get("$defs", {}))},
+            OCTETS: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "The JSON (Inference-Header-Content-Length bytes), then the "
+                "inputs' raw tensor data.",
+            },
+        },
     }
 }
 
