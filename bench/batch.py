@@ -172,6 +172,7 @@ def main() -> None:
         env = {**os.environ, "CORMORANT_DATA_DIR": str(work / "data")}
         for name in SERVICES:
             env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+        env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
         env["CORMORANT_BATCH_IDLE_TIMEOUT_S"] = "600"
         up = cli(env, "up", "--no-example")
         if up.returncode != 0:

@@ -229,6 +229,7 @@ def measure(
             CORMORANT_DATABASE_URL=database_url,
             CORMORANT_NATS_URL=nats_url,
             CORMORANT_GATEWAY_PORT=str(gateway_port),
+            CORMORANT_GATEWAY_GRPC_PORT="0",
             CORMORANT_GATEWAY_DEPLOYER_URL=src,
         )
         gateway = [sys.executable, "-m", "cormorant.gateway"]

@@ -119,6 +119,7 @@ def start_pair(
             CORMORANT_DATABASE_URL=database_url,
             CORMORANT_NATS_URL=nats_url,
             CORMORANT_GATEWAY_PORT=str(gateway_port),
+            CORMORANT_GATEWAY_GRPC_PORT="0",
             CORMORANT_GATEWAY_DEPLOYER_URL=source,
             CORMORANT_GATEWAY_INSTANCE_ID=f"bench-{name}",
             CORMORANT_GATEWAY_LOG_PREDICTIONS=flag,

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir)}
         for name in ("nats", "postgres", *SERVICES):
             env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+        env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
         up = cli(env, "up", "--no-example")
         try:
             if up.returncode != 0:

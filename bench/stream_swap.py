@@ -47,6 +47,7 @@ def start_stack(data_dir: Path) -> tuple[dict[str, str], dict[str, object]]:
     env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir), "CORMORANT_LOG_LEVEL": "WARNING"}
     for name in SERVICES:
         env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+    env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
     up = subprocess.run(
         [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,

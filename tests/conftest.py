@@ -50,6 +50,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
     env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir)}
     for name in ("nats", "postgres", *SERVICES):
         env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+    env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
     return env
 
 

@@ -54,6 +54,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "CORMORANT_DATA_DIR": str(tmp_path / "data")}
     for name in ("nats", "postgres", *SERVICES):
         env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
+    env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
     return env
 
 

@@ -16,6 +16,7 @@ import pytest
 from cormorant.common.errors import InvalidPrediction, PayloadTooLarge
 from cormorant.common.predictor import (
     END,
+    ArgumentsDoNotFit,
     ChunkStream,
     FunctionRaised,
     InvalidInput,
@@ -207,10 +208,22 @@ def test_raising_predict_is_a_predict_error_with_type_and_message() -> None:
     assert caught.value.exception_type == "ValueError"
 
 
-def test_wrong_argument_count_is_reported_as_predict_error() -> None:
-    """Calling predict with the wrong number of spread arguments says so in the error."""
-    with pytest.raises(FunctionRaised, match=r"TypeError: .*positional argument"):
+def test_arguments_that_do_not_bind_are_the_callers_mistake() -> None:
+    """Spread arguments that do not fit the signature: 400 naming it; a TypeError raised
+    inside the function stays the function's failure (500)."""
+    with pytest.raises(ArgumentsDoNotFit, match=r"does not fit predict\(a\): too many") as caught:
         Predictor(lambda a: a).predict([1, 2, 3])
+    assert caught.value.status_code == 400
+
+    def inner(a: int) -> int:
+        return a + "x"  # type: ignore[operator]
+
+    with pytest.raises(FunctionRaised, match="TypeError: unsupported operand") as raised:
+        Predictor(inner).predict(1)
+    assert raised.value.status_code == 500
+    with pytest.raises(ArgumentsDoNotFit, match="missing a required argument: 'b'"):
+        Predictor(lambda a, b: a).call((1,), {})
+    assert Predictor(lambda a, b=2: a + b).call((1,), {"b": 5}) == Prediction(6)
 
 
 def test_raising_preprocess_names_the_stage() -> None:

@@ -403,6 +403,8 @@ def gateway_starter(credentials: Secrets, nats_url: str) -> Callable[..., Any]:
                 "deployer_url": deployer_url,
                 "instance_id": "gw-test",
                 "log_json": False,
+                # Off unless a test asks for it: a fixed port would collide between runs.
+                "grpc_port": 0,
             }
             settings = GatewaySettings(**(values | overrides))
             app = create_app(settings)

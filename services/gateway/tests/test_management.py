@@ -194,6 +194,7 @@ async def test_not_ready_until_the_routing_table_loads(credentials: Secrets, nat
         nats_url=nats_url,
         deployer_url=f"http://127.0.0.1:{port}",
         log_json=False,
+        grpc_port=0,
     )
     app = create_app(settings)
     async with serve(app) as (url, _), httpx.AsyncClient(base_url=url) as http:

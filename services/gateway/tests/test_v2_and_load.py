@@ -10,7 +10,7 @@ import pytest
 from gateway_testkit import Gateway, Worker, demo_route, eventually
 
 from cormorant.common.events import LoadReported, decode
-from cormorant.gateway.v2 import to_tensor
+from cormorant.gateway.inference import OutputTensor, stack, stack_outputs
 
 
 @pytest.fixture
@@ -31,13 +31,15 @@ async def test_v2_health_metadata_and_ready(gateway: Gateway) -> None:
     assert metadata["name"] == "demo"
     assert metadata["versions"] == ["v1"]
     assert metadata["platform"] == "cormorant"
-    assert metadata["inputs"][0]["shape"] == [-1]
+    # The toolbox's predict(*args): one input of any width per row.
+    assert metadata["inputs"] == [{"name": "args", "datatype": "BYTES", "shape": [-1, -1]}]
     ready = await gateway.http.get("/v2/models/demo/ready", headers=gateway.auth())
     assert ready.json() == {"name": "demo", "ready": True}
 
 
 async def test_v2_infer_reshapes_inputs_and_types_the_output(gateway: Gateway) -> None:
-    """One input arrives in its shape; several are spread as arguments; the output is typed."""
+    """The first dimension is the batch: a row of one input is spread, several inputs are the
+    arguments in order; the rows' predictions are stacked and typed."""
     url = "/v2/models/demo/infer"
     one = await gateway.http.post(
         url,
@@ -52,7 +54,7 @@ async def test_v2_infer_reshapes_inputs_and_types_the_output(gateway: Gateway) -
     assert body["model_name"] == "demo"
     assert body["model_version"] == "v1"
     assert body["id"] == "req-1"
-    # [[1, 2], [3, 4]] is spread into predict([1, 2], [3, 4]), which echoes its arguments.
+    # Rows [1, 2] and [3, 4]: predict(1, 2) and predict(3, 4), which echo their arguments.
     assert body["outputs"] == [
         {"name": "prediction", "shape": [2, 2], "datatype": "FP64", "data": [1.0, 2.0, 3.0, 4.0]}
     ]
@@ -68,11 +70,12 @@ async def test_v2_infer_reshapes_inputs_and_types_the_output(gateway: Gateway) -
         headers=gateway.auth(),
     )
     output = several.json()["outputs"][0]
+    # Row 0 is predict(1, 3), row 1 predict(2, 4).
     assert output == {
         "name": "prediction",
         "shape": [2, 2],
         "datatype": "INT64",
-        "data": [1, 2, 3, 4],
+        "data": [1, 3, 2, 4],
     }
     assert several.json()["id"] == several.headers["x-request-id"]
     text = await gateway.http.post(
@@ -99,7 +102,7 @@ async def test_v2_infer_reshapes_inputs_and_types_the_output(gateway: Gateway) -
         headers=gateway.auth(),
     )
     assert bad.status_code == 400
-    assert "shape [3] holds 3 value(s), but data has 1" in bad.json()["error"]["message"]
+    assert "shape [3] holds 3 value(s), but data has 1" in bad.json()["error"]
     unauthorized = await gateway.http.post(url, json={"inputs": []})
     assert unauthorized.status_code == 401
 
@@ -114,20 +117,28 @@ async def test_v2_body_limit(workers: dict[str, Worker], start_gateway: Any) -> 
             headers=gateway.auth(),
         )
         assert response.status_code == 413
-        assert "500 bytes" in response.json()["error"]["message"]
+        assert "500 bytes" in response.json()["error"]
 
 
 def test_output_datatypes() -> None:
-    """BOOL, INT64, FP64 and BYTES read from the values; structures become one JSON string."""
-    assert to_tensor(True).model_dump() == {
-        "name": "prediction", "shape": [1], "datatype": "BOOL", "data": [True],
-    }  # fmt: skip
-    assert to_tensor([1, 2.5]).datatype == "FP64"
-    assert to_tensor([[1], [2]]).shape == [2, 1]
-    ragged = to_tensor([[1], [2, 3]])
-    assert (ragged.datatype, ragged.data) == ("BYTES", ["[[1],[2,3]]"])
-    assert to_tensor({"label": "x"}).data == ['{"label":"x"}']
-    assert to_tensor([True, 1]).datatype == "BYTES"
+    """BOOL, INT64, FP64 and BYTES read from the rows' values; structures one JSON per row."""
+    assert stack("p", [True, False]) == OutputTensor("p", "BOOL", [2], [True, False])
+    assert stack("p", [1, 2.5]).datatype == "FP64"
+    assert stack("p", [1, 2.5]).data == [1.0, 2.5]
+    assert stack("p", [[1], [2]]).shape == [2, 1]
+    ragged = stack("p", [[1], [2, 3]])
+    assert (ragged.datatype, ragged.shape, ragged.data) == ("BYTES", [2], ["[1]", "[2,3]"])
+    assert stack("p", [["a", 1]]).data == ['["a",1]']
+    assert stack("p", [True, 1]).datatype == "BYTES"
+    assert stack("p", [2**64]).datatype == "BYTES"
+    outputs = stack_outputs([{"label": "x", "p": 0.5}, {"label": "y", "p": 1}])
+    assert outputs == [
+        OutputTensor("label", "BYTES", [2], ["x", "y"]),
+        OutputTensor("p", "FP64", [2], [0.5, 1.0]),
+    ]
+    # Keys that differ between rows: one BYTES output of JSON objects.
+    mixed = stack_outputs([{"a": 1}, {"b": 2}])
+    assert mixed == [OutputTensor("prediction", "BYTES", [2], ['{"a":1}', '{"b":2}'])]
 
 
 async def test_load_reports_time_averaged_in_flight(gateway: Gateway) -> None:
@@ -153,3 +164,37 @@ async def test_load_reports_time_averaged_in_flight(gateway: Gateway) -> None:
     assert sum(busy.concurrency.values()) <= 4.0 + 1e-6
     assert busy.interval_s == pytest.approx(0.2, abs=0.1)
     assert sum(r.requests for r in reports) == 4
+
+
+async def test_v2_follows_the_canary_split_and_the_version_pin(
+    workers: dict[str, Worker], start_gateway: Any
+) -> None:
+    """V2 requests take the route's weights; /versions/{v}/ and X-Cormorant-Version pin one."""
+    route = demo_route(workers, "r1", "r3", weights={"v1": 50, "v2": 50})
+    async with start_gateway([route]) as gateway:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["whoami"]}]}
+        seen = set()
+        for _ in range(40):
+            answer = await gateway.http.post(
+                "/v2/models/demo/infer", json=body, headers=gateway.auth()
+            )
+            assert answer.status_code == 200, answer.text
+            seen.add((answer.json()["model_version"], answer.json()["outputs"][0]["data"][0]))
+        assert seen == {("v1", "r1"), ("v2", "r3")}
+        pinned = await gateway.http.post(
+            "/v2/models/demo/versions/v2/infer", json=body, headers=gateway.auth()
+        )
+        assert pinned.json()["model_version"] == "v2"
+        header = await gateway.http.post(
+            "/v2/models/demo/infer",
+            json=body,
+            headers={**gateway.auth(), "X-Cormorant-Version": "v1"},
+        )
+        assert header.json()["outputs"][0]["data"] == ["r1"]
+        ready = await gateway.http.get("/v2/models/demo/versions/v9/ready", headers=gateway.auth())
+        assert ready.status_code == 503
+        missing = await gateway.http.post(
+            "/v2/models/demo/versions/v9/infer", json=body, headers=gateway.auth()
+        )
+        assert missing.status_code == 503
+        assert "version 'v9'" in missing.json()["error"]

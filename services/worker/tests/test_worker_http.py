@@ -215,9 +215,11 @@ def test_multi_args_spreads_a_list_as_positional_arguments(workers: dict[str, Wo
     response = workers["multi_args"].predict([5.1, 1.4, 0.2])
     assert response.status_code == 200, response.text
     assert response.json()["prediction"]["species"] == "setosa"
+    # Arguments that do not bind are the caller's mistake: 400, naming the signature.
     wrong = workers["multi_args"].predict([5.1, 1.4])
-    assert wrong.status_code == 500
-    assert "TypeError" in wrong.json()["error"]["message"]
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["code"] == "arguments_do_not_fit"
+    assert "does not fit predict(" in wrong.json()["error"]["message"]
 
 
 def test_raw_bytes_body_reaches_predict_as_bytes(workers: dict[str, Worker]) -> None:

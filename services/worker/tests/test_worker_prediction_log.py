@@ -301,3 +301,30 @@ async def test_a_failures_log_line_carries_request_and_trace_ids(
         TRACE_ID,
         "WARNING",
     )
+
+
+async def test_an_open_inference_request_is_logged_once(nats_url: str) -> None:
+    """``/predict/rows`` (the gateway's V2 path) logs one event per request: the inputs by
+    name, the list of predictions; a failing row's error with its status."""
+    app = create_app(worker_settings(nats_url), Predictor(model), threads=1)
+    async with serve(app) as client:
+        await wait_until_connected(app)
+        good = await client.post(
+            "/predict/rows",
+            json={"inputs": [{"name": "x", "rows": [["a", 1], ["b", 2]]}]},
+            headers={"X-Request-ID": "v2-1", "traceparent": TRACEPARENT},
+        )
+        assert good.status_code == 200, good.text
+        assert good.json()["predictions"] == [["a", 1], ["b", 2]]
+        bad = await client.post(
+            "/predict/rows",
+            json={"inputs": [{"name": "x", "rows": [["a"], ["raise", 7]]}]},
+            headers={"X-Request-ID": "v2-2"},
+        )
+        assert bad.status_code == 500
+        events = await read_logged(nats_url, 2)
+    first, second = sorted(events, key=lambda e: e.request_id)
+    assert (first.request_id, first.status, first.trace_id) == ("v2-1", 200, TRACE_ID)
+    assert first.input == {"x": [["a", 1], ["b", 2]]}
+    assert first.output == [["a", 1], ["b", 2]]
+    assert (second.status, second.error) == (500, "row 1: ValueError: boom: 7")

@@ -61,6 +61,9 @@ class StackSettings(CommonSettings):
     gateway_port: int = 8080
     """Gateway: the public front door."""
 
+    gateway_grpc_port: int = 8001
+    """Gateway's Open Inference Protocol over gRPC (0: off)."""
+
     deployer_port: int = 8081
     """Deployer's internal API."""
 
@@ -87,6 +90,8 @@ class ServiceSpec:
     name: str
     module: str
     port: int
+    grpc_port: int | None = None
+    """A second port, for gRPC (the gateway's Open Inference Protocol)."""
 
 
 def service_specs(settings: StackSettings) -> list[ServiceSpec]:
@@ -100,7 +105,9 @@ def service_specs(settings: StackSettings) -> list[ServiceSpec]:
         ServiceSpec("feedback", "cormorant.feedback", settings.feedback_port),
         ServiceSpec("alerts", "cormorant.alerts", settings.alerts_port),
         ServiceSpec("batch", "cormorant.batch", settings.batch_port),
-        ServiceSpec("gateway", "cormorant.gateway", settings.gateway_port),
+        ServiceSpec(
+            "gateway", "cormorant.gateway", settings.gateway_port, settings.gateway_grpc_port
+        ),
     ]
 
 
@@ -131,6 +138,8 @@ class ServiceProcess(ManagedProcess):
         """The stack's environment plus this service's host and port."""
         env = {**os.environ, **self.env, self.env_prefix + "HOST": self.host}
         env[self.env_prefix + "PORT"] = str(self.spec.port)
+        if self.spec.grpc_port is not None:
+            env[self.env_prefix + "GRPC_PORT"] = str(self.spec.grpc_port)
         return {"env": env}
 
     @property
@@ -168,10 +177,7 @@ class Stack:
             "nats_url": self.nats.url,
             "database_url": self.database_url,
             "admin_key": self.admin_key,
-            "services": {
-                svc.spec.name: {"url": svc.url, "pid": svc.pid, "restarts": svc.restarts}
-                for svc in self.services
-            },
+            "services": {svc.spec.name: _described(svc) for svc in self.services},
             "servers": {
                 "nats": {"url": self.nats.url, "pid": self.nats.pid},
                 "postgres": {
@@ -180,6 +186,15 @@ class Stack:
                 },
             },
         }
+
+
+def _described(service: ServiceProcess) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "url": service.url, "pid": service.pid, "restarts": service.restarts,
+    }  # fmt: skip
+    if service.spec.grpc_port:
+        described["grpc"] = f"{service.host}:{service.spec.grpc_port}"
+    return described
 
 
 async def _prepare_database(url: str, existing_key: str | None) -> str:

@@ -19,6 +19,7 @@ from cormorant.common.telemetry import metrics_response, new_registry, setup_tra
 from cormorant.gateway import keys, v2
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.forward import Forwarder
+from cormorant.gateway.inference import InferenceService
 from cormorant.gateway.keys import Admin
 from cormorant.gateway.load import LoadReporter
 from cormorant.gateway.metrics import GatewayMetrics
@@ -30,6 +31,7 @@ from cormorant.gateway.routing import RoutingTable
 from cormorant.gateway.settings import GatewaySettings
 from cormorant.gateway.sync import EventFollower, RoutingSync
 from cormorant.gateway.upstream import Pool
+from cormorant.gateway.v2_grpc import InferenceServicer, start_server
 
 TITLE = "cormorant-gateway"
 FORWARDED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -80,6 +82,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         replica_cooldown_s=settings.replica_cooldown_s,
         prediction_log=prediction_log,
     )
+    inference = InferenceService(predict_path, table)
     services = {
         "deployer": settings.deployer_url,
         "predictlog": settings.predictlog_url,
@@ -112,6 +115,15 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
             app.state.forwarder = Forwarder(services, services_http, metrics)
             openapi.http = services_http
             stack.callback(table.close)
+            if settings.grpc_port:
+                grpc_server = await start_server(
+                    InferenceServicer(inference),
+                    settings.host,
+                    settings.grpc_port,
+                    max_message_bytes=settings.max_body_bytes,
+                )
+                # In-flight calls get the drain grace HTTP requests get from uvicorn.
+                stack.push_async_callback(grpc_server.stop, 5.0)
             sync = RoutingSync(table, deployer_http, metrics, refresh_s=settings.routing_refresh_s)
             follower = EventFollower(
                 settings.nats_url,
@@ -176,6 +188,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     app.state.routing = table
     app.state.credentials = credentials
     app.state.predict_path = predict_path
+    app.state.inference = inference
     app.state.prediction_log = prediction_log
     app.state.gateway_id = gateway_id
     openapi = OpenAPIDocument(app, services, cache_s=settings.openapi_cache_s)

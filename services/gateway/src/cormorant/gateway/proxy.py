@@ -1,8 +1,8 @@
 """The predict path every transport shares: authorize, route, pick, send, and answer.
 
 ``/api/v1/endpoints/{slug}/predict`` (``predict.py``) and the Open Inference Protocol
-(``v2.py``) both call ``PredictPath``: they only translate their request into a body for the
-worker and the worker's answer back.
+(``inference.py``, for REST and gRPC) both call ``PredictPath``: they only translate their
+request into a body for the worker and the worker's answer back.
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ class PredictPath:
         accept: bytes | None = None,
         trace_headers: list[tuple[bytes, bytes]] | None = None,
         version: str | None = None,
+        suffix: bytes = b"",
+        method: bytes = b"POST",
     ) -> Answer:
         """Send ``body`` to a replica of ``route`` and wait for its answer's head.
 
@@ -114,6 +116,8 @@ class PredictPath:
         once the request is written it is never sent again. ``trace_headers`` are the
         caller's W3C trace context, passed on (under a span of ours when tracing is on).
         ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header).
+        ``suffix`` extends the replica's predict path (``/rows``, ``/signature``: the worker's
+        routes for the Open Inference Protocol), sent with ``method``.
         """
         extra = b"accept: %s\r\n" % accept if accept else b""
         span = None
@@ -137,9 +141,17 @@ class PredictPath:
             raise
         route.requests += 1
         head = (
-            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+            b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
             b"x-request-id: %s\r\n%s\r\n"
-        ) % (replica.predict_path, replica.host_header, content_type, len(body), request_id, extra)
+        ) % (
+            method,
+            replica.predict_path + suffix,
+            replica.host_header,
+            content_type,
+            len(body),
+            request_id,
+            extra,
+        )
         conn.arm(route.timeout_s)
         conn.send(head, body)
         try:

@@ -26,6 +26,10 @@ class GatewaySettings(ServiceSettings):
     port: int = 8080
     """Port the service listens on."""
 
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC (``inference.GRPCInferenceService``),
+    beside the HTTP port; 0 turns it off."""
+
     deployer_url: str = "http://127.0.0.1:8081"
     """Deployer: owns endpoints and versions, and serves the routing table to the gateway."""
 

@@ -1,56 +1,76 @@
-"""The Open Inference Protocol (KServe V2) over the same predict path as ``/api/v1``.
+"""The Open Inference Protocol (KServe V2) over REST: ``/v2/...`` translated to ``inference.py``.
 
-``POST /v2/models/{slug}/infer`` turns the request's tensors into ``input_params`` (one
-input: its data in its shape, as nested lists; several: the list of them, spread as positional
-arguments) and the prediction back into one output tensor named ``prediction``, whose
-datatype is read from the values (BOOL, INT64, FP64, else BYTES).
+Bodies are JSON, or JSON followed by raw tensor bytes (the binary tensor data extension:
+``Inference-Header-Content-Length`` names the JSON's length, an input with
+``parameters.binary_data_size`` has its data in the bytes that follow, in input order; an output
+is answered that way when its ``parameters.binary_data`` or the request's
+``parameters.binary_data_output`` is true). Errors take the protocol's form,
+``{"error": "<message>"}``, with the status of the underlying error.
 """
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cormorant.common.errors import BadRequest, CormorantError
+from cormorant.common.errors import CormorantError
+from cormorant.gateway import raw_tensors
 from cormorant.gateway.errors import BodyTooLarge
-from cormorant.gateway.prediction_log import is_unanswered
-from cormorant.gateway.proxy import Answer, PredictPath
-from cormorant.gateway.routing import RoutingTable
+from cormorant.gateway.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    InferenceService,
+    InputTensor,
+    InvalidTensor,
+    RequestedOutput,
+    flatten,
+    parameter_flag,
+)
 
-PLATFORM = "cormorant"
-OUTPUT_NAME = "prediction"
+HEADER_LENGTH = "inference-header-content-length"
+JSON = "application/json"
+OCTETS = "application/octet-stream"
 
 
 class Tensor(BaseModel):
     """A named tensor: its shape, datatype and values (flat or nested, row-major)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     name: str
     shape: list[Annotated[int, Field(ge=0)]]
     datatype: str
-    data: Any = Field(description="The values, flat (row-major) or nested.")
+    data: Any = Field(
+        default=None,
+        description="The values, flat (row-major) or nested; absent when "
+        "parameters.binary_data_size says they follow the JSON as raw bytes.",
+    )
+    parameters: dict[str, Any] | None = None
 
 
-class InferRequest(BaseModel):
-    """An inference request: one tensor per predict argument."""
+class RequestedOutputModel(BaseModel):
+    """An output the caller wants, e.g. ``{"name": "prediction"}``."""
 
-    model_config = ConfigDict(extra="ignore")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequestModel(BaseModel):
+    """An inference request: named tensors whose first dimension is the batch."""
 
     id: str | None = None
+    parameters: dict[str, Any] | None = None
     inputs: list[Tensor] = Field(min_length=1)
+    outputs: list[RequestedOutputModel] | None = None
 
 
-class InferResponse(BaseModel):
-    """An inference answer: the prediction as one output tensor."""
+class InferResponseModel(BaseModel):
+    """An inference answer: one output per prediction (per key of object predictions)."""
 
     model_name: str
     model_version: str
@@ -67,7 +87,7 @@ class TensorMetadata(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    """What a model is: its versions and, loosely typed, its inputs and outputs."""
+    """A model's versions, and its inputs and outputs as predict's signature describes them."""
 
     name: str
     versions: list[str]
@@ -76,27 +96,49 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-class ModelReady(BaseModel):
-    """Whether a model has a replica ready to answer."""
+class ProtocolError(BaseModel):
+    """An error in the protocol's form."""
 
-    name: str
-    ready: bool
-
-
-def _path(request: Request) -> PredictPath:
-    path: PredictPath = request.app.state.predict_path
-    return path
+    error: str
 
 
-async def require_endpoint_token(slug: str, request: Request) -> str:
-    """Dependency: the caller holds ``slug``'s endpoint token; 401/403 otherwise."""
-    await _path(request).credentials.check_predict(request.headers.get("authorization"), slug)
-    return slug
-
-
-Slug = Annotated[str, Depends(require_endpoint_token)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProtocolError}
+    for status in (400, 401, 403, 404, 409, 413, 500, 502, 503, 504)
+}
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+
+
+def _service(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.inference
+    return service
+
+
+def protocol_error(exc: CormorantError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """``exc`` in the protocol's form."""
+    return JSONResponse({"error": exc.message}, exc.status_code, headers)
+
+
+async def _authorized(request: Request, slug: str) -> InferenceService:
+    service = _service(request)
+    await service.authorize(request.headers.get("authorization"), slug)
+    return service
+
+
+def _pinned(request: Request, version: str | None) -> str | None:
+    return version or request.headers.get("x-cormorant-version", "").strip() or None
+
+
+def _trace_headers(request: Request) -> list[tuple[bytes, bytes]] | None:
+    pairs = [(k, v) for k, v in request.headers.raw if k in (b"traceparent", b"tracestate")]
+    return pairs or None
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    """The server's name, version and protocol extensions."""
+    return _service(request).server_metadata()
 
 
 @router.get("/health/live")
@@ -108,200 +150,159 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready", responses={503: {"description": "Routing not loaded yet."}})
 async def ready(request: Request) -> JSONResponse:
     """The gateway has its routing table and can serve."""
-    table: RoutingTable = request.app.state.routing
-    return JSONResponse({"ready": table.loaded}, status_code=200 if table.loaded else 503)
+    ok = _service(request).server_ready()
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{slug}")
-async def model_metadata(slug: Slug, request: Request) -> ModelMetadata:
-    """The model's versions and loosely typed inputs and outputs."""
-    route = _path(request).route(slug)
-    return ModelMetadata(
-        name=slug,
-        versions=route.versions(),
-        platform=PLATFORM,
-        inputs=[TensorMetadata(name="input", datatype="BYTES", shape=[-1])],
-        outputs=[TensorMetadata(name=OUTPUT_NAME, datatype="BYTES", shape=[-1])],
-    )
+async def model_metadata(slug: str, request: Request, version: str | None = None) -> Response:
+    """The model's versions, and its inputs and outputs from predict's signature."""
+    try:
+        service = await _authorized(request, slug)
+        metadata = await service.model_metadata(
+            slug, _pinned(request, version), trace_headers=_trace_headers(request)
+        )
+    except CormorantError as exc:
+        return protocol_error(exc)
+    return JSONResponse(metadata)
 
 
-@router.get("/models/{slug}/ready", responses={503: {"model": ModelReady}})
-async def model_ready(slug: Slug, request: Request) -> JSONResponse:
-    """200 when a replica is ready to answer, 503 otherwise."""
-    route = _path(request).route(slug)
-    ok = bool(route.replicas)
+async def model_ready(slug: str, request: Request, version: str | None = None) -> Response:
+    """200 when a replica (of the version, if named) is ready to answer, 503 otherwise."""
+    try:
+        service = await _authorized(request, slug)
+        ok = service.model_ready(slug, _pinned(request, version))
+    except CormorantError as exc:
+        return protocol_error(exc)
     return JSONResponse({"name": slug, "ready": ok}, status_code=200 if ok else 503)
 
 
-async def infer(slug: Slug, body: InferRequest, request: Request) -> Response:
-    """Run the model on the request's tensors; the answer is the prediction as a tensor."""
-    path = _path(request)
-    route = path.route(slug)
-    params = to_input_params(body.inputs)
-    request_id = uuid.uuid4().hex
-    started = time.perf_counter()
-    status, version = 500, ""
-    answer: Answer | None = None
-    trace_headers = _trace_headers(request)
-    path.metrics.in_flight_now += 1
+async def infer(slug: str, request: Request, version: str | None = None) -> Response:
+    """Predict each row of the inputs (first dimension: the batch); outputs stacked ``[N, ...]``."""
     try:
-        answer = await path.open(
-            route,
-            orjson.dumps({"input_params": params}),
-            request_id.encode(),
-            accept=b"application/json",
-            trace_headers=trace_headers,
-        )
-        version = answer.version
-        status = answer.status
-        content = await _read_all(path, answer)
-        headers = {"x-request-id": request_id, "x-cormorant-version": version}
-        if status >= 400:
-            # The worker's own error, as it said it.
-            return Response(content, status, headers, media_type="application/json")
-        prediction = _prediction(content, answer)
-        output = InferResponse(
-            model_name=slug,
-            model_version=version,
-            id=body.id or request_id,
-            outputs=[to_tensor(prediction)],
-        )
-        return Response(
-            output.__pydantic_serializer__.to_json(output), 200, headers, "application/json"
+        service = await _authorized(request, slug)
+        inference = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        answer = await service.infer(
+            slug,
+            inference,
+            version=_pinned(request, version),
+            trace_headers=_trace_headers(request),
         )
     except CormorantError as exc:
-        status = exc.status_code
-        if answer is None and is_unanswered(status):
-            path.prediction_log.unanswered(
-                route,
-                request_id=request_id,
-                status=status,
-                error=exc,
-                started=started,
-                input_value=params,
-                trace_headers=trace_headers,
+        return protocol_error(exc)
+    content, header_length = render_response(answer, inference.parameters)
+    headers = {"x-request-id": answer.request_id, "x-cormorant-version": answer.model_version}
+    if header_length is None:
+        return Response(content, 200, headers, JSON)
+    headers["inference-header-content-length"] = str(header_length)
+    return Response(content, 200, headers, OCTETS)
+
+
+def _inlined(schema: Any, definitions: dict[str, Any]) -> Any:
+    """``schema`` with its local ``$defs`` references replaced by what they name."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {k: _inlined(v, definitions) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
+# The body is read by hand (it may carry raw tensor bytes after the JSON), so FastAPI does not
+# see a body model: the document gets the JSON part's schema written out here.
+_REQUEST_SCHEMA = InferRequestModel.model_json_schema()
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": _inlined(_REQUEST_SCHEMA, _REQUEST_SCHEMA.get("$defs", {}))},
+            OCTETS: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "The JSON (Inference-Header-Content-Length bytes), then the "
+                "inputs' raw tensor data.",
+            },
+        },
+    }
+}
+
+for prefix in ("/models/{slug}", "/models/{slug}/versions/{version}"):
+    router.add_api_route(prefix, model_metadata, methods=["GET"], response_model=ModelMetadata,
+                         responses=_ERRORS)  # fmt: skip
+    router.add_api_route(prefix + "/ready", model_ready, methods=["GET"], responses=_ERRORS)
+    router.add_api_route(prefix + "/infer", infer, methods=["POST"],
+                         response_model=InferResponseModel, responses=_ERRORS,
+                         openapi_extra=_INFER_DOC)  # fmt: skip
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
+    """A REST body (JSON, or JSON then raw tensor bytes) as an inference request."""
+    binary = b""
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise InvalidTensor(
+                f"Inference-Header-Content-Length must be the JSON's length in bytes (at most "
+                f"{len(body)}), not {header_length!r}"
             )
-        raise
-    finally:
-        path.metrics.in_flight_now -= 1
-        path.metrics.observe(slug, version, status, time.perf_counter() - started)
-
-
-# Bodies without a Content-Type are JSON too: FastAPI's strict default guards cookie-carried
-# requests from cross-site forms, and this route takes a bearer token, never a cookie.
-router.add_api_route("/models/{slug}/infer", infer, methods=["POST"], strict_content_type=False)
-
-
-async def _read_all(path: PredictPath, answer: Answer) -> bytes:
-    parts = []
-    error: BaseException | None = None
+        split = int(header_length)
+        body, binary = body[:split], body[split:]
     try:
-        while (data := await path.read(answer)) is not None:
-            parts.append(data)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        path.finish(answer, error)
-    return b"".join(parts)
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTensor(f"the request is not valid JSON ({exc})") from exc
+    try:
+        parsed = InferRequestModel.model_validate(document)
+    except ValueError as exc:
+        raise InvalidTensor(f"the request is not an inference request: {exc}") from exc
+    inputs = []
+    offset = 0
+    for tensor in parsed.inputs:
+        parameters = tensor.parameters or {}
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidTensor(
+                    f"input {tensor.name!r}: binary_data_size {size!r} runs past the "
+                    f"{len(binary)} byte(s) of binary data"
+                )
+            data = raw_tensors.decode(tensor.name, tensor.datatype, binary[offset : offset + size])
+            offset += size
+        elif tensor.data is None:
+            raise InvalidTensor(f"input {tensor.name!r} has no data")
+        else:
+            data = flatten(tensor.data)
+        inputs.append(InputTensor(tensor.name, tensor.datatype, tensor.shape, data, parameters))
+    outputs = None
+    if parsed.outputs is not None:
+        outputs = [RequestedOutput(o.name, o.parameters or {}) for o in parsed.outputs]
+    return InferenceRequest(inputs, parsed.id, parsed.parameters or {}, outputs)
 
 
-def _prediction(content: bytes, answer: Answer) -> Any:
-    if answer.streaming:
-        # A generator's chunks, gathered: V2 has no streaming answer.
-        chunks = []
-        for line in content.splitlines():
-            if line.startswith(b"data: "):
-                line = line[6:]
-            if not line.strip() or line.startswith(b"event: "):
-                continue
-            item = orjson.loads(line)
-            if "error" in item:
-                message = item["error"].get("message", "the prediction failed")
-                raise CormorantError(f"the model's stream failed: {message}")
-            chunks.append(item.get("prediction"))
-        return chunks
-    return orjson.loads(content).get("prediction")
-
-
-def _trace_headers(request: Request) -> list[tuple[bytes, bytes]] | None:
-    pairs = [(k, v) for k, v in request.headers.raw if k in (b"traceparent", b"tracestate")]
-    return pairs or None
-
-
-def to_input_params(inputs: list[Tensor]) -> Any:
-    """``input_params`` for the inputs: one input's values in its shape, or a list of them."""
-    shaped = [_reshape(tensor) for tensor in inputs]
-    return shaped[0] if len(shaped) == 1 else shaped
-
-
-def _reshape(tensor: Tensor) -> Any:
-    flat = list(_flatten(tensor.data))
-    size = math.prod(tensor.shape)
-    if size != len(flat):
-        raise BadRequest(
-            f"input {tensor.name!r}: shape {tensor.shape} holds {size} value(s), "
-            f"but data has {len(flat)}"
-        )
-    if not tensor.shape:
-        return flat[0]
-    return _nest(flat, tensor.shape)
-
-
-def _flatten(value: Any) -> Any:
-    if isinstance(value, list):
-        for item in value:
-            yield from _flatten(item)
-    else:
-        yield value
-
-
-def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
-    if len(shape) == 1:
-        return flat
-    step = math.prod(shape[1:])
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def to_tensor(value: Any) -> Tensor:
-    """The prediction as the output tensor, its datatype read from its values."""
-    shaped = _shape_of(value)
-    if shaped is not None:
-        shape, flat = shaped
-        datatype = _datatype(flat)
-        if datatype is not None:
-            if datatype == "FP64":
-                flat = [float(v) for v in flat]
-            return Tensor(name=OUTPUT_NAME, shape=shape or [1], datatype=datatype, data=flat)
-    # Ragged, mixed or structured (a dict): one JSON document, as BYTES.
-    text = orjson.dumps(value).decode()
-    return Tensor(name=OUTPUT_NAME, shape=[1], datatype="BYTES", data=[text])
-
-
-def _shape_of(value: Any) -> tuple[list[int], list[Any]] | None:
-    if not isinstance(value, list):
-        return [], [value]
-    if not value:
-        return [0], []
-    parts = [_shape_of(item) for item in value]
-    first = parts[0]
-    if first is None or any(p is None or p[0] != first[0] for p in parts):
-        return None
-    return [len(value), *first[0]], [v for p in parts if p is not None for v in p[1]]
-
-
-def _datatype(flat: list[Any]) -> str | None:
-    if all(isinstance(v, bool) for v in flat):
-        return "BOOL"
-    if any(isinstance(v, bool) for v in flat):
-        return None
-    if all(isinstance(v, int) for v in flat):
-        return "INT64"
-    if all(isinstance(v, int | float) for v in flat):
-        return "FP64"
-    if all(isinstance(v, str) for v in flat):
-        return "BYTES"
-    return None
+def render_response(
+    answer: InferenceResponse, parameters: dict[str, Any]
+) -> tuple[bytes, int | None]:
+    """The answer's body, and the JSON's length when raw output bytes follow it."""
+    binary_default = parameter_flag(parameters, "binary_data_output") or False
+    outputs = []
+    raw = []
+    for output in answer.outputs:
+        requested = output.requested.parameters if output.requested is not None else None
+        binary = parameter_flag(requested, "binary_data")
+        item: dict[str, Any] = {
+            "name": output.name, "datatype": output.datatype, "shape": output.shape,
+        }  # fmt: skip
+        if binary_default if binary is None else binary:
+            data = raw_tensors.encode(output.datatype, output.data)
+            item["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            item["data"] = output.data
+        outputs.append(item)
+    head = {"model_name": answer.model_name, "model_version": answer.model_version}
+    document = orjson.dumps({**head, "id": answer.id, "outputs": outputs})
+    if not raw:
+        return document, None
+    return document + b"".join(raw), len(document)
 
 
 class BodyLimit:
@@ -333,7 +334,7 @@ class BodyLimit:
                 if not message.get("more_body", False):
                     break
         except BodyTooLarge as exc:
-            response = JSONResponse(exc.to_body(), status_code=exc.status_code)
+            response = protocol_error(exc)
             await response(scope, receive, send)
             return
 

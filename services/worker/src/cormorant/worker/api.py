@@ -27,7 +27,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cormorant.common.errors import BadRequest, CormorantError, PayloadTooLarge
-from cormorant.common.predictor import END, ChunkStream, FunctionRaised, Prediction
+from cormorant.common.predictor import END, ChunkStream, FunctionRaised, Outcome, Prediction
+from cormorant.worker.batching import AdaptiveBatcher
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents, loggable_bytes, too_large
@@ -79,6 +80,8 @@ class PredictHandler:
         self.events = events if events is not None and events.log_predictions else None
         """Where each prediction is logged; None when prediction logging is off."""
         self.log_max_bytes = log_max_bytes
+        self.batcher: AdaptiveBatcher | None = None
+        """Set when the version batches adaptively: each request is one row of a shared call."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one predict request."""
@@ -118,8 +121,11 @@ class PredictHandler:
             if logged_input is body and not isinstance(input_value, bytes):
                 logged_input = input_value
             predictor = await self.model.get()
-            loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self.pool, predictor.predict, input_value)
+            if self.batcher is not None:
+                outcome: Outcome = Prediction(await self.batcher.one(predictor, input_value))
+            else:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self.pool, predictor.predict, input_value)
             if isinstance(outcome, Prediction):
                 # The gateway passes this body through untouched, so it carries the version
                 # and the gateway's request id itself.

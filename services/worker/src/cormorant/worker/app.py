@@ -23,10 +23,13 @@ from cormorant.common.predictor import (
     set_metric_sink,
     set_predict_context,
 )
+from cormorant.common.predictor.rows import declares_batch
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.common.web import replica_identity
 from cormorant.worker.api import PREDICT_PATH, PredictEndpoint, PredictHandler, answer_predict
 from cormorant.worker.batch import install_batch_route
+from cormorant.worker.batching import AdaptiveBatcher, batching_config
+from cormorant.worker.infer import direct_runner, install_infer_routes
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState, PredictorFactory
 from cormorant.worker.publishing import replica_events
@@ -123,6 +126,13 @@ def create_app(
         return metrics_response(metrics.registry)
 
     install_batch_route(app, model, pool, settings, events)
+    runner = direct_runner(pool, batch=declares_batch(settings.env))
+    batching = batching_config(settings.env)
+    if batching is not None:
+        batcher = AdaptiveBatcher(pool, batching, max_calls=threads)
+        handler.batcher = batcher
+        runner = batcher.run
+    install_infer_routes(app, model, settings, runner, events)
     app.state.model = model
     app.state.metrics = metrics
     app.state.events = events

@@ -16,6 +16,7 @@ from cormorant.common.errors import CormorantError
 from cormorant.common.predictor import check_spec
 from cormorant.common.telemetry import configure_logging
 from cormorant.worker.app import create_app
+from cormorant.worker.batching import InvalidBatching, batching_config
 from cormorant.worker.server import GunicornServer, resolve_server_config
 from cormorant.worker.settings import WorkerSettings
 
@@ -83,8 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # The checks that need no import fail here, before any process is forked.
         check_spec(settings.predictor_spec())
+        batching_config(settings.env)
     except CormorantError as exc:
         return _refuse(exc.message)
+    except InvalidBatching as exc:
+        return _refuse(str(exc))
     except ValidationError as exc:
         return _refuse(describe_settings_error(exc))
     if check_only:

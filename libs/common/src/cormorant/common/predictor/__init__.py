@@ -13,6 +13,7 @@ from cormorant.common.predictor.context import (
 )
 from cormorant.common.predictor.contract import (
     DEFAULT_MAX_FILE_BYTES,
+    ArgumentsDoNotFit,
     ContractError,
     FileOutsideSource,
     FileTooLarge,
@@ -43,6 +44,7 @@ from cormorant.common.predictor.loader import get_function, import_user_file, lo
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "END",
+    "ArgumentsDoNotFit",
     "ChunkStream",
     "ContractError",
     "FileOutsideSource",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,20 @@ class InvalidInput(BadRequest):
     code = "invalid_input"
 
 
+class ArgumentsDoNotFit(InvalidInput):
+    """The input's values do not bind to the function's parameters: the caller's mistake."""
+
+    code = "arguments_do_not_fit"
+
+    def __init__(self, stage: str, function: Callable[..., Any], reason: str) -> None:
+        shown = describe_signature(function)
+        super().__init__(
+            f"the input does not fit {stage}{shown}: {reason}; send one value per parameter "
+            "(a list is spread as positional arguments)",
+            details={"stage": stage, "signature": shown},
+        )
+
+
 class FileTooLarge(PayloadTooLarge):
     """The decoded input file exceeds the configured limit."""
 
@@ -149,6 +165,39 @@ class FunctionRaised(PredictError):
             text = f"{text}: {self.exception_message}"
         details: dict[str, Any] = {"stage": stage, "exception_type": self.exception_type}
         super().__init__(text if stage == "predict" else f"{stage} raised {text}", details=details)
+
+
+def signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
+    """The function's signature, or None when Python cannot tell it (some builtins)."""
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+
+
+def describe_signature(function: Callable[..., Any]) -> str:
+    """``(a, b, c=1)`` of the function, or ``(...)`` when it cannot be read."""
+    signature = signature_of(function)
+    if signature is None:
+        return "(...)"
+    plain = signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty,
+    )
+    return str(plain)
+
+
+def check_binding(
+    function: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], stage: str
+) -> None:
+    """Raise :class:`ArgumentsDoNotFit` if the arguments do not bind to the signature."""
+    signature = signature_of(function)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ArgumentsDoNotFit(stage, function, str(exc)) from None
 
 
 def check_file_name(file_name: str) -> None:

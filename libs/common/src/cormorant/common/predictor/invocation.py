@@ -36,6 +36,7 @@ from cormorant.common.predictor.contract import (
     FunctionRaised,
     InvalidInput,
     PredictorSpec,
+    check_binding,
     check_spec,
 )
 from cormorant.common.predictor.conversion import (
@@ -211,15 +212,33 @@ class Predictor:
 
     def predict(self, input_value: Any) -> Outcome:
         """Run preprocess (if any) and predict on ``input_value``; blocks, so call it off-loop."""
+        if self.accepts_file:
+            return self._outcome((input_value,), {})
+        return self._outcome(spread(input_value), {})
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
+        """``predict`` with the arguments given as they are (named inputs); blocks too.
+
+        With ``accepts_file`` the one argument is the file's Base64 (or bytes).
+        """
+        if self.accepts_file and (len(args) != 1 or kwargs):
+            raise InvalidInput(
+                "this endpoint takes a file: send exactly one input, the file's Base64 string"
+            )
+        return self._outcome(args, kwargs)
+
+    def _outcome(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
         temp_files: list[Path] = []
         handed_over = False
         try:
-            value = self._file_input(input_value, temp_files) if self.accepts_file else input_value
+            if self.accepts_file:
+                args = (self._file_input(args[0], temp_files),)
             if self.preprocess_function is not None:
-                value = _call(self.preprocess_function, value, "preprocess")
+                value = _call(self.preprocess_function, args, kwargs, "preprocess")
                 if is_response_object(value):
                     raise refuse_response(value, "preprocess")
-            result = _call(self.predict_function, value, "predict")
+                args, kwargs = spread(value), {}
+            result = _call(self.predict_function, args, kwargs, "predict")
             if isinstance(result, Generator | AsyncIterator):
                 handed_over = True
                 return ChunkStream(result, on_close=lambda: _remove(temp_files))
@@ -277,15 +296,22 @@ def spread(value: Any) -> tuple[Any, ...]:
     return (value,)
 
 
-def _call(function: Callable[..., Any], value: Any, stage: str) -> Any:
+def _call(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], stage: str
+) -> Any:
     try:
-        result = function(*spread(value))
+        result = function(*args, **kwargs)
         if isinstance(result, Coroutine):
             # An ``async def`` predict runs to completion here, on this thread's own loop.
             result = asyncio.run(result)
     except CormorantError:
         # Raised on purpose (e.g. by the SDK's log_metric): keep its status and message.
         raise
+    except TypeError as exc:
+        # Arguments that do not bind are the caller's mistake (400), not the model failing;
+        # a TypeError raised inside the function is the model's own (500).
+        check_binding(function, args, kwargs, stage)
+        raise FunctionRaised(stage, exc) from exc
     except (Exception, SystemExit) as exc:
         raise FunctionRaised(stage, exc) from exc
     return result

@@ -1,0 +1,1 @@
+"""Generated Open Inference Protocol gRPC messages (see scripts/generate_grpc.py)."""
