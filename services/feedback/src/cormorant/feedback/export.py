@@ -110,15 +110,15 @@ class Window:
         # Rows from before revision 0005 have no ingest_xid: every first run takes them.
         clauses = [
             "p.endpoint_id = $1",
-            "(p.ingest_xid IS NULL OR pg_visible_in_snapshot(p.ingest_xid, $2::pg_snapshot))",
+            "(p.ingest_xid IS NULL OR pg_visible_in_snapshot(p.ingest_xid, $2::text::pg_snapshot))",
         ]
         args: list[Any] = [self.endpoint_id, self.upto]
         if self.after is not None:
             # The range lets the (endpoint_id, ingest_xid) index skip everything older.
             clauses.append(
-                "p.ingest_xid >= pg_snapshot_xmin($3::pg_snapshot)"
-                " AND p.ingest_xid < pg_snapshot_xmax($2::pg_snapshot)"
-                " AND NOT pg_visible_in_snapshot(p.ingest_xid, $3::pg_snapshot)"
+                "p.ingest_xid >= pg_snapshot_xmin($3::text::pg_snapshot)"
+                " AND p.ingest_xid < pg_snapshot_xmax($2::text::pg_snapshot)"
+                " AND NOT pg_visible_in_snapshot(p.ingest_xid, $3::text::pg_snapshot)"
             )
             args.append(self.after)
         return " AND ".join(clauses), args
@@ -219,7 +219,7 @@ async def _write_parquet(
     sink = _Sink()
     rows = 0
     with pq.ParquetWriter(sink, schema, compression="zstd") as parquet:
-        cursor = await conn.cursor(query, *args, prefetch=PARQUET_BATCH_ROWS)
+        cursor = await conn.cursor(query, *args)
         while True:
             batch = await cursor.fetch(PARQUET_BATCH_ROWS)
             if not batch:

@@ -265,7 +265,9 @@ class Runner:
             blob = await writer.commit()
         manifest = _manifest(loop, window, summary, started)
         manifest_blob = await self._store.blobs.put(manifest)
-        async with AsyncSession(bind=conn) as session:
+        # The session works in a savepoint of this transaction; its commit releases the
+        # savepoint, and the version becomes visible only when the run commits.
+        async with AsyncSession(bind=conn, join_transaction_mode="create_savepoint") as session:
             version = await self._store.add_version_in(
                 session,
                 loop.dataset,
@@ -274,6 +276,7 @@ class Runner:
                     FileEntry(manifest_path(loop.slug), manifest_blob.size, manifest_blob.sha256),
                 ],
             )
+            await session.commit()
         return upto, summary, version.version
 
     async def _announce(self, loop: _Loop, run: dict[str, Any]) -> None:
