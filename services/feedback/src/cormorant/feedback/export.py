@@ -80,8 +80,8 @@ PARQUET_BATCH_ROWS = 20_000
 class ExportConnection(Protocol):
     """The part of an asyncpg connection an export uses (inside a transaction)."""
 
-    async def fetchrow(self, query: str, *args: Any) -> Any:
-        """One row."""
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        """Every row."""
         ...
 
     async def copy_from_query(
@@ -142,13 +142,24 @@ def columns_of(include: Sequence[str]) -> list[str]:
 async def summarize(conn: ExportConnection, window: Window) -> Summary:
     """Row count, time range and endpoint versions of the window."""
     where, args = window.where()
-    row = await conn.fetchrow(
-        "SELECT count(*) AS n, min(p.received_at) AS first, max(p.received_at) AS last,"
-        " array_remove(array_agg(DISTINCT p.version), NULL) AS versions"
-        f" FROM predictions p WHERE {where}",
+    # Grouped by version: one hash aggregate of a few groups, where array_agg(DISTINCT)
+    # would sort every row.
+    groups = await conn.fetch(
+        "SELECT p.version, count(*) AS n, min(p.received_at) AS first,"
+        f" max(p.received_at) AS last FROM predictions p WHERE {where} GROUP BY p.version",
         *args,
     )
-    return Summary(row["n"], row["first"], row["last"], sorted(row["versions"] or []))
+    summary = Summary()
+    for group in groups:
+        summary.rows += group["n"]
+        if group["version"] is not None:
+            summary.versions.append(group["version"])
+        if summary.first_received_at is None or group["first"] < summary.first_received_at:
+            summary.first_received_at = group["first"]
+        if summary.last_received_at is None or group["last"] > summary.last_received_at:
+            summary.last_received_at = group["last"]
+    summary.versions.sort()
+    return summary
 
 
 def select_query(window: Window, include: Sequence[str]) -> tuple[str, list[Any]]:
