@@ -200,5 +200,18 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
     assert shown.returncode == 0, shown.stdout + shown.stderr
     stopped = stack.cli("feedback", "stop", slug, str(loop_id))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    listed = stack.cli("feedback", "list", echo.slug)
+    listed = stack.cli("feedback", "list", slug)
     assert "stopped" in listed.stdout
+
+    unknown = stack.cli("feedback", "create", slug, "--dataset", "nope", "--every", "1h")
+    assert unknown.returncode == 1
+    assert "dataset: there is no dataset 'nope'" in unknown.stderr
+    endpoint = Endpoint(slug, url=stack.url, api_key=stack.admin_key)
+    weekly = endpoint.feedback_loop(DATASET, on="mon,thu 02:30 Europe/Berlin", format="parquet")
+    assert weekly["schedule"] == {
+        "on": {"days": ["mon", "thu"], "time": "02:30", "timezone": "Europe/Berlin"}
+    }
+    assert (weekly["state"], weekly["format"]) == ("scheduled", "parquet")
+    with stack.client() as client:
+        assert weekly["id"] in [loop["id"] for loop in client.feedback.list(slug)]
+        assert client.feedback.stop(slug, weekly["id"])["state"] == "stopped"

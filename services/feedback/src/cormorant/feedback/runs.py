@@ -324,11 +324,17 @@ def _iso(moment: datetime | None) -> str | None:
 async def run_scheduler(runner: Runner, *, poll_interval_s: float, wake: asyncio.Event) -> None:
     """Run due loops until cancelled; ``wake`` cuts a wait short (a loop was created)."""
     while True:
+        due: list[uuid.UUID] = []
         try:
-            for loop_id in await runner.due_loops():
-                await runner.run_due(loop_id)
+            due = await runner.due_loops()
         except (DBAPIError, OSError) as exc:
             log.warning("feedback scheduler: database unavailable, retrying: %s", exc)
+        for loop_id in due:
+            try:
+                await runner.run_due(loop_id)
+            except Exception:
+                # One loop's trouble must not hold up the others' schedules.
+                log.exception("feedback scheduler: loop %s could not be run; retrying", loop_id)
         wake.clear()
         try:
             async with asyncio.timeout(poll_interval_s):
