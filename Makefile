@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/rollout_under_load.py
 	$(BIN)/python bench/stream_swap.py
 	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/feedback_export.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:

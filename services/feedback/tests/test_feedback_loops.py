@@ -252,6 +252,9 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
     await svc.store("p1", "p2")
     conn = await asyncpg.connect(svc.dsn)
     try:
+        failed = svc.row("p3")
+        failed.output, failed.error, failed.status = None, 'boom,\n"line" 2', 500
+        await insert_predictions(conn, [failed])
         await conn.execute(
             "INSERT INTO metrics (endpoint_id, key, value, request_id) VALUES"
             " ($1, 'accuracy', 0.5, 'p1'), ($1, 'loss', 2, 'p1')",
@@ -264,19 +267,24 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
         dataset="feedback",
         schedule={"every": "1d"},
         format="parquet",
-        include=["output", "latency_ms", "metrics"],
+        include=["output", "latency_ms", "metrics", "error"],
     )
     run = await _run(svc, loop)
     content = await svc.dataset_file(
         "feedback", run["dataset_version"], f"feedback/{SLUG}/predictions.parquet"
     )
     table = pq.read_table(io.BytesIO(content))
-    assert table.column_names == ["request_id", "received_at", "output", "latency_ms", "metrics"]
+    assert table.column_names == [
+        "request_id", "received_at", "output", "latency_ms", "metrics", "error"
+    ]  # fmt: skip
     rows = {r["request_id"]: r for r in table.to_pylist()}
     assert json.loads(rows["p1"]["metrics"]) == {"accuracy": 0.5, "loss": 2}
     assert rows["p2"]["metrics"] is None
     assert rows["p2"]["latency_ms"] == 1.5
     assert rows["p1"]["received_at"].tzinfo is not None
+    assert (rows["p3"]["error"], rows["p3"]["output"]) == ('boom,\n"line" 2', None)
+    assert rows["p2"]["error"] is None
+    assert json.loads(rows["p2"]["output"]) == {"label": 1}
 
 
 async def test_two_replicas_make_one_run_per_due_time(

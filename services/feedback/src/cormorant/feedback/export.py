@@ -6,20 +6,24 @@ runs of a loop partition the rows: none twice, none missed, whatever order inges
 transactions commit in and whenever a row was received.
 
 CSV is PostgreSQL's own ``COPY (SELECT ...) TO STDOUT`` output passed straight to storage;
-Parquet reads a server-side cursor in batches that become row groups. Either way memory
-holds one buffer or one batch, whatever the export's size.
+Parquet is the same COPY parsed by Arrow's CSV reader in a worker thread, block by block,
+each block a row group. Either way memory holds a few blocks, whatever the export's size.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import contextlib
+import os
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from cormorant.common.datasets import BlobWriter
@@ -73,8 +77,8 @@ _ARROW: dict[str, pa.DataType] = {
 WRITE_BYTES = 1 << 20
 """Parquet bytes gathered before they are handed to storage."""
 
-PARQUET_BATCH_ROWS = 20_000
-"""Rows per cursor fetch and per Parquet row group."""
+PARQUET_BLOCK_BYTES = 4 << 20
+"""Bytes of CSV per Parquet row group (about 20,000 predictions)."""
 
 
 class ExportConnection(Protocol):
@@ -88,10 +92,6 @@ class ExportConnection(Protocol):
         self, query: str, *args: Any, output: Any, format: str, header: bool
     ) -> str:
         """COPY a query's rows out."""
-        ...
-
-    def cursor(self, query: str, *args: Any, prefetch: int | None = None) -> Any:
-        """A server-side cursor."""
         ...
 
 
@@ -162,10 +162,14 @@ async def summarize(conn: ExportConnection, window: Window) -> Summary:
     return summary
 
 
-def select_query(window: Window, include: Sequence[str]) -> tuple[str, list[Any]]:
-    """The SELECT of the window's rows with the exported columns."""
+def select_query(
+    window: Window, include: Sequence[str], *, utc_wall_time: bool = False
+) -> tuple[str, list[Any]]:
+    """The SELECT of the window's rows with the exported columns (``received_at`` as UTC
+    wall time without an offset with ``utc_wall_time``)."""
     where, args = window.where()
-    listed = ", ".join(f"{_SQL[c]} AS {c}" for c in columns_of(include))
+    sql = _SQL | {"received_at": "p.received_at AT TIME ZONE 'UTC'"} if utc_wall_time else _SQL
+    listed = ", ".join(f"{sql[c]} AS {c}" for c in columns_of(include))
     return f"SELECT {listed} FROM predictions p WHERE {where}", args
 
 
@@ -177,9 +181,10 @@ async def write_rows(
     writer: BlobWriter,
 ) -> int:
     """Stream the window's rows into ``writer`` as ``fmt``; the number of rows written."""
-    query, args = select_query(window, include)
     if fmt is ExportFormat.CSV:
+        query, args = select_query(window, include)
         return await _write_csv(conn, query, args, writer)
+    query, args = select_query(window, include, utc_wall_time=True)
     return await _write_parquet(conn, query, args, include, writer)
 
 
@@ -193,29 +198,41 @@ async def _write_csv(
     return int(status.rsplit(" ", 1)[-1])
 
 
-class _Sink(io.RawIOBase):
-    """A write-only file for pyarrow that keeps what it is given until drained."""
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.position = 0
 
-    def writable(self) -> bool:
-        return True
+def _csv_to_parquet(source_fd: int, target: IO[bytes], names: Sequence[str]) -> int:
+    """Read PostgreSQL's CSV from ``source_fd`` and write it as Parquet to ``target``; rows.
 
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self.buffer.extend(view)
-        self.position += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self.position
-
-    def drain(self) -> bytes:
-        taken = bytes(self.buffer)
-        self.buffer.clear()
-        return taken
+    Runs in a worker thread: Arrow's C++ CSV reader parses and converts the columns, one
+    block (a row group) at a time.
+    """
+    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
+    # received_at comes as UTC wall time (see select_query) and is tagged UTC afterwards.
+    column_types = {name: _ARROW[name] for name in names} | {"received_at": pa.timestamp("us")}
+    rows = 0
+    # Closing the read end on any exit makes a writer blocked on a full pipe fail at once.
+    with os.fdopen(source_fd, "rb") as source:
+        reader = pa_csv.open_csv(
+            source,
+            read_options=pa_csv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
+            # Error messages may hold line breaks; PostgreSQL quotes them.
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=column_types,
+                strings_can_be_null=True,
+                # PostgreSQL writes NULL unquoted and the empty string as "".
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        with pq.ParquetWriter(target, schema, compression="zstd") as parquet:
+            for batch in reader:
+                rows += batch.num_rows
+                parquet.write_batch(batch.cast(schema))
+    return rows
 
 
 async def _write_parquet(
@@ -225,26 +242,33 @@ async def _write_parquet(
     include: Sequence[str],
     writer: BlobWriter,
 ) -> int:
-    names = columns_of(include)
-    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
-    sink = _Sink()
-    rows = 0
-    with pq.ParquetWriter(sink, schema, compression="zstd") as parquet:
-        cursor = await conn.cursor(query, *args)
-        while True:
-            batch = await cursor.fetch(PARQUET_BATCH_ROWS)
-            if not batch:
-                break
-            rows += len(batch)
-            columns = list(zip(*batch, strict=True))
-            table = pa.Table.from_arrays(
-                [pa.array(columns[i], type=_ARROW[name]) for i, name in enumerate(names)],
-                schema=schema,
-            )
-            parquet.write_table(table)
-            if len(sink.buffer) >= WRITE_BYTES:
-                await writer.write(sink.drain())
-        if rows == 0:
-            parquet.write_table(schema.empty_table())
-    await writer.write(sink.drain())
+    # PostgreSQL's COPY feeds a pipe; a thread turns it into Parquet in a local temporary
+    # file (a Parquet footer is written last), which is then streamed into storage.
+    read_fd, write_fd = os.pipe()
+    with tempfile.TemporaryFile() as spool:
+        converting = asyncio.ensure_future(
+            asyncio.to_thread(_csv_to_parquet, read_fd, spool, columns_of(include))
+        )
+        pending = bytearray()
+
+        async def feed(chunk: bytes) -> None:
+            pending.extend(chunk)
+            if len(pending) >= WRITE_BYTES:
+                data = bytes(pending)
+                pending.clear()
+                await asyncio.to_thread(_write_all, write_fd, data)
+
+        try:
+            await conn.copy_from_query(query, *args, output=feed, format="csv", header=True)
+            await asyncio.to_thread(_write_all, write_fd, bytes(pending))
+        except BaseException:
+            os.close(write_fd)
+            with contextlib.suppress(Exception):
+                await converting
+            raise
+        os.close(write_fd)
+        rows = await converting
+        spool.seek(0)
+        while chunk := await asyncio.to_thread(spool.read, WRITE_BYTES):
+            await writer.write(chunk)
     return rows
