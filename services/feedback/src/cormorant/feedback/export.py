@@ -6,21 +6,20 @@ runs of a loop partition the rows: none twice, none missed, whatever order inges
 transactions commit in and whenever a row was received.
 
 CSV is PostgreSQL's own ``COPY (SELECT ...) TO STDOUT`` output passed straight to storage;
-Parquet is the same COPY parsed by Arrow's CSV reader in a worker thread, block by block,
-each block a row group. Either way memory holds a few blocks, whatever the export's size.
+Parquet is the same COPY cut into blocks of whole rows, each parsed by Arrow's CSV reader in a
+worker thread and written as one row group. Either way memory holds about one block, whatever
+the export's size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -198,40 +197,29 @@ async def _write_csv(
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _append_block(
+    parquet: pq.ParquetWriter, block: bytes, names: Sequence[str], schema: pa.Schema
+) -> int:
+    """Parse a block of whole CSV rows with Arrow and write it as one row group; its rows.
 
-
-def _csv_to_parquet(source_fd: int, target: IO[bytes], names: Sequence[str]) -> int:
-    """Read PostgreSQL's CSV from ``source_fd`` and write it as Parquet to ``target``; rows.
-
-    Runs in a worker thread: Arrow's C++ CSV reader parses and converts the columns, one
-    block (a row group) at a time.
+    Runs in a worker thread (Arrow's C++ parser and the Parquet encoder release the GIL).
     """
-    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
     # received_at comes as UTC wall time (see select_query) and is tagged UTC afterwards.
     column_types = {name: _ARROW[name] for name in names} | {"received_at": pa.timestamp("us")}
-    rows = 0
-    # Closing the read end on any exit makes a writer blocked on a full pipe fail at once.
-    with os.fdopen(source_fd, "rb") as source:
-        reader = pa_csv.open_csv(
-            source,
-            read_options=pa_csv.ReadOptions(block_size=PARQUET_BLOCK_BYTES),
-            # Error messages may hold line breaks; PostgreSQL quotes them.
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=column_types,
-                strings_can_be_null=True,
-                # PostgreSQL writes NULL unquoted and the empty string as "".
-                quoted_strings_can_be_null=False,
-            ),
-        )
-        with pq.ParquetWriter(target, schema, compression="zstd") as parquet:
-            for batch in reader:
-                rows += batch.num_rows
-                parquet.write_batch(batch.cast(schema))
+    table = pa_csv.read_csv(
+        pa.py_buffer(block),
+        read_options=pa_csv.ReadOptions(column_names=list(names), use_threads=False),
+        # Error messages may hold line breaks; PostgreSQL quotes them.
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=column_types,
+            strings_can_be_null=True,
+            # PostgreSQL writes NULL unquoted and the empty string as "".
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    parquet.write_table(table.cast(schema))
+    rows: int = table.num_rows
     return rows
 
 
@@ -242,32 +230,34 @@ async def _write_parquet(
     include: Sequence[str],
     writer: BlobWriter,
 ) -> int:
-    # PostgreSQL's COPY feeds a pipe; a thread turns it into Parquet in a local temporary
-    # file (a Parquet footer is written last), which is then streamed into storage.
-    read_fd, write_fd = os.pipe()
+    # asyncpg hands COPY data over in whole CopyData messages, and PostgreSQL sends one per
+    # row: every chunk ends at a row boundary, so blocks of chunks parse on their own. While
+    # a block is converted the COPY waits, which bounds memory to about one block. The file
+    # is spooled locally (a Parquet footer is written last), then streamed into storage.
+    names = columns_of(include)
+    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
+    rows = 0
     with tempfile.TemporaryFile() as spool:
-        converting = asyncio.ensure_future(
-            asyncio.to_thread(_csv_to_parquet, read_fd, spool, columns_of(include))
-        )
+        parquet = pq.ParquetWriter(spool, schema, compression="zstd")
         pending = bytearray()
+
+        async def convert() -> None:
+            nonlocal rows
+            block = bytes(pending)
+            pending.clear()
+            rows += await asyncio.to_thread(_append_block, parquet, block, names, schema)
 
         async def feed(chunk: bytes) -> None:
             pending.extend(chunk)
-            if len(pending) >= WRITE_BYTES:
-                data = bytes(pending)
-                pending.clear()
-                await asyncio.to_thread(_write_all, write_fd, data)
+            if len(pending) >= PARQUET_BLOCK_BYTES:
+                await convert()
 
         try:
-            await conn.copy_from_query(query, *args, output=feed, format="csv", header=True)
-            await asyncio.to_thread(_write_all, write_fd, bytes(pending))
-        except BaseException:
-            os.close(write_fd)
-            with contextlib.suppress(Exception):
-                await converting
-            raise
-        os.close(write_fd)
-        rows = await converting
+            await conn.copy_from_query(query, *args, output=feed, format="csv", header=False)
+            if pending:
+                await convert()
+        finally:
+            await asyncio.to_thread(parquet.close)
         spool.seek(0)
         while chunk := await asyncio.to_thread(spool.read, WRITE_BYTES):
             await writer.write(chunk)
