@@ -219,6 +219,12 @@ async def test_each_run_exports_what_is_new_with_a_manifest(svc: Service) -> Non
     listed = (await svc.http.get(LOOPS)).json()["feedback_loops"]
     assert [x["last_run"]["rows"] for x in listed] == [0]
 
+    # Run by hand before the scheduler got to it, a `now` loop is done: no second run.
+    another = await _create(svc, dataset="feedback", schedule={"now": True})
+    assert (await _run(svc, another))["rows"] == 5
+    done = (await svc.http.get(f"{LOOPS}/{another['id']}")).json()
+    assert (done["state"], done["next_run"]) == ("done", None)
+
 
 async def test_a_row_received_before_the_watermark_but_committed_after_it_is_exported(
     svc: Service,

@@ -202,7 +202,8 @@ class Runner:
                 log.exception("feedback loop %s: run failed", loop.id)
                 error = f"{type(exc).__name__}: {exc}"
             finished = self._clock()
-            next_run = loop.next_run_at
+            # A manual run keeps the schedule; a `now` loop has done its one scheduled run.
+            next_run = None if loop.kind is ScheduleKind.NOW else loop.next_run_at
             if scheduled:
                 next_run = stored_schedule(loop.kind, loop.expr).next_after(
                     started, loop.created_at
