@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/stream_swap.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/adaptive_batching.py
+	$(BIN)/python bench/feedback_export.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:

@@ -36,6 +36,7 @@ TABLES = {
     "endpoint_tokens",
     "endpoints",
     "feedback_loops",
+    "feedback_runs",
     "flow_runs",
     "flows",
     "metrics",

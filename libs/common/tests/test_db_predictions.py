@@ -128,7 +128,7 @@ async def test_a_new_partition_takes_its_rows_from_the_default_one(engine: Async
         indexes = await conn.scalar(
             text("SELECT count(*) FROM pg_indexes WHERE tablename = 'predictions_p20300105'")
         )
-        assert indexes == 2
+        assert indexes == 3  # the key, (endpoint_id, received_at), (endpoint_id, ingest_xid)
         await insert_sql(conn, "d", at(5, 12))
         assert (await placement(conn))["d"] == "predictions_p20300105"
 

@@ -20,6 +20,7 @@ from cormorant.common.events import (
     EndpointChanged,
     Event,
     EventDecodeError,
+    FeedbackRunFinished,
     FlowRunChanged,
     InvalidSubjectToken,
     LoadReported,
@@ -93,6 +94,13 @@ def catalogue() -> list[tuple[Event, str]]:
         (
             FlowRunChanged(flow="retrain-iris", run_id="run-1", task="train", status="running"),
             "cormorant.flows.retrain-iris",
+        ),
+        (
+            FeedbackRunFinished(
+                endpoint="iris", loop_id="l-1", run_id="r-1", dataset="scores",
+                status="succeeded", rows=42, dataset_version=3,
+            ),
+            "cormorant.feedback.iris",
         ),
     ]  # fmt: skip
 

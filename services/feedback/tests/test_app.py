@@ -13,7 +13,9 @@ from cormorant.feedback.settings import FeedbackSettings
 
 async def test_health_metrics_and_error_shape(database_url: str, tmp_path: Path) -> None:
     """/healthz is 200, /metrics is Prometheus text, an unknown path is a JSON 404."""
-    app = create_app(FeedbackSettings(database_url=database_url, data_dir=tmp_path))
+    app = create_app(
+        FeedbackSettings(database_url=database_url, data_dir=tmp_path, publish_events=False)
+    )
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:

@@ -26,7 +26,11 @@ LIMIT = 4 << 20
 async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a running Feedback app storing datasets under ``tmp_path``."""
     settings = FeedbackSettings(
-        database_url=database_url, data_dir=tmp_path, log_json=False, max_upload_bytes=LIMIT
+        database_url=database_url,
+        data_dir=tmp_path,
+        log_json=False,
+        max_upload_bytes=LIMIT,
+        publish_events=False,
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:

@@ -84,6 +84,8 @@ def test_paths_go_to_their_owners() -> None:
     assert owner("/api/v1/endpoints/demo/rollout") == "deployer"
     assert owner("/api/v1/endpoints/demo/logs") == "predictlog"
     assert owner("/api/v1/endpoints/demo/logs.csv") == "predictlog"
+    assert owner("/api/v1/endpoints/demo/feedback-loops") == "feedback"
+    assert owner("/api/v1/endpoints/demo/feedback-loops/0e4f/run") == "feedback"
     assert owner("/api/v1/endpoints/demo/charts/latency") == "predictlog"
     assert owner("/api/v1/endpoints/demo/metrics") == "predictlog"
     assert owner("/api/v1/endpoints/demo/batch-jobs") == "batch"

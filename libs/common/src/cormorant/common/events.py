@@ -356,6 +356,30 @@ class FlowRunChanged(Event):
         return f"{self.subject_prefix}.{self.flow}"
 
 
+FeedbackRunStatus = Literal["succeeded", "failed"]
+
+
+class FeedbackRunFinished(Event):
+    """A feedback loop's run ended: its rows are in a new dataset version, or it failed."""
+
+    event_type: ClassVar[str] = "FeedbackRunFinished"
+    subject_prefix: ClassVar[str] = f"{SUBJECT_ROOT}.feedback"
+
+    endpoint: Slug
+    loop_id: NonEmpty
+    run_id: NonEmpty
+    dataset: NonEmpty
+    status: FeedbackRunStatus
+    rows: int = Field(default=0, ge=0)
+    dataset_version: int | None = Field(default=None, ge=1)
+    """The version holding the rows; None when nothing was new or the run failed."""
+
+    @property
+    def subject(self) -> str:
+        """``cormorant.feedback.<slug>``."""
+        return f"{self.subject_prefix}.{self.endpoint}"
+
+
 AnyEvent = (
     EndpointChanged
     | VersionCreated
@@ -367,6 +391,7 @@ AnyEvent = (
     | BatchJobChanged
     | AlertFired
     | FlowRunChanged
+    | FeedbackRunFinished
 )
 """Every concrete event, for exhaustive ``match`` statements."""
 
@@ -383,6 +408,7 @@ EVENT_TYPES: Mapping[str, type[Event]] = {
         BatchJobChanged,
         AlertFired,
         FlowRunChanged,
+        FeedbackRunFinished,
     )
 }
 """Event type name (the ``Cormorant-Event`` header) to its class."""

@@ -14,6 +14,7 @@ import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cormorant.common.predictor.context import current_metric_sink
+from cormorant.sdk.feedback import FeedbackLoops
 from cormorant.sdk.flows import Flows
 from cormorant.sdk.metrics import log_metric
 from cormorant.sdk.rollout import Rollouts
@@ -157,6 +158,7 @@ class Client:
         self.keys = Keys(self)
         self.rollouts = Rollouts(self)
         self.flows = Flows(self)
+        self.feedback = FeedbackLoops(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""
@@ -248,6 +250,15 @@ class Endpoint:
             log_predictions=log_predictions,
         )  # fmt: skip
         return job.wait(progress=progress) if wait else job
+
+    def feedback_loop(self, dataset: str, **schedule_and_options: Any) -> dict[str, Any]:
+        """A feedback loop of this endpoint into ``dataset``: ``now=True``, ``every="1h"`` or
+        ``on="mon 02:30 Europe/Berlin"``, and ``format``, ``include``
+        (``client.feedback.create``)."""
+        if self.slug is None:
+            raise ValueError("name the endpoint: Endpoint('my-endpoint')")
+        with self._admin() as client:
+            return client.feedback.create(self.slug, dataset, **schedule_and_options)
 
     def predict_file(self, path: str | Path) -> Any:
         """Predict on a file: its bytes are sent Base64-encoded, as file endpoints expect."""

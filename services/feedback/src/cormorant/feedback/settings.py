@@ -23,3 +23,15 @@ class FeedbackSettings(ServiceSettings):
 
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """Seconds to wait for PostgreSQL at start-up before giving up."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """Seconds between two looks for due feedback loops (a new loop is looked at at once)."""
+
+    min_every_s: float = Field(default=60.0, gt=0)
+    """Shortest ``every`` interval a feedback loop may have, in seconds."""
+
+    scheduler: bool = True
+    """Run due feedback loops in this replica (off: API only; runs on request still work)."""
+
+    publish_events: bool = True
+    """Publish ``FeedbackRunFinished`` on NATS (``CORMORANT_NATS_URL``) after each run."""

@@ -45,6 +45,8 @@ def owner(path: str) -> str | None:
     parts = path[len(API_PREFIX) :].split("/")
     head = parts[0]
     if head == "endpoints":
+        if parts[2:3] == ["feedback-loops"]:
+            return "feedback"
         if len(parts) >= 3 and parts[2] in PREDICTLOG_PARTS:
             return "predictlog"
         if len(parts) >= 3 and parts[2] == "batch-jobs":

@@ -15,6 +15,7 @@ from cormorant.common.events import (
     AlertFired,
     BatchJobChanged,
     EndpointChanged,
+    FeedbackRunFinished,
     FlowRunChanged,
     MetricLogged,
     PredictionLogged,
@@ -97,6 +98,7 @@ def stream_specs(
                     BatchJobChanged,
                     AlertFired,
                     FlowRunChanged,
+                    FeedbackRunFinished,
                 )
             ),
             max_age=events_max_age,

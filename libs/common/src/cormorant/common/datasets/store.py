@@ -272,32 +272,42 @@ class DatasetStore:
 
     async def _commit_once(self, name: str, new: Mapping[str, FileEntry]) -> VersionInfo:
         async with self._sessions() as session, session.begin():
-            # FOR NO KEY UPDATE: serialises syncs of this dataset without blocking inserts
-            # that reference it (batch jobs hold FOR KEY SHARE through their foreign key).
-            dataset_id = await session.scalar(
-                select(Dataset.id).where(Dataset.name == name).with_for_update(key_share=True)
-            )
-            if dataset_id is None:
-                raise _no_dataset(name)
-            previous = await session.scalar(
-                select(DatasetVersion)
-                .where(DatasetVersion.dataset_id == dataset_id)
-                .order_by(DatasetVersion.version.desc())
-                .limit(1)
-            )
-            manifest = {}
-            if previous is not None:
-                manifest = {f.path: f for f in map(FileEntry.from_json, previous.files)}
-            manifest.update(new)
-            paths = sorted(manifest)
-            _check_tree(paths)
-            row = DatasetVersion(
-                dataset_id=dataset_id,
-                version=1 if previous is None else previous.version + 1,
-                files=[manifest[path].to_json() for path in paths],
-            )
-            session.add(row)
-            await session.flush()
+            return await self.add_version_in(session, name, new.values())
+
+    async def add_version_in(
+        self, session: AsyncSession, name: str, entries: Iterable[FileEntry]
+    ) -> VersionInfo:
+        """Record a new version of ``name`` with ``entries`` (blobs already stored) in the
+        caller's transaction: it exists exactly when the caller's other writes commit."""
+        new = {entry.path: entry for entry in entries}
+        for path in new:
+            validate_path(path)
+        # FOR NO KEY UPDATE: serialises syncs of this dataset without blocking inserts
+        # that reference it (batch jobs hold FOR KEY SHARE through their foreign key).
+        dataset_id = await session.scalar(
+            select(Dataset.id).where(Dataset.name == name).with_for_update(key_share=True)
+        )
+        if dataset_id is None:
+            raise _no_dataset(name)
+        previous = await session.scalar(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == dataset_id)
+            .order_by(DatasetVersion.version.desc())
+            .limit(1)
+        )
+        manifest = {}
+        if previous is not None:
+            manifest = {f.path: f for f in map(FileEntry.from_json, previous.files)}
+        manifest.update(new)
+        paths = sorted(manifest)
+        _check_tree(paths)
+        row = DatasetVersion(
+            dataset_id=dataset_id,
+            version=1 if previous is None else previous.version + 1,
+            files=[manifest[path].to_json() for path in paths],
+        )
+        session.add(row)
+        await session.flush()
         return _version_info(name, row)
 
     async def open_file(

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cormorant.common.db.base import (
@@ -31,6 +31,27 @@ class ScheduleKind(StrEnum):
     NOW = "now"
     EVERY = "every"
     AT = "at"
+
+
+class ExportFormat(StrEnum):
+    """The file format a feedback loop writes."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class RunTrigger(StrEnum):
+    """What started a feedback run."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+
+
+class RunStatus(StrEnum):
+    """How a feedback run ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class Comparison(StrEnum):
@@ -61,13 +82,41 @@ class FeedbackLoop(Base):
     )
     schedule_kind: Mapped[ScheduleKind]
     schedule_expr: Mapped[str | None]
-    """The interval for ``every`` or the day and time for ``at``; empty for ``now``."""
+    """The interval for ``every`` (``15m``) or the days, time and zone for ``at``
+    (``mon,thu 02:30 Europe/Berlin``); empty for ``now``."""
     query: Mapped[EmptyObject]
     """Which predictions to take (time window, version, status…)."""
     enabled: Mapped[bool] = mapped_column(server_default=text("true"))
     last_run_at: Mapped[datetime | None]
     next_run_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
+    format: Mapped[ExportFormat] = mapped_column(server_default=ExportFormat.CSV.value)
+    include: Mapped[EmptyArray]
+    """The optional columns exported, in order (``input``, ``output``, ``metrics``…)."""
+    watermark: Mapped[str | None]
+    """The ``pg_snapshot`` the last export read: the next one takes the rows it did not see."""
+    stopped_at: Mapped[datetime | None]
+
+
+class FeedbackRun(Base):
+    """One export of a feedback loop: how many rows, which time range, which version."""
+
+    __tablename__ = "feedback_runs"
+    __table_args__ = (Index(None, "loop_id", "started_at"),)
+
+    id: Mapped[UUIDPk]
+    loop_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("feedback_loops.id", ondelete="CASCADE"))
+    trigger: Mapped[RunTrigger]
+    status: Mapped[RunStatus]
+    rows: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    first_received_at: Mapped[datetime | None]
+    last_received_at: Mapped[datetime | None]
+    dataset_version: Mapped[int | None]
+    """The dataset version written; None when there was nothing new (or the run failed)."""
+    duration_s: Mapped[float] = mapped_column(server_default=text("0"))
+    error: Mapped[str | None]
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Trigger(Base):

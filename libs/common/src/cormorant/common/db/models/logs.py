@@ -8,9 +8,26 @@ from typing import Any
 
 from sqlalchemy import REAL, BigInteger, Index, PrimaryKeyConstraint, SmallInteger, func
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from cormorant.common.db.base import Base
+
+
+class Xid8(UserDefinedType[str]):
+    """PostgreSQL's 64-bit transaction id (``xid8``), read as its decimal text."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: object) -> str:
+        """The column type in DDL."""
+        return "xid8"
+
+
+# Reflection (Alembic's comparison of models and migrations) then knows the type too.
+ischema_names.setdefault("xid8", Xid8)
+
 
 # No foreign keys to endpoints here: rows arrive by COPY at tens of thousands per second,
 # retention drops whole partitions, and logs outlive (soft-)deleted endpoints.
@@ -29,6 +46,7 @@ class Prediction(Base):
     __table_args__ = (
         PrimaryKeyConstraint("received_at", "request_id"),
         Index(None, "endpoint_id", "received_at"),
+        Index(None, "endpoint_id", "ingest_xid"),
         {"postgresql_partition_by": "RANGE (received_at)"},
     )
 
@@ -43,13 +61,19 @@ class Prediction(Base):
     """The HTTP status the client received."""
     latency_ms: Mapped[float] = mapped_column(REAL)
     trace_id: Mapped[str | None]
+    ingest_xid: Mapped[str | None] = mapped_column(Xid8(), server_default=func.pg_current_xact_id())
+    """The transaction that stored the row: the ingest order feedback loops export by (a
+    snapshot tells whether it had committed). NULL for rows stored before revision 0005."""
 
 
 class Metric(Base):
     """A value logged with ``log_metric(key, value)``."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index(None, "endpoint_id", "key", "logged_at"),)
+    __table_args__ = (
+        Index(None, "endpoint_id", "key", "logged_at"),
+        Index(None, "endpoint_id", "request_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     endpoint_id: Mapped[uuid.UUID]
