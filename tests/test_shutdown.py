@@ -183,6 +183,8 @@ def test_down_stops_every_replica_also_after_the_supervisor_was_killed(
         assert ghost.wait(timeout=10) == -signal.SIGTERM
         assert other.poll() is None
         assert "reused" not in again.stderr
+        assert not (records / "leftover.json").exists()
+        assert not (records / "reused.json").exists()
     finally:
         for process in (ghost, other):
             process.kill()

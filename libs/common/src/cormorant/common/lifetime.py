@@ -162,6 +162,16 @@ def stop_processes(records: Iterable[ProcessRecord], *, grace_s: float) -> list[
     return [record for record, _, _ in running]
 
 
+def stop_recorded(directory: Path, *, grace_s: float) -> list[ProcessRecord]:
+    """``stop_processes`` for every process recorded in ``directory``, whose records are then
+    removed (they name processes that ended, or pids other programs have now)."""
+    records = read_records(directory)
+    stopped = stop_processes(records, grace_s=grace_s)
+    for record in records:
+        remove_record(directory, record.name)
+    return stopped
+
+
 def _leads_group(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid
@@ -170,12 +180,8 @@ def _leads_group(pid: int) -> bool:
 
 
 def _runs(process: psutil.Process) -> bool:
+    # A zombie has ended; its parent collects the exit code (not taken from it here).
     try:
-        if process.status() != psutil.STATUS_ZOMBIE:
-            return True
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
-    # Our own child (a foreground `cormorant up` is the supervisor): collect it.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(process.pid, os.WNOHANG)
-    return False

@@ -27,7 +27,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
-from cormorant.common.lifetime import REPLICA_RECORDS, read_records, stop_processes
+from cormorant.common.lifetime import REPLICA_RECORDS, stop_recorded
 from cormorant.common.servers import ManagedProcess, NatsServer, PostgresServer
 from cormorant.common.servers.process import port_open
 from cormorant.common.settings import CommonSettings
@@ -372,8 +372,7 @@ class Supervisor:
             # The deployer first drains and stops its replicas (up to its stop_timeout_s, 35 s).
             svc.stop(timeout=_DEPLOYER_STOP_S if svc.spec.name == "deployer" else 35)
         # Whatever the deployer could not stop (it was killed, or it crashed just before).
-        left = read_records(self.data_dir / REPLICA_RECORDS)
-        for record in stop_processes(left, grace_s=10):
+        for record in stop_recorded(self.data_dir / REPLICA_RECORDS, grace_s=10):
             log.warning("stopped replica %s (pid %d) the deployer left", record.name, record.pid)
         if stack.postgres is not None:
             stack.postgres.stop(timeout=30)

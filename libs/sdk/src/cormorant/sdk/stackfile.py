@@ -15,9 +15,9 @@ import psutil
 from cormorant.common.lifetime import (
     REPLICA_RECORDS,
     ProcessRecord,
-    read_records,
     shown_cmdline,
     stop_processes,
+    stop_recorded,
 )
 
 STACK_FILE = "stack.json"
@@ -83,8 +83,8 @@ def read_supervisor_pid(data_dir: Path) -> int | None:
 
 
 def leftovers(data_dir: Path) -> list[ProcessRecord]:
-    """What the stack started that may still run: its services and servers (``stack.json``)
-    and the replicas the deployer recorded. ``ProcessRecord.live`` tells which still do."""
+    """The services and servers ``stack.json`` names; ``ProcessRecord.live`` tells which still
+    run (the replicas the deployer started are recorded under ``REPLICA_RECORDS``)."""
     stack = read_stack_file(data_dir) or {}
     records = []
     for group in ("services", "servers"):
@@ -93,13 +93,15 @@ def leftovers(data_dir: Path) -> list[ProcessRecord]:
             if isinstance(pid, int) and isinstance(cmdline, list) and cmdline:
                 signal = int(info.get("stop_signal") or 15)
                 records.append(ProcessRecord(name, pid, tuple(cmdline), signal))
-    return [*read_records(data_dir / REPLICA_RECORDS), *records]
+    return records
 
 
 def stop_leftovers(data_dir: Path, *, grace_s: float) -> list[str]:
     """Stop whatever an earlier run left running (SIGTERM, SIGKILL after ``grace_s``) and wait
-    for it to exit; one line per process stopped, naming it."""
+    for it to exit; one line per process stopped, naming it. Services first: a deployer could
+    otherwise start replicas again while they are stopped."""
     stopped = stop_processes(leftovers(data_dir), grace_s=grace_s)
+    stopped += stop_recorded(data_dir / REPLICA_RECORDS, grace_s=grace_s)
     return [_describe(record) for record in stopped]
 
 
