@@ -144,7 +144,7 @@ def test_down_stops_every_replica_also_after_the_supervisor_was_killed(
     leaves no process of the stack. Again after SIGKILL of the supervisor: the replicas die
     with it by themselves, and `down` finds nothing left. In between, a second `up` stops a
     replica an earlier run left (saying so) and spares a process whose pid was recorded for
-    another command line."""
+    another command line, and the replicas of a SIGKILLed deployer end with it."""
     stack = Running(data_dir)
     stack.up()
     # Web replicas fork from the template once it has imported the model libraries.
@@ -193,6 +193,19 @@ def test_down_stops_every_replica_also_after_the_supervisor_was_killed(
     # The endpoints come back; a new job brings the batch replica up again.
     _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas ready again")
     _wait(lambda: stack.ready(slugs["stream"]) == 2, "2 stream replicas ready again")
+
+    # The deployer killed outright: the kernel ends its replicas (forked ones through the
+    # template, which ends with it); the restarted deployer starts them again.
+    before = {p.pid for p in _replicas(data_dir)}
+    stack_file = json.loads((data_dir / "stack.json").read_text())
+    os.kill(stack_file["services"]["deployer"]["pid"], signal.SIGKILL)
+    _wait(
+        lambda: not before & {p.pid for p in _replicas(data_dir)},
+        "the killed deployer's replicas gone",
+        within=60,
+    )
+    _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas after the deployer's restart")
+    _wait(lambda: stack.ready(slugs["stream"]) == 2, "2 stream replicas after it")
     stack.batch_job(slugs["batch"], tmp_path)
     assert len(_replicas(data_dir)) == 5
 
