@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cormorant.common.servers import free_port
@@ -43,6 +44,21 @@ class Stack:
             text=True,
             timeout=timeout,
         )
+
+
+def processes_under(data_dir: Path) -> list[str]:
+    """Every live process whose command line or environment mentions the stack's data dir."""
+    found = []
+    marker = str(data_dir)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.environ() if marker not in cmdline else {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if marker in cmdline or environ.get("CORMORANT_DATA_DIR") == marker:
+            found.append(f"{proc.info['pid']}: {cmdline}")
+    return found
 
 
 def stack_environment(data_dir: Path) -> dict[str, str]:

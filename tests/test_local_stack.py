@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from cormorant.common.servers import free_port
+from tests.conftest import processes_under
 
 SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 
@@ -31,21 +32,6 @@ def _cli(args: list[str], env: dict[str, str], _: Path) -> subprocess.CompletedP
         text=True,
         timeout=240,
     )
-
-
-def _processes_under(data_dir: Path) -> list[str]:
-    """Every live process whose command line or environment mentions the stack's data dir."""
-    found = []
-    marker = str(data_dir)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            environ = proc.environ() if marker not in cmdline else {}
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if marker in cmdline or environ.get("CORMORANT_DATA_DIR") == marker:
-            found.append(f"{proc.info['pid']}: {cmdline}")
-    return found
 
 
 @pytest.fixture
@@ -85,7 +71,7 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
 
         down = _cli(["down"], stack_env, tmp_path)
         assert down.returncode == 0, down.stdout + down.stderr
-        assert _processes_under(data_dir) == []
+        assert processes_under(data_dir) == []
         for info in stack["services"].values():
             assert not psutil.pid_exists(info["pid"])
 
@@ -118,7 +104,7 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
         assert [ep["slug"] for ep in listed] == [example["slug"]]
     finally:
         _cli(["down"], stack_env, tmp_path)
-    assert _processes_under(data_dir) == []
+    assert processes_under(data_dir) == []
 
 
 def test_busy_port_is_refused_with_its_name(stack_env: dict[str, str], tmp_path: Path) -> None:
@@ -132,4 +118,4 @@ def test_busy_port_is_refused_with_its_name(stack_env: dict[str, str], tmp_path:
     assert result.returncode == 1
     assert "gateway" in result.stderr
     assert "in use" in result.stderr
-    assert _processes_under(tmp_path / "data") == []
+    assert processes_under(tmp_path / "data") == []

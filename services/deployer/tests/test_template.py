@@ -270,3 +270,37 @@ def test_preload_modules_from_the_environment(
     assert (settings.template_command() is None) == (not modules)
     custom = settings.model_copy(update={"worker_command": ["my-worker"]})
     assert custom.template_command() is None
+
+
+async def test_with_stop_on_shutdown_every_replica_ends_with_the_deployer(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """With ``stop_replicas_on_shutdown`` (the local stack), a shutdown stops every replica —
+    forked from the template or started afresh, started by this deployer or adopted from the
+    one before — and returns only once their process groups are gone; each replica's pid
+    record (``run/replicas``) lives exactly as long as it does."""
+    await ready_template(deployer)
+    await deployer.create(name="forked", source=str(model_dir), server={"workers": 2})
+    # A variable libraries read at import: this one starts as a fresh process.
+    await deployer.create(name="fresh", source=str(model_dir), env={"OMP_NUM_THREADS": "1"})
+    await deployer.wait_running("forked")
+    await deployer.wait_running("fresh")
+    records = deployer.settings.data_dir / "run" / "replicas"
+    assert len(list(records.glob("*.json"))) == 2
+
+    await deployer.stop()  # the default: replicas keep serving, for the next one to adopt
+    deployer.settings = deployer.settings.model_copy(update={"stop_replicas_on_shutdown": True})
+    await deployer.start()
+    for slug in ("forked", "fresh"):
+        adopted = await deployer.wait_running(slug)
+        assert {e["reason"] for e in adopted["events"]} == {"adopted after a deployer restart"}
+    await deployer.create(name="new", source=str(model_dir), server={"workers": 2})
+    await deployer.wait_running("new")
+    leaders = [replica(deployer, slug).pid for slug in ("forked", "fresh", "new")]
+    assert all(group(pid) for pid in leaders)
+    assert len(list(records.glob("*.json"))) == 3
+
+    await deployer.stop()
+
+    assert [pid for pid in leaders if group(pid)] == []
+    assert list(records.glob("*.json")) == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +14,8 @@ from typing import Any
 
 import psutil
 import pytest
+
+from cormorant.common.servers import free_port
 
 
 @pytest.fixture
@@ -85,3 +90,38 @@ def test_template_forks_a_worker_that_reports_its_exit_code(
     assert template.stdin is not None
     template.stdin.close()
     assert template.wait(30) == 0
+
+
+def test_a_fork_asked_to_dies_with_the_template_even_when_it_is_killed(tmp_path: Path) -> None:
+    """A replica forked with ``parent_death_signal`` ends when the template is SIGKILLed (the
+    deployer that owns it died); one forked without keeps serving, to be adopted."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "predict.py").write_text("def predict(x):\n    return x\n")
+    template = subprocess.Popen(
+        [sys.executable, "-m", "cormorant.worker.template", "--title-room", " " * 600],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    pids = []
+    try:
+        assert exchange(template)["event"] == "ready"
+        for key, extra in ((1, {"parent_death_signal": 15}), (2, {})):
+            args = ["--source", str(model), "--file", "predict.py", "--function", "predict",
+                    "--host", "127.0.0.1", "--port", str(free_port())]  # fmt: skip
+            request = {"id": key, "title": [sys.executable, "-m", "cormorant.worker", *args],
+                       "args": args, "env": dict(os.environ), "cwd": str(model),
+                       "log": str(tmp_path / f"{key}.log"), **extra}  # fmt: skip
+            pids.append(exchange(template, request)["pid"])
+        bound, free = (psutil.Process(pid) for pid in pids)
+        template.kill()
+        template.wait()
+        bound.wait(timeout=30)  # raises TimeoutExpired if it outlived the template
+        assert free.is_running()
+        assert free.status() != psutil.STATUS_ZOMBIE
+    finally:
+        template.kill()
+        template.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)

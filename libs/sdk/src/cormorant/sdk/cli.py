@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,9 +22,11 @@ from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
 from cormorant.sdk.stack import StackSettings
 from cormorant.sdk.stackfile import (
+    PID_FILE,
     read_private_json,
     read_stack_file,
     read_supervisor_pid,
+    stop_leftovers,
     write_private_json,
 )
 
@@ -78,6 +79,7 @@ def up(
             if example:
                 _ensure_example(data_dir, stack)
         return
+    _stop_leftovers(data_dir, "an earlier run had left running")
     if foreground:
         from cormorant.sdk.stack import main as supervise
 
@@ -158,37 +160,42 @@ def _ensure_example(data_dir: Path, stack: dict[str, Any]) -> None:
 def down(
     timeout: Annotated[float, typer.Option(help="Seconds to wait before killing.")] = 90.0,
 ) -> None:
-    """Stop every process the stack started."""
+    """Stop every process the stack started, replicas included, and wait until they exited."""
     data_dir = _data_dir()
     pid = read_supervisor_pid(data_dir)
-    if pid is None:
+    if pid is not None:
+        try:
+            supervisor = psutil.Process(pid)
+            supervisor.terminate()
+            with console.status("Stopping the stack…"):
+                supervisor.wait(timeout)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            err.print("[yellow]The supervisor did not stop in time; killing it.[/yellow]")
+            with contextlib.suppress(psutil.Error):
+                supervisor.kill()
+        (data_dir / PID_FILE).unlink(missing_ok=True)
+    # A supervisor that was killed (or just now) leaves what it started to this sweep.
+    left = _stop_leftovers(data_dir, "the stack had left running")
+    if pid is None and not left:
         console.print("The stack is not running.")
         return
-    try:
-        supervisor = psutil.Process(pid)
-        supervisor.terminate()
-        with console.status("Stopping the stack…"):
-            supervisor.wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        err.print("[yellow]The supervisor did not stop in time; killing what it started.[/yellow]")
-        _kill_everything(data_dir, pid)
     console.print("[green]Stack stopped.[/green]")
 
 
-def _kill_everything(data_dir: Path, supervisor_pid: int) -> None:
-    stack = read_stack_file(data_dir) or {}
-    pids = [info.get("pid") for info in stack.get("services", {}).values()]
-    pids += [info.get("pid") for info in stack.get("servers", {}).values()]
-    for pid in [supervisor_pid, *pids]:
-        if isinstance(pid, int):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-    (data_dir / "supervisor.pid").unlink(missing_ok=True)
+_LEFTOVER_GRACE_S = 30.0
+
+
+def _stop_leftovers(data_dir: Path, why: str) -> list[str]:
+    """Stop the stack's processes still running without a supervisor, saying which."""
+    with console.status("Stopping what is left of the stack…"):
+        stopped = stop_leftovers(data_dir, grace_s=_LEFTOVER_GRACE_S)
+    if stopped:
+        err.print(f"[yellow]Stopped {len(stopped)} process(es) {why}:[/yellow]")
+        for line in stopped:
+            err.print(f"  {line}")
+    return stopped
 
 
 @app.command()

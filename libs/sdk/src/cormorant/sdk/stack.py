@@ -2,7 +2,9 @@
 
 ``cormorant up`` starts this module in the background (``python -m cormorant.sdk.stack``);
 it starts the servers, runs migrations, starts the services, restarts any that crash, and
-on SIGTERM stops everything it started, in reverse order.
+on SIGTERM stops everything it started, in reverse order, and the replicas the deployer left.
+Every process it starts gets SIGTERM from the kernel if the supervisor dies (even by SIGKILL);
+the deployer's replicas die with the deployer the same way (``cormorant.common.lifetime``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
+from cormorant.common.lifetime import REPLICA_RECORDS, stop_recorded
 from cormorant.common.servers import ManagedProcess, NatsServer, PostgresServer
 from cormorant.common.servers.process import port_open
 from cormorant.common.settings import CommonSettings
-from cormorant.sdk.stackfile import PID_FILE, read_stack_file, write_stack_file
+from cormorant.sdk.stackfile import (
+    PID_FILE,
+    read_stack_file,
+    write_stack_file,
+    write_supervisor_pid,
+)
 
 log = logging.getLogger("cormorant.stack")
+
+# Seconds the deployer gets to stop: a replica's stop_timeout_s (35 s) and its drain.
+_DEPLOYER_STOP_S = 60
 
 
 class StackError(RuntimeError):
@@ -118,6 +129,7 @@ class ServiceProcess(ManagedProcess):
         self, spec: ServiceSpec, *, host: str, env: dict[str, str], logs: Path, timeout: float
     ) -> None:
         super().__init__(spec.name, logs / f"{spec.name}.log", ready_line=None)
+        self.parent_death_signal = signal.SIGTERM
         self.spec = spec
         self.host = host
         self.env = env
@@ -179,10 +191,11 @@ class Stack:
             "admin_key": self.admin_key,
             "services": {svc.spec.name: _described(svc) for svc in self.services},
             "servers": {
-                "nats": {"url": self.nats.url, "pid": self.nats.pid},
+                "nats": {"url": self.nats.url, "pid": self.nats.pid, **_identity(self.nats)},
                 "postgres": {
                     "url": self.database_url,
                     "pid": self.postgres.pid if self.postgres else None,
+                    **(_identity(self.postgres) if self.postgres else {}),
                 },
             },
         }
@@ -190,11 +203,16 @@ class Stack:
 
 def _described(service: ServiceProcess) -> dict[str, Any]:
     described: dict[str, Any] = {
-        "url": service.url, "pid": service.pid, "restarts": service.restarts,
+        "url": service.url, "pid": service.pid, "restarts": service.restarts, **_identity(service),
     }  # fmt: skip
     if service.spec.grpc_port:
         described["grpc"] = f"{service.host}:{service.spec.grpc_port}"
     return described
+
+
+def _identity(process: ManagedProcess) -> dict[str, Any]:
+    """How ``cormorant down``/``up`` recognise the process later, and how to stop it."""
+    return {"cmdline": list(process.command()), "stop_signal": int(process.stop_signal)}
 
 
 async def _prepare_database(url: str, existing_key: str | None) -> str:
@@ -259,7 +277,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        write_supervisor_pid(self.data_dir)
         stack = self._plan()
         ready = False
         try:
@@ -284,9 +302,11 @@ class Supervisor:
     def _plan(self) -> Stack:
         settings = self.settings
         nats = NatsServer(self.data_dir / "nats", host=settings.host, port=settings.nats_port)
+        nats.parent_death_signal = signal.SIGTERM
         if settings.database_url is not None:
             return Stack(settings, self.data_dir, nats, None, settings.database_url)
         postgres = PostgresServer(self.data_dir, host=settings.host, port=settings.postgres_port)
+        postgres.parent_death_signal = signal.SIGTERM
         return Stack(settings, self.data_dir, nats, postgres, postgres.url)
 
     def _start(self, stack: Stack) -> None:
@@ -305,8 +325,8 @@ class Supervisor:
             "CORMORANT_DATA_DIR": str(self.data_dir),
             "CORMORANT_NATS_URL": nats.url,
             "CORMORANT_DATABASE_URL": stack.database_url,
-            # `make down` leaves no process: the deployer stops its replicas when it stops
-            # (a crashed deployer still re-adopts them, since it never reaches its shutdown).
+            # `make down` leaves no process: the deployer stops its replicas when it stops,
+            # and the kernel ends them if it dies (its restart starts them again).
             "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
         }
         # The gateway forwards the management API to the services that own it.
@@ -371,8 +391,17 @@ class Supervisor:
             time.sleep(0.2)  # supervision tick: child exits are polled, nothing waits on it
 
     def _stop(self, stack: Stack) -> None:
+        # All at once: stopped one by one, the deployer (last) could run out of `down`'s time.
         for svc in reversed(stack.services):
-            svc.stop(timeout=35)
+            if svc.proc is not None and svc.running():
+                with contextlib.suppress(ProcessLookupError):
+                    svc.proc.send_signal(svc.stop_signal)
+        for svc in reversed(stack.services):
+            # The deployer first drains and stops its replicas (up to its stop_timeout_s, 35 s).
+            svc.stop(timeout=_DEPLOYER_STOP_S if svc.spec.name == "deployer" else 35)
+        # Whatever the deployer could not stop (it was killed, or it crashed just before).
+        for record in stop_recorded(self.data_dir / REPLICA_RECORDS, grace_s=10):
+            log.warning("stopped replica %s (pid %d) the deployer left", record.name, record.pid)
         if stack.postgres is not None:
             stack.postgres.stop(timeout=30)
         stack.nats.stop(timeout=15)

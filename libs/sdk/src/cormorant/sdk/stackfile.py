@@ -1,11 +1,24 @@
-"""``.cormorant/stack.json``: where the local stack's services listen, and its admin key."""
+"""``.cormorant/stack.json``: where the local stack's services listen, and its admin key; and
+what an earlier run left running (``leftovers``), found by recorded pid and command line.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+from cormorant.common.lifetime import (
+    REPLICA_RECORDS,
+    ProcessRecord,
+    shown_cmdline,
+    stop_processes,
+    stop_recorded,
+)
 
 STACK_FILE = "stack.json"
 PID_FILE = "supervisor.pid"
@@ -42,16 +55,58 @@ def read_stack_file(data_dir: Path) -> dict[str, Any] | None:
     return read_private_json(data_dir / STACK_FILE)
 
 
+def write_supervisor_pid(data_dir: Path) -> None:
+    """Record this process as the stack's supervisor: its pid and command line."""
+    (data_dir / PID_FILE).write_text(f"{os.getpid()}\n{json.dumps(sys.orig_argv)}\n")
+
+
 def read_supervisor_pid(data_dir: Path) -> int | None:
-    """PID of the running supervisor, or None when none is running."""
+    """PID of the running supervisor, or None when none is running (or the pid now belongs to
+    another program)."""
     try:
-        pid = int((data_dir / PID_FILE).read_text().strip())
+        first, _, rest = (data_dir / PID_FILE).read_text().partition("\n")
+        pid = int(first)
+        cmdline = json.loads(rest) if rest.strip() else None
     except (FileNotFoundError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if cmdline is not None and shown_cmdline(process.cmdline()) != cmdline:
+            return None
+    except psutil.NoSuchProcess:
         return None
-    except PermissionError:
+    except psutil.AccessDenied:
         return pid
     return pid
+
+
+def leftovers(data_dir: Path) -> list[ProcessRecord]:
+    """The services and servers ``stack.json`` names; ``ProcessRecord.live`` tells which still
+    run (the replicas the deployer started are recorded under ``REPLICA_RECORDS``)."""
+    stack = read_stack_file(data_dir) or {}
+    records = []
+    for group in ("services", "servers"):
+        for name, info in (stack.get(group) or {}).items():
+            pid, cmdline = info.get("pid"), info.get("cmdline")
+            if isinstance(pid, int) and isinstance(cmdline, list) and cmdline:
+                signal = int(info.get("stop_signal") or 15)
+                records.append(ProcessRecord(name, pid, tuple(cmdline), signal))
+    return records
+
+
+def stop_leftovers(data_dir: Path, *, grace_s: float) -> list[str]:
+    """Stop whatever an earlier run left running (SIGTERM, SIGKILL after ``grace_s``) and wait
+    for it to exit; one line per process stopped, naming it. Services first: a deployer could
+    otherwise start replicas again while they are stopped."""
+    stopped = stop_processes(leftovers(data_dir), grace_s=grace_s)
+    stopped += stop_recorded(data_dir / REPLICA_RECORDS, grace_s=grace_s)
+    return [_describe(record) for record in stopped]
+
+
+def _describe(record: ProcessRecord) -> str:
+    endpoint = record.details.get("endpoint")
+    if endpoint:
+        return f"replica {record.name} of {endpoint} (pid {record.pid})"
+    return f"{record.name} (pid {record.pid})"

@@ -97,6 +97,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 )
                 if template_command
                 else None,
+                die_with_deployer=resolved.stop_replicas_on_shutdown,
             )
             # Ended after the supervisor closed (callbacks run last-in first-out).
             runtime.open()

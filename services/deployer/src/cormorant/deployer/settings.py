@@ -121,8 +121,8 @@ class DeployerSettings(ServiceSettings):
     endpoint names no ``replicas.target`` (KEDA's ``lagThreshold``)."""
 
     stop_replicas_on_shutdown: bool = False
-    """Stop every replica when the service shuts down; by default they keep serving and the
-    next start adopts them."""
+    """Stop every replica when the service shuts down, and have the kernel end them if it dies
+    without a shutdown (Linux); by default they keep serving and the next start adopts them."""
 
     rollout_ready_timeout_s: float = Field(default=240.0, gt=0)
     """Seconds a rollout waits for the new version's replicas to become ready before it fails

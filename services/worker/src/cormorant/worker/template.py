@@ -20,7 +20,8 @@ One JSON object per line, requests on stdin, events on stdout:
   signal ``-C``), since only its parent, this process, learns its exit code.
 
 End of stdin (the deployer stopped or died) ends the template; the replicas keep running, in
-sessions of their own, and the next deployer adopts them.
+sessions of their own, and the next deployer adopts them, except those whose request carried
+``"parent_death_signal": S``: the kernel sends them ``S`` when the template ends.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
+
+from cormorant.common.lifetime import arm_parent_death
 
 # What every replica imports before it can answer, besides the model's own libraries.
 WORKER_STACK = (
@@ -184,23 +187,30 @@ class Template:
             error = f"its command line needs {needed} bytes, {self.title.room} are free"
             self.send({"event": "refused", "id": key, "error": error})
             return
+        parent = os.getpid()
         try:
             pid = os.fork()
         except OSError as exc:
             self.send({"event": "refused", "id": key, "error": f"fork failed: {exc}"})
             return
         if pid == 0:
-            self._become_replica(request, title)
+            self._become_replica(request, title, parent)
         self.children.add(pid)
         self.send({"event": "spawned", "id": key, "pid": pid})
 
-    def _become_replica(self, request: Mapping[str, Any], title: list[str]) -> NoReturn:
+    def _become_replica(
+        self, request: Mapping[str, Any], title: list[str], parent: int
+    ) -> NoReturn:
         """In the child: the replica's session, files, title and environment, then ``main``."""
         code = 1
         try:
             # Its own session and process group: it outlives the deployer and stop reaches
             # everything it forks, as for a replica started with start_new_session.
             os.setsid()
+            # Unless asked to die with this template (which dies with the deployer): a fork
+            # does not inherit the parent-death signal, so it is armed here.
+            if request.get("parent_death_signal"):
+                arm_parent_death(int(request["parent_death_signal"]), parent)
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)

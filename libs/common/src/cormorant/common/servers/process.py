@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from cormorant.common.lifetime import parent_death_hook
+
 
 class ServerStartError(RuntimeError):
     """A server did not become ready; the message carries the tail of its log."""
@@ -51,6 +53,8 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._offset = 0
+        self.parent_death_signal: signal.Signals | None = None
+        """Set to have the kernel send it this signal when its starter dies (``lifetime``)."""
 
     @property
     def pid(self) -> int | None:
@@ -86,6 +90,9 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             # A session of its own: Ctrl-C in a terminal reaches the supervisor, not the servers.
             start_new_session=True,
+            preexec_fn=(
+                parent_death_hook(self.parent_death_signal) if self.parent_death_signal else None
+            ),
             **self.popen_kwargs(),
         )
 

@@ -9,7 +9,10 @@ template's imports) it is started as a fresh process.
 
 A replica runs in a session of its own, so it survives a restart of the deployer (which then
 adopts it) and so that stopping it can reach every process it forked (gunicorn workers, and
-whatever the predict code starts) through its process group.
+whatever the predict code starts) through its process group. With ``die_with_deployer`` (the
+local stack) it gets SIGTERM from the kernel when its parent (the deployer, or the template
+that forked it) dies instead; and every replica is recorded under ``<data>/run/replicas/`` while
+it runs, so ``cormorant down``/``up`` find one that outlived its deployer anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from cormorant.common import lifetime
 from cormorant.common.errors import CormorantError
 from cormorant.common.servers import free_port
 from cormorant.common.web import REPLICA_ENV
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 _TAIL_LINES = 20
 _TAIL_CHARS = 2000
 _POLL_S = 0.05
+# What a replica still running when the runtime closes gets (its runner normally stopped it).
+_CLOSE_GRACE_S = 10.0
 # Variables that libraries read once, when imported: a replica that sets one must import them
 # itself, so it does not fork from a template that imported them already.
 _IMPORT_TIME_ENV = ("OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "VECLIB_", "BLIS_",
@@ -79,9 +85,12 @@ class LocalRuntime:
         check_timeout: float,
         bridge_command: Sequence[str] | None = None,
         template: WorkerTemplate | None = None,
+        die_with_deployer: bool = False,
     ) -> None:
         self.command = list(command)
         self.template = template
+        self.die_with_deployer = die_with_deployer
+        self.records = data_dir / lifetime.REPLICA_RECORDS
         self.bridge_command = list(
             bridge_command or [sys.executable, "-m", "cormorant.kafka_bridge"]
         )
@@ -122,6 +131,7 @@ class LocalRuntime:
             stderr=asyncio.subprocess.PIPE,
             env=self._env(launch),
             start_new_session=True,
+            preexec_fn=self._parent_death_hook(),
         )
         try:
             async with asyncio.timeout(self.check_timeout):
@@ -149,6 +159,7 @@ class LocalRuntime:
                     env=self._env(launch),
                     cwd=str(launch.source),
                     log_path=name,
+                    parent_death_signal=self._parent_death_signal(),
                 )
             except TemplateUnavailable:
                 return None
@@ -172,7 +183,11 @@ class LocalRuntime:
             self.template.start()
 
     async def close(self) -> None:
-        """End the worker template; replicas keep running (``Supervisor.close`` decides)."""
+        """End the worker template; replicas keep running (``Supervisor.close`` decides), but
+        with ``die_with_deployer`` any replica still tracked here is stopped first."""
+        if self.die_with_deployer:
+            handles = [ReplicaHandle(key, "", self.host, p.pid) for key, p in self._procs.items()]
+            await asyncio.gather(*(self.stop(h, grace_s=_CLOSE_GRACE_S) for h in handles))
         if self.template is not None:
             await self.template.close()
 
@@ -189,6 +204,7 @@ class LocalRuntime:
                     env=self._env(launch),
                     cwd=str(launch.source),
                     log_path=str(log_path),
+                    parent_death_signal=self._parent_death_signal(),
                 )
             except TemplateUnavailable as exc:
                 log.info("replica %s starts as a fresh process: %s", launch.replica_id, exc)
@@ -196,6 +212,7 @@ class LocalRuntime:
                     out.write(f"--- not forked ({exc}); starting a fresh process\n".encode())
             else:
                 self._procs[launch.replica_id] = _Process(pid, None, log_path, offset, generation)
+                self._record(launch, pid, argv)
                 return self._handle(launch, port, pid)
         else:
             log_path, offset = self._begin_log(launch, port)
@@ -245,8 +262,10 @@ class LocalRuntime:
                 cwd=launch.source,
                 # Its own session: it outlives the deployer, and its group holds its children.
                 start_new_session=True,
+                preexec_fn=self._parent_death_hook(),
             )
         self._procs[launch.replica_id] = _Process(popen.pid, popen, log_path, offset)
+        self._record(launch, popen.pid, argv)
         return self._handle(launch, port, popen.pid)
 
     async def adopt(
@@ -274,6 +293,7 @@ class LocalRuntime:
         log_path = self.log_path(launch)
         offset = log_path.stat().st_size if log_path.exists() else 0
         self._procs[launch.replica_id] = _Process(pid, None, log_path, offset)
+        self._record(launch, pid, lifetime.shown_cmdline(cmdline))
         return ReplicaHandle(launch.replica_id, url, host or self.host, pid, adopted=True)
 
     async def exited(self, handle: ReplicaHandle) -> Exit | None:
@@ -310,6 +330,7 @@ class LocalRuntime:
         proc = self._procs.pop(handle.replica_id, None)
         if proc is None:
             return
+        lifetime.remove_record(self.records, handle.replica_id)
         _kill_group(proc.pid)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
@@ -317,6 +338,23 @@ class LocalRuntime:
                 break
             await asyncio.sleep(_POLL_S)
         _release(proc)
+
+    def _parent_death_signal(self) -> int | None:
+        return signal.SIGTERM if self.die_with_deployer else None
+
+    def _parent_death_hook(self) -> Callable[[], None] | None:
+        """SIGTERM for the replica when the deployer dies, if it lives no longer than that."""
+        return lifetime.parent_death_hook(signal.SIGTERM) if self.die_with_deployer else None
+
+    def _record(self, launch: ReplicaLaunch, pid: int, cmdline: Sequence[str]) -> None:
+        """Note the replica under ``run/replicas/`` until it is stopped (see ``lifetime``)."""
+        record = lifetime.ProcessRecord(
+            launch.replica_id, pid, tuple(cmdline), details={"endpoint": launch.endpoint}
+        )
+        try:
+            lifetime.write_record(self.records, record)
+        except OSError as exc:  # a full disk must not stop a replica from serving
+            log.warning("replica %s: cannot record its pid: %s", launch.replica_id, exc)
 
     def _command(self, launch: ReplicaLaunch) -> list[str]:
         return self.bridge_command if launch.bridge is not None else self.command
@@ -342,6 +380,7 @@ class LocalRuntime:
         """Stop tracking a replica without touching its process (it keeps serving)."""
         proc = self._procs.pop(handle.replica_id, None)
         if proc is not None:
+            lifetime.remove_record(self.records, handle.replica_id)
             _release(proc)
 
     def log_path(self, launch: ReplicaLaunch) -> Path:

@@ -154,8 +154,10 @@ class WorkerTemplate:
         env: Mapping[str, str],
         cwd: str,
         log_path: str,
+        parent_death_signal: int | None = None,
     ) -> tuple[int, Generation]:
-        """Fork a replica: its pid and the template that forked it.
+        """Fork a replica: its pid and the template that forked it (which the replica dies
+        with, by ``parent_death_signal``, when one is given).
 
         Cancelled or timed out after the request left, the replica forked anyway is killed
         when its pid arrives: nobody would track it otherwise.
@@ -168,6 +170,8 @@ class WorkerTemplate:
         self._pending[key] = future
         request = {"id": key, "title": list(title), "args": list(args), "env": dict(env),
                    "cwd": cwd, "log": log_path}  # fmt: skip
+        if parent_death_signal is not None:
+            request["parent_death_signal"] = int(parent_death_signal)
         try:
             process.stdin.write(json.dumps(request).encode() + b"\n")
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
