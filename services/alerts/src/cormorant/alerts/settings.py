@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from cormorant.common.settings import ServiceSettings
+from cormorant.alerts.triggers.settings import TriggerSettings
 
 
-class AlertsSettings(ServiceSettings):
+class AlertsSettings(TriggerSettings):
     """Settings of the Alerts service; shared values keep their ``CORMORANT_`` names."""
 
     model_config = SettingsConfigDict(

@@ -8,6 +8,7 @@ from cormorant.common.db.models.automation import (
     Flow,
     FlowRun,
     ScheduleKind,
+    Severity,
     Trigger,
 )
 from cormorant.common.db.models.batch import BatchJob, JobStatus
@@ -26,6 +27,7 @@ from cormorant.common.db.models.endpoints import (
     VersionStatus,
 )
 from cormorant.common.db.models.logs import Metric, Prediction
+from cormorant.common.db.models.triggers import FiringStatus, TriggerFiring, TriggerState
 
 __all__ = [
     "PREFIX_LENGTH",
@@ -40,6 +42,7 @@ __all__ = [
     "EndpointStatus",
     "EndpointToken",
     "FeedbackLoop",
+    "FiringStatus",
     "Flow",
     "FlowRun",
     "JobStatus",
@@ -51,8 +54,11 @@ __all__ = [
     "Rollout",
     "RolloutStatus",
     "ScheduleKind",
+    "Severity",
     "Traffic",
     "TrafficChange",
     "Trigger",
+    "TriggerFiring",
+    "TriggerState",
     "VersionStatus",
 ]

@@ -49,7 +49,11 @@ class Metric(Base):
     """A value logged with ``log_metric(key, value)``."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index(None, "endpoint_id", "key", "logged_at"),)
+    __table_args__ = (
+        Index(None, "endpoint_id", "key", "logged_at"),
+        # Triggers read the values logged after the last ones they evaluated, by id.
+        Index(None, "endpoint_id", "key", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     endpoint_id: Mapped[uuid.UUID]
