@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import httpx
-from asgi_lifespan import LifespanManager
-
-from cormorant.alerts.app import create_app
-from cormorant.alerts.settings import AlertsSettings
 
 
-async def test_health_metrics_and_error_shape() -> None:
+async def test_health_metrics_and_error_shape(client: httpx.AsyncClient) -> None:
     """/healthz is 200, /metrics is Prometheus text, an unknown path is a JSON 404."""
-    app = create_app(AlertsSettings())
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
-            assert (await client.get("/healthz")).json() == {"status": "ok"}
-            metrics = await client.get("/metrics")
-            assert metrics.headers["content-type"].startswith("text/plain")
-            missing = await client.get("/nope")
-            assert missing.status_code == 404
-            assert missing.json()["error"]["code"] == "not_found"
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    metrics = await client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "cormorant_alerts_evaluations_total" in metrics.text
+    missing = await client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"

@@ -99,14 +99,14 @@ class TriggerIn(BaseModel):
     )
     comparison: ComparisonName
     value: float = Field(description="The threshold the metric's values are compared with.")
-    every: str | float = Field(
+    every: str | int | float = Field(
         description="How often to evaluate: seconds, or '30s', '5m', '1h'; at least 1 s.",
         examples=["30s"],
     )
     min_events: int = Field(
         default=1, ge=1, description="Values meeting the condition needed to fire."
     )
-    cooldown: str | float | None = Field(
+    cooldown: str | int | float | None = Field(
         default=None,
         description="Wait after a firing before the trigger re-arms; default every × min_events.",
     )
@@ -121,12 +121,12 @@ class TriggerIn(BaseModel):
 
     @field_validator("every")
     @classmethod
-    def _every(cls, value: str | float) -> int:
+    def _every(cls, value: str | int | float) -> int:
         return parse_interval(value)
 
     @field_validator("cooldown")
     @classmethod
-    def _cooldown(cls, value: str | float | None) -> int | None:
+    def _cooldown(cls, value: str | int | float | None) -> int | None:
         return None if value is None else parse_interval(value, minimum=0)
 
     @field_validator("action")
@@ -150,9 +150,9 @@ class TriggerPatch(BaseModel):
     tag: str | None = Field(default=None, min_length=1, max_length=200)
     comparison: ComparisonName | None = None
     value: float | None = None
-    every: str | float | None = None
+    every: str | int | float | None = None
     min_events: int | None = Field(default=None, ge=1)
-    cooldown: str | float | None = None
+    cooldown: str | int | float | None = None
     action: dict[str, Any] | None = None
     enabled: bool | None = None
 
@@ -163,12 +163,12 @@ class TriggerPatch(BaseModel):
 
     @field_validator("every")
     @classmethod
-    def _every(cls, value: str | float | None) -> int | None:
+    def _every(cls, value: str | int | float | None) -> int | None:
         return None if value is None else parse_interval(value)
 
     @field_validator("cooldown")
     @classmethod
-    def _cooldown(cls, value: str | float | None) -> int | None:
+    def _cooldown(cls, value: str | int | float | None) -> int | None:
         return None if value is None else parse_interval(value, minimum=0)
 
     @field_validator("action")

@@ -169,7 +169,7 @@ class TriggerStore:
         async with self.sessions() as session, session.begin():
             trigger, slug = await self._load(session, trigger_id, lock=True)
             was_enabled = trigger.enabled
-            changes = body.model_dump(exclude_unset=True)
+            changes = body.model_fields_set
             if "title" in changes and body.title is not None:
                 trigger.name = body.title
             if body.severity is not None:

@@ -1,0 +1,95 @@
+"""Fixtures of the Alerts tests: a migrated database with an endpoint, real NATS, a real SMTP
+server and webhook receiver, and the service run in-process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from cormorant.alerts.settings import AlertsSettings
+from cormorant.alerts.testing import (
+    SLUG,
+    Mailbox,
+    Metrics,
+    WebhookReceiver,
+    running,
+    smtp_server,
+    webhook_receiver,
+)
+from cormorant.common.db import asyncpg_dsn, upgrade
+
+
+@pytest.fixture
+async def migrated_url(database_url: str) -> str:
+    """A database of this test's own, at the newest migration."""
+    await upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def endpoint_id(migrated_url: str) -> uuid.UUID:
+    """The id of the endpoint ``iris``, created in the database."""
+    endpoint = uuid.uuid4()
+    conn = await asyncpg.connect(asyncpg_dsn(migrated_url))
+    try:
+        await conn.execute(
+            "INSERT INTO endpoints (id, slug, name, kind, spec) VALUES ($1, $2, $3, 'web', '{}')",
+            endpoint,
+            SLUG,
+            SLUG,
+        )
+    finally:
+        await conn.close()
+    return endpoint
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server: its mailbox and port."""
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def mailbox(smtp: tuple[Mailbox, int]) -> Mailbox:
+    """What the SMTP server received."""
+    return smtp[0]
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A real HTTP server recording webhook POSTs."""
+    with webhook_receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(
+    nats_url: str, migrated_url: str, smtp: tuple[Mailbox, int], endpoint_id: uuid.UUID
+) -> AlertsSettings:
+    """The service's settings for this test's servers, with short ticks and backoffs."""
+    return AlertsSettings(
+        nats_url=nats_url,
+        database_url=migrated_url,
+        smtp_port=smtp[1],
+        evaluation_tick_s=0.05,
+        retry_backoff_s=0.05,
+        log_json=False,
+    )
+
+
+@pytest.fixture
+async def client(settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the service running in-process."""
+    async with running(settings) as http:
+        yield http
+
+
+@pytest.fixture
+def metrics(migrated_url: str, endpoint_id: uuid.UUID) -> Metrics:
+    """Stores metric values of ``iris``."""
+    return Metrics(migrated_url, endpoint_id)
