@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -52,7 +56,12 @@ async def eventually(
 
 
 class Mailbox:
-    """What an aiosmtpd server received; ``hold()`` keeps messages in flight until released."""
+    """What an aiosmtpd server accepted.
+
+    ``hold()`` models a delivery in flight that the server never accepts: messages arriving
+    while it is on wait, unanswered, and are refused with a temporary error (451, the sender
+    should try again) once ``release()`` is called, so only a later attempt can deliver.
+    """
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -63,15 +72,17 @@ class Mailbox:
         self._open.set()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Store the message (after the hold, if one is on) and accept it."""
-        with self._lock:
-            self.in_flight += 1
-        try:
-            # The server runs in its own thread's loop: wait for the release in another.
-            await asyncio.to_thread(self._open.wait)
-        finally:
+        """Store the message and accept it; refuse it after a hold."""
+        if not self._open.is_set():
             with self._lock:
-                self.in_flight -= 1
+                self.in_flight += 1
+            try:
+                # The server runs in its own thread's loop: wait for the release in another.
+                await asyncio.to_thread(self._open.wait)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            return "451 4.3.0 not accepted, try again"
         content = envelope.original_content or envelope.content or b""
         assert isinstance(content, bytes)
         with self._lock:
@@ -80,15 +91,15 @@ class Mailbox:
         return "250 OK"
 
     def hold(self) -> None:
-        """Leave the next messages unanswered (an SMTP delivery in flight) until ``release``."""
+        """Leave the next messages in flight until ``release``, then refuse them."""
         self._open.clear()
 
     def release(self) -> None:
-        """Accept held and later messages again."""
+        """Accept messages again."""
         self._open.set()
 
     def firings(self) -> list[str]:
-        """The firing id of each message received, in arrival order."""
+        """The firing id of each message accepted, in arrival order."""
         with self._lock:
             return [str(m["X-Cormorant-Firing"]) for m in self.messages]
 
@@ -187,3 +198,65 @@ async def running(settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://alerts") as client:
             yield client
+
+
+class AlertsProcess:
+    """``python -m cormorant.alerts`` as a real process, killable like a crash."""
+
+    def __init__(self, settings: AlertsSettings, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "CORMORANT_NATS_URL": settings.nats_url,
+            "CORMORANT_DATABASE_URL": settings.database_url,
+            "CORMORANT_ALERTS_PORT": str(self.port),
+            "CORMORANT_ALERTS_SMTP_PORT": str(settings.smtp_port),
+            "CORMORANT_ALERTS_EVALUATION_TICK_S": str(settings.evaluation_tick_s),
+            "CORMORANT_ALERTS_RETRY_BACKOFF_S": str(settings.retry_backoff_s),
+            "CORMORANT_LOG_JSON": "false",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cormorant.alerts"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self.proc
+
+    async def start(self, within: float = 60.0) -> None:
+        """Start the process and wait until its /healthz answers 200."""
+        proc = self.spawn()
+
+        async def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"alerts exited with {proc.returncode}")
+            try:
+                async with httpx.AsyncClient(timeout=1.0) as http:
+                    return (await http.get(f"{self.url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(healthy, timeout=within, what="alerts healthy", every=0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(35)
+            except subprocess.TimeoutExpired:
+                self.kill()
