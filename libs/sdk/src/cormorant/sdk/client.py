@@ -18,6 +18,7 @@ from cormorant.sdk.flows import Flows
 from cormorant.sdk.metrics import log_metric
 from cormorant.sdk.rollout import Rollouts
 from cormorant.sdk.stackfile import read_stack_file
+from cormorant.sdk.triggers import Triggers
 
 
 class SdkSettings(BaseSettings):
@@ -157,6 +158,7 @@ class Client:
         self.keys = Keys(self)
         self.rollouts = Rollouts(self)
         self.flows = Flows(self)
+        self.triggers = Triggers(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""

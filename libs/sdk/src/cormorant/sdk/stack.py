@@ -297,6 +297,9 @@ class Supervisor:
             )
         # The deployer reads live metrics there for rollout policies' checks.
         env["CORMORANT_DEPLOYER_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
+        # Trigger flow actions start runs through the public API, with the bootstrap key.
+        env["CORMORANT_ALERTS_GATEWAY_URL"] = f"http://{settings.host}:{settings.gateway_port}"
+        env["CORMORANT_ALERTS_API_KEY"] = stack.admin_key
         logs = self.data_dir / "logs"
         for spec in service_specs(settings):
             svc = ServiceProcess(

@@ -47,7 +47,7 @@ def owner(path: str) -> str | None:
     if head == "endpoints":
         if len(parts) >= 3 and parts[2] in PREDICTLOG_PARTS:
             return "predictlog"
-        return "deployer"
+        return "alerts" if parts[2:3] == ["triggers"] else "deployer"
     if head == "flows":
         return "deployer"
     if head in ("datasets", "feedback-loops"):
