@@ -95,8 +95,9 @@ async def test_drift_below_threshold_sends_one_email(
     assert message["To"] == "team@example.org"
     assert SLUG in message["Subject"]
     assert "CRITICAL" in message["Subject"]
-    content = message.get_payload()
-    assert isinstance(content, str)
+    raw = message.get_payload(decode=True)
+    assert isinstance(raw, bytes)
+    content = raw.decode()
     for part in (f"Endpoint:  {SLUG}", "Tag:       accuracy", "accuracy < 0.8", "critical"):
         assert part in content
     assert "0.75, 0.7, 0.65" in content
