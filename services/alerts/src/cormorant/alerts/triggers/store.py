@@ -163,7 +163,8 @@ class TriggerStore:
             return [TriggerOut.of(trigger, s, state) for trigger, s, state in rows]
 
     async def update(self, trigger_id: str, body: TriggerPatch) -> TriggerOut:
-        """Apply ``body``; enabling a disabled trigger re-arms it from now."""
+        """Apply ``body``; enabling a trigger or changing its condition or interval re-arms
+        it from now."""
         if body.action is not None:
             await self._check_action(body.action)
         async with self.sessions() as session, session.begin():
@@ -197,7 +198,10 @@ class TriggerStore:
                 trigger.enabled = body.enabled
             await session.flush()
             state: TriggerState | None = None
-            if trigger.enabled and not was_enabled:
+            # A new condition or schedule starts afresh: values logged from now on, first
+            # evaluation ``every`` away. So does enabling.
+            rearm = changes & {"tag", "comparison", "value", "every"}
+            if trigger.enabled and (rearm or not was_enabled):
                 state = await self._arm(session, trigger)
             else:
                 state = await session.get(TriggerState, trigger.id)
