@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/kafka_bridge.py
 	$(BIN)/python bench/rollout_under_load.py
 	$(BIN)/python bench/stream_swap.py
+	$(BIN)/python bench/trigger_latency.py
 	$(BIN)/python bench/batch.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
