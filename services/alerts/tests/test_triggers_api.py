@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cormorant.alerts.testing import SLUG, Metrics
+from cormorant.alerts.testing import SLUG, Metrics, eventually
 
 PATH = f"/api/v1/endpoints/{SLUG}/triggers"
 
@@ -122,3 +122,33 @@ async def test_unknown_endpoint_and_trigger_are_404(client: httpx.AsyncClient) -
         assert "UUID" in missing.json()["error"]["message"]
     unknown = await client.delete("/api/v1/triggers/00000000-0000-0000-0000-000000000000")
     assert unknown.status_code == 404
+
+
+async def test_a_new_condition_rearms_and_enabling_counts_from_now(
+    client: httpx.AsyncClient, metrics: Metrics
+) -> None:
+    """Changing the threshold starts the count afresh; values logged while a trigger was
+    disabled are not counted once it is enabled again."""
+    created = (await client.post(PATH, json=body(every="1s", min_events=5))).json()
+    path = f"/api/v1/triggers/{created['id']}"
+    await metrics.log("accuracy", 0.5, 0.5)
+
+    async def counted() -> bool:
+        return int((await client.get(path)).json()["state"]["streak"]) == 2
+
+    await eventually(counted, timeout=30, what="two values counted")
+    changed = (await client.patch(path, json={"value": 0.6})).json()
+    assert (changed["value"], changed["state"]["streak"]) == (0.6, 0)
+
+    assert (await client.patch(path, json={"enabled": False})).json()["enabled"] is False
+    await metrics.log("accuracy", 0.1, 0.1, 0.1)
+    enabled = (await client.patch(path, json={"enabled": True})).json()
+    start = enabled["state"]["evaluations"]
+
+    async def evaluated() -> bool:
+        return int((await client.get(path)).json()["state"]["evaluations"]) > start
+
+    await eventually(evaluated, timeout=30, what="an evaluation after enabling")
+    state = (await client.get(path)).json()["state"]
+    assert state["streak"] == 0
+    assert state["last_evaluation"]["new_values"] == 0
