@@ -72,7 +72,10 @@ class Evaluator:
                 .join(Trigger, Trigger.id == TriggerState.trigger_id)
                 .where(Trigger.enabled)
             )
-        return self.tick if seconds is None else max(0.0, float(seconds))
+        # Due already, after this replica evaluated what it could: another replica holds it.
+        if seconds is None or seconds <= 0:
+            return self.tick
+        return float(seconds)
 
     async def evaluate_due(self) -> int:
         """Evaluate the due triggers no other replica holds; how many were evaluated."""
