@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import httpx
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from asgi_lifespan import LifespanManager
 
 from cormorant.alerts.app import create_app
@@ -65,6 +65,8 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.logins: list[Any] = []
+        """Who had logged in when each message was sent (None: nobody)."""
         self.arrived: list[float] = []
         self.in_flight = 0
         self._lock = threading.Lock()
@@ -88,6 +90,7 @@ class Mailbox:
         with self._lock:
             self.messages.append(message_from_bytes(content))
             self.arrived.append(time.monotonic())
+            self.logins.append(session.auth_data if session.authenticated else None)
         return "250 OK"
 
     def hold(self) -> None:
@@ -105,11 +108,24 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server() -> Iterator[tuple[Mailbox, int]]:
-    """An aiosmtpd server on 127.0.0.1 and a free port: its mailbox and the port."""
+def smtp_server(login: tuple[str, str] | None = None) -> Iterator[tuple[Mailbox, int]]:
+    """An aiosmtpd server on 127.0.0.1 and a free port: its mailbox and the port. With
+    ``login`` (user, password) it accepts mail only after that login (AUTH over plain TCP)."""
     mailbox = Mailbox()
     port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    options: dict[str, Any] = {}
+    if login is not None:
+
+        def authenticate(
+            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            given = (data.login.decode(), data.password.decode())
+            ok = isinstance(data, LoginPassword) and given == login
+            return AuthResult(success=ok, handled=False, auth_data=given[0] if ok else None)
+
+        # Offered without TLS (a test on 127.0.0.1); a message records who logged in.
+        options = {"auth_require_tls": False, "authenticator": authenticate}
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, **options)
     controller.start()  # returns once the server answers
     try:
         yield mailbox, port

@@ -170,7 +170,13 @@ class Outbox:
         action = self.actions[ActionKind(firing.action)]
         try:
             firing.result = await action.deliver(alert)
-        except DeliveryError as exc:
+        except Exception as caught:
+            # An action's unexpected error is a failed attempt too, not a stuck firing.
+            exc = (
+                caught
+                if isinstance(caught, DeliveryError)
+                else DeliveryError(f"{type(caught).__name__}: {caught}")
+            )
             firing.error = str(exc)[:2000]
             final = not exc.retry or firing.attempts >= self.attempts
             outcome = "failed" if final else "retry"
