@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/kafka_bridge.py
 	$(BIN)/python bench/rollout_under_load.py
 	$(BIN)/python bench/stream_swap.py
+	$(BIN)/python bench/trigger_latency.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/adaptive_batching.py
 	$(BIN)/python bench/feedback_export.py

@@ -46,6 +46,8 @@ TABLES = {
     "rollouts",
     "traffic",
     "traffic_history",
+    "trigger_firings",
+    "trigger_states",
     "triggers",
 }
 

@@ -87,7 +87,8 @@ def catalogue() -> list[tuple[Event, str]]:
         (
             AlertFired(
                 trigger_id="t_42", endpoint="iris", metric="accuracy", value=0.7,
-                threshold=0.8, action="flow",
+                threshold=0.8, action="flow", severity="critical", title="accuracy-drop",
+                count=3, values=[0.75, 0.72, 0.7],
             ),
             "cormorant.alerts.t_42",
         ),

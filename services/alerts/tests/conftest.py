@@ -1,39 +1,111 @@
-"""Fixtures of the alerts service's tests: the app on this test's NATS and database."""
+"""Fixtures of the Alerts tests: a migrated database with an endpoint, real NATS, a real SMTP
+server and webhook receiver, and the service run in-process."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from cormorant.alerts.app import create_app
 from cormorant.alerts.settings import AlertsSettings
+from cormorant.alerts.testing import (
+    SLUG,
+    Mailbox,
+    Metrics,
+    WebhookReceiver,
+    running,
+    smtp_server,
+    webhook_receiver,
+)
+from cormorant.common.db import asyncpg_dsn, upgrade
 from cormorant.common.servers import free_port
 
 
 @pytest.fixture
-def alerts_settings(tmp_path: Path, nats_url: str, database_url: str) -> AlertsSettings:
-    """Settings of a test's alerts service; its flows' API is not running (exec-only flows)."""
+async def migrated_url(database_url: str) -> str:
+    """A database of this test's own, at the newest migration."""
+    await upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def endpoint_id(migrated_url: str) -> uuid.UUID:
+    """The id of the endpoint ``iris``, created in the database."""
+    endpoint = uuid.uuid4()
+    conn = await asyncpg.connect(asyncpg_dsn(migrated_url))
+    try:
+        await conn.execute(
+            "INSERT INTO endpoints (id, slug, name, kind, spec) VALUES ($1, $2, $3, 'web', '{}')",
+            endpoint,
+            SLUG,
+            SLUG,
+        )
+    finally:
+        await conn.close()
+    return endpoint
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server: its mailbox and port."""
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def mailbox(smtp: tuple[Mailbox, int]) -> Mailbox:
+    """What the SMTP server received."""
+    return smtp[0]
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A real HTTP server recording webhook POSTs."""
+    with webhook_receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path,
+    nats_url: str,
+    migrated_url: str,
+    smtp: tuple[Mailbox, int],
+    endpoint_id: uuid.UUID,
+) -> AlertsSettings:
+    """The service's settings for this test's servers, with short ticks and backoffs; the
+    public API its flows would call is not running (exec-only flows)."""
     return AlertsSettings(
         data_dir=tmp_path / "data",
+        gateway_url=f"http://127.0.0.1:{free_port()}",
+        api_key="cmk_test",
         nats_url=nats_url,
-        database_url=database_url,
+        database_url=migrated_url,
+        smtp_port=smtp[1],
+        evaluation_tick_s=0.05,
+        retry_backoff_s=0.05,
         log_json=False,
-        flows_api_url=f"http://127.0.0.1:{free_port()}",
-        flows_api_key="cmk_test",
     )
 
 
 @pytest.fixture
-async def alerts(alerts_settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the running app."""
-    app = create_app(alerts_settings)
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://alerts", timeout=60
-        ) as client:
-            yield client
+async def client(settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the service running in-process."""
+    async with running(settings) as http:
+        yield http
+
+
+@pytest.fixture
+def metrics(migrated_url: str, endpoint_id: uuid.UUID) -> Metrics:
+    """Stores metric values of ``iris``."""
+    return Metrics(migrated_url, endpoint_id)
+
+
+@pytest.fixture
+def alerts(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The flows tests' name for the client of the running service."""
+    return client

@@ -147,7 +147,7 @@ async def test_an_exec_process_sees_only_its_workspace_whitelist_and_limits(
     import json
 
     monkeypatch.setenv("CORMORANT_DATABASE_URL", "postgresql://secret@db/cormorant")
-    monkeypatch.setenv("CORMORANT_FLOWS_API_KEY", "cmk_secret")
+    monkeypatch.setenv("CORMORANT_ALERTS_API_KEY", "cmk_secret")
     monkeypatch.setenv("CORMORANT_DATA_DIR", "/var/lib/cormorant")
     (tmp_path / "probe.py").write_text(PROBE)
     with private_workspace(tmp_path, max_bytes=1 << 20) as workspace:

@@ -94,6 +94,7 @@ def test_paths_go_to_their_owners() -> None:
     assert owner("/api/v1/datasets/d1/versions") == "feedback"
     assert owner("/api/v1/feedback-loops") == "feedback"
     assert owner("/api/v1/triggers/t1") == "alerts"
+    assert owner("/api/v1/endpoints/demo/triggers") == "alerts"
     assert owner("/api/v1/unknown") is None
 
 

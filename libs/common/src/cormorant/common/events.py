@@ -325,8 +325,15 @@ class AlertFired(Event):
     endpoint: Slug
     metric: NonEmpty
     value: float
+    """The latest value that met the condition."""
     threshold: float
     action: AlertAction
+    severity: Literal["info", "warning", "critical"] = "warning"
+    title: str = ""
+    count: int = 1
+    """How many values met the condition when the trigger fired."""
+    values: list[float] = Field(default_factory=list)
+    """The latest of those values, oldest first."""
 
     @property
     def subject(self) -> str:

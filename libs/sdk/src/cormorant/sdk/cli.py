@@ -16,7 +16,7 @@ import psutil
 import typer
 from rich.table import Table
 
-from cormorant.sdk import cli_batch, cli_datasets, cli_feedback, cli_rollout
+from cormorant.sdk import cli_batch, cli_datasets, cli_feedback, cli_rollout, cli_triggers
 from cormorant.sdk.cli_output import api_call, console, err, key_values, source_arg
 from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
@@ -224,6 +224,7 @@ cli_rollout.register(app)
 cli_batch.register(app)
 cli_datasets.register(app)
 cli_feedback.register(app)
+cli_triggers.register(app)
 app.add_typer(stream_app, name="stream")
 
 

@@ -19,6 +19,7 @@ from cormorant.sdk.flows import Flows
 from cormorant.sdk.metrics import log_metric
 from cormorant.sdk.rollout import Rollouts
 from cormorant.sdk.stackfile import read_stack_file
+from cormorant.sdk.triggers import Triggers
 
 
 class SdkSettings(BaseSettings):
@@ -159,6 +160,7 @@ class Client:
         self.rollouts = Rollouts(self)
         self.flows = Flows(self)
         self.feedback = FeedbackLoops(self)
+        self.triggers = Triggers(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return its decoded JSON, or raise CormorantAPIError."""

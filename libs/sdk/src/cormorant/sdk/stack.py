@@ -339,11 +339,12 @@ class Supervisor:
         env["CORMORANT_DEPLOYER_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
         env["CORMORANT_BATCH_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
         env["CORMORANT_BATCH_DEPLOYER_URL"] = env["CORMORANT_GATEWAY_DEPLOYER_URL"]
-        # Flows call the public API with the bootstrap key: given to alerts alone.
+        # Flows and trigger flow actions call the public API with the bootstrap key: given to
+        # alerts alone.
         own = {
             "alerts": {
-                "CORMORANT_ALERTS_FLOWS_API_URL": f"http://{settings.host}:{settings.gateway_port}",
-                "CORMORANT_ALERTS_FLOWS_API_KEY": stack.admin_key,
+                "CORMORANT_ALERTS_GATEWAY_URL": f"http://{settings.host}:{settings.gateway_port}",
+                "CORMORANT_ALERTS_API_KEY": stack.admin_key,
             }
         }
         logs = self.data_dir / "logs"

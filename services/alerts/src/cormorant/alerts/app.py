@@ -1,4 +1,4 @@
-"""The Alerts service's ASGI app: flows (and, to come, metric triggers)."""
+"""The Alerts service's ASGI app: flows and continual-learning triggers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
+from cormorant.alerts import triggers
 from cormorant.alerts.flows.api import router as flows_router
 from cormorant.alerts.flows.exec import ExecLimits
 from cormorant.alerts.flows.service import FlowService
@@ -28,10 +29,11 @@ class State(TypedDict):
     """What the lifespan hands every request (``request.state``)."""
 
     flows: FlowService
+    triggers: triggers.Triggers
 
 
 def create_app(settings: AlertsSettings) -> FastAPI:
-    """Build the Alerts app; its lifespan opens the database and NATS and starts the flows."""
+    """Build the Alerts app; its lifespan migrates, connects to NATS, starts flows and triggers."""
     registry = new_registry()
     started = asyncio.Event()
 
@@ -49,17 +51,19 @@ def create_app(settings: AlertsSettings) -> FastAPI:
             async with asyncio.timeout(settings.startup_timeout_s):
                 nc = await connect(settings.nats_url, name=TITLE)
             stack.push_async_callback(close, nc)
-            await ensure_streams(nc.jetstream())
+            js = nc.jetstream()
+            await ensure_streams(js)
             publisher = BatchedPublisher(nc, name="alerts", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
 
-            # Flows: runs call the public API with the flows' key; exec tasks are contained.
-            key = settings.flows_api_key.get_secret_value() if settings.flows_api_key else None
+            # Flows: runs call the public API with the platform's key; exec tasks are contained.
+            key = settings.api_key.get_secret_value() if settings.api_key else None
+            api_url = settings.gateway_url or "http://127.0.0.1:8080"
             flows = FlowService(
                 sessions=sessions,
                 publisher=publisher,
-                client=lambda: Client(settings.flows_api_url, key),
+                client=lambda: Client(api_url, key),
                 limits=ExecLimits(
                     memory_bytes=settings.flows_exec_memory_mb << 20,
                     open_files=settings.flows_exec_open_files,
@@ -69,10 +73,15 @@ def create_app(settings: AlertsSettings) -> FastAPI:
             await flows.recover()
             stack.push_async_callback(flows.close)
 
+            # Triggers: evaluator and outbox run until shutdown.
+            running = await stack.enter_async_context(
+                triggers.run_triggers(settings, sessions, js, registry)
+            )
+
             started.set()
             log.info("alerts ready")
             try:
-                yield {"flows": flows}
+                yield {"flows": flows, "triggers": running}
             finally:
                 started.clear()
 
@@ -80,4 +89,5 @@ def create_app(settings: AlertsSettings) -> FastAPI:
         title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(flows_router)
+    app.include_router(triggers.router)
     return app

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from cormorant.common.settings import ServiceSettings
+from cormorant.alerts.triggers.settings import TriggerSettings
 
 
-class AlertsSettings(ServiceSettings):
+class AlertsSettings(TriggerSettings):
     """Settings of the Alerts service; shared values keep their ``CORMORANT_`` names."""
 
     model_config = SettingsConfigDict(
@@ -18,16 +18,7 @@ class AlertsSettings(ServiceSettings):
     port: int = 8084
     """Port the service listens on."""
 
-    startup_timeout_s: float = Field(default=60.0, gt=0)
-    """Seconds to wait for PostgreSQL and NATS at start-up before giving up."""
-
-    # Flows
-    flows_api_url: str = "http://127.0.0.1:8080"
-    """The public API (the gateway) that flow tasks call."""
-
-    flows_api_key: SecretStr | None = None
-    """Admin key flow tasks call the API with (the local stack passes its bootstrap key)."""
-
+    # Flows call the public API at ``gateway_url`` with ``api_key``, as trigger flow actions do.
     flows_exec_memory_mb: int = Field(default=4096, ge=64)
     """Address space an ``exec`` task's process may use, in MiB."""
 

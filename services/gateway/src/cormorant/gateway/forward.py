@@ -20,6 +20,8 @@ from cormorant.gateway.metrics import GatewayMetrics
 
 API_PREFIX = "/api/v1/"
 PREDICTLOG_PARTS = frozenset({"logs", "logs.csv", "charts", "metrics"})
+_ENDPOINT_PARTS = {"feedback-loops": "feedback", "batch-jobs": "batch", "triggers": "alerts"}
+"""Parts of ``/endpoints/{slug}/<part>`` owned by a service other than the deployer."""
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the client and server of each hop set anew.
 _HOP_HEADERS = frozenset(
@@ -45,13 +47,10 @@ def owner(path: str) -> str | None:
     parts = path[len(API_PREFIX) :].split("/")
     head = parts[0]
     if head == "endpoints":
-        if parts[2:3] == ["feedback-loops"]:
-            return "feedback"
-        if len(parts) >= 3 and parts[2] in PREDICTLOG_PARTS:
+        part = parts[2] if len(parts) >= 3 else ""
+        if part in PREDICTLOG_PARTS:
             return "predictlog"
-        if len(parts) >= 3 and parts[2] == "batch-jobs":
-            return "batch"
-        return "deployer"
+        return _ENDPOINT_PARTS.get(part, "deployer")
     if head in ("datasets", "feedback-loops"):
         return "feedback"
     if head in ("triggers", "flows"):

@@ -12,6 +12,7 @@ from cormorant.common.db.models.automation import (
     RunStatus,
     RunTrigger,
     ScheduleKind,
+    Severity,
     Trigger,
 )
 from cormorant.common.db.models.batch import BatchJob, JobStatus
@@ -30,6 +31,7 @@ from cormorant.common.db.models.endpoints import (
     VersionStatus,
 )
 from cormorant.common.db.models.logs import Metric, Prediction
+from cormorant.common.db.models.triggers import FiringStatus, TriggerFiring, TriggerState
 
 __all__ = [
     "PREFIX_LENGTH",
@@ -46,6 +48,7 @@ __all__ = [
     "ExportFormat",
     "FeedbackLoop",
     "FeedbackRun",
+    "FiringStatus",
     "Flow",
     "FlowRun",
     "JobStatus",
@@ -59,8 +62,11 @@ __all__ = [
     "RunStatus",
     "RunTrigger",
     "ScheduleKind",
+    "Severity",
     "Traffic",
     "TrafficChange",
     "Trigger",
+    "TriggerFiring",
+    "TriggerState",
     "VersionStatus",
 ]

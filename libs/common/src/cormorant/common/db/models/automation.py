@@ -61,6 +61,14 @@ class Comparison(StrEnum):
     LESS = "<"
 
 
+class Severity(StrEnum):
+    """How urgent a trigger's firing is, as its action reports it."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
 class ActionKind(StrEnum):
     """What a trigger does when it fires."""
 
@@ -126,6 +134,7 @@ class Trigger(Base):
     __table_args__ = (
         CheckConstraint("every_seconds > 0", name="every_seconds_positive"),
         CheckConstraint("min_events >= 1", name="min_events_positive"),
+        CheckConstraint("cooldown_seconds >= 0", name="cooldown_seconds_not_negative"),
     )
 
     id: Mapped[UUIDPk]
@@ -141,6 +150,12 @@ class Trigger(Base):
     enabled: Mapped[bool] = mapped_column(server_default=text("true"))
     last_fired_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
+    severity: Mapped[Severity] = mapped_column(server_default=Severity.WARNING.value)
+    cooldown_seconds: Mapped[int | None]
+    """Seconds after a firing before the trigger may fire again; None: every × min_events."""
+    secret: Mapped[str | None]
+    """The webhook action's HMAC-SHA256 key (kept readable: every delivery is signed with it)."""
+    updated_at: Mapped[UpdatedAt]
 
 
 class Flow(Base):

@@ -73,6 +73,8 @@ class Metric(Base):
     __table_args__ = (
         Index(None, "endpoint_id", "key", "logged_at"),
         Index(None, "endpoint_id", "request_id"),
+        # Triggers read the values logged after the last ones they evaluated, by id.
+        Index(None, "endpoint_id", "key", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

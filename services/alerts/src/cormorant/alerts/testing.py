@@ -1,0 +1,278 @@
+"""Test support: a real SMTP server (aiosmtpd) and a real webhook receiver on 127.0.0.1.
+
+Used by the Alerts tests and by end-to-end tests of triggers. Requires the ``aiosmtpd`` and
+``asgi-lifespan`` development dependencies. Waits poll with deadlines; nothing here sleeps
+for a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from asgi_lifespan import LifespanManager
+
+from cormorant.alerts.app import create_app
+from cormorant.alerts.settings import AlertsSettings
+from cormorant.common.db import asyncpg_dsn
+from cormorant.common.servers import free_port
+
+SLUG = "iris"
+"""The endpoint the Alerts tests put their triggers on."""
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the failure names what was awaited
+    what: str,
+    every: float = 0.05,
+) -> None:
+    """Return once ``check()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(every)  # polling interval of a deadline wait
+
+
+class Mailbox:
+    """What an aiosmtpd server accepted.
+
+    ``hold()`` models a delivery in flight that the server never accepts: messages arriving
+    while it is on wait, unanswered, and are refused with a temporary error (451, the sender
+    should try again) once ``release()`` is called, so only a later attempt can deliver.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.logins: list[Any] = []
+        """Who had logged in when each message was sent (None: nobody)."""
+        self.arrived: list[float] = []
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Store the message and accept it; refuse it after a hold."""
+        if not self._open.is_set():
+            with self._lock:
+                self.in_flight += 1
+            try:
+                # The server runs in its own thread's loop: wait for the release in another.
+                await asyncio.to_thread(self._open.wait)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            return "451 4.3.0 not accepted, try again"
+        content = envelope.original_content or envelope.content or b""
+        assert isinstance(content, bytes)
+        with self._lock:
+            self.messages.append(message_from_bytes(content))
+            self.arrived.append(time.monotonic())
+            self.logins.append(session.auth_data if session.authenticated else None)
+        return "250 OK"
+
+    def hold(self) -> None:
+        """Leave the next messages in flight until ``release``, then refuse them."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Accept messages again."""
+        self._open.set()
+
+    def firings(self) -> list[str]:
+        """The firing id of each message accepted, in arrival order."""
+        with self._lock:
+            return [str(m["X-Cormorant-Firing"]) for m in self.messages]
+
+
+@contextmanager
+def smtp_server(login: tuple[str, str] | None = None) -> Iterator[tuple[Mailbox, int]]:
+    """An aiosmtpd server on 127.0.0.1 and a free port: its mailbox and the port. With
+    ``login`` (user, password) it accepts mail only after that login (AUTH over plain TCP)."""
+    mailbox = Mailbox()
+    port = free_port()
+    options: dict[str, Any] = {}
+    if login is not None:
+
+        def authenticate(
+            server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+        ) -> AuthResult:
+            given = (data.login.decode(), data.password.decode())
+            ok = isinstance(data, LoginPassword) and given == login
+            return AuthResult(success=ok, handled=False, auth_data=given[0] if ok else None)
+
+        # Offered without TLS (a test on 127.0.0.1); a message records who logged in.
+        options = {"auth_require_tls": False, "authenticator": authenticate}
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, **options)
+    controller.start()  # returns once the server answers
+    try:
+        yield mailbox, port
+    finally:
+        mailbox.release()
+        controller.stop()
+
+
+@dataclass
+class Received:
+    """One request the webhook receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server recording POSTs; ``statuses`` are answered in turn, then 200."""
+
+    url: str
+    received: list[Received] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """An HTTP server on 127.0.0.1 that records every POST."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    receiver = WebhookReceiver(url=f"http://127.0.0.1:{server.server_port}/hook")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test reads ``received``."""
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Metrics:
+    """Writes metric rows as predictlog stores them."""
+
+    def __init__(self, database_url: str, endpoint_id: uuid.UUID) -> None:
+        self.dsn = asyncpg_dsn(database_url)
+        self.endpoint_id = endpoint_id
+
+    async def log(self, key: str, *values: float) -> None:
+        """Store ``values`` of ``key`` as logged now."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.executemany(
+                "INSERT INTO metrics (endpoint_id, version, key, value, logged_at, event_id)"
+                " VALUES ($1, 1, $2, $3, $4, $5)",
+                [(self.endpoint_id, key, v, datetime.now(UTC), uuid.uuid4().hex) for v in values],
+            )
+        finally:
+            await conn.close()
+
+
+@asynccontextmanager
+async def running(settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The service in-process (evaluator and outbox included) and an HTTP client of it."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://alerts") as client:
+            yield client
+
+
+class AlertsProcess:
+    """``python -m cormorant.alerts`` as a real process, killable like a crash."""
+
+    def __init__(self, settings: AlertsSettings, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "CORMORANT_NATS_URL": settings.nats_url,
+            "CORMORANT_DATABASE_URL": settings.database_url,
+            "CORMORANT_ALERTS_PORT": str(self.port),
+            "CORMORANT_ALERTS_SMTP_PORT": str(settings.smtp_port),
+            "CORMORANT_ALERTS_EVALUATION_TICK_S": str(settings.evaluation_tick_s),
+            "CORMORANT_ALERTS_RETRY_BACKOFF_S": str(settings.retry_backoff_s),
+            "CORMORANT_LOG_JSON": "false",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cormorant.alerts"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self.proc
+
+    async def start(self, within: float = 60.0) -> None:
+        """Start the process and wait until its /healthz answers 200."""
+        proc = self.spawn()
+
+        async def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"alerts exited with {proc.returncode}")
+            try:
+                async with httpx.AsyncClient(timeout=1.0) as http:
+                    return (await http.get(f"{self.url}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(healthy, timeout=within, what="alerts healthy", every=0.1)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(35)
+            except subprocess.TimeoutExpired:
+                self.kill()
