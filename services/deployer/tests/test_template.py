@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from cormorant.deployer.runtime.local import LocalRuntime
-from cormorant.deployer.runtime.template import WorkerTemplate
+from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
     DeployerHarness,

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from cormorant.deployer.snapshot import SnapshotStore, write_archive
+from cormorant.deployer.endpoints.snapshot import SnapshotStore, write_archive
 from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}

@@ -17,9 +17,9 @@ from cormorant.deployer.batch import (
     BatchJobOut,
     BatchService,
 )
-from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.endpoints.service import EndpointService
+from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.supervisor import Supervisor
 
 router = APIRouter(tags=["batch jobs"])
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"

@@ -17,25 +17,25 @@ from cormorant.common.db import create_engine, session_factory, upgrade, wait_fo
 from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
-from cormorant.deployer.api import install_validation_messages, router
+from cormorant.deployer.api.endpoints import install_validation_messages, router
+from cormorant.deployer.api.rollout import router as rollout_router
 from cormorant.deployer.api_batch import router as batch_router
 from cormorant.deployer.api_batch import start_batch_jobs
 from cormorant.deployer.api_flows import router as flows_router
-from cormorant.deployer.api_rollout import router as rollout_router
-from cormorant.deployer.autoscale import Autoscaler
-from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.endpoints.service import EndpointService
+from cormorant.deployer.endpoints.snapshot import SnapshotStore
+from cormorant.deployer.endpoints.store import Store
+from cormorant.deployer.fleet.autoscale import Autoscaler
+from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.template import WorkerTemplate
+from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.flows import FlowService
-from cormorant.deployer.handshake import GatewayHandshake
-from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_store import RolloutStore
-from cormorant.deployer.runtime.local import LocalRuntime
-from cormorant.deployer.runtime.template import WorkerTemplate
+from cormorant.deployer.rollout.handshake import GatewayHandshake
+from cormorant.deployer.rollout.progressive import MetricsReader, ProgressiveRollouts
+from cormorant.deployer.rollout.service import RolloutService
+from cormorant.deployer.rollout.store import RolloutStore
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import SnapshotStore
-from cormorant.deployer.store import Store
-from cormorant.deployer.streams import install_streams, stream_router
-from cormorant.deployer.supervisor import Supervisor
+from cormorant.deployer.streams.swap import install_streams, stream_router
 
 TITLE = "cormorant-deployer"
 log = logging.getLogger(__name__)

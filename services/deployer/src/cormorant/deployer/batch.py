@@ -54,9 +54,9 @@ from cormorant.common.predictor.arrow_rows import (
     sendable,
 )
 from cormorant.common.predictor.rows import FIRST_ROW_HEADER, LOG_AS_HEADER
-from cormorant.deployer.endpoints import EndpointNotFound
+from cormorant.deployer.endpoints.service import EndpointNotFound
+from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
 
 if TYPE_CHECKING:
     import pyarrow as pa

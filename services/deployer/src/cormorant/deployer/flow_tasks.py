@@ -24,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from cormorant.common.errors import CormorantError
 from cormorant.deployer.api_batch import batch_service
 from cormorant.deployer.batch import BatchJobIn
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_schemas import RolloutIn, VersionCreate
-from cormorant.deployer.schemas import EndpointCreate, ReplicasIn, ServerValue
-from cormorant.deployer.store import slugify
+from cormorant.deployer.endpoints.schemas import EndpointCreate, ReplicasIn, ServerValue
+from cormorant.deployer.endpoints.service import EndpointService
+from cormorant.deployer.endpoints.store import slugify
+from cormorant.deployer.rollout.schemas import RolloutIn, VersionCreate
+from cormorant.deployer.rollout.service import RolloutService
 
 log = logging.getLogger(__name__)
 

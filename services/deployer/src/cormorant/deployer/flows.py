@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cormorant.common.db.models import Flow, FlowRun, JobStatus
 from cormorant.common.errors import BadRequest, NotFound
 from cormorant.common.events import FlowRunChanged, FlowRunStatus, subject_token
-from cormorant.deployer.endpoints import EndpointService
+from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.flow_tasks import TASK_TYPES, FlowTask, TaskContext, TaskFailed
-from cormorant.deployer.rollout import RolloutService
+from cormorant.deployer.rollout.service import RolloutService
 
 log = logging.getLogger(__name__)
 

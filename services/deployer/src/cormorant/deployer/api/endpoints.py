@@ -14,8 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cormorant.common.errors import error_response
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.schemas import (
+from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -26,6 +25,7 @@ from cormorant.deployer.schemas import (
     RoutingTable,
     TokenOut,
 )
+from cormorant.deployer.endpoints.service import EndpointService
 
 router = APIRouter()
 

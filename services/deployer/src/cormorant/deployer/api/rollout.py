@@ -6,14 +6,14 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_schemas import (
+from cormorant.deployer.rollout.schemas import (
     RolloutIn,
     TrafficOut,
     VersionCreate,
     VersionList,
     VersionOut,
 )
+from cormorant.deployer.rollout.service import RolloutService
 
 router = APIRouter(tags=["rollout"])
 

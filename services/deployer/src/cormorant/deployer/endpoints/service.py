@@ -12,9 +12,7 @@ from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
 from cormorant.common.errors import BadRequest, NotFound
 from cormorant.common.events import EndpointChanged, TrafficChanged
-from cormorant.deployer.kafka_admin import prepare_stream_spec
-from cormorant.deployer.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
-from cormorant.deployer.schemas import (
+from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -25,20 +23,22 @@ from cormorant.deployer.schemas import (
     RoutingTable,
     TokenOut,
 )
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import Snapshot, SnapshotStore
-from cormorant.deployer.sources import checkout
-from cormorant.deployer.store import (
+from cormorant.deployer.endpoints.snapshot import Snapshot, SnapshotStore
+from cormorant.deployer.endpoints.sources import checkout
+from cormorant.deployer.endpoints.store import (
     EndpointRecord,
     NewEndpoint,
     Store,
     VersionRecord,
     slugify,
 )
-from cormorant.deployer.stream_spec import bridge_options
-from cormorant.deployer.supervisor import Publisher, Supervisor
-from cormorant.deployer.validation import check_code, resolve_spec, server_flag_value
-from cormorant.deployer.views import endpoint_view, event_attributes, version_created
+from cormorant.deployer.endpoints.validation import check_code, resolve_spec, server_flag_value
+from cormorant.deployer.endpoints.views import endpoint_view, event_attributes, version_created
+from cormorant.deployer.fleet.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
+from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.streams.admin import prepare_stream_spec
+from cormorant.deployer.streams.spec import bridge_options
 
 log = logging.getLogger(__name__)
 

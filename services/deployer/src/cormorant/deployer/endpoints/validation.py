@@ -13,7 +13,12 @@ from pathlib import Path
 
 from cormorant.common.errors import BadRequest
 from cormorant.common.predictor import InvalidFileName, check_file_name
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec, ServerValue
+from cormorant.deployer.endpoints.schemas import (
+    EndpointCreate,
+    EndpointSpec,
+    ReplicasSpec,
+    ServerValue,
+)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -21,7 +21,7 @@ from typing import TypeVar
 from nats.aio.msg import Msg
 
 from cormorant.common.events import EventDecodeError, LoadReported, decode
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
 
 log = logging.getLogger(__name__)
 

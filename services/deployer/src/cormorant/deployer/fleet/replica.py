@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cormorant.common.events import ReplicaChanged, ReplicaState
-from cormorant.deployer.runtime import ReplicaHandle, ReplicaLaunch, refusal_reason
+from cormorant.deployer.endpoints.views import ReplicaEvent
+from cormorant.deployer.fleet.runtime import ReplicaHandle, ReplicaLaunch, refusal_reason
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.views import ReplicaEvent
 
 if TYPE_CHECKING:
-    from cormorant.deployer.schemas import EndpointSpec
-    from cormorant.deployer.store import VersionRecord
-    from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+    from cormorant.deployer.endpoints.schemas import EndpointSpec
+    from cormorant.deployer.endpoints.store import VersionRecord
+    from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
 
 log = logging.getLogger(__name__)
 

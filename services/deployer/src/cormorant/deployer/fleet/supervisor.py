@@ -21,21 +21,21 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
 from cormorant.common.web import REPLICA_HEADER
-from cormorant.deployer.replicas import Failure, ReplicaRunner
-from cormorant.deployer.runtime import ReplicaLaunch, Runtime
-from cormorant.deployer.schemas import EndpointOut, EndpointSpec
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import SnapshotStore
-from cormorant.deployer.store import (
+from cormorant.deployer.endpoints.schemas import EndpointOut, EndpointSpec
+from cormorant.deployer.endpoints.snapshot import SnapshotStore
+from cormorant.deployer.endpoints.store import (
     EndpointRecord,
     ReplicaRecord,
     StatusChange,
     Store,
     VersionRecord,
 )
-from cormorant.deployer.stream_spec import bridge_options
-from cormorant.deployer.validation import server_flag_value
-from cormorant.deployer.views import ReplicaEvent, endpoint_view, event_attributes
+from cormorant.deployer.endpoints.validation import server_flag_value
+from cormorant.deployer.endpoints.views import ReplicaEvent, endpoint_view, event_attributes
+from cormorant.deployer.fleet.replica import Failure, ReplicaRunner
+from cormorant.deployer.fleet.runtime import ReplicaLaunch, Runtime
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.streams.spec import bridge_options
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,14 @@ from pydantic import ValidationError
 from cormorant.common.db.models import RolloutStatus, VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
 from cormorant.common.events import TrafficChanged
-from cormorant.deployer.endpoints import EndpointNotFound, EndpointService
-from cormorant.deployer.handshake import GatewayHandshake
-from cormorant.deployer.rollout_schemas import (
+from cormorant.deployer.endpoints.schemas import EndpointCreate, EndpointSpec
+from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
+from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.deployer.endpoints.validation import resolve_spec
+from cormorant.deployer.endpoints.views import version_created
+from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.rollout.handshake import GatewayHandshake
+from cormorant.deployer.rollout.schemas import (
     ReplicaOut,
     RolloutIn,
     TrafficOut,
@@ -36,12 +41,7 @@ from cormorant.deployer.rollout_schemas import (
     VersionList,
     VersionOut,
 )
-from cormorant.deployer.rollout_store import RolloutStore, TrafficState
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec
-from cormorant.deployer.store import EndpointRecord, VersionRecord
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
-from cormorant.deployer.validation import resolve_spec
-from cormorant.deployer.views import version_created
+from cormorant.deployer.rollout.store import RolloutStore, TrafficState
 
 log = logging.getLogger(__name__)
 

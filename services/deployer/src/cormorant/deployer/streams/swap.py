@@ -36,17 +36,17 @@ from pydantic import BaseModel
 from cormorant.common.db.models import VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, NotFound
 from cormorant.common.events import EndpointChanged
-from cormorant.deployer.autoscale import Recommendation, decide_for, recommend, run_every
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.replicas import ReplicaRunner
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_schemas import TrafficOut
-from cormorant.deployer.schemas import EndpointSpec, ReplicasSpec
+from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.deployer.endpoints.service import EndpointService
+from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.deployer.endpoints.views import event_attributes
+from cormorant.deployer.fleet.autoscale import Recommendation, decide_for, recommend, run_every
+from cormorant.deployer.fleet.replica import ReplicaRunner
+from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.rollout.schemas import TrafficOut
+from cormorant.deployer.rollout.service import RolloutService
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.store import EndpointRecord, VersionRecord
-from cormorant.deployer.stream_spec import consumer_group, stored_kafka
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
-from cormorant.deployer.views import event_attributes
+from cormorant.deployer.streams.spec import consumer_group, stored_kafka
 
 log = logging.getLogger(__name__)
 
