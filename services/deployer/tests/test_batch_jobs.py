@@ -10,8 +10,9 @@ import pytest
 
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory
+from cormorant.common.testing.waits import eventually
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, wait_until
+from cormorant.deployer.testing import DeployerHarness
 
 SLOW_MODEL = """\
 import time
@@ -64,7 +65,7 @@ async def start_slow_job(
         job = await get_job(deployer, slug, job_id)
         return job["status"] == "running" and job["rows_done"] > 0
 
-    await wait_until(progressing, timeout=60)
+    await eventually(progressing, within=60)
     return slug, job_id
 
 
@@ -139,7 +140,7 @@ async def test_a_batch_predict_flow_task_runs_a_job_to_its_end(
         run: dict[str, Any] = response.json()
         return run if run["status"] in ("succeeded", "failed") else None
 
-    run = await wait_until(finished, timeout=90, what="the flow finished")
+    run = await eventually(finished, within=90, what="the flow finished")
     assert run["status"] == "succeeded", run
     assert "3 rows (0 failed) → numbers@2/scored.csv" in run["tasks"][0]["output"]
     output = await datasets.read_file("numbers@2/scored.csv")
@@ -187,7 +188,7 @@ async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
             job = await get_job(deployer, slug, job_id)
             return job if job["status"] in ("succeeded", "failed") else None
 
-        job = await wait_until(ended, timeout=120, what="the job ended")
+        job = await eventually(ended, within=120, what="the job ended")
         assert job["status"] == "succeeded", job
         assert (job["rows_done"], job["failures"]) == (1_000, 0)
         output = await datasets.read_file(job["output_reference"])

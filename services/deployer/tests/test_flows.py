@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cormorant.deployer.testing import DeployerHarness, wait_until
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.testing import DeployerHarness
 
 FLOW = """\
 name: build-and-ship
@@ -45,7 +46,7 @@ async def run_to_end(deployer: DeployerHarness, name: str) -> dict[str, Any]:
         ).json()
         return run if run["status"] in ("succeeded", "failed") else None
 
-    return await wait_until(finished, timeout=120, what=f"flow {name} finished")
+    return await eventually(finished, within=120, what=f"flow {name} finished")
 
 
 async def test_flow_runs_tasks_in_order_and_stops_at_the_first_failure(

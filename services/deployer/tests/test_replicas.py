@@ -164,8 +164,7 @@ async def _grow_from_two_to_three(deployer: DeployerHarness, model_dir: Path) ->
     await deployer.wait_running("grow", ready=2)
     marker = str(deployer.settings.data_dir)
     serving = {p.pid for p in worker_processes(marker) if "grow" in p.cmdline()}
-    assert deployer.app is not None
-    supervisor = deployer.app.state.supervisor
+    supervisor = deployer.state["supervisor"]
     [endpoint] = [e for e in supervisor.endpoints.values() if e.slug == "grow"]
 
     await supervisor.scale(endpoint, 3)

@@ -13,8 +13,8 @@ import pytest
 
 from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
 from cormorant.deployer.fleet.runtime import ReplicaLaunch
+from cormorant.deployer.streams.lag import desired_for_lag, group_lag, parse_metrics
 from cormorant.deployer.streams.spec import bridge_options, parse_kafka, public_kafka
-from cormorant.deployer.streams.swap import desired_for_lag, group_lag, parse_metrics
 
 METRICS = """\
 # HELP cormorant_kafka_bridge_messages_produced_total Predictions produced.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import weakref
-from typing import Annotated, cast
+from typing import Annotated, TypedDict
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,14 +16,17 @@ from cormorant.deployer.batch import (
     BatchJobOut,
     BatchService,
 )
-from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.settings import DeployerSettings
 
 router = APIRouter(tags=["batch jobs"])
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"
 
-_SERVICES: weakref.WeakKeyDictionary[EndpointService, BatchService] = weakref.WeakKeyDictionary()
+
+class BatchState(TypedDict):
+    """The part of the lifespan state batch routes read."""
+
+    batch: BatchService
 
 
 async def start_batch_jobs(
@@ -32,7 +34,6 @@ async def start_batch_jobs(
     sessions: async_sessionmaker[AsyncSession],
     supervisor: Supervisor,
     http: httpx.AsyncClient,
-    endpoints: EndpointService,
 ) -> BatchService:
     """The batch-job service, once jobs a previous deployer left are marked failed."""
     blobs = BlobStore(
@@ -47,17 +48,12 @@ async def start_batch_jobs(
         http=http,
     )
     await service.recover()
-    _SERVICES[endpoints] = service
     return service
 
 
-def batch_service(endpoints: EndpointService) -> BatchService | None:
-    """The batch-job service running beside ``endpoints`` (for flow tasks)."""
-    return _SERVICES.get(endpoints)
-
-
 def _service(request: Request) -> BatchService:
-    return cast(BatchService, request.app.state.batch)
+    state: BatchState = request.scope["state"]
+    return state["batch"]
 
 
 BatchDep = Annotated[BatchService, Depends(_service)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated, TypedDict
 
 from fastapi import APIRouter, Depends, Request
 
@@ -11,8 +11,15 @@ from cormorant.deployer.flows import FlowIn, FlowList, FlowOut, FlowService, Run
 router = APIRouter(tags=["flows"])
 
 
+class FlowsState(TypedDict):
+    """The part of the lifespan state flow routes read."""
+
+    flows: FlowService
+
+
 def _service(request: Request) -> FlowService:
-    return cast(FlowService, request.app.state.flows)
+    state: FlowsState = request.scope["state"]
+    return state["flows"]
 
 
 FlowsDep = Annotated[FlowService, Depends(_service)]

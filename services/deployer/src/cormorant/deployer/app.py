@@ -1,4 +1,9 @@
-"""The Deployer service's ASGI app: endpoints API, routing table, replica supervision."""
+"""The Deployer's composition root: builds every component, starts them, yields them typed.
+
+Nothing here decides anything: each component owns its tasks (started here, stopped in
+reverse order), and the routes read the components from the lifespan state
+(``api.deps.DeployerState``) through typed dependencies.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,22 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
 from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
-from cormorant.common.events import LoadReported
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
-from cormorant.deployer.api.endpoints import install_validation_messages, router
-from cormorant.deployer.api.rollout import router as rollout_router
+from cormorant.deployer.api import endpoints as endpoints_api
+from cormorant.deployer.api import rollout as rollout_api
+from cormorant.deployer.api import streams as streams_api
+from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.api_batch import router as batch_router
 from cormorant.deployer.api_batch import start_batch_jobs
 from cormorant.deployer.api_flows import router as flows_router
+from cormorant.deployer.batch import BatchService
 from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
@@ -35,13 +41,19 @@ from cormorant.deployer.rollout.progressive import MetricsReader, ProgressiveRol
 from cormorant.deployer.rollout.service import RolloutService
 from cormorant.deployer.rollout.store import RolloutStore
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.swap import install_streams, stream_router
+from cormorant.deployer.streams.lag import StreamAutoscaler
+from cormorant.deployer.streams.status import StreamService
+from cormorant.deployer.streams.swap import StreamRollout
 
 TITLE = "cormorant-deployer"
 log = logging.getLogger(__name__)
 
-# Subscribed with core NATS: load reports are live signals, never stored (see LoadReported).
-LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
+
+class _StateWithBatchAndFlows(DeployerState):
+    """Batch jobs and flows beside the deployer's own components, until they move out."""
+
+    batch: BatchService
+    flows: FlowService
 
 
 def replica_environment(settings: DeployerSettings) -> dict[str, str]:
@@ -62,7 +74,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     started = asyncio.Event()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[_StateWithBatchAndFlows]:
         data_dir = settings.data_dir.resolve()
         resolved = settings.model_copy(update={"data_dir": data_dir})
         async with AsyncExitStack() as stack:
@@ -103,7 +115,6 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             # Ended after the supervisor closed (callbacks run last-in first-out).
             runtime.open()
             stack.push_async_callback(runtime.close)
-            tasks = await stack.enter_async_context(asyncio.TaskGroup())
             supervisor = Supervisor(
                 settings=resolved,
                 runtime=runtime,
@@ -111,11 +122,10 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 snapshots=snapshots,
                 publisher=publisher,
                 http=http,
-                tasks=tasks,
             )
-            # Runs before the task group exits: every task it waits for is cancelled first.
             stack.push_async_callback(supervisor.close)
             await supervisor.load()
+            supervisor.start()
 
             autoscaler = Autoscaler(
                 supervisor,
@@ -123,13 +133,17 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 interval=resolved.autoscale_interval_s,
                 scale_down_delay=resolved.scale_down_delay_s,
             )
-            subscription = await nc.subscribe(LOAD_SUBJECT, cb=autoscaler.on_message)
-            stack.push_async_callback(_unsubscribe, subscription)
-            supervisor.spawn(autoscaler.run(), name="autoscaler")
-            supervisor.spawn(supervisor.reconcile_forever(), name="reconciler")
-            install_streams(app, supervisor, resolved)
+            await autoscaler.start(nc)
+            stack.push_async_callback(autoscaler.stop)
+            scaler = StreamAutoscaler(
+                supervisor,
+                interval=resolved.autoscale_interval_s,
+                scale_down_delay=resolved.scale_down_delay_s,
+            )
+            scaler.start()
+            stack.push_async_callback(scaler.stop)
 
-            app.state.service = EndpointService(
+            endpoints = EndpointService(
                 settings=resolved,
                 store=store,
                 supervisor=supervisor,
@@ -137,45 +151,44 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 runtime=runtime,
                 publisher=publisher,
             )
-            app.state.supervisor = supervisor
             rollouts = RolloutService(
-                endpoints=app.state.service,
+                endpoints=endpoints,
                 store=RolloutStore(store.sessions),
                 handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
             )
+            stack.push_async_callback(rollouts.close)
             reader = MetricsReader(http, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            rollouts.kinds["stream"] = app.state.stream_rollout
+            rollouts.kinds["stream"] = StreamRollout(scaler)
             await rollouts.recover()
-            app.state.rollouts = rollouts
-            app.state.flows = FlowService(
-                sessions=store.sessions, endpoints=app.state.service, rollouts=rollouts
+            state = DeployerState(
+                endpoints=endpoints,
+                rollouts=rollouts,
+                streams=StreamService(store=store, supervisor=supervisor, scaler=scaler, http=http),
+                supervisor=supervisor,
+                runtime=runtime,
             )
-            app.state.batch = await start_batch_jobs(
-                resolved, store.sessions, supervisor, http, app.state.service
+
+            # Batch jobs and flows: removed from here when they move to their own services.
+            batch = await start_batch_jobs(resolved, store.sessions, supervisor, http)
+            flows = FlowService(
+                sessions=store.sessions, endpoints=endpoints, rollouts=rollouts, batch=batch
             )
+
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
-                yield
+                yield _StateWithBatchAndFlows(**state, batch=batch, flows=flows)
             finally:
                 started.clear()
 
     app = create_service_app(
         title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
     )
-    install_validation_messages(app)
-    app.include_router(router)
-    app.include_router(rollout_router)
+    endpoints_api.install_validation_messages(app)
+    app.include_router(endpoints_api.router)
+    app.include_router(rollout_api.router)
     app.include_router(flows_router)
-    app.include_router(stream_router)
+    app.include_router(streams_api.router)
     app.include_router(batch_router)
-    app.state.settings = settings
     return app
-
-
-async def _unsubscribe(subscription: Any) -> None:
-    try:
-        await subscription.unsubscribe()
-    except Exception as exc:  # a closed connection has no subscription left to remove
-        log.debug("load subscription already gone: %s", exc)

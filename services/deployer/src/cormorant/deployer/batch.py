@@ -55,7 +55,8 @@ from cormorant.common.predictor.arrow_rows import (
 )
 from cormorant.common.predictor.rows import FIRST_ROW_HEADER, LOG_AS_HEADER
 from cormorant.deployer.endpoints.service import EndpointNotFound
-from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.settings import DeployerSettings
 
 if TYPE_CHECKING:

@@ -22,8 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from cormorant.common.errors import CormorantError
-from cormorant.deployer.api_batch import batch_service
-from cormorant.deployer.batch import BatchJobIn
+from cormorant.deployer.batch import BatchJobIn, BatchService
 from cormorant.deployer.endpoints.schemas import EndpointCreate, ReplicasIn, ServerValue
 from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.store import slugify
@@ -52,6 +51,8 @@ class TaskContext:
     directory: Path
     endpoints: EndpointService
     rollouts: RolloutService
+    batch: BatchService | None = None
+    """The batch jobs of this deployer, for ``batch-predict`` tasks."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output of each earlier task of the run, by task name."""
 
@@ -252,7 +253,7 @@ class BatchPredictTask(FlowTask):
 
     async def run(self, ctx: TaskContext) -> str:
         """Run the job to its end; its output reference and figures."""
-        service = batch_service(ctx.endpoints)
+        service = ctx.batch
         if service is None:
             raise TaskFailed("batch jobs are not running in this deployer")
         body = BatchJobIn(

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cormorant.common.db.models import Flow, FlowRun, JobStatus
 from cormorant.common.errors import BadRequest, NotFound
 from cormorant.common.events import FlowRunChanged, FlowRunStatus, subject_token
+from cormorant.deployer.batch import BatchService
 from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.flow_tasks import TASK_TYPES, FlowTask, TaskContext, TaskFailed
 from cormorant.deployer.rollout.service import RolloutService
@@ -174,10 +175,12 @@ class FlowService:
         sessions: async_sessionmaker[AsyncSession],
         endpoints: EndpointService,
         rollouts: RolloutService,
+        batch: BatchService | None = None,
     ) -> None:
         self.sessions = sessions
         self.endpoints = endpoints
         self.rollouts = rollouts
+        self.batch = batch
 
     async def save(self, body: FlowIn) -> FlowOut:
         """Store the flow under its name (replacing an earlier one of that name)."""
@@ -255,7 +258,9 @@ class FlowService:
     async def _run(
         self, name: str, run_id: uuid.UUID, directory: Path, tasks: list[FlowTask]
     ) -> None:
-        ctx = TaskContext(directory=directory, endpoints=self.endpoints, rollouts=self.rollouts)
+        ctx = TaskContext(
+            directory=directory, endpoints=self.endpoints, rollouts=self.rollouts, batch=self.batch
+        )
         records = [TaskOut(name=t.name or "", type=t.type, status="pending") for t in tasks]
         error: str | None = None
         for task, record in zip(tasks, records, strict=True):

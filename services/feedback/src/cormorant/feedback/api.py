@@ -7,7 +7,7 @@ rendered by the platform's one handler.
 from __future__ import annotations
 
 import mimetypes
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypedDict
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
@@ -27,12 +27,24 @@ from cormorant.feedback.uploads import FILE_FIELD, PATH_FIELD, receive_upload
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 
+class FeedbackState(TypedDict):
+    """What the app's lifespan yields for the routes."""
+
+    datasets: DatasetStore
+    settings: FeedbackSettings
+
+
+def _state(request: Request) -> FeedbackState:
+    state: FeedbackState = request.scope["state"]
+    return state
+
+
 def _store(request: Request) -> DatasetStore:
-    return cast(DatasetStore, request.app.state.datasets)
+    return _state(request)["datasets"]
 
 
 def _settings(request: Request) -> FeedbackSettings:
-    return cast(FeedbackSettings, request.app.state.settings)
+    return _state(request)["settings"]
 
 
 StoreDep = Annotated[DatasetStore, Depends(_store)]

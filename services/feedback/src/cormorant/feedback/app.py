@@ -13,7 +13,7 @@ from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
-from cormorant.feedback.api import router
+from cormorant.feedback.api import FeedbackState, router
 from cormorant.feedback.settings import FeedbackSettings
 
 TITLE = "cormorant-feedback"
@@ -26,7 +26,7 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
     started = asyncio.Event()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[FeedbackState]:
         async with AsyncExitStack() as stack:
             if settings.otlp_endpoint:
                 provider = setup_tracing(TITLE, settings.otlp_endpoint)
@@ -40,11 +40,11 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
                 storage_options=settings.datasets_storage_options,
             )
             await blobs.prepare()
-            app.state.datasets = DatasetStore(session_factory(engine), blobs)
+            datasets = DatasetStore(session_factory(engine), blobs)
             started.set()
             log.info("feedback ready; datasets stored at %s", blobs.url)
             try:
-                yield
+                yield FeedbackState(datasets=datasets, settings=settings)
             finally:
                 started.clear()
 
@@ -52,5 +52,4 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
         title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(router)
-    app.state.settings = settings
     return app

@@ -6,14 +6,15 @@ rendered by the platform's one handler.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cormorant.common.errors import error_response
+from cormorant.deployer.api.deps import EndpointsDep as ServiceDep
 from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
@@ -25,16 +26,8 @@ from cormorant.deployer.endpoints.schemas import (
     RoutingTable,
     TokenOut,
 )
-from cormorant.deployer.endpoints.service import EndpointService
 
 router = APIRouter()
-
-
-def _service(request: Request) -> EndpointService:
-    return cast(EndpointService, request.app.state.service)
-
-
-ServiceDep = Annotated[EndpointService, Depends(_service)]
 
 
 @router.post("/api/v1/endpoints", status_code=201, tags=["endpoints"])

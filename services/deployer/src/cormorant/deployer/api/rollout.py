@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Request
-
+from cormorant.deployer.api.deps import RolloutsDep as RolloutDep
 from cormorant.deployer.rollout.schemas import (
     RolloutIn,
     TrafficOut,
@@ -13,16 +12,8 @@ from cormorant.deployer.rollout.schemas import (
     VersionList,
     VersionOut,
 )
-from cormorant.deployer.rollout.service import RolloutService
 
 router = APIRouter(tags=["rollout"])
-
-
-def _service(request: Request) -> RolloutService:
-    return cast(RolloutService, request.app.state.rollouts)
-
-
-RolloutDep = Annotated[RolloutService, Depends(_service)]
 
 
 @router.post("/api/v1/endpoints/{slug}/versions", status_code=201)

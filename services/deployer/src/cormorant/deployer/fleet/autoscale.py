@@ -18,14 +18,21 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from cormorant.common.events import EventDecodeError, LoadReported, decode
-from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
+from cormorant.common.tasks import TaskSet
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+
+# Subscribed with core NATS: load reports are live signals, never stored (see LoadReported).
+LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +161,23 @@ class Autoscaler:
         self.scale_down_delay = scale_down_delay
         self.clock = clock or asyncio.get_running_loop().time
         self.history: dict[str, tuple[Recommendation, ...]] = {}
+        self.tasks = TaskSet("autoscaler")
+        self._subscription: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        """Follow the gateways' load reports and decide every ``interval`` s until ``stop``."""
+        self._subscription = await nc.subscribe(LOAD_SUBJECT, cb=self.on_message)
+        self.tasks.spawn(self.run(), name="autoscaler")
+
+    async def stop(self) -> None:
+        """Stop deciding and following the reports."""
+        await self.tasks.close()
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except Exception as exc:  # a closed connection has no subscription left to remove
+                log.debug("load subscription already gone: %s", exc)
 
     async def on_message(self, msg: Msg) -> None:
         """Record one ``LoadReported`` message from the core subscription."""

@@ -12,27 +12,25 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
+from cormorant.common.retry import Backoff, retry
+from cormorant.common.tasks import TaskSet
 from cormorant.common.web import REPLICA_HEADER
-from cormorant.deployer.endpoints.schemas import EndpointOut, EndpointSpec
+from cormorant.deployer.endpoints.schemas import EndpointOut
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import (
     EndpointRecord,
     ReplicaRecord,
     StatusChange,
     Store,
-    VersionRecord,
 )
-from cormorant.deployer.endpoints.validation import server_flag_value
-from cormorant.deployer.endpoints.views import ReplicaEvent, endpoint_view, event_attributes
-from cormorant.deployer.fleet.replica import Failure, ReplicaRunner
+from cormorant.deployer.endpoints.views import endpoint_view, event_attributes
+from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
 from cormorant.deployer.fleet.runtime import ReplicaLaunch, Runtime
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.spec import bridge_options
@@ -44,71 +42,22 @@ _PROBE_TIMEOUT_S = 2.0
 _LOAD_FAILED = "model_load_failed"
 
 
+# Only a lost connection is worth waiting for (a failover takes seconds); 6 tries over ~6 s.
+_DB_WRITE_BACKOFF = Backoff(initial=0.2, cap=3.2, attempts=6)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError)
+
+
 class Publisher(Protocol):
     """Where events go once the database holds the change (a ``BatchedPublisher``)."""
 
     def publish(self, event: Event) -> bool:
         """Queue ``event`` without blocking."""
         ...
-
-
-@dataclass(eq=False, slots=True)
-class EndpointRuntime:
-    """The supervisor's picture of one endpoint and its replicas."""
-
-    id: uuid.UUID
-    slug: str
-    kind: str
-    spec: EndpointSpec
-    version: VersionRecord
-    source_dir: Path
-    desired: int
-    status: str
-    reason: str | None
-    events: deque[ReplicaEvent]
-    replicas: dict[uuid.UUID, ReplicaRunner] = field(default_factory=dict)
-    failure: str | None = None
-    deleted: bool = False
-    published: tuple[object, ...] = ()
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    primary: bool = True
-    """Whether this is the version that sets the endpoint's status (and is autoscaled);
-    a canary or a retiring version runs beside it (see ``rollout.py``)."""
-
-    def launch(
-        self,
-        replica_id: uuid.UUID,
-        *,
-        version: VersionRecord | None = None,
-        source_dir: Path | None = None,
-        spec: EndpointSpec | None = None,
-    ) -> ReplicaLaunch:
-        """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
-        default) with ``spec``'s code fields (the endpoint's by default)."""
-        spec = spec or self.spec
-        return ReplicaLaunch(
-            replica_id=str(replica_id),
-            endpoint=self.slug,
-            version=(version or self.version).label,
-            source=source_dir or self.source_dir,
-            file=spec.file,
-            function=spec.function,
-            preprocess_file=spec.preprocess_file,
-            preprocess_function=spec.preprocess_function,
-            accepts_file=spec.accepts_file,
-            env=dict(spec.env),
-            server={key: server_flag_value(value) for key, value in spec.server.items()},
-            bridge=bridge_options(self.slug, self.id, spec) if self.kind == "stream" else None,
-        )
-
-    def active(self) -> list[ReplicaRunner]:
-        """Replicas not asked to stop."""
-        return [r for r in self.replicas.values() if not r.stop_requested.is_set()]
-
-    def ready_count(self) -> int:
-        """Replicas that receive traffic."""
-        return sum(1 for r in self.replicas.values() if r.state == "ready")
 
 
 def _victims(replicas: Iterable[ReplicaRunner], count: int) -> list[ReplicaRunner]:
@@ -132,7 +81,6 @@ class Supervisor:
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,
-        tasks: asyncio.TaskGroup,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -140,22 +88,24 @@ class Supervisor:
         self.snapshots = snapshots
         self.publisher = publisher
         self.http = http
-        self.tasks = tasks
+        self.tasks = TaskSet("supervisor")
+        """The replica runners and the reconcile loop (and, until they move out of the
+        deployer, batch jobs and flow runs)."""
         self.endpoints: dict[uuid.UUID, EndpointRuntime] = {}
         self.others: dict[uuid.UUID, dict[str, EndpointRuntime]] = {}
         """Per endpoint, the versions running beside the primary one, by label."""
-        self._running: set[asyncio.Task[None]] = set()
         self.runners: set[ReplicaRunner] = set()
         """Every replica runner not yet finished, wherever it is held (a stream swap's incoming
         replicas are outside their endpoint's set while they warm up)."""
         self.closing = False
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run ``coro`` in the service's task group, cancelled at shutdown."""
-        task = self.tasks.create_task(coro, name=name)
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return task
+        """Run ``coro`` among the supervisor's tasks, cancelled when it closes."""
+        return self.tasks.spawn(coro, name=name)
+
+    def start(self) -> None:
+        """Start the reconcile loop (after ``load``)."""
+        self.spawn(self.reconcile_forever(), name="reconciler")
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` to the bus (after the database write it reports)."""
@@ -165,21 +115,12 @@ class Supervisor:
         self, replica_id: uuid.UUID, status: StatusChange | None = None, **values: Any
     ) -> None:
         """Update a replica row, retrying briefly while the database is unreachable."""
-        delay = 0.2
-        for attempt in range(6):
-            try:
-                await self.store.update_replica(replica_id, status, **values)
-                return
-            except (DBAPIError, OSError, TimeoutError) as exc:
-                lost = not isinstance(exc, DBAPIError) or (
-                    exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-                )
-                # Only a lost connection is worth waiting for; anything else is a bug.
-                if attempt == 5 or not lost:
-                    raise
-                log.warning("replica %s: database write failed (%s); retrying", replica_id, exc)
-            await asyncio.sleep(delay)
-            delay *= 2
+        await retry(
+            lambda: self.store.update_replica(replica_id, status, **values),
+            _DB_WRITE_BACKOFF,
+            retryable=_connection_lost,
+            what=f"replica {replica_id}: database write",
+        )
 
     async def track(self, record: EndpointRecord) -> EndpointRuntime:
         """Start supervising an endpoint (its replicas start on ``converge``)."""
@@ -432,8 +373,4 @@ class Supervisor:
                 for runner in runners:
                     runner.stop_requested.set()
                 await asyncio.gather(*(runner.done.wait() for runner in runners))
-        tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self.tasks.close()

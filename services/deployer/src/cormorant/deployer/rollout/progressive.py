@@ -313,7 +313,7 @@ class ProgressiveRollouts:
                     rollout_id, status=RolloutStatus.FAILED, reason=str(exc)
                 )
             raise
-        self.tasks[record.id] = service.supervisor.spawn(
+        self.tasks[record.id] = service.tasks.spawn(
             self._run(record, version, policy, rollout_id),
             name=f"rollout-{record.slug}-{version}",
         )

@@ -26,12 +26,14 @@ from pydantic import ValidationError
 from cormorant.common.db.models import RolloutStatus, VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
 from cormorant.common.events import TrafficChanged
+from cormorant.common.tasks import TaskSet
 from cormorant.deployer.endpoints.schemas import EndpointCreate, EndpointSpec
 from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
 from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
 from cormorant.deployer.endpoints.validation import resolve_spec
 from cormorant.deployer.endpoints.views import version_created
-from cormorant.deployer.fleet.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.schemas import (
     ReplicaOut,
@@ -99,6 +101,12 @@ class RolloutService:
         """The progressive rollout in progress per endpoint (see ``policy.py``)."""
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._retiring: dict[uuid.UUID, set[str]] = {}
+        self.tasks = TaskSet("rollouts")
+        """Retirements of versions and the steps of progressive rollouts."""
+
+    async def close(self) -> None:
+        """Cancel the retirements and progressive rollouts in progress."""
+        await self.tasks.close()
 
     @property
     def supervisor(self) -> Supervisor:
@@ -388,7 +396,7 @@ class RolloutService:
     ) -> None:
         label = runtime.version.label
         self._retiring.setdefault(record.id, set()).add(label)
-        self.supervisor.spawn(
+        self.tasks.spawn(
             self._retire(record, runtime, generation), name=f"retire-{record.slug}-{label}"
         )
 
