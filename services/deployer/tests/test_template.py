@@ -60,7 +60,7 @@ async def kill_and_await_restart(deployer: DeployerHarness, slug: str, pid: int)
 
 async def ready_template(deployer: DeployerHarness) -> WorkerTemplate:
     """The deployer's template, once it has imported everything."""
-    runtime = deployer.state["runtime"]
+    runtime = deployer.state["fleet"].runtime
     assert isinstance(runtime, LocalRuntime)
     assert runtime.template is not None
     assert await runtime.template.wait_ready(120), "the worker template did not become ready"
@@ -243,7 +243,7 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
     """`preload_modules` empty: no template; the replica is the deployer's own child process."""
     settings = deployer_settings.model_copy(update={"preload_modules": []})
     async with running_deployer(settings) as deployer:
-        runtime = deployer.state["runtime"]
+        runtime = deployer.state["fleet"].runtime
         assert isinstance(runtime, LocalRuntime)
         assert runtime.template is None
         await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})

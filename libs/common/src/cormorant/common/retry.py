@@ -33,7 +33,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """The wait after ``failures`` consecutive failures (1: after the first)."""
-        delay = min(self.cap, self.initial * self.factor ** min(max(failures - 1, 0), 60))
+        delay = min(self.cap, self.initial * self.factor ** min(failures - 1, 60))
         if self.jitter:
             delay *= random.uniform(1.0 - self.jitter, 1.0 + self.jitter)
         return delay

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypedDict
+from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.datasets import BlobStore, DatasetStore
+from cormorant.common.lifespan import from_state
 from cormorant.deployer.batch import (
     BatchJobComparison,
     BatchJobIn,
@@ -21,12 +22,6 @@ from cormorant.deployer.settings import DeployerSettings
 
 router = APIRouter(tags=["batch jobs"])
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"
-
-
-class BatchState(TypedDict):
-    """The part of the lifespan state batch routes read."""
-
-    batch: BatchService
 
 
 async def start_batch_jobs(
@@ -51,12 +46,7 @@ async def start_batch_jobs(
     return service
 
 
-def _service(request: Request) -> BatchService:
-    state: BatchState = request.scope["state"]
-    return state["batch"]
-
-
-BatchDep = Annotated[BatchService, Depends(_service)]
+BatchDep = Annotated[BatchService, Depends(from_state("batch", BatchService))]
 
 
 @router.post(PREFIX, status_code=202)

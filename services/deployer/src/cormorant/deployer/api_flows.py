@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypedDict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
+from cormorant.common.lifespan import from_state
 from cormorant.deployer.flows import FlowIn, FlowList, FlowOut, FlowService, RunList, RunOut
 
 router = APIRouter(tags=["flows"])
 
 
-class FlowsState(TypedDict):
-    """The part of the lifespan state flow routes read."""
-
-    flows: FlowService
-
-
-def _service(request: Request) -> FlowService:
-    state: FlowsState = request.scope["state"]
-    return state["flows"]
-
-
-FlowsDep = Annotated[FlowService, Depends(_service)]
+FlowsDep = Annotated[FlowService, Depends(from_state("flows", FlowService))]
 
 
 @router.post("/api/v1/flows", status_code=201)

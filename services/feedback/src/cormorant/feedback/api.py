@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from cormorant.common.datasets import DatasetStore
+from cormorant.common.lifespan import from_state
 from cormorant.feedback.schemas import (
     DatasetCreate,
     DatasetList,
@@ -34,21 +35,8 @@ class FeedbackState(TypedDict):
     settings: FeedbackSettings
 
 
-def _state(request: Request) -> FeedbackState:
-    state: FeedbackState = request.scope["state"]
-    return state
-
-
-def _store(request: Request) -> DatasetStore:
-    return _state(request)["datasets"]
-
-
-def _settings(request: Request) -> FeedbackSettings:
-    return _state(request)["settings"]
-
-
-StoreDep = Annotated[DatasetStore, Depends(_store)]
-SettingsDep = Annotated[FeedbackSettings, Depends(_settings)]
+StoreDep = Annotated[DatasetStore, Depends(from_state("datasets", DatasetStore))]
+SettingsDep = Annotated[FeedbackSettings, Depends(from_state("settings", FeedbackSettings))]
 
 # The body is parsed by hand (streamed into storage), so FastAPI cannot describe it itself.
 _UPLOAD_BODY: dict[str, Any] = {

@@ -10,8 +10,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from cormorant.common.datasets import BlobStore, DatasetStore
-from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.db import session_factory
+from cormorant.common.lifespan import open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.feedback.api import FeedbackState, router
 from cormorant.feedback.settings import FeedbackSettings
@@ -28,13 +29,10 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[FeedbackState]:
         async with AsyncExitStack() as stack:
-            if settings.otlp_endpoint:
-                provider = setup_tracing(TITLE, settings.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(settings.database_url, timeout=settings.startup_timeout_s)
-            engine = create_engine(settings.database_url)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
+            open_tracing(stack, TITLE, settings.otlp_endpoint)
+            engine = await open_database(
+                stack, settings.database_url, timeout=settings.startup_timeout_s
+            )
             blobs = BlobStore(
                 settings.resolved_datasets_url(),
                 storage_options=settings.datasets_storage_options,

@@ -1,14 +1,14 @@
-"""The lifespan state the composition root yields, and the typed dependencies routes read."""
+"""What the composition root yields (``DeployerState``), and the typed dependencies routes read."""
 
 from __future__ import annotations
 
 from typing import Annotated, TypedDict
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
+from cormorant.common.lifespan import from_state
 from cormorant.deployer.endpoints.service import EndpointService
-from cormorant.deployer.fleet.runtime import Runtime
-from cormorant.deployer.fleet.supervisor import Supervisor
+from cormorant.deployer.fleet.local import LocalFleet
 from cormorant.deployer.rollout.service import RolloutService
 from cormorant.deployer.streams.status import StreamService
 
@@ -19,28 +19,9 @@ class DeployerState(TypedDict):
     endpoints: EndpointService
     rollouts: RolloutService
     streams: StreamService
-    supervisor: Supervisor
-    runtime: Runtime
+    fleet: LocalFleet
 
 
-def lifespan_state(request: Request) -> DeployerState:
-    """The state the app's lifespan yielded (Starlette copies it into every request)."""
-    state: DeployerState = request.scope["state"]
-    return state
-
-
-def _endpoints(request: Request) -> EndpointService:
-    return lifespan_state(request)["endpoints"]
-
-
-def _rollouts(request: Request) -> RolloutService:
-    return lifespan_state(request)["rollouts"]
-
-
-def _streams(request: Request) -> StreamService:
-    return lifespan_state(request)["streams"]
-
-
-EndpointsDep = Annotated[EndpointService, Depends(_endpoints)]
-RolloutsDep = Annotated[RolloutService, Depends(_rollouts)]
-StreamsDep = Annotated[StreamService, Depends(_streams)]
+EndpointsDep = Annotated[EndpointService, Depends(from_state("endpoints", EndpointService))]
+RolloutsDep = Annotated[RolloutService, Depends(from_state("rollouts", RolloutService))]
+StreamsDep = Annotated[StreamService, Depends(from_state("streams", StreamService))]

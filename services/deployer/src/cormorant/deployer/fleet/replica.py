@@ -48,6 +48,32 @@ class Failure:
 _sequence = itertools.count()
 
 
+def launch_of(
+    spec: EndpointSpec,
+    *,
+    replica_id: str,
+    endpoint: str,
+    endpoint_id: uuid.UUID,
+    version: str,
+    source: Path,
+) -> ReplicaLaunch:
+    """What the runtime runs for one replica serving ``spec``'s code from ``source``."""
+    return ReplicaLaunch(
+        replica_id=replica_id,
+        endpoint=endpoint,
+        version=version,
+        source=source,
+        file=spec.file,
+        function=spec.function,
+        preprocess_file=spec.preprocess_file,
+        preprocess_function=spec.preprocess_function,
+        accepts_file=spec.accepts_file,
+        env=dict(spec.env),
+        server={key: server_flag_value(value) for key, value in spec.server.items()},
+        bridge=bridge_options(endpoint, endpoint_id, spec) if spec.kind == "stream" else None,
+    )
+
+
 class ReplicaHost(Protocol):
     """What a replica's task needs from the fleet that runs it (the ``Supervisor``)."""
 
@@ -117,20 +143,13 @@ class EndpointRuntime:
     ) -> ReplicaLaunch:
         """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
         default) with ``spec``'s code fields (the endpoint's by default)."""
-        spec = spec or self.spec
-        return ReplicaLaunch(
+        return launch_of(
+            spec or self.spec,
             replica_id=str(replica_id),
             endpoint=self.slug,
+            endpoint_id=self.id,
             version=(version or self.version).label,
             source=source_dir or self.source_dir,
-            file=spec.file,
-            function=spec.function,
-            preprocess_file=spec.preprocess_file,
-            preprocess_function=spec.preprocess_function,
-            accepts_file=spec.accepts_file,
-            env=dict(spec.env),
-            server={key: server_flag_value(value) for key, value in spec.server.items()},
-            bridge=bridge_options(self.slug, self.id, spec) if self.kind == "stream" else None,
         )
 
     def active(self) -> list[ReplicaRunner]:

@@ -30,10 +30,10 @@ from cormorant.deployer.endpoints.store import (
     Store,
 )
 from cormorant.deployer.endpoints.views import endpoint_view, event_attributes
-from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
-from cormorant.deployer.fleet.runtime import ReplicaLaunch, Runtime
+from cormorant.deployer.fleet import Placement, placement_of
+from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
+from cormorant.deployer.fleet.runtime import Runtime
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import bridge_options
 
 log = logging.getLogger(__name__)
 
@@ -123,27 +123,44 @@ class Supervisor:
         )
 
     async def track(self, record: EndpointRecord) -> EndpointRuntime:
-        """Start supervising an endpoint (its replicas start on ``converge``)."""
+        """Start supervising an endpoint as stored (its replicas start on ``converge``)."""
         assert record.version is not None
-        snapshot = await self.snapshots.extracted(record.version.digest)
-        endpoint = EndpointRuntime(
-            id=record.id,
-            slug=record.slug,
-            kind=record.kind,
-            spec=record.spec,
-            version=record.version,
-            source_dir=snapshot.directory,
-            desired=record.desired,
-            status=record.status,
-            reason=record.reason,
-            events=deque(maxlen=self.settings.event_history),
-        )
+        archive = self.snapshots.archive_url(record.version.digest)
+        placement = placement_of(record, record.spec, record.desired, archive_url=archive)
+        endpoint = await self.place(placement, status=record.status, reason=record.reason)
         if record.status == "failed":
             endpoint.failure = record.reason
-        # What subscribers learnt from the create or from the previous deployer.
-        endpoint.published = (record.status, record.reason, 0, record.desired)
-        self.endpoints[record.id] = endpoint
         return endpoint
+
+    async def place(
+        self, placement: Placement, *, status: str, reason: str | None = None
+    ) -> EndpointRuntime:
+        """Start supervising ``placement``: the endpoint's stable version when it is
+        autoscaled, else a version beside it (its replicas start on ``converge``)."""
+        snapshot = await self.snapshots.extracted(placement.version.digest)
+        primary = self.endpoints.get(placement.endpoint_id)
+        shared = primary.events if primary is not None and not placement.autoscaled else None
+        runtime = EndpointRuntime(
+            id=placement.endpoint_id,
+            slug=placement.endpoint,
+            kind=placement.kind,
+            spec=placement.spec,
+            version=placement.version,
+            source_dir=snapshot.directory,
+            desired=placement.replicas,
+            status=status,
+            reason=reason,
+            # One history: the endpoint's events show every version's replicas.
+            events=shared if shared is not None else deque(maxlen=self.settings.event_history),
+            primary=placement.autoscaled,
+        )
+        if placement.autoscaled:
+            # What subscribers learnt from the create or from the previous deployer.
+            runtime.published = (status, reason, 0, placement.replicas)
+            self.endpoints[placement.endpoint_id] = runtime
+        else:
+            self.others.setdefault(placement.endpoint_id, {})[placement.version.label] = runtime
+        return runtime
 
     async def converge(self, endpoint: EndpointRuntime) -> None:
         """Start or stop replicas until as many run as the endpoint wants."""
@@ -291,58 +308,45 @@ class Supervisor:
             handle = await self.runtime.adopt(
                 endpoint.launch(row.id), url=row.url, host=row.host, pid=row.pid
             )
+        if handle is None and row.state == "draining":
+            await self.write_replica(row.id, state="stopped")
+            return
+        failure = None
         if handle is not None:
             log.info("adopted replica %s of %s (pid %s)", row.id, endpoint.slug, row.pid)
             state: ReplicaState = "draining" if row.state == "draining" else "starting"
-            runner = ReplicaRunner(
-                self,
-                endpoint,
-                row.id,
-                restarts=row.restarts,
-                resumed=True,
-                handle=handle,
-                state=state,
-            )
-            if state == "draining":
-                # It was being stopped: finish that, and let converge count it as gone.
-                runner.stop_requested.set()
-            self._run(runner)
-            return
-        if row.state == "draining":
-            await self.write_replica(row.id, state="stopped")
-            return
-        # Gone while no deployer watched it: a crash, restarted like any other.
-        failure = None
-        if row.state != "failed":
-            failure = Failure(f"not running after the deployer restarted (was {row.state})")
+        else:
+            # Gone while no deployer watched it: a crash, restarted like any other.
+            state = "crashed"
+            if row.state != "failed":
+                failure = Failure(f"not running after the deployer restarted (was {row.state})")
         runner = ReplicaRunner(
             self,
             endpoint,
             row.id,
             restarts=row.restarts,
             resumed=True,
-            state="crashed",
+            handle=handle,
+            state=state,
             pending_failure=failure,
         )
-        if failure is None:
+        if state == "draining":
+            # It was being stopped: finish that, and let converge count it as gone.
+            runner.stop_requested.set()
+        elif handle is None and failure is None:
             runner.crashes = 1
         self._run(runner)
 
     async def _retire_orphan(self, row: ReplicaRecord) -> None:
         record = await self.store.get(row.endpoint_id)
         if record is not None and record.version is not None and row.url is not None:
-            launch = ReplicaLaunch(
+            launch = launch_of(
+                record.spec,
                 replica_id=str(row.id),
                 endpoint=record.slug,
+                endpoint_id=record.id,
                 version=record.version.label,
                 source=self.snapshots.directory(record.version.digest),
-                file=record.spec.file,
-                function=record.spec.function,
-                bridge=(
-                    bridge_options(record.slug, record.id, record.spec)
-                    if record.kind == "stream"
-                    else None
-                ),
             )
             handle = await self.runtime.adopt(launch, url=row.url, host=row.host, pid=row.pid)
             if handle is not None:

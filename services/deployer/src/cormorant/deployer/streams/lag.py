@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cormorant.common.tasks import TaskSet
 from cormorant.deployer.endpoints.schemas import ReplicasSpec
-from cormorant.deployer.fleet.autoscale import Recommendation, decide_for, recommend, run_every
+from cormorant.deployer.fleet.autoscale import PeriodicScaler, decide_for, recommend
 from cormorant.deployer.fleet.replica import EndpointRuntime
 from cormorant.deployer.fleet.supervisor import Supervisor
 from cormorant.deployer.streams.spec import stored_kafka
@@ -97,8 +96,10 @@ def desired_for_lag(lag: int, bounds: ReplicasSpec, partitions: int) -> int:
     )
 
 
-class StreamAutoscaler:
+class StreamAutoscaler(PeriodicScaler[uuid.UUID]):
     """Scales every stream endpoint on its consumer lag; skips endpoints being swapped."""
+
+    name = "stream-autoscaler"
 
     def __init__(
         self,
@@ -108,27 +109,12 @@ class StreamAutoscaler:
         scale_down_delay: float,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.supervisor = supervisor
-        self.interval = interval
-        self.scale_down_delay = scale_down_delay
-        self.clock = clock or asyncio.get_running_loop().time
-        self.history: dict[uuid.UUID, tuple[Recommendation, ...]] = {}
+        super().__init__(
+            supervisor, interval=interval, scale_down_delay=scale_down_delay, clock=clock
+        )
         self.lag: dict[uuid.UUID, dict[tuple[str, int], int]] = {}
         self.swapping: set[uuid.UUID] = set()
         self.settled: dict[uuid.UUID, bool] = {}
-        self.tasks = TaskSet("stream autoscaler")
-
-    def start(self) -> None:
-        """Decide every ``interval`` s until ``stop``."""
-        self.tasks.spawn(self.run(), name="stream-autoscaler")
-
-    async def stop(self) -> None:
-        """Stop deciding."""
-        await self.tasks.close()
-
-    async def run(self) -> None:
-        """Decide every ``interval`` seconds until cancelled."""
-        await run_every(self.interval, self.tick, "stream autoscaling pass")
 
     async def tick(self) -> None:
         """One decision for every stream endpoint with a ready replica."""

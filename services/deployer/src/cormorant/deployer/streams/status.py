@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import httpx
 from pydantic import BaseModel
@@ -59,21 +60,14 @@ class StreamStatus(BaseModel):
     swapping: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StreamService:
     """Reads a stream endpoint's state from its supervisor and its replicas' metrics."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        supervisor: Supervisor,
-        scaler: StreamAutoscaler,
-        http: httpx.AsyncClient,
-    ) -> None:
-        self.store = store
-        self.supervisor = supervisor
-        self.scaler = scaler
-        self.http = http
+    store: Store
+    supervisor: Supervisor
+    scaler: StreamAutoscaler
+    http: httpx.AsyncClient
 
     async def endpoint(self, slug: str) -> EndpointRuntime:
         """The supervised stream endpoint ``slug``; 4xx if it is none."""
