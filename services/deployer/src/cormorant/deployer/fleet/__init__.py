@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from cormorant.common.events import ReplicaState
+from cormorant.common.events import ReplicaChanged
 from cormorant.deployer.endpoints.schemas import EndpointSpec
 from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
 
@@ -39,16 +39,8 @@ class Placement:
     sets the endpoint's status); False: a fixed count (a version beside the stable one)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaObserved:
-    """A replica's state change, as a fleet reports it."""
-
-    endpoint: str
-    version: str
-    replica_id: str
-    state: ReplicaState
-    url: str | None = None
-    reason: str | None = None
+ReplicaObserved = ReplicaChanged
+"""A replica's state change as a fleet reports it: the very event the bus carries."""
 
 
 def placement_of(

@@ -10,7 +10,6 @@ Deployments and leave the scaling decisions to HPA/KEDA.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import uuid
 
@@ -61,9 +60,6 @@ def local_runtime(settings: DeployerSettings) -> LocalRuntime:
     )
 
 
-_OBSERVED = dataclasses.fields(ReplicaObserved)
-
-
 class _Observed:
     """A ``Publisher`` that also hands every replica change to the fleet's observers."""
 
@@ -74,9 +70,8 @@ class _Observed:
     def publish(self, event: Event) -> bool:
         """Queue ``event`` on the bus; a replica change also goes to every observer."""
         if isinstance(event, ReplicaChanged):
-            observed = ReplicaObserved(**{f.name: getattr(event, f.name) for f in _OBSERVED})
             for queue in self.observers:
-                queue.put_nowait(observed)
+                queue.put_nowait(event)
         return self.publisher.publish(event)
 
 
