@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -48,15 +48,7 @@ from cormorant.common.events import (
 )
 from cormorant.common.servers import NatsServer
 from cormorant.common.telemetry import new_registry
-
-
-async def wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
+from cormorant.common.testing.waits import eventually
 
 
 def prediction(i: int, *, endpoint: str = "iris") -> PredictionLogged:
@@ -160,7 +152,7 @@ async def test_trace_context_travels_with_the_event(js: JetStreamContext) -> Non
     )  # fmt: skip
     await consumer.start()
     try:
-        await wait_until(lambda: contexts == [trace_id], within=10, what="the traced event")
+        await eventually(lambda: contexts == [trace_id], within=10, what="the traced event")
     finally:
         await consumer.stop()
 
@@ -231,7 +223,7 @@ async def test_publish_threadsafe(js: JetStreamContext) -> None:
         results.extend(publisher.publish_threadsafe(metric(i)) for i in range(200))
 
     await asyncio.to_thread(from_a_thread)
-    await wait_until(lambda: publisher.stats.published == 200, within=10, what="200 acks")
+    await eventually(lambda: publisher.stats.published == 200, within=10, what="200 acks")
     assert await publisher.stop() == 0
     assert all(results)
     assert (await js.stream_info(METRICS_STREAM)).state.messages == 200
@@ -285,7 +277,7 @@ async def test_100k_predictions_exactly_once_across_a_server_kill(
     await publisher.start()
     try:
         producer = asyncio.create_task(produce())
-        await wait_until(
+        await eventually(
             lambda: publisher.stats.published >= N_EVENTS // 3, within=30, what="a third acked"
         )
         at_kill = publisher.stats
@@ -297,7 +289,7 @@ async def test_100k_predictions_exactly_once_across_a_server_kill(
         await producer
         assert await publisher.flush(timeout=45), f"not flushed: {publisher.stats}"
         flushed = time.monotonic()
-        await wait_until(
+        await eventually(
             lambda: len(deliveries) >= N_EVENTS, within=45, what="every event consumed"
         )
         consumed = time.monotonic()
@@ -365,10 +357,10 @@ async def test_failing_handler_gets_a_message_at_most_max_deliver_times(
     try:
         poison, good = metric(-1.0), metric(1.0)
         publisher.publish(poison)
-        await wait_until(lambda: consumer.stats.terminated == 1, within=10, what="dead-letter")
+        await eventually(lambda: consumer.stats.terminated == 1, within=10, what="dead-letter")
         # A later message still flows, and the poison never comes back.
         publisher.publish(good)
-        await wait_until(lambda: calls[good.event_id] == 1, within=10, what="the good one")
+        await eventually(lambda: calls[good.event_id] == 1, within=10, what="the good one")
         info = await js.consumer_info(METRICS_STREAM, "poisoned")
     finally:
         await consumer.stop()
@@ -401,7 +393,7 @@ async def test_handler_may_settle_single_messages(js: JetStreamContext) -> None:
     try:
         for value in (1, 2, 3):
             publisher.publish(metric(value))
-        await wait_until(lambda: len(seen) == 4, within=10, what="three events and one retry")
+        await eventually(lambda: len(seen) == 4, within=10, what="three events and one retry")
     finally:
         await consumer.stop()
         await publisher.stop()
@@ -424,7 +416,7 @@ async def test_long_handler_keeps_its_messages(js: JetStreamContext) -> None:
     try:
         event = metric(1.0)
         await js.publish(event.subject, event.encode(), headers=event.headers())
-        await wait_until(lambda: consumer.stats.acked == 1, within=10, what="the ack")
+        await eventually(lambda: consumer.stats.acked == 1, within=10, what="the ack")
         info = await js.consumer_info(METRICS_STREAM, "slow")
     finally:
         await consumer.stop()
@@ -447,7 +439,7 @@ async def test_undecodable_messages_are_terminated(js: JetStreamContext) -> None
         await js.publish("cormorant.metrics.iris", b"garbage")  # no type header
         good = metric(1.0)
         await js.publish(good.subject, good.encode(), headers=good.headers())
-        await wait_until(lambda: got == [good.event_id], within=10, what="the valid event")
+        await eventually(lambda: got == [good.event_id], within=10, what="the valid event")
         info = await js.consumer_info(METRICS_STREAM, "strict")
     finally:
         await consumer.stop()
@@ -475,7 +467,7 @@ async def test_consumer_resumes_after_server_restart(nats_server: NatsServer) ->
         before = [prediction(i) for i in range(10)]
         for event in before:
             publisher.publish(event)
-        await wait_until(lambda: len(seen) == 10, within=10, what="events before the restart")
+        await eventually(lambda: len(seen) == 10, within=10, what="events before the restart")
 
         await asyncio.to_thread(nats_server.kill)
         await asyncio.to_thread(nats_server.start)
@@ -483,7 +475,7 @@ async def test_consumer_resumes_after_server_restart(nats_server: NatsServer) ->
         after = [prediction(i) for i in range(10, 20)]
         for event in after:
             publisher.publish(event)
-        await wait_until(lambda: len(seen) == 20, within=20, what="events after the restart")
+        await eventually(lambda: len(seen) == 20, within=20, what="events after the restart")
     finally:
         await consumer.stop()
         await publisher.stop()
@@ -523,7 +515,7 @@ async def test_stop_mid_batch_hands_messages_back(js: JetStreamContext) -> None:
     await second.start()
     try:
         # Well before ack_wait (30 s): only the nak explains a prompt redelivery.
-        await wait_until(lambda: redelivered == [2], within=10, what="the handed-back event")
+        await eventually(lambda: redelivered == [2], within=10, what="the handed-back event")
     finally:
         await second.stop()
 
@@ -595,7 +587,7 @@ async def test_events_queued_together_leave_as_one_pack(js: JetStreamContext) ->
             seen[delivery.event.event_id] = format(context.trace_id, "032x")
 
     async with consuming(js, PredictionLogged, "unpacker", handler) as consumer:
-        await wait_until(lambda: consumer.stats.acked == 600, within=10, what="600 acks")
+        await eventually(lambda: consumer.stats.acked == 600, within=10, what="600 acks")
         pending = (await js.consumer_info(PREDICTIONS_STREAM, "unpacker")).num_ack_pending
     assert seen == trace_ids  # every event keeps its own request's trace
     assert pending == 0
@@ -618,8 +610,8 @@ async def test_a_nak_in_a_pack_redelivers_the_pack(js: JetStreamContext) -> None
     assert await publisher.stop() == 0
     assert publisher.stats.messages == 1
     async with consuming(js, MetricLogged, "nak-pack", handler, ack_wait=30) as consumer:
-        await wait_until(lambda: len(seen) == 6, within=10, what="the pack twice")
-        await wait_until(lambda: consumer.stats.acked == 5, within=10, what="the acks")
+        await eventually(lambda: len(seen) == 6, within=10, what="the pack twice")
+        await eventually(lambda: consumer.stats.acked == 5, within=10, what="the acks")
         info = await js.consumer_info(METRICS_STREAM, "nak-pack")
     # The whole pack came back (handlers are idempotent), and was acked the second time.
     assert sorted(seen) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
@@ -639,9 +631,9 @@ async def test_an_undecodable_event_costs_only_itself(js: JetStreamContext) -> N
         got.extend(d.event.event_id for d in batch)
 
     async with consuming(js, PredictionLogged, "half-good", handler) as consumer:
-        await wait_until(lambda: consumer.stats.undecodable == 5, within=10, what="the bad ones")
-        await wait_until(lambda: got == [e.event_id for e in good], within=10, what="the rest")
-        await wait_until(lambda: consumer.stats.acked == 3, within=10, what="the acks")
+        await eventually(lambda: consumer.stats.undecodable == 5, within=10, what="the bad ones")
+        await eventually(lambda: got == [e.event_id for e in good], within=10, what="the rest")
+        await eventually(lambda: consumer.stats.acked == 3, within=10, what="the acks")
         info = await js.consumer_info(PREDICTIONS_STREAM, "half-good")
     assert info.num_ack_pending == 0
 
@@ -666,7 +658,7 @@ async def test_100k_packed_events_exactly_once_across_a_server_kill(
     await publisher.start()
     try:
         producer = asyncio.create_task(produce())
-        await wait_until(
+        await eventually(
             lambda: publisher.stats.published >= N_EVENTS // 3, within=30, what="a third acked"
         )
         at_kill = publisher.stats
@@ -727,7 +719,7 @@ async def test_a_column_pack_reads_back_as_its_events(js: JetStreamContext) -> N
             seen[delivery.event.request_id] = own
 
     async with consuming(js, PredictionLogged, "columns", handler) as consumer:
-        await wait_until(lambda: consumer.stats.acked == 300, within=10, what="300 acks")
+        await eventually(lambda: consumer.stats.acked == 300, within=10, what="300 acks")
     assert seen == {event.request_id: contexts[i] for i, event in enumerate(sent)}
 
 

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from cormorant.common.events import LoadReported
-from cormorant.deployer.autoscale import (
+from cormorant.deployer.fleet.autoscale import (
     LoadTracker,
     Recommendation,
     decide,

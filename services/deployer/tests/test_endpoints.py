@@ -11,7 +11,8 @@ import httpx
 import nats
 
 from cormorant.common.events import decode
-from cormorant.deployer.testing import DeployerHarness, pid_gone, wait_until, worker_processes
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.testing import DeployerHarness, pid_gone, worker_processes
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 WORKERS_1 = {"workers": 1}
@@ -75,7 +76,7 @@ async def test_create_from_directory_deploys_then_runs_and_answers(
         def kinds() -> set[str]:
             return {type(e).__name__ for e in seen if getattr(e, "endpoint", None)}
 
-        await wait_until(
+        await eventually(
             lambda: _async(
                 {"EndpointChanged", "VersionCreated", "TrafficChanged", "ReplicaChanged"} <= kinds()
             ),
@@ -192,7 +193,7 @@ async def test_request_in_flight_when_the_endpoint_is_deleted_still_gets_its_ans
     await deployer.wait_running("slow")
     url = (await deployer.route("slow"))["replicas"][0]["url"]
     in_flight = asyncio.create_task(predict(url, 1.5))
-    await wait_until(lambda: _async(started.exists()), what="the prediction started")
+    await eventually(lambda: _async(started.exists()), what="the prediction started")
 
     response = await deployer.client.delete("/api/v1/endpoints/slow")
     assert response.status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cormorant.common.servers import free_port
-from cormorant.deployer.runtime import local
+from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
     DeployerHarness,
@@ -164,8 +165,7 @@ async def _grow_from_two_to_three(deployer: DeployerHarness, model_dir: Path) ->
     await deployer.wait_running("grow", ready=2)
     marker = str(deployer.settings.data_dir)
     serving = {p.pid for p in worker_processes(marker) if "grow" in p.cmdline()}
-    assert deployer.app is not None
-    supervisor = deployer.app.state.supervisor
+    supervisor = deployer.state["fleet"].supervisor
     [endpoint] = [e for e in supervisor.endpoints.values() if e.slug == "grow"]
 
     await supervisor.scale(endpoint, 3)
@@ -249,3 +249,29 @@ async def test_configuration_refused_at_start_fails_the_endpoint_at_once(
         failed = await deployer.wait_for("refused", lambda e: e["status"] == "failed")
         assert failed["reason"] == "the worker refused its configuration: threads: not a number"
         assert failed["restarts"] == 0
+
+
+async def test_the_fleet_reports_each_replica_change_as_it_happens(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """``Fleet.observe()`` yields a new endpoint's replica as it starts and once it is ready,
+    the same changes ``ReplicaChanged`` announces on NATS."""
+    observed = deployer.state["fleet"].observe()
+    try:
+        created = await deployer.create(name="watched", source=str(model_dir), server=WORKERS_1)
+        seen = []
+        async with asyncio.timeout(60):
+            async for change in observed:
+                if change.endpoint != created["slug"]:
+                    continue
+                seen.append(change)
+                if change.state == "ready":
+                    break
+    finally:
+        await observed.aclose()
+    assert [c.state for c in seen] == ["starting", "ready"]
+    assert seen[1].version == "1"
+    assert seen[1].url is not None
+    assert seen[1].url.startswith("http://127.0.0.1:")
+    route = await deployer.route(created["slug"])
+    assert [r["id"] for r in route["replicas"]] == [seen[1].replica_id]

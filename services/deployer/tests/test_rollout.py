@@ -10,7 +10,8 @@ import httpx
 import nats
 
 from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery, GenerationReport
-from cormorant.deployer.testing import DeployerHarness, wait_until
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}
 
@@ -65,7 +66,7 @@ async def test_version_canary_promote_then_rollback_with_bad_input_refused(
     assert created.status_code == 201, created.text
     assert created.json()["version"] == "2"
     assert created.json()["weight"] == 0
-    await wait_until(lambda: _truthy(ready_versions(deployer, slug), {"1", "2"}), what="v2 ready")
+    await eventually(lambda: _truthy(ready_versions(deployer, slug), {"1", "2"}), what="v2 ready")
     before = await traffic(deployer, slug)
     assert before["weights"] == {"1": 100}
     assert before["stable"] == "1"
@@ -107,12 +108,12 @@ async def test_version_canary_promote_then_rollback_with_bad_input_refused(
     promoted = (await client.post(f"/api/v1/endpoints/{slug}/promote")).json()
     assert promoted["weights"] == {"2": 100}
     assert promoted["stable"] == "2"
-    await wait_until(lambda: _truthy(ready_versions(deployer, slug), {"2"}), what="v1 gone")
+    await eventually(lambda: _truthy(ready_versions(deployer, slug), {"2"}), what="v1 gone")
     [replica] = (await deployer.route(slug))["replicas"]
     assert await answer_of(replica["url"]) == "two"
     endpoint = await deployer.wait_running(slug)
     assert endpoint["version"] == "2"
-    retired = await wait_until(lambda: _status(deployer, slug, "1", "retired"), what="v1 retired")
+    retired = await eventually(lambda: _status(deployer, slug, "1", "retired"), what="v1 retired")
     assert retired["replicas"] == []
     nothing_back = await client.post(f"/api/v1/endpoints/{slug}/rollback")
     assert nothing_back.status_code == 409
@@ -128,7 +129,7 @@ async def test_version_canary_promote_then_rollback_with_bad_input_refused(
     assert quarter.json()["weights"] == {"2": 75, "3": 25}
     back = (await client.post(f"/api/v1/endpoints/{slug}/rollback")).json()
     assert back["weights"] == {"2": 100}
-    await wait_until(lambda: _status(deployer, slug, "3", "retired"), what="v3 retired")
+    await eventually(lambda: _status(deployer, slug, "3", "retired"), what="v3 retired")
     assert await ready_versions(deployer, slug) == {"2"}
     final = await traffic(deployer, slug)
     assert [h["action"] for h in final["history"]][:5] == [
@@ -166,7 +167,7 @@ async def test_canary_that_never_becomes_ready_gets_no_traffic(
     assert document["rollouts"][0]["status"] == "failed"
     assert "weights missing" in document["rollouts"][0]["reason"]
     assert version(document, "2")["status"] in ("failed", "retired")
-    await wait_until(lambda: _status(deployer, slug, "2", "retired"), what="v2 retired")
+    await eventually(lambda: _status(deployer, slug, "2", "retired"), what="v2 retired")
     assert (await deployer.get(slug))["status"] == "running"
 
 
@@ -202,7 +203,7 @@ async def test_old_version_stops_only_after_the_gateway_applied_the_generation(
         await asyncio.sleep(1.5)  # a bounded wait for something that must NOT happen
         assert "1" in await ready_versions(deployer, slug)
         applied["generation"] = promoted["generation"]
-        await wait_until(lambda: _truthy(ready_versions(deployer, slug), {"2"}), what="v1 gone")
+        await eventually(lambda: _truthy(ready_versions(deployer, slug), {"2"}), what="v1 gone")
     finally:
         await nc.close()
 
@@ -239,7 +240,7 @@ async def test_restart_during_a_canary_keeps_the_stable_version_serving(
     assert started.json()["weights"] == {"1": 80, "2": 20}
     assert started.json()["rollouts"][0]["status"] == "running"
     await deployer.restart()
-    await wait_until(lambda: _truthy(ready_versions(deployer, slug), {"1"}), what="v2 stopped")
+    await eventually(lambda: _truthy(ready_versions(deployer, slug), {"1"}), what="v2 stopped")
     document = await traffic(deployer, slug)
     assert document["rollouts"][0]["status"] == "failed"
     assert "restarted" in document["rollouts"][0]["reason"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cormorant.deployer.runtime import ReplicaLaunch
-from cormorant.deployer.schemas import EndpointSpec, ReplicasSpec
-from cormorant.deployer.stream_spec import bridge_options, parse_kafka, public_kafka
-from cormorant.deployer.streams import desired_for_lag, group_lag, parse_metrics
+from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.deployer.fleet.runtime import ReplicaLaunch
+from cormorant.deployer.streams.lag import desired_for_lag, group_lag, parse_metrics
+from cormorant.deployer.streams.spec import bridge_options, parse_kafka, public_kafka
 
 METRICS = """\
 # HELP cormorant_kafka_bridge_messages_produced_total Predictions produced.

@@ -14,14 +14,14 @@ import httpx
 import psutil
 import pytest
 
-from cormorant.deployer.runtime.local import LocalRuntime
-from cormorant.deployer.runtime.template import WorkerTemplate
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
     DeployerHarness,
     pid_gone,
     running_deployer,
-    wait_until,
     worker_processes,
 )
 
@@ -60,8 +60,7 @@ async def kill_and_await_restart(deployer: DeployerHarness, slug: str, pid: int)
 
 async def ready_template(deployer: DeployerHarness) -> WorkerTemplate:
     """The deployer's template, once it has imported everything."""
-    assert deployer.app is not None
-    runtime = deployer.app.state.service.runtime
+    runtime = deployer.state["fleet"].runtime
     assert isinstance(runtime, LocalRuntime)
     assert runtime.template is not None
     assert await runtime.template.wait_ready(120), "the worker template did not become ready"
@@ -106,7 +105,7 @@ async def wait_group_gone(pid: int) -> None:
     async def gone() -> bool:
         return not group(pid)
 
-    await wait_until(gone, timeout=30, what=f"process group {pid} gone")
+    await eventually(gone, within=30, what=f"process group {pid} gone")
 
 
 async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
@@ -212,7 +211,7 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
     async def replaced() -> bool:
         return template.ready and template_pid(template) != old
 
-    await wait_until(replaced, timeout=120, what="a new worker template")
+    await eventually(replaced, within=120, what="a new worker template")
     url = (await deployer.route("orphan"))["replicas"][0]["url"]
     assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": None}
 
@@ -244,8 +243,9 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
     """`preload_modules` empty: no template; the replica is the deployer's own child process."""
     settings = deployer_settings.model_copy(update={"preload_modules": []})
     async with running_deployer(settings) as deployer:
-        assert deployer.app is not None
-        assert deployer.app.state.service.runtime.template is None
+        runtime = deployer.state["fleet"].runtime
+        assert isinstance(runtime, LocalRuntime)
+        assert runtime.template is None
         await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
         await deployer.wait_running("plain")
         url = (await deployer.route("plain"))["replicas"][0]["url"]

@@ -10,7 +10,8 @@ import nats
 from cormorant.common.auth import hash_token
 from cormorant.common.db import asyncpg_dsn
 from cormorant.common.events import EndpointChanged, decode
-from cormorant.deployer.testing import DeployerHarness, wait_until
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}
 
@@ -58,7 +59,7 @@ async def test_rotation_revokes_the_old_token_and_no_raw_token_is_stored(
         assert response.json()["slug"] == "secret"
         assert new != old
         assert new.startswith("cmt_")
-        await wait_until(lambda: _value(rotated_events), what="EndpointChanged token_rotated")
+        await eventually(lambda: _value(rotated_events), what="EndpointChanged token_rotated")
         assert rotated_events[0].change == "updated"
     finally:
         await nc.close()

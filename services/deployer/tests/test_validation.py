@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from cormorant.deployer.endpoints.validation import top_level_names
 from cormorant.deployer.testing import DeployerHarness
-from cormorant.deployer.validation import top_level_names
 
 WORKERS_1 = {"workers": 1}
 

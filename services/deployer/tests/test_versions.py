@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from cormorant.deployer.snapshot import SnapshotStore, write_archive
+from cormorant.common.datasets import BlobStore
+from cormorant.deployer.endpoints.snapshot import SnapshotStore, write_archive
 from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}
@@ -60,22 +63,40 @@ def test_archive_is_deterministic_and_skips_history_and_bytecode(tmp_path: Path)
 
 
 async def test_snapshot_store_archives_once_and_extracts_again_if_removed(tmp_path: Path) -> None:
-    """An archive is stored under its digest and its copy is rebuilt from it when missing."""
+    """An archive is stored once, as the blob its digest names, and the copy replicas run is
+    rebuilt from it when missing."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "predict.py").write_text("def predict(x):\n    return x\n")
     store = SnapshotStore(tmp_path / "data")
     snapshot = await store.snapshot(source)
-    assert snapshot.archive == tmp_path / "data" / "archives" / f"{snapshot.digest}.tar.gz"
+    assert snapshot.archive == store.archive_url(snapshot.digest)
+    assert snapshot.archive.startswith("file://")
+    assert snapshot.archive.endswith(f"/{snapshot.digest}")
     assert (snapshot.directory / "predict.py").read_text().startswith("def predict")
     again = await store.snapshot(source)
     assert again == snapshot
-    assert len(list((tmp_path / "data" / "archives").iterdir())) == 1
+    assert store.archives.count() == 1
 
     (snapshot.directory / "predict.py").unlink()
     snapshot.directory.rmdir()
     restored = await store.extracted(snapshot.digest)
     assert (restored.directory / "predict.py").is_file()
+
+
+async def test_archives_live_in_the_blob_store_the_settings_name(tmp_path: Path) -> None:
+    """With ``CORMORANT_ARCHIVES_URL`` naming another fsspec store (``memory://`` here, as
+    ``s3://`` would), archives go there and a removed copy is extracted again from there."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "predict.py").write_text("def predict(x):\n    return x\n")
+    store = SnapshotStore(tmp_path / "data", BlobStore(f"memory://archives-{uuid.uuid4().hex}"))
+    snapshot = await store.snapshot(source)
+    assert snapshot.archive.startswith("memory://")
+    assert not (tmp_path / "data" / "archives").exists()
+    shutil.rmtree(snapshot.directory)
+    restored = await store.extracted(snapshot.digest)
+    assert (restored.directory / "predict.py").read_text().startswith("def predict")
 
 
 async def test_rerun_serves_the_original_code_after_the_folder_changed(

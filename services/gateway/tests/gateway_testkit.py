@@ -43,6 +43,7 @@ from cormorant.common.db.models import (
     EndpointToken,
 )
 from cormorant.common.events import Event
+from cormorant.common.testing.waits import eventually
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
 
@@ -81,22 +82,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(
-    condition: Callable[[], Any], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until ``condition()`` is true (awaiting it if it is a coroutine), or fail."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {within} s")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

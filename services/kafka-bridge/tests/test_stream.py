@@ -17,13 +17,13 @@ from nats.aio.msg import Msg
 
 from cormorant.common import bus
 from cormorant.common.events import PredictionLogged
+from cormorant.common.testing.waits import eventually
 from cormorant.kafka_bridge.consume import BatchConsumer
 from cormorant.kafka_bridge.replica import Phase, Replica
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 from cormorant.kafka_bridge.testing import (
     Stream,
     committed_offsets,
-    eventually,
     high_watermarks,
     message,
 )

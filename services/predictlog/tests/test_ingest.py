@@ -17,10 +17,10 @@ from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM
 from cormorant.common.db import upgrade
 from cormorant.common.events import MSG_ID_HEADER, MetricLogged
 from cormorant.common.servers import NatsServer, PostgresServer
+from cormorant.common.testing.waits import eventually
 from cormorant.predictlog.testing import (
     LogKit,
     ServiceProcess,
-    eventually,
     quick_settings,
     running,
     sample,
@@ -46,7 +46,7 @@ async def test_20000_predictions_become_20000_rows(client: httpx.AsyncClient, ki
         )
 
     # Nothing left in the stream nor in flight: the count below is final.
-    await eventually(drained, timeout=30, what="the consumers drained and reported")
+    await eventually(drained, within=30, what="the consumers drained and reported")
     assert await kit.counts() == (N, N)
 
 
@@ -111,7 +111,7 @@ async def test_metrics_are_stored_once_per_event(client: httpx.AsyncClient, kit:
         )
         return seen >= 51
 
-    await eventually(stored_and_counted, timeout=30, what="51 metric events acked")
+    await eventually(stored_and_counted, within=30, what="51 metric events acked")
     conn = await kit.connect()
     try:
         rows = await conn.fetch(
@@ -141,7 +141,7 @@ async def test_an_endpoint_id_carried_by_the_event_is_used(
             await conn.close()
         return {row["endpoint_id"] for row in ids} == {other, kit.endpoint_id}
 
-    await eventually(both, timeout=30, what="one row under each endpoint id")
+    await eventually(both, within=30, what="one row under each endpoint id")
 
 
 async def test_predictions_wait_for_an_endpoint_created_after_them(
@@ -162,7 +162,7 @@ async def test_predictions_wait_for_an_endpoint_created_after_them(
             labels = {"table": "predictions", "reason": "unknown_endpoint"}
             return sample(text, "cormorant_predictlog_ingest_errors_total", **labels) >= 2
 
-        await eventually(deferred, timeout=30, what="both events deferred")
+        await eventually(deferred, within=30, what="both events deferred")
         late = await kit.create_endpoint("late")
 
         async def outcome() -> bool:
@@ -170,7 +170,7 @@ async def test_predictions_wait_for_an_endpoint_created_after_them(
             labels = {"table": "predictions", "reason": "unknown_endpoint"}
             return sample(text, "cormorant_predictlog_events_dropped_total", **labels) == 1
 
-        await eventually(outcome, timeout=30, what="the ghost's event given up")
+        await eventually(outcome, within=30, what="the ghost's event given up")
         conn = await kit.connect()
         try:
             rows = await conn.fetch("SELECT request_id, endpoint_id FROM predictions")
@@ -201,7 +201,7 @@ async def test_a_row_the_database_refuses_is_dropped_alone(
         labels = {"table": "predictions", "reason": "rejected"}
         return sample(text, "cormorant_predictlog_events_dropped_total", **labels) == 1
 
-    await eventually(dropped, timeout=30, what="the refused event given up")
+    await eventually(dropped, within=30, what="the refused event given up")
     assert await kit.counts() == (19, 19)
 
 
@@ -230,7 +230,7 @@ async def test_an_odd_prediction_in_a_column_pack_costs_only_itself(
         labels = {"table": "predictions", "reason": "undecodable"}
         return sample(text, "cormorant_predictlog_events_dropped_total", **labels) == 1
 
-    await eventually(given_up, timeout=30, what="the odd event given up")
+    await eventually(given_up, within=30, what="the odd event given up")
     assert await kit.counts() == (49, 49)
     conn = await kit.connect()
     try:

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import nats
-import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from cormorant.common.bus import decode_all
 from cormorant.common.events import MetricLogged
 from cormorant.common.predictor import Predictor
+from cormorant.common.testing.waits import eventually
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
 
@@ -42,15 +42,6 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def predictor(function: Callable[..., Any], **options: Any) -> Predictor:
     return Predictor(function, **options)
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (state of another thread or task) for up to 10 s."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("condition not met within 10 s")
 
 
 async def test_healthz_is_503_until_the_model_imported() -> None:
@@ -79,7 +70,7 @@ async def test_failed_import_keeps_healthz_503_with_the_reason(tmp_path: Path) -
     (tmp_path / "model.py").write_text("raise RuntimeError('weights missing')\n")
     app = create_app(settings(source=tmp_path, file="model.py"), threads=1)
     async with serve(app) as client:
-        await wait_until(lambda: app.state.model.error is not None)
+        await eventually(lambda: app.state.model.error is not None, within=10)
         health = await client.get("/healthz")
         assert health.status_code == 503
         error = health.json()["error"]
@@ -191,7 +182,7 @@ async def test_log_metric_without_nats_never_fails_the_prediction() -> None:
             ))  # fmt: skip
             return text == 1.0
 
-        await wait_until(dropped_counted)
+        await eventually(dropped_counted, within=10)
 
 
 async def test_logged_metrics_are_published_to_nats(nats_url: str) -> None:
@@ -216,7 +207,7 @@ async def test_logged_metrics_are_published_to_nats(nats_url: str) -> None:
     try:
         async with serve(app) as client:
             events: ReplicaEvents = app.state.events
-            await wait_until(lambda: events.publisher is not None)
+            await eventually(lambda: events.publisher is not None, within=10)
             response = await client.post("/predict", json={"input_params": 0.75})
             assert response.json()["prediction"] == "ok"
             async with asyncio.timeout(10):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cormorant.sdk.client import Client
+from cormorant.sdk.transport import Requester
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -15,7 +14,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 class Flows:
     """Flows: ``client.flows.run("flow.yaml")`` stores the file and runs it to the end."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Requester) -> None:
         self._client = client
 
     def create(self, path: str | Path) -> dict[str, Any]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cormorant.sdk.client import Client
+from cormorant.sdk.transport import Requester
 
 CHANGE_TIMEOUT_S = 330.0
 """A traffic change answers once the new version is ready (the deployer waits up to 240 s) and,
@@ -16,7 +15,7 @@ on a stream, once the consumer group was handed over: longer than the client's d
 class Rollouts:
     """Model updates of an endpoint: ``client.rollouts.rollout("iris", "2", 10)``."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Requester) -> None:
         self._client = client
 
     def create_version(self, slug: str, source: str | Path, **fields: Any) -> dict[str, Any]:

@@ -1,57 +1,46 @@
-"""The Deployer service's ASGI app: endpoints API, routing table, replica supervision."""
+"""The Deployer's composition root: builds every component, starts them, yields them typed.
+
+Nothing here decides anything: each component owns its tasks (started here, stopped in
+reverse order), and the routes read the components from the lifespan state
+(``api.deps.DeployerState``) through typed dependencies.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
-from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
-from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
-from cormorant.common.events import LoadReported
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.bus import BatchedPublisher
+from cormorant.common.datasets import BlobStore
+from cormorant.common.db import session_factory
+from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
-from cormorant.deployer.api import install_validation_messages, router
-from cormorant.deployer.api_rollout import router as rollout_router
-from cormorant.deployer.autoscale import Autoscaler
-from cormorant.deployer.demand import Demands
-from cormorant.deployer.demand import router as demand_router
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.handshake import GatewayHandshake
-from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_store import RolloutStore
-from cormorant.deployer.runtime.local import LocalRuntime
-from cormorant.deployer.runtime.template import WorkerTemplate
+from cormorant.deployer.api import demand as demand_api
+from cormorant.deployer.api import endpoints as endpoints_api
+from cormorant.deployer.api import rollout as rollout_api
+from cormorant.deployer.api import streams as streams_api
+from cormorant.deployer.api.deps import DeployerState
+from cormorant.deployer.endpoints.service import EndpointService
+from cormorant.deployer.endpoints.snapshot import SnapshotStore
+from cormorant.deployer.endpoints.store import Store
+from cormorant.deployer.fleet.demand import Demands
+from cormorant.deployer.fleet.local import LocalFleet
+from cormorant.deployer.rollout.handshake import GatewayHandshake
+from cormorant.deployer.rollout.progressive import MetricsReader, ProgressiveRollouts
+from cormorant.deployer.rollout.service import RolloutService
+from cormorant.deployer.rollout.store import RolloutStore
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import SnapshotStore
-from cormorant.deployer.store import Store
-from cormorant.deployer.streams import install_streams, stream_router
-from cormorant.deployer.supervisor import Supervisor
+from cormorant.deployer.streams.status import StreamService
+from cormorant.deployer.streams.swap import StreamRollout
 
 TITLE = "cormorant-deployer"
 log = logging.getLogger(__name__)
-
-# Subscribed with core NATS: load reports are live signals, never stored (see LoadReported).
-LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
-
-
-def replica_environment(settings: DeployerSettings) -> dict[str, str]:
-    """The environment of every replica: this process's, with the shared settings in force."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
-    env["CORMORANT_NATS_URL"] = settings.nats_url
-    env["CORMORANT_LOG_LEVEL"] = settings.log_level
-    env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
-    env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
-    if settings.otlp_endpoint:
-        env["CORMORANT_OTLP_ENDPOINT"] = settings.otlp_endpoint
-    return env
 
 
 def create_app(settings: DeployerSettings) -> FastAPI:
@@ -60,116 +49,80 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     started = asyncio.Event()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[DeployerState]:
         data_dir = settings.data_dir.resolve()
         resolved = settings.model_copy(update={"data_dir": data_dir})
         async with AsyncExitStack() as stack:
-            if resolved.otlp_endpoint:
-                provider = setup_tracing(TITLE, resolved.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(resolved.database_url, timeout=resolved.startup_timeout_s)
-            engine = create_engine(resolved.database_url)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
+            open_tracing(stack, TITLE, resolved.otlp_endpoint)
+            timeout = resolved.startup_timeout_s
+            engine = await open_database(stack, resolved.database_url, timeout=timeout)
             store = Store(session_factory(engine))
-
-            async with asyncio.timeout(resolved.startup_timeout_s):
-                nc = await connect(resolved.nats_url, name=TITLE)
-            stack.push_async_callback(close, nc)
-            await ensure_streams(nc.jetstream())
+            nc = await open_bus(stack, resolved.nats_url, name=TITLE, timeout=timeout)
             publisher = BatchedPublisher(nc, name="deployer", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
 
             http = await stack.enter_async_context(httpx.AsyncClient())
-            snapshots = SnapshotStore(data_dir)
-            environment = replica_environment(resolved)
-            template_command = resolved.template_command()
-            runtime = LocalRuntime(
-                command=resolved.resolved_worker_command(),
-                data_dir=data_dir,
-                host=resolved.replica_host,
-                env=environment,
-                check_timeout=resolved.check_timeout_s,
-                bridge_command=resolved.resolved_bridge_command(),
-                template=WorkerTemplate(
-                    command=template_command, modules=resolved.preload_modules, env=environment
-                )
-                if template_command
-                else None,
-                die_with_deployer=resolved.stop_replicas_on_shutdown,
+            archives = BlobStore(
+                resolved.resolved_archives_url(),
+                storage_options=resolved.archives_storage_options,
             )
-            # Ended after the supervisor closed (callbacks run last-in first-out).
-            runtime.open()
-            stack.push_async_callback(runtime.close)
-            tasks = await stack.enter_async_context(asyncio.TaskGroup())
-            supervisor = Supervisor(
+            await archives.prepare()
+            snapshots = SnapshotStore(data_dir, archives)
+            fleet = LocalFleet(
                 settings=resolved,
-                runtime=runtime,
                 store=store,
                 snapshots=snapshots,
                 publisher=publisher,
                 http=http,
-                tasks=tasks,
             )
-            # Runs before the task group exits: every task it waits for is cancelled first.
-            stack.push_async_callback(supervisor.close)
-            await supervisor.load()
+            # Closed before the HTTP client, the bus and the database (last in, first out).
+            stack.push_async_callback(fleet.close)
+            await fleet.start(nc)
+            supervisor = fleet.supervisor
 
-            autoscaler = Autoscaler(
-                supervisor,
-                window=resolved.autoscale_window_s,
-                interval=resolved.autoscale_interval_s,
-                scale_down_delay=resolved.scale_down_delay_s,
-            )
-            subscription = await nc.subscribe(LOAD_SUBJECT, cb=autoscaler.on_message)
-            stack.push_async_callback(_unsubscribe, subscription)
-            supervisor.spawn(autoscaler.run(), name="autoscaler")
-            supervisor.spawn(supervisor.reconcile_forever(), name="reconciler")
-            install_streams(app, supervisor, resolved)
-
-            app.state.service = EndpointService(
+            endpoints = EndpointService(
                 settings=resolved,
                 store=store,
-                supervisor=supervisor,
+                fleet=fleet,
                 snapshots=snapshots,
-                runtime=runtime,
                 publisher=publisher,
             )
-            app.state.supervisor = supervisor
             rollouts = RolloutService(
-                endpoints=app.state.service,
+                endpoints=endpoints,
                 store=RolloutStore(store.sessions),
                 handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
             )
+            stack.push_async_callback(rollouts.close)
             reader = MetricsReader(http, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            rollouts.kinds["stream"] = app.state.stream_rollout
+            rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
             await rollouts.recover()
-            app.state.rollouts = rollouts
-            app.state.demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
-            app.state.demands.recover()
+            demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
+            demands.recover()
+            state = DeployerState(
+                endpoints=endpoints,
+                rollouts=rollouts,
+                streams=StreamService(
+                    store=store, supervisor=supervisor, scaler=fleet.stream_autoscaler, http=http
+                ),
+                fleet=fleet,
+                demands=demands,
+            )
+
             started.set()
             log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
             try:
-                yield
+                yield state
             finally:
                 started.clear()
 
     app = create_service_app(
         title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
     )
-    install_validation_messages(app)
-    app.include_router(router)
-    app.include_router(rollout_router)
-    app.include_router(stream_router)
-    app.include_router(demand_router)
-    app.state.settings = settings
+    endpoints_api.install_validation_messages(app)
+    app.include_router(endpoints_api.router)
+    app.include_router(rollout_api.router)
+    app.include_router(streams_api.router)
+    app.include_router(demand_api.router)
     return app
-
-
-async def _unsubscribe(subscription: Any) -> None:
-    try:
-        await subscription.unsubscribe()
-    except Exception as exc:  # a closed connection has no subscription left to remove
-        log.debug("load subscription already gone: %s", exc)

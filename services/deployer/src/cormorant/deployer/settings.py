@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cormorant.common.settings import ServiceSettings
@@ -37,6 +37,22 @@ class DeployerSettings(ServiceSettings):
 
     runtime: Literal["local"] = "local"
     """Where replicas run: ``local`` worker processes on this machine."""
+
+    archives_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("archives_url", "CORMORANT_ARCHIVES_URL")
+    )
+    """fsspec URL where the code archive of every model version is stored (a directory,
+    ``s3://bucket/prefix``…); default ``<data_dir>/archives``. Replicas run from a copy
+    extracted under ``<data_dir>/versions``."""
+
+    archives_storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices(
+            "archives_storage_options", "CORMORANT_ARCHIVES_STORAGE_OPTIONS"
+        ),
+    )
+    """Options for the fsspec filesystem of ``archives_url`` (a JSON object, e.g.
+    ``{"endpoint_url": "http://minio:9000"}``)."""
 
     worker_command: list[str] | None = None
     """Command that starts a worker replica, as a JSON list, the replica's flags appended
@@ -149,6 +165,10 @@ class DeployerSettings(ServiceSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    def resolved_archives_url(self) -> str:
+        """``archives_url``, or ``<data_dir>/archives`` as an absolute local path."""
+        return self.archives_url or str((self.data_dir / "archives").resolve())
 
     def template_command(self) -> list[str] | None:
         """The worker template's command, or None when replicas start as fresh processes."""

@@ -6,45 +6,25 @@ whole stack. Requires the ``asgi-lifespan`` development dependency.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
 from cormorant.deployer.settings import DeployerSettings
 
-T = TypeVar("T")
-
 BASE_URL = "http://deployer"
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float = 30.0,  # noqa: ASYNC109 - the failure names what was awaited, for the test
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """The first truthy result of ``check``, polled until ``timeout`` s have passed."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s (last: {last!r})")
-        await asyncio.sleep(interval)
 
 
 class DeployerHarness:
@@ -55,6 +35,15 @@ class DeployerHarness:
         self.app: FastAPI | None = None
         self._manager: LifespanManager | None = None
         self._client: httpx.AsyncClient | None = None
+
+    @property
+    def state(self) -> DeployerState:
+        """The components the running app's lifespan yielded."""
+        assert self._manager is not None, "the deployer is not running"
+        # asgi-lifespan keeps the lifespan state here and hands it to every request's scope.
+        scope: dict[str, Any] = {"state": self._manager._state}
+        state: DeployerState = scope["state"]
+        return state
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -122,7 +111,7 @@ class DeployerHarness:
         slug: str,
         check: Callable[[dict[str, Any]], bool],
         *,
-        timeout: float = 60.0,  # noqa: ASYNC109 - see wait_until
+        timeout: float = 60.0,  # noqa: ASYNC109 - the failure names what was awaited
         what: str = "state",
     ) -> dict[str, Any]:
         """The endpoint's JSON once ``check`` holds for it."""
@@ -132,7 +121,7 @@ class DeployerHarness:
             return document if check(document) else None
 
         try:
-            return await wait_until(current, timeout=timeout, what=f"{slug}: {what}")
+            return await eventually(current, within=timeout, what=f"{slug}: {what}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nendpoint now: {await self.get(slug)}") from None
 
@@ -140,7 +129,7 @@ class DeployerHarness:
         self,
         slug: str,
         ready: int = 1,
-        timeout: float = 60.0,  # noqa: ASYNC109 - see wait_until
+        timeout: float = 60.0,  # noqa: ASYNC109 - the failure names what was awaited
     ) -> dict[str, Any]:
         """The endpoint's JSON once it runs with ``ready`` ready replicas."""
         return await self.wait_for(

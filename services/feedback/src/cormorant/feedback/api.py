@@ -7,13 +7,14 @@ rendered by the platform's one handler.
 from __future__ import annotations
 
 import mimetypes
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypedDict
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from cormorant.common.datasets import DatasetStore
+from cormorant.common.lifespan import from_state
 from cormorant.feedback.schemas import (
     DatasetCreate,
     DatasetList,
@@ -22,21 +23,22 @@ from cormorant.feedback.schemas import (
     VersionOut,
 )
 from cormorant.feedback.settings import FeedbackSettings
+from cormorant.feedback.state import FeedbackState
 from cormorant.feedback.uploads import FILE_FIELD, PATH_FIELD, receive_upload
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
 
-def _store(request: Request) -> DatasetStore:
-    return cast(DatasetStore, request.app.state.datasets)
+class LifespanState(TypedDict):
+    """What the app's lifespan yields for the routes."""
+
+    datasets: DatasetStore
+    settings: FeedbackSettings
+    feedback: FeedbackState
 
 
-def _settings(request: Request) -> FeedbackSettings:
-    return cast(FeedbackSettings, request.app.state.settings)
-
-
-StoreDep = Annotated[DatasetStore, Depends(_store)]
-SettingsDep = Annotated[FeedbackSettings, Depends(_settings)]
+StoreDep = Annotated[DatasetStore, Depends(from_state("datasets", DatasetStore))]
+SettingsDep = Annotated[FeedbackSettings, Depends(from_state("settings", FeedbackSettings))]
 
 # The body is parsed by hand (streamed into storage), so FastAPI cannot describe it itself.
 _UPLOAD_BODY: dict[str, Any] = {

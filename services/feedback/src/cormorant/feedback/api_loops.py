@@ -16,18 +16,14 @@ from cormorant.common.errors import BadRequest
 from cormorant.feedback.export import OPTIONAL_COLUMNS
 from cormorant.feedback.schedule import parse_schedule
 from cormorant.feedback.schemas import LoopCreate, LoopDetail, LoopList, LoopOut, RunOut
+from cormorant.common.lifespan import from_state
 from cormorant.feedback.state import FeedbackState
 
 router = APIRouter(tags=["feedback loops"])
 PREFIX = "/api/v1/endpoints/{slug}/feedback-loops"
 
 
-def _state(request: Request) -> FeedbackState:
-    state: FeedbackState = request.app.state.feedback
-    return state
-
-
-StateDep = Annotated[FeedbackState, Depends(_state)]
+StateDep = Annotated[FeedbackState, Depends(from_state("feedback", FeedbackState))]
 
 
 def _include(include: list[str] | None) -> list[str] | None:

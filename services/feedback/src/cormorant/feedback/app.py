@@ -12,11 +12,12 @@ from fastapi import FastAPI
 
 from cormorant.common import bus
 from cormorant.common.datasets import BlobStore, DatasetStore
-from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+from cormorant.common.db import session_factory
 from cormorant.common.events import FeedbackRunFinished
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.lifespan import open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
-from cormorant.feedback.api import router
+from cormorant.feedback.api import LifespanState, router
 from cormorant.feedback.api_loops import router as loops_router
 from cormorant.feedback.loops import Loops
 from cormorant.feedback.runs import Clock, FeedbackMetrics, Publish, Runner, run_scheduler, utc_now
@@ -35,15 +36,12 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
     started = asyncio.Event()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState]:
         async with AsyncExitStack() as stack:
-            if settings.otlp_endpoint:
-                provider = setup_tracing(TITLE, settings.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(settings.database_url, timeout=settings.startup_timeout_s)
-            engine = create_engine(settings.database_url)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
+            open_tracing(stack, TITLE, settings.otlp_endpoint)
+            engine = await open_database(
+                stack, settings.database_url, timeout=settings.startup_timeout_s
+            )
             blobs = BlobStore(
                 settings.resolved_datasets_url(),
                 storage_options=settings.datasets_storage_options,
@@ -61,8 +59,6 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
 
             runner = Runner(engine, datasets, metrics, clock=clock, publish=publish)
             state = FeedbackState(settings, datasets, Loops(engine, clock=clock), runner)
-            app.state.datasets = datasets
-            app.state.feedback = state
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             if settings.scheduler:
                 scheduler = tasks.create_task(
@@ -72,7 +68,7 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
             started.set()
             log.info("feedback ready; datasets stored at %s", blobs.url)
             try:
-                yield
+                yield {"datasets": datasets, "settings": settings, "feedback": state}
             finally:
                 started.clear()
 
@@ -81,5 +77,4 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
     )
     app.include_router(router)
     app.include_router(loops_router)
-    app.state.settings = settings
     return app

@@ -7,7 +7,6 @@ or SIGKILL (a crash). ``Stream`` bundles one test's topics, group and replicas.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cormorant.common.servers import ManagedProcess, free_port
+from cormorant.common.testing.waits import eventually
 
 
 class BridgeProcess(ManagedProcess):
@@ -223,17 +223,6 @@ async def committed_offsets(bootstrap_servers: str, group: str, topic: str) -> d
         return committed
     finally:
         await consumer.stop()
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.2
-) -> None:
-    """Wait until ``condition`` holds; fail naming ``what`` once ``within`` seconds passed."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:.0f} s: {what}")
-        await asyncio.sleep(every)
 
 
 def message(number: int, *, poison: bool = False, **extra: object) -> tuple[bytes, bytes]:

@@ -14,9 +14,8 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.pool import NullPool
 
-from cormorant.common import bus
-from cormorant.common.db import create_engine, wait_for_database
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.predictlog import charts, database, export, logs, metrics_api
 from cormorant.predictlog.database import EndpointDirectory, Store
@@ -38,14 +37,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            if settings.otlp_endpoint:
-                provider = setup_tracing(TITLE, settings.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(settings.database_url, timeout=settings.startup_timeout_s)
+            open_tracing(stack, TITLE, settings.otlp_endpoint)
+            timeout = settings.startup_timeout_s
+            engine = await open_database(
+                stack, settings.database_url, timeout=timeout, migrate=False, poolclass=NullPool
+            )
             pool = await database.create_pool(settings.database_url, size=settings.db_pool_size)
             stack.push_async_callback(pool.close)
-            engine = create_engine(settings.database_url, poolclass=NullPool)
-            stack.push_async_callback(engine.dispose)
             # Before the first batch, so that today's rows never land in the default partition.
             await maintain(
                 engine,
@@ -55,12 +53,8 @@ def create_app(
             directory = EndpointDirectory(pool, ttl=settings.endpoint_cache_s)
             app.state.store = Store(pool, directory, settings)
 
-            # bus.connect waits for a server forever; a service start must not.
-            async with asyncio.timeout(settings.startup_timeout_s):
-                nc = await bus.connect(settings.nats_url, name=TITLE)
-            stack.push_async_callback(bus.close, nc)
+            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
             js = nc.jetstream()
-            await bus.ensure_streams(js)
             ingest = Ingest(settings, nc, js, directory, metrics)
 
             stopping = asyncio.Event()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,25 +28,11 @@ from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, copy_predictions
 from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.servers import free_port
+from cormorant.common.testing.waits import eventually
 from cormorant.predictlog.app import create_app
 from cormorant.predictlog.settings import PredictLogSettings
 
 SLUG = "iris"
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    *,
-    timeout: float,  # noqa: ASYNC109 - the failure names what was awaited
-    what: str,
-    every: float = 0.05,
-) -> None:
-    """Return once ``check()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(every)  # polling interval of a deadline wait
 
 
 class LogKit:
@@ -265,7 +251,7 @@ class ServiceProcess:
             except httpx.TransportError:
                 return False
 
-        await eventually(healthy, timeout=within, what="predictlog healthy", every=0.1)
+        await eventually(healthy, within=within, what="predictlog healthy", every=0.1)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

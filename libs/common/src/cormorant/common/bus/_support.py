@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
+
+from cormorant.common.retry import Backoff
 
 
 class Throttled:
@@ -34,6 +35,5 @@ class Throttled:
 
 def backoff(level: int, base: float, cap: float) -> float:
     """Exponential delay for the ``level``-th consecutive failure, jittered by ±20%."""
-    delay = min(cap, base * 2.0 ** min(level - 1, 30))
     # Jitter keeps a fleet of replicas from retrying in lockstep after a server restart.
-    return delay * random.uniform(0.8, 1.2)
+    return Backoff(base, cap, jitter=0.2).delay(level)

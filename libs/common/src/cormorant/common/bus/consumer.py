@@ -16,7 +16,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry.context import Context
 from prometheus_client import CollectorRegistry
 
-from cormorant.common.bus import packing
+import cormorant.common.bus.packing as packing
 from cormorant.common.bus._metrics import collector_for
 from cormorant.common.bus._support import Throttled, backoff
 from cormorant.common.events import Event, EventDecodeError

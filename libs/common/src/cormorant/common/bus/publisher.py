@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from cormorant.common.bus import packing
+import cormorant.common.bus.packing as packing
 from cormorant.common.bus._metrics import collector_for
 from cormorant.common.bus._support import Throttled, backoff
 from cormorant.common.events import EVENT_TYPE_HEADER, MSG_ID_HEADER, Event

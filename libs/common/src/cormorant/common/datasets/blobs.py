@@ -89,6 +89,10 @@ class BlobStore:
         """Where the blob with this digest lives, in the filesystem's own path form."""
         return self._join("blobs", "sha256", sha256[:2], sha256)
 
+    def blob_url(self, sha256: str) -> str:
+        """The blob's URL, with its filesystem's protocol (``file://…``, ``s3://…``)."""
+        return str(self._fs.unstrip_protocol(self.blob_path(sha256)))
+
     async def prepare(self) -> None:
         """Create the storage directories; fails early when the URL is unusable."""
         await asyncio.to_thread(self._fs.makedirs, self._join("tmp"), exist_ok=True)

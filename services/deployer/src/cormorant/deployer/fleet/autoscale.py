@@ -16,16 +16,23 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from cormorant.common.events import EventDecodeError, LoadReported, decode
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+from cormorant.common.tasks import TaskSet
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+
+# Subscribed with core NATS: load reports are live signals, never stored (see LoadReported).
+LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +143,41 @@ class LoadTracker:
             samples.popleft()
 
 
-class Autoscaler:
+class PeriodicScaler(Generic[K]):
+    """Decides every ``interval`` s (``tick``) from its ``start`` to its ``stop``; keeps the
+    recommendations of each scaled thing (``K``) for ``decide_for``."""
+
+    name = "autoscaler"
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        interval: float,
+        scale_down_delay: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.interval = interval
+        self.scale_down_delay = scale_down_delay
+        self.clock = clock or asyncio.get_running_loop().time
+        self.history: dict[K, tuple[Recommendation, ...]] = {}
+        self.tasks = TaskSet(self.name)
+
+    def start_deciding(self) -> None:
+        """Run ``tick`` every ``interval`` s until ``stop``; a failed pass is logged."""
+        self.tasks.spawn(run_every(self.interval, self.tick, f"{self.name} pass"), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop deciding."""
+        await self.tasks.close()
+
+    async def tick(self) -> None:
+        """One decision for every endpoint this scaler is for."""
+        raise NotImplementedError
+
+
+class Autoscaler(PeriodicScaler[str]):
     """Turns load reports into desired replica counts of web endpoints."""
 
     def __init__(
@@ -148,12 +189,26 @@ class Autoscaler:
         scale_down_delay: float,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.supervisor = supervisor
+        super().__init__(
+            supervisor, interval=interval, scale_down_delay=scale_down_delay, clock=clock
+        )
         self.tracker = LoadTracker(window)
-        self.interval = interval
-        self.scale_down_delay = scale_down_delay
-        self.clock = clock or asyncio.get_running_loop().time
-        self.history: dict[str, tuple[Recommendation, ...]] = {}
+        self._subscription: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        """Follow the gateways' load reports and decide every ``interval`` s until ``stop``."""
+        self._subscription = await nc.subscribe(LOAD_SUBJECT, cb=self.on_message)
+        self.start_deciding()
+
+    async def stop(self) -> None:
+        """Stop deciding and following the reports."""
+        await super().stop()
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except Exception as exc:  # a closed connection has no subscription left to remove
+                log.debug("load subscription already gone: %s", exc)
 
     async def on_message(self, msg: Msg) -> None:
         """Record one ``LoadReported`` message from the core subscription."""
@@ -164,10 +219,6 @@ class Autoscaler:
             return
         if isinstance(event, LoadReported):
             self.tracker.record(event, self.clock())
-
-    async def run(self) -> None:
-        """Decide every ``interval`` seconds until cancelled."""
-        await run_every(self.interval, self.tick, "autoscaling pass")
 
     async def tick(self) -> None:
         """One decision for every web endpoint."""

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cormorant.common.db.models import RolloutStatus
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.rollout import RolloutFailed, RolloutService
-from cormorant.deployer.rollout_schemas import TrafficOut
-from cormorant.deployer.store import EndpointRecord
+from cormorant.deployer.endpoints.store import EndpointRecord
+from cormorant.deployer.rollout.schemas import TrafficOut
+from cormorant.deployer.rollout.service import RolloutFailed, RolloutService
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class ProgressiveRollouts:
                     rollout_id, status=RolloutStatus.FAILED, reason=str(exc)
                 )
             raise
-        self.tasks[record.id] = service.supervisor.spawn(
+        self.tasks[record.id] = service.tasks.spawn(
             self._run(record, version, policy, rollout_id),
             name=f"rollout-{record.slug}-{version}",
         )

@@ -23,8 +23,8 @@ from cormorant.common.db.models import (
     TrafficChange,
     VersionStatus,
 )
-from cormorant.deployer.schemas import EndpointSpec
-from cormorant.deployer.store import (
+from cormorant.deployer.endpoints.schemas import EndpointSpec
+from cormorant.deployer.endpoints.store import (
     LIVE_REPLICA_STATES,
     VersionRecord,
     new_version_row,

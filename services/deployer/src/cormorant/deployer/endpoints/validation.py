@@ -10,10 +10,18 @@ import ast
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from cormorant.common.errors import BadRequest
 from cormorant.common.predictor import InvalidFileName, check_file_name
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec, ServerValue
+from cormorant.deployer.endpoints.schemas import (
+    EndpointCreate,
+    EndpointSpec,
+    ReplicasSpec,
+    ServerValue,
+)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -79,6 +87,27 @@ def resolve_spec(
         # Checked against the broker, with its defaults, by streams.prepare_stream_spec.
         kafka=request.kafka if request.kind == "stream" else None,
     )
+
+
+def changed_request(spec: EndpointSpec, given: dict[str, Any]) -> EndpointCreate:
+    """The create request of ``spec`` with the fields ``given`` changed (``replicas`` merged
+    into the spec's bounds); a 400 naming each invalid field."""
+    fields = spec.to_request()
+    for name, value in given.items():
+        if name == "replicas":
+            if value is not None:
+                fields["replicas"] = {**fields["replicas"], **value}
+        else:
+            fields[name] = value
+    try:
+        return EndpointCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise BadRequest(
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+                for err in exc.errors()
+            )
+        ) from exc
 
 
 def server_flag_value(value: ServerValue) -> str:

@@ -17,10 +17,10 @@ from aiokafka.errors import KafkaError
 from cormorant.common.errors import BadRequest
 from cormorant.common.kafka_security import InvalidSecurityOption
 from cormorant.common.kafka_security import client_security as kafka_client_security
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec
+from cormorant.deployer.endpoints.schemas import EndpointCreate, EndpointSpec, ReplicasSpec
+from cormorant.deployer.endpoints.validation import InvalidField
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.stream_spec import parse_kafka
-from cormorant.deployer.validation import InvalidField
+from cormorant.deployer.streams.spec import parse_kafka
 
 log = logging.getLogger(__name__)
 

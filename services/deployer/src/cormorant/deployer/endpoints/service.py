@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
-
-from pydantic import ValidationError
 
 from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
 from cormorant.common.errors import BadRequest, NotFound
 from cormorant.common.events import EndpointChanged, TrafficChanged
-from cormorant.deployer.kafka_admin import prepare_stream_spec
-from cormorant.deployer.runtime import ConfigurationRefused, ReplicaLaunch, Runtime
-from cormorant.deployer.schemas import (
+from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -25,20 +20,28 @@ from cormorant.deployer.schemas import (
     RoutingTable,
     TokenOut,
 )
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import Snapshot, SnapshotStore
-from cormorant.deployer.sources import checkout
-from cormorant.deployer.store import (
+from cormorant.deployer.endpoints.snapshot import Snapshot, SnapshotStore
+from cormorant.deployer.endpoints.sources import checkout
+from cormorant.deployer.endpoints.store import (
     EndpointRecord,
     NewEndpoint,
     Store,
     VersionRecord,
     slugify,
 )
-from cormorant.deployer.stream_spec import bridge_options
-from cormorant.deployer.supervisor import Publisher, Supervisor
-from cormorant.deployer.validation import check_code, resolve_spec, server_flag_value
-from cormorant.deployer.views import endpoint_view, event_attributes, version_created
+from cormorant.deployer.endpoints.validation import (
+    changed_request,
+    check_code,
+    resolve_spec,
+)
+from cormorant.deployer.endpoints.views import endpoint_view, event_attributes, version_created
+from cormorant.deployer.fleet import Placement, placement_of
+from cormorant.deployer.fleet.local import LocalFleet
+from cormorant.deployer.fleet.replica import launch_of
+from cormorant.deployer.fleet.runtime import ConfigurationRefused
+from cormorant.deployer.fleet.supervisor import Publisher
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.streams.admin import prepare_stream_spec
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +64,17 @@ class EndpointService:
         *,
         settings: DeployerSettings,
         store: Store,
-        supervisor: Supervisor,
+        fleet: LocalFleet,
         snapshots: SnapshotStore,
-        runtime: Runtime,
         publisher: Publisher,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.supervisor = supervisor
+        self.fleet = fleet
+        self.supervisor = fleet.supervisor
+        """The local fleet's picture of every endpoint (replica events, the canary runtimes)."""
+        self.runtime = fleet.runtime
         self.snapshots = snapshots
-        self.runtime = runtime
         self.publisher = publisher
 
     async def create(
@@ -103,29 +107,20 @@ class EndpointService:
             )
         )
         log.info("created endpoint %s (%s) from %s", record.slug, spec.kind, spec.source)
-        endpoint = await self.supervisor.track(record)
         view = await self._view(record)
         self._announce_created(record, view)
-        await self.supervisor.converge(endpoint)
+        await self.fleet.apply(self.placement(record, record.spec, record.desired))
         return EndpointCreated(**(await self._view(record)).model_dump(), token=token)
 
     async def rerun(self, slug: str, overrides: EndpointRerun) -> EndpointCreated:
         """A new endpoint with the settings (and code) of ``slug``, changed by ``overrides``."""
         original = await self._find(slug)
         given = overrides.model_dump(exclude_unset=True)
-        fields: dict[str, Any] = original.spec.to_request()
-        replicas = given.pop("replicas", None)
-        if replicas is not None:
-            fields["replicas"] = {**fields["replicas"], **replicas}
+        same_code = not ({"source", "commit"} & given.keys())
         if "source" in given and "commit" not in given:
             # The original's commit means nothing in another repository.
-            fields["commit"] = None
-        fields.update(given)
-        try:
-            request = EndpointCreate.model_validate(fields)
-        except ValidationError as exc:
-            raise BadRequest(_describe(exc)) from exc
-        same_code = not ({"source", "commit"} & given.keys())
+            given["commit"] = None
+        request = changed_request(original.spec, given)
         return await self.create(request, reuse=original.version if same_code else None)
 
     async def list(self) -> EndpointList:
@@ -146,8 +141,7 @@ class EndpointService:
         await self.store.mark_deleted(record.id)
         self.publisher.publish(EndpointChanged(endpoint=record.slug, change="deleted"))
         endpoint = self.supervisor.endpoints.get(record.id)
-        if endpoint is not None:
-            await self.supervisor.remove(endpoint)
+        await self.fleet.remove(record.id)
         log.info("deleted endpoint %s", record.slug)
         [(deleted, stats)] = await self.store.overview(record.id)
         return endpoint_view(deleted, stats, endpoint.events if endpoint is not None else ())
@@ -174,6 +168,19 @@ class EndpointService:
             raise EndpointNotFound(slug)
         return routes[0]
 
+    def placement(
+        self,
+        record: EndpointRecord,
+        spec: EndpointSpec,
+        replicas: int,
+        version: VersionRecord | None = None,
+    ) -> Placement:
+        """What the fleet runs for ``version`` (see ``fleet.placement_of``)."""
+        current = version or record.version
+        assert current is not None, "a stored endpoint has a version"
+        archive = self.snapshots.archive_url(current.digest)
+        return placement_of(record, spec, replicas, archive_url=archive, version=version)
+
     async def _find(self, slug: str) -> EndpointRecord:
         record = await self.store.find(slug)
         if record is None:
@@ -194,23 +201,13 @@ class EndpointService:
         return snapshot, src.commit
 
     async def _check_worker(self, spec: EndpointSpec, snapshot: Snapshot) -> None:
-        launch = ReplicaLaunch(
+        launch = launch_of(
+            spec,
             replica_id="check",
             endpoint=slugify(spec.name),
+            endpoint_id=uuid.uuid4(),
             version="1",
             source=snapshot.directory,
-            file=spec.file,
-            function=spec.function,
-            preprocess_file=spec.preprocess_file,
-            preprocess_function=spec.preprocess_function,
-            accepts_file=spec.accepts_file,
-            env=spec.env,
-            server={key: server_flag_value(value) for key, value in spec.server.items()},
-            bridge=(
-                bridge_options(slugify(spec.name), uuid.uuid4(), spec)
-                if spec.kind == "stream"
-                else None
-            ),
         )
         try:
             await self.runtime.check(launch)
@@ -232,9 +229,3 @@ class EndpointService:
         self.publisher.publish(
             TrafficChanged(endpoint=record.slug, generation=1, weights={version.label: 100})
         )
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )

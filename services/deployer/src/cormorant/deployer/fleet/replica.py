@@ -13,20 +13,21 @@ import itertools
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from cormorant.common.events import ReplicaChanged, ReplicaState
-from cormorant.deployer.runtime import ReplicaHandle, ReplicaLaunch, refusal_reason
+from cormorant.common.events import Event, ReplicaChanged, ReplicaState
+from cormorant.common.retry import Backoff
+from cormorant.deployer.endpoints.schemas import EndpointSpec
+from cormorant.deployer.endpoints.store import StatusChange, VersionRecord
+from cormorant.deployer.endpoints.validation import server_flag_value
+from cormorant.deployer.endpoints.views import ReplicaEvent
+from cormorant.deployer.fleet.runtime import ReplicaHandle, ReplicaLaunch, Runtime, refusal_reason
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.views import ReplicaEvent
-
-if TYPE_CHECKING:
-    from cormorant.deployer.schemas import EndpointSpec
-    from cormorant.deployer.store import VersionRecord
-    from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
+from cormorant.deployer.streams.spec import bridge_options
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,125 @@ class Failure:
 _sequence = itertools.count()
 
 
+def launch_of(
+    spec: EndpointSpec,
+    *,
+    replica_id: str,
+    endpoint: str,
+    endpoint_id: uuid.UUID,
+    version: str,
+    source: Path,
+) -> ReplicaLaunch:
+    """What the runtime runs for one replica serving ``spec``'s code from ``source``."""
+    return ReplicaLaunch(
+        replica_id=replica_id,
+        endpoint=endpoint,
+        version=version,
+        source=source,
+        file=spec.file,
+        function=spec.function,
+        preprocess_file=spec.preprocess_file,
+        preprocess_function=spec.preprocess_function,
+        accepts_file=spec.accepts_file,
+        env=dict(spec.env),
+        server={key: server_flag_value(value) for key, value in spec.server.items()},
+        bridge=bridge_options(endpoint, endpoint_id, spec) if spec.kind == "stream" else None,
+    )
+
+
+class ReplicaHost(Protocol):
+    """What a replica's task needs from the fleet that runs it (the ``Supervisor``)."""
+
+    settings: DeployerSettings
+    runtime: Runtime
+    runners: set[ReplicaRunner]
+    closing: bool
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to the bus."""
+        ...
+
+    async def write_replica(
+        self, replica_id: uuid.UUID, status: StatusChange | None = None, **values: Any
+    ) -> None:
+        """Update the replica's row (and the endpoint status it implies)."""
+        ...
+
+    def status_change(self, endpoint: EndpointRuntime) -> StatusChange | None:
+        """The endpoint's status as its replicas now imply, if it changed."""
+        ...
+
+    async def refresh(self, endpoint: EndpointRuntime) -> None:
+        """Store and announce the endpoint's status if its public view changed."""
+        ...
+
+    async def probe(self, url: str, identity: str | None = None) -> bool | Failure | None:
+        """Whether the replica at ``url`` is ready, or why it cannot be."""
+        ...
+
+    def finished(self, runner: ReplicaRunner) -> None:
+        """Forget a replica whose task ended."""
+        ...
+
+
+@dataclass(eq=False, slots=True)
+class EndpointRuntime:
+    """The supervisor's picture of one endpoint and its replicas."""
+
+    id: uuid.UUID
+    slug: str
+    kind: str
+    spec: EndpointSpec
+    version: VersionRecord
+    source_dir: Path
+    desired: int
+    status: str
+    reason: str | None
+    events: deque[ReplicaEvent]
+    replicas: dict[uuid.UUID, ReplicaRunner] = field(default_factory=dict)
+    failure: str | None = None
+    deleted: bool = False
+    published: tuple[object, ...] = ()
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    primary: bool = True
+    """Whether this is the version that sets the endpoint's status (and is autoscaled);
+    a canary or a retiring version runs beside it (see ``rollout.py``)."""
+
+    def launch(
+        self,
+        replica_id: uuid.UUID,
+        *,
+        version: VersionRecord | None = None,
+        source_dir: Path | None = None,
+        spec: EndpointSpec | None = None,
+    ) -> ReplicaLaunch:
+        """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
+        default) with ``spec``'s code fields (the endpoint's by default)."""
+        return launch_of(
+            spec or self.spec,
+            replica_id=str(replica_id),
+            endpoint=self.slug,
+            endpoint_id=self.id,
+            version=(version or self.version).label,
+            source=source_dir or self.source_dir,
+        )
+
+    def active(self) -> list[ReplicaRunner]:
+        """Replicas not asked to stop."""
+        return [r for r in self.replicas.values() if not r.stop_requested.is_set()]
+
+    def ready_count(self) -> int:
+        """Replicas that receive traffic."""
+        return sum(1 for r in self.replicas.values() if r.state == "ready")
+
+
 class ReplicaRunner:
     """One replica's life: start, wait for ``/healthz``, watch, restart after a crash, stop."""
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: ReplicaHost,
         endpoint: EndpointRuntime,
         replica_id: uuid.UUID,
         *,
@@ -220,11 +334,8 @@ class ReplicaRunner:
     async def _backoff(self) -> bool:
         """Wait before the next restart; False if asked to stop meanwhile."""
         settings = self.settings
-        delay = min(
-            settings.max_restart_backoff_s,
-            settings.restart_backoff_s * 2.0 ** min(self.crashes - 1, 30),
-        )
-        return not await self._pause(delay)
+        backoff = Backoff(settings.restart_backoff_s, settings.max_restart_backoff_s)
+        return not await self._pause(backoff.delay(self.crashes))
 
     async def _stop(self) -> None:
         handle = self.handle

@@ -17,18 +17,22 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-
-from pydantic import ValidationError
 
 from cormorant.common.db.models import RolloutStatus, VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
 from cormorant.common.events import TrafficChanged
-from cormorant.deployer.endpoints import EndpointNotFound, EndpointService
-from cormorant.deployer.handshake import GatewayHandshake
-from cormorant.deployer.rollout_schemas import (
+from cormorant.common.tasks import TaskSet
+from cormorant.deployer.endpoints.schemas import EndpointSpec
+from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
+from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.deployer.endpoints.validation import changed_request, resolve_spec
+from cormorant.deployer.endpoints.views import version_created
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
+from cormorant.deployer.rollout.handshake import GatewayHandshake
+from cormorant.deployer.rollout.schemas import (
     ReplicaOut,
     RolloutIn,
     TrafficOut,
@@ -36,12 +40,7 @@ from cormorant.deployer.rollout_schemas import (
     VersionList,
     VersionOut,
 )
-from cormorant.deployer.rollout_store import RolloutStore, TrafficState
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec
-from cormorant.deployer.store import EndpointRecord, VersionRecord
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
-from cormorant.deployer.validation import resolve_spec
-from cormorant.deployer.views import version_created
+from cormorant.deployer.rollout.store import RolloutStore, TrafficState
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +98,12 @@ class RolloutService:
         """The progressive rollout in progress per endpoint (see ``policy.py``)."""
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._retiring: dict[uuid.UUID, set[str]] = {}
+        self.tasks = TaskSet("rollouts")
+        """Retirements of versions and the steps of progressive rollouts."""
+
+    async def close(self) -> None:
+        """Cancel the retirements and progressive rollouts in progress."""
+        await self.tasks.close()
 
     @property
     def supervisor(self) -> Supervisor:
@@ -115,26 +120,16 @@ class RolloutService:
         """Snapshot and check the new code, store the version, start its replicas (no traffic)."""
         record = await self._find(slug)
         self._check_kind(record)
-        fields: dict[str, Any] = record.spec.to_request()
         given = body.model_dump(exclude_unset=True)
-        if "commit" not in given:
-            fields["commit"] = None
-        replicas = given.pop("replicas", None)
-        if replicas is not None and record.kind in self.kinds:
+        given.setdefault("commit", None)
+        if given.get("replicas") is not None and record.kind in self.kinds:
             raise BadRequest(
                 f"{record.slug} is a {record.kind} endpoint: a version runs with the endpoint's "
                 "replicas; remove replicas from the version",
                 details={"field": "replicas", "kind": record.kind},
             )
-        if replicas is not None:
-            fields["replicas"] = {**fields["replicas"], **replicas}
-        fields.update(given)
-        try:
-            request = EndpointCreate.model_validate(fields)
-        except ValidationError as exc:
-            raise BadRequest(_describe(exc)) from exc
         spec = resolve_spec(
-            request,
+            changed_request(record.spec, given),
             default_target=self.settings.default_target,
             default_timeout_s=self.settings.default_timeout_s,
         )
@@ -147,24 +142,9 @@ class RolloutService:
             # partitions before the rollout hands it over.
             self._announce_version(record, version, spec)
             return await self._version_out(record, version.label)
-        primary = self._primary(record)
-        runtime = EndpointRuntime(
-            id=record.id,
-            slug=record.slug,
-            kind=record.kind,
-            spec=spec,
-            version=version,
-            source_dir=snapshot.directory,
-            desired=max(1, spec.replicas.min),
-            status="deploying",
-            reason=None,
-            # One history: the endpoint's events show every version's replicas.
-            events=primary.events if primary else deque(maxlen=self.settings.event_history),
-            primary=False,
-        )
-        self.supervisor.others.setdefault(record.id, {})[version.label] = runtime
         self._announce_version(record, version, spec)
-        await self.supervisor.converge(runtime)
+        placement = service.placement(record, spec, max(1, spec.replicas.min), version)
+        await service.fleet.apply(placement)
         return await self._version_out(record, version.label)
 
     def _announce_version(
@@ -388,7 +368,7 @@ class RolloutService:
     ) -> None:
         label = runtime.version.label
         self._retiring.setdefault(record.id, set()).add(label)
-        self.supervisor.spawn(
+        self.tasks.spawn(
             self._retire(record, runtime, generation), name=f"retire-{record.slug}-{label}"
         )
 
@@ -405,13 +385,7 @@ class RolloutService:
                 await self.handshake.wait(
                     record.slug, generation, [label], nudge=lambda: self.supervisor.publish(event)
                 )
-            runtime.desired = 0
-            await self.supervisor.converge(runtime)
-            runners = list(runtime.replicas.values())
-            await asyncio.gather(*(runner.done.wait() for runner in runners))
-            others = self.supervisor.others.get(record.id, {})
-            if others.get(label) is runtime:
-                others.pop(label)
+            await self.endpoints.fleet.remove(record.id, label)
             if not runtime.deleted:
                 await self.store.set_version_status(runtime.version.id, VersionStatus.RETIRED)
             log.info("%s: version %s retired", record.slug, label)
@@ -552,9 +526,3 @@ def _other_canary(traffic: TrafficState, stable: str | None, besides: str | None
         if label not in (stable, besides) and weight > 0:
             return label
     return None
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )

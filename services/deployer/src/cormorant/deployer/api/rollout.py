@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Request
-
-from cormorant.deployer.rollout import RolloutService
-from cormorant.deployer.rollout_schemas import (
+from cormorant.deployer.api.deps import RolloutsDep as RolloutDep
+from cormorant.deployer.rollout.schemas import (
     RolloutIn,
     TrafficOut,
     VersionCreate,
@@ -16,13 +14,6 @@ from cormorant.deployer.rollout_schemas import (
 )
 
 router = APIRouter(tags=["rollout"])
-
-
-def _service(request: Request) -> RolloutService:
-    return cast(RolloutService, request.app.state.rollouts)
-
-
-RolloutDep = Annotated[RolloutService, Depends(_service)]
 
 
 @router.post("/api/v1/endpoints/{slug}/versions", status_code=201)

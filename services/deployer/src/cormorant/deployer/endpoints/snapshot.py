@@ -1,8 +1,9 @@
 """Content-addressed snapshots of an endpoint's source: a deterministic tar.gz and its copy.
 
-A version's code is archived once under ``<data_dir>/archives/<sha256>.tar.gz`` and extracted
-once to ``<data_dir>/versions/<sha256>/``; replicas run from the extracted copy, so a rerun or
-a rollback serves exactly the code that was deployed, whatever happened to the user's folder.
+A version's code is archived once as a blob of the archives store (``CORMORANT_ARCHIVES_URL``:
+a directory, ``s3://``…; its sha256 is the version's digest) and extracted once to
+``<data_dir>/versions/<sha256>/``; replicas run from the extracted copy, so a rerun or a
+rollback serves exactly the code that was deployed, whatever happened to the user's folder.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
+from cormorant.common.datasets.blobs import BlobMissing, BlobStore
 from cormorant.common.errors import BadRequest, CormorantError
 
 EXCLUDED_DIRS = frozenset({".git", "__pycache__"})
@@ -32,10 +34,10 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An archived source: its digest, the archive and the extracted directory."""
+    """An archived source: its digest, the archive's URL and the extracted directory."""
 
     digest: str
-    archive: Path
+    archive: str
     directory: Path
 
 
@@ -107,15 +109,17 @@ def write_archive(source: Path, out: BinaryIO) -> str:
 
 
 class SnapshotStore:
-    """Archives and extracted copies under the data directory, named by digest."""
+    """Archives in a blob store and their extracted copies under the data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.archives = data_dir / "archives"
+    def __init__(self, data_dir: Path, archives: BlobStore | None = None) -> None:
+        self.archives = archives or BlobStore(str((data_dir / "archives").resolve()))
         self.versions = data_dir / "versions"
+        # Where archives lived before the blob store: still read, never written.
+        self._legacy = data_dir / "archives"
 
-    def archive_path(self, digest: str) -> Path:
-        """Where the archive of ``digest`` lives."""
-        return self.archives / f"{_checked(digest)}.tar.gz"
+    def archive_url(self, digest: str) -> str:
+        """The URL of the archive of ``digest``."""
+        return self.archives.blob_url(_checked(digest))
 
     def directory(self, digest: str) -> Path:
         """Where the archive of ``digest`` is extracted."""
@@ -123,43 +127,28 @@ class SnapshotStore:
 
     async def snapshot(self, source: Path) -> Snapshot:
         """Archive ``source`` (unless the same content is archived already) and extract it."""
-        return await asyncio.to_thread(self._snapshot, source)
+        partial = self.versions / f".partial-{uuid.uuid4().hex}.tar.gz"
+        try:
+            digest = await asyncio.to_thread(_write_file, source, partial)
+            await self.archives.prepare()
+            await self.archives.put(partial, label="source archive")
+            return await asyncio.to_thread(self._extract, digest, partial)
+        finally:
+            partial.unlink(missing_ok=True)
 
     async def extracted(self, digest: str) -> Snapshot:
         """The snapshot of ``digest``, extracting its archive again if the copy was removed."""
-        return await asyncio.to_thread(self._extracted, digest)
+        return await asyncio.to_thread(self._extract, digest, None)
 
-    def _snapshot(self, source: Path) -> Snapshot:
-        if not source.is_dir():
-            raise BadRequest(f"source: {str(source)!r} is not a directory")
-        self.archives.mkdir(parents=True, exist_ok=True)
-        partial = self.archives / f".partial-{uuid.uuid4().hex}"
-        try:
-            with partial.open("wb") as out:
-                digest = write_archive(source, out)
-            archive = self.archive_path(digest)
-            if archive.exists():
-                partial.unlink()
-            else:
-                # Atomic: a reader never sees a half-written archive under its final name.
-                os.replace(partial, archive)
-        finally:
-            partial.unlink(missing_ok=True)
-        return self._extracted(digest)
-
-    def _extracted(self, digest: str) -> Snapshot:
-        archive = self.archive_path(digest)
+    def _extract(self, digest: str, archive: Path | None) -> Snapshot:
         directory = self.directory(digest)
+        snapshot = Snapshot(digest, self.archive_url(digest), directory)
         if directory.is_dir():
-            return Snapshot(digest, archive, directory)
-        if not archive.is_file():
-            raise SnapshotMissing(
-                f"the source archive {archive} is missing; deploy the source again"
-            )
+            return snapshot
         self.versions.mkdir(parents=True, exist_ok=True)
         partial = self.versions / f".partial-{uuid.uuid4().hex}"
         try:
-            with tarfile.open(archive, "r:gz") as tar:
+            with self._open(digest, archive) as fh, tarfile.open(fileobj=fh, mode="r:gz") as tar:
                 tar.extractall(partial, filter="data")
             try:
                 os.rename(partial, directory)
@@ -170,7 +159,28 @@ class SnapshotStore:
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
-        return Snapshot(digest, archive, directory)
+        return snapshot
+
+    def _open(self, digest: str, archive: Path | None) -> IO[bytes]:
+        if archive is not None:
+            return archive.open("rb")
+        legacy = self._legacy / f"{digest}.tar.gz"
+        if legacy.is_file():
+            return legacy.open("rb")
+        try:
+            return self.archives.open(digest)
+        except (BlobMissing, FileNotFoundError) as exc:
+            raise SnapshotMissing(
+                f"the source archive {self.archive_url(digest)} is missing; deploy the source again"
+            ) from exc
+
+
+def _write_file(source: Path, path: Path) -> str:
+    if not source.is_dir():
+        raise BadRequest(f"source: {str(source)!r} is not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        return write_archive(source, out)
 
 
 def _checked(digest: str) -> str:

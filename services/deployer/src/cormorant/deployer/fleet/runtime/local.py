@@ -38,7 +38,7 @@ from cormorant.common import lifetime
 from cormorant.common.errors import CormorantError
 from cormorant.common.servers import free_port
 from cormorant.common.web import REPLICA_ENV
-from cormorant.deployer.runtime import (
+from cormorant.deployer.fleet.runtime import (
     REFUSED_EXIT_CODE,
     ConfigurationRefused,
     Exit,
@@ -46,7 +46,11 @@ from cormorant.deployer.runtime import (
     ReplicaLaunch,
     refusal_reason,
 )
-from cormorant.deployer.runtime.template import Generation, TemplateUnavailable, WorkerTemplate
+from cormorant.deployer.fleet.runtime.template import (
+    Generation,
+    TemplateUnavailable,
+    WorkerTemplate,
+)
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,16 @@ rendered by the platform's one handler.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cormorant.common.errors import error_response
-from cormorant.deployer.endpoints import EndpointService
-from cormorant.deployer.schemas import (
+from cormorant.deployer.api.deps import EndpointsDep as ServiceDep
+from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -28,13 +28,6 @@ from cormorant.deployer.schemas import (
 )
 
 router = APIRouter()
-
-
-def _service(request: Request) -> EndpointService:
-    return cast(EndpointService, request.app.state.service)
-
-
-ServiceDep = Annotated[EndpointService, Depends(_service)]
 
 
 @router.post("/api/v1/endpoints", status_code=201, tags=["endpoints"])

@@ -1,4 +1,4 @@
-"""Capacity on demand for batch endpoints: ``PUT /internal/endpoints/{slug}/demand``.
+"""Capacity on demand for batch endpoints (``PUT /internal/endpoints/{slug}/demand``).
 
 The batch service asks for ``replicas`` (clamped to the endpoint's ``replicas.max``) for
 ``ttl_s`` seconds and renews the demand while its jobs run; each call replaces the previous
@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from cormorant.common.errors import Conflict
-from cormorant.deployer.endpoints import EndpointNotFound
-from cormorant.deployer.schemas import StrictModel
-from cormorant.deployer.supervisor import EndpointRuntime, Supervisor
-
-router = APIRouter(tags=["internal"])
+from cormorant.deployer.endpoints.schemas import StrictModel
+from cormorant.deployer.endpoints.service import EndpointNotFound
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 
 
 class DemandIn(StrictModel):
@@ -81,17 +78,3 @@ class Demands:
         if previous is not None:
             previous.cancel()
         self._lapses[endpoint.id] = self.supervisor.spawn(lapse(), name=f"demand-{endpoint.slug}")
-
-
-def _demands(request: Request) -> Demands:
-    demands = request.app.state.demands
-    assert isinstance(demands, Demands)
-    return demands
-
-
-@router.put("/internal/endpoints/{slug}/demand")
-async def put_demand(
-    slug: str, body: DemandIn, demands: Annotated[Demands, Depends(_demands)]
-) -> DemandOut:
-    """Hold a batch endpoint at ``replicas`` for ``ttl_s`` s; it scales to 0 once it lapses."""
-    return await demands.put(slug, body)

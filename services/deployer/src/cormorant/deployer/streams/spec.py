@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from cormorant.common.kafka_topics import check_input_topics, check_topic
-from cormorant.deployer.runtime import BridgeOptions
-from cormorant.deployer.schemas import EndpointSpec
+from cormorant.deployer.endpoints.schemas import EndpointSpec
+from cormorant.deployer.fleet.runtime import BridgeOptions
 
 # Security options whose values are never shown back (the API echoes the rest).
 _SECRET_MARKS = ("password", "secret", "token", "key")

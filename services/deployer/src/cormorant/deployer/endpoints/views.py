@@ -8,9 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from cormorant.common.events import VersionCreated
-from cormorant.deployer.schemas import EndpointOut, EndpointSpec, ReplicaCounts, ReplicaEventOut
-from cormorant.deployer.store import EndpointRecord, EndpointStats, VersionRecord
-from cormorant.deployer.stream_spec import public_kafka
+from cormorant.deployer.endpoints.schemas import (
+    EndpointOut,
+    EndpointSpec,
+    ReplicaCounts,
+    ReplicaEventOut,
+)
+from cormorant.deployer.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
+from cormorant.deployer.streams.spec import public_kafka
 
 
 @dataclass(frozen=True, slots=True)

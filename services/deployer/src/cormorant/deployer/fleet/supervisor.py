@@ -12,30 +12,28 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
+from cormorant.common.retry import Backoff, retry
+from cormorant.common.tasks import TaskSet
 from cormorant.common.web import REPLICA_HEADER
-from cormorant.deployer.replicas import Failure, ReplicaRunner
-from cormorant.deployer.runtime import ReplicaLaunch, Runtime
-from cormorant.deployer.schemas import EndpointOut, EndpointSpec
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.snapshot import SnapshotStore
-from cormorant.deployer.store import (
+from cormorant.deployer.endpoints.schemas import EndpointOut
+from cormorant.deployer.endpoints.snapshot import SnapshotStore
+from cormorant.deployer.endpoints.store import (
     EndpointRecord,
     ReplicaRecord,
     StatusChange,
     Store,
-    VersionRecord,
 )
-from cormorant.deployer.stream_spec import bridge_options
-from cormorant.deployer.validation import server_flag_value
-from cormorant.deployer.views import ReplicaEvent, endpoint_view, event_attributes
+from cormorant.deployer.endpoints.views import endpoint_view, event_attributes
+from cormorant.deployer.fleet import Placement, placement_of
+from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
+from cormorant.deployer.fleet.runtime import Runtime
+from cormorant.deployer.settings import DeployerSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,71 +42,22 @@ _PROBE_TIMEOUT_S = 2.0
 _LOAD_FAILED = "model_load_failed"
 
 
+# Only a lost connection is worth waiting for (a failover takes seconds); 6 tries over ~6 s.
+_DB_WRITE_BACKOFF = Backoff(initial=0.2, cap=3.2, attempts=6)
+
+
+def _connection_lost(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError)
+
+
 class Publisher(Protocol):
     """Where events go once the database holds the change (a ``BatchedPublisher``)."""
 
     def publish(self, event: Event) -> bool:
         """Queue ``event`` without blocking."""
         ...
-
-
-@dataclass(eq=False, slots=True)
-class EndpointRuntime:
-    """The supervisor's picture of one endpoint and its replicas."""
-
-    id: uuid.UUID
-    slug: str
-    kind: str
-    spec: EndpointSpec
-    version: VersionRecord
-    source_dir: Path
-    desired: int
-    status: str
-    reason: str | None
-    events: deque[ReplicaEvent]
-    replicas: dict[uuid.UUID, ReplicaRunner] = field(default_factory=dict)
-    failure: str | None = None
-    deleted: bool = False
-    published: tuple[object, ...] = ()
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    primary: bool = True
-    """Whether this is the version that sets the endpoint's status (and is autoscaled);
-    a canary or a retiring version runs beside it (see ``rollout.py``)."""
-
-    def launch(
-        self,
-        replica_id: uuid.UUID,
-        *,
-        version: VersionRecord | None = None,
-        source_dir: Path | None = None,
-        spec: EndpointSpec | None = None,
-    ) -> ReplicaLaunch:
-        """What the runtime runs for replica ``replica_id`` of ``version`` (the current one by
-        default) with ``spec``'s code fields (the endpoint's by default)."""
-        spec = spec or self.spec
-        return ReplicaLaunch(
-            replica_id=str(replica_id),
-            endpoint=self.slug,
-            version=(version or self.version).label,
-            source=source_dir or self.source_dir,
-            file=spec.file,
-            function=spec.function,
-            preprocess_file=spec.preprocess_file,
-            preprocess_function=spec.preprocess_function,
-            accepts_file=spec.accepts_file,
-            env=dict(spec.env),
-            server={key: server_flag_value(value) for key, value in spec.server.items()},
-            bridge=bridge_options(self.slug, self.id, spec) if self.kind == "stream" else None,
-        )
-
-    def active(self) -> list[ReplicaRunner]:
-        """Replicas not asked to stop."""
-        return [r for r in self.replicas.values() if not r.stop_requested.is_set()]
-
-    def ready_count(self) -> int:
-        """Replicas that receive traffic."""
-        return sum(1 for r in self.replicas.values() if r.state == "ready")
 
 
 def _victims(replicas: Iterable[ReplicaRunner], count: int) -> list[ReplicaRunner]:
@@ -132,7 +81,6 @@ class Supervisor:
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,
-        tasks: asyncio.TaskGroup,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -140,22 +88,24 @@ class Supervisor:
         self.snapshots = snapshots
         self.publisher = publisher
         self.http = http
-        self.tasks = tasks
+        self.tasks = TaskSet("supervisor")
+        """The replica runners and the reconcile loop (and, until they move out of the
+        deployer, batch jobs and flow runs)."""
         self.endpoints: dict[uuid.UUID, EndpointRuntime] = {}
         self.others: dict[uuid.UUID, dict[str, EndpointRuntime]] = {}
         """Per endpoint, the versions running beside the primary one, by label."""
-        self._running: set[asyncio.Task[None]] = set()
         self.runners: set[ReplicaRunner] = set()
         """Every replica runner not yet finished, wherever it is held (a stream swap's incoming
         replicas are outside their endpoint's set while they warm up)."""
         self.closing = False
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run ``coro`` in the service's task group, cancelled at shutdown."""
-        task = self.tasks.create_task(coro, name=name)
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return task
+        """Run ``coro`` among the supervisor's tasks, cancelled when it closes."""
+        return self.tasks.spawn(coro, name=name)
+
+    def start(self) -> None:
+        """Start the reconcile loop (after ``load``)."""
+        self.spawn(self.reconcile_forever(), name="reconciler")
 
     def publish(self, event: Event) -> None:
         """Hand ``event`` to the bus (after the database write it reports)."""
@@ -165,44 +115,52 @@ class Supervisor:
         self, replica_id: uuid.UUID, status: StatusChange | None = None, **values: Any
     ) -> None:
         """Update a replica row, retrying briefly while the database is unreachable."""
-        delay = 0.2
-        for attempt in range(6):
-            try:
-                await self.store.update_replica(replica_id, status, **values)
-                return
-            except (DBAPIError, OSError, TimeoutError) as exc:
-                lost = not isinstance(exc, DBAPIError) or (
-                    exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-                )
-                # Only a lost connection is worth waiting for; anything else is a bug.
-                if attempt == 5 or not lost:
-                    raise
-                log.warning("replica %s: database write failed (%s); retrying", replica_id, exc)
-            await asyncio.sleep(delay)
-            delay *= 2
+        await retry(
+            lambda: self.store.update_replica(replica_id, status, **values),
+            _DB_WRITE_BACKOFF,
+            retryable=_connection_lost,
+            what=f"replica {replica_id}: database write",
+        )
 
     async def track(self, record: EndpointRecord) -> EndpointRuntime:
-        """Start supervising an endpoint (its replicas start on ``converge``)."""
+        """Start supervising an endpoint as stored (its replicas start on ``converge``)."""
         assert record.version is not None
-        snapshot = await self.snapshots.extracted(record.version.digest)
-        endpoint = EndpointRuntime(
-            id=record.id,
-            slug=record.slug,
-            kind=record.kind,
-            spec=record.spec,
-            version=record.version,
-            source_dir=snapshot.directory,
-            desired=record.desired,
-            status=record.status,
-            reason=record.reason,
-            events=deque(maxlen=self.settings.event_history),
-        )
+        archive = self.snapshots.archive_url(record.version.digest)
+        placement = placement_of(record, record.spec, record.desired, archive_url=archive)
+        endpoint = await self.place(placement, status=record.status, reason=record.reason)
         if record.status == "failed":
             endpoint.failure = record.reason
-        # What subscribers learnt from the create or from the previous deployer.
-        endpoint.published = (record.status, record.reason, 0, record.desired)
-        self.endpoints[record.id] = endpoint
         return endpoint
+
+    async def place(
+        self, placement: Placement, *, status: str, reason: str | None = None
+    ) -> EndpointRuntime:
+        """Start supervising ``placement``: the endpoint's stable version when it is
+        autoscaled, else a version beside it (its replicas start on ``converge``)."""
+        snapshot = await self.snapshots.extracted(placement.version.digest)
+        primary = self.endpoints.get(placement.endpoint_id)
+        shared = primary.events if primary is not None and not placement.autoscaled else None
+        runtime = EndpointRuntime(
+            id=placement.endpoint_id,
+            slug=placement.endpoint,
+            kind=placement.kind,
+            spec=placement.spec,
+            version=placement.version,
+            source_dir=snapshot.directory,
+            desired=placement.replicas,
+            status=status,
+            reason=reason,
+            # One history: the endpoint's events show every version's replicas.
+            events=shared if shared is not None else deque(maxlen=self.settings.event_history),
+            primary=placement.autoscaled,
+        )
+        if placement.autoscaled:
+            # What subscribers learnt from the create or from the previous deployer.
+            runtime.published = (status, reason, 0, placement.replicas)
+            self.endpoints[placement.endpoint_id] = runtime
+        else:
+            self.others.setdefault(placement.endpoint_id, {})[placement.version.label] = runtime
+        return runtime
 
     async def converge(self, endpoint: EndpointRuntime) -> None:
         """Start or stop replicas until as many run as the endpoint wants."""
@@ -350,58 +308,45 @@ class Supervisor:
             handle = await self.runtime.adopt(
                 endpoint.launch(row.id), url=row.url, host=row.host, pid=row.pid
             )
+        if handle is None and row.state == "draining":
+            await self.write_replica(row.id, state="stopped")
+            return
+        failure = None
         if handle is not None:
             log.info("adopted replica %s of %s (pid %s)", row.id, endpoint.slug, row.pid)
             state: ReplicaState = "draining" if row.state == "draining" else "starting"
-            runner = ReplicaRunner(
-                self,
-                endpoint,
-                row.id,
-                restarts=row.restarts,
-                resumed=True,
-                handle=handle,
-                state=state,
-            )
-            if state == "draining":
-                # It was being stopped: finish that, and let converge count it as gone.
-                runner.stop_requested.set()
-            self._run(runner)
-            return
-        if row.state == "draining":
-            await self.write_replica(row.id, state="stopped")
-            return
-        # Gone while no deployer watched it: a crash, restarted like any other.
-        failure = None
-        if row.state != "failed":
-            failure = Failure(f"not running after the deployer restarted (was {row.state})")
+        else:
+            # Gone while no deployer watched it: a crash, restarted like any other.
+            state = "crashed"
+            if row.state != "failed":
+                failure = Failure(f"not running after the deployer restarted (was {row.state})")
         runner = ReplicaRunner(
             self,
             endpoint,
             row.id,
             restarts=row.restarts,
             resumed=True,
-            state="crashed",
+            handle=handle,
+            state=state,
             pending_failure=failure,
         )
-        if failure is None:
+        if state == "draining":
+            # It was being stopped: finish that, and let converge count it as gone.
+            runner.stop_requested.set()
+        elif handle is None and failure is None:
             runner.crashes = 1
         self._run(runner)
 
     async def _retire_orphan(self, row: ReplicaRecord) -> None:
         record = await self.store.get(row.endpoint_id)
         if record is not None and record.version is not None and row.url is not None:
-            launch = ReplicaLaunch(
+            launch = launch_of(
+                record.spec,
                 replica_id=str(row.id),
                 endpoint=record.slug,
+                endpoint_id=record.id,
                 version=record.version.label,
                 source=self.snapshots.directory(record.version.digest),
-                file=record.spec.file,
-                function=record.spec.function,
-                bridge=(
-                    bridge_options(record.slug, record.id, record.spec)
-                    if record.kind == "stream"
-                    else None
-                ),
             )
             handle = await self.runtime.adopt(launch, url=row.url, host=row.host, pid=row.pid)
             if handle is not None:
@@ -439,8 +384,4 @@ class Supervisor:
                 for runner in runners:
                     runner.stop_requested.set()
                 await asyncio.gather(*(runner.done.wait() for runner in runners))
-        tasks = list(self._running)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self.tasks.close()

@@ -30,7 +30,7 @@ from cormorant.common.db.models import (
     TrafficChange,
     VersionStatus,
 )
-from cormorant.deployer.schemas import EndpointSpec, Route, RouteReplica
+from cormorant.deployer.endpoints.schemas import EndpointSpec, Route, RouteReplica
 
 SLUG_MAX = 63
 # Room for a "-NNNNN" suffix within the 63 characters of a DNS label.

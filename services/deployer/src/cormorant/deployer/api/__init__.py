@@ -1,0 +1,1 @@
+"""HTTP routes only: each module translates requests into calls of one feature's service."""

@@ -1,0 +1,16 @@
+"""HTTP route of stream endpoints' status (their swap is the rollout API)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from cormorant.deployer.api.deps import StreamsDep
+from cormorant.deployer.streams.status import StreamStatus
+
+router = APIRouter(tags=["streams"])
+
+
+@router.get("/api/v1/endpoints/{slug}/stream")
+async def stream_status(slug: str, streams: StreamsDep) -> StreamStatus:
+    """A stream endpoint's consumer lag per partition, its replicas and its Kafka wiring."""
+    return await streams.status(slug)

@@ -1,0 +1,1 @@
+"""Endpoints: create, read, delete, tokens and routing; their code snapshots and checks."""

@@ -1,0 +1,189 @@
+"""``LocalFleet``: replicas as processes on this machine, kept and autoscaled by the deployer.
+
+It puts together what runs replicas locally: the ``LocalRuntime`` (processes, the warm
+worker template), the ``Supervisor`` (each endpoint's replicas at their count, crash restarts,
+adoption after a deployer restart) and the autoscalers (in-flight requests for web endpoints,
+consumer lag for stream endpoints). A cluster fleet would hand the same placements to
+Deployments and leave the scaling decisions to HPA/KEDA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import httpx
+from nats.aio.client import Client
+
+from cormorant.common.events import Event, ReplicaChanged
+from cormorant.deployer.endpoints.snapshot import SnapshotStore
+from cormorant.deployer.endpoints.store import Store
+from cormorant.deployer.fleet import Placement, ReplicaObserved
+from cormorant.deployer.fleet.autoscale import Autoscaler
+from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.template import WorkerTemplate
+from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.streams.lag import StreamAutoscaler
+
+
+def replica_environment(settings: DeployerSettings) -> dict[str, str]:
+    """The environment of every replica: this process's, with the shared settings in force."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+    env["CORMORANT_NATS_URL"] = settings.nats_url
+    env["CORMORANT_LOG_LEVEL"] = settings.log_level
+    env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
+    env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
+    if settings.otlp_endpoint:
+        env["CORMORANT_OTLP_ENDPOINT"] = settings.otlp_endpoint
+    return env
+
+
+def local_runtime(settings: DeployerSettings) -> LocalRuntime:
+    """The process runtime of ``settings`` (with a warm worker template unless it has none)."""
+    environment = replica_environment(settings)
+    template_command = settings.template_command()
+    return LocalRuntime(
+        command=settings.resolved_worker_command(),
+        data_dir=settings.data_dir,
+        host=settings.replica_host,
+        env=environment,
+        check_timeout=settings.check_timeout_s,
+        bridge_command=settings.resolved_bridge_command(),
+        template=WorkerTemplate(
+            command=template_command, modules=settings.preload_modules, env=environment
+        )
+        if template_command
+        else None,
+        die_with_deployer=settings.stop_replicas_on_shutdown,
+    )
+
+
+class _Observed:
+    """A ``Publisher`` that also hands every replica change to the fleet's observers."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.observers: set[asyncio.Queue[ReplicaObserved]] = set()
+
+    def publish(self, event: Event) -> bool:
+        """Queue ``event`` on the bus; a replica change also goes to every observer."""
+        if isinstance(event, ReplicaChanged):
+            for queue in self.observers:
+                queue.put_nowait(event)
+        return self.publisher.publish(event)
+
+
+class Observation:
+    """An iterator over replica changes, registered from its creation until ``aclose``."""
+
+    def __init__(self, observers: set[asyncio.Queue[ReplicaObserved]]) -> None:
+        self._observers = observers
+        self._queue: asyncio.Queue[ReplicaObserved] = asyncio.Queue()
+        observers.add(self._queue)
+
+    def __aiter__(self) -> Observation:
+        return self
+
+    async def __anext__(self) -> ReplicaObserved:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        """Stop receiving changes."""
+        self._observers.discard(self._queue)
+
+
+class LocalFleet:
+    """The ``Fleet`` of worker and kafka-bridge processes on this machine."""
+
+    def __init__(
+        self,
+        *,
+        settings: DeployerSettings,
+        store: Store,
+        snapshots: SnapshotStore,
+        publisher: Publisher,
+        http: httpx.AsyncClient,
+        runtime: LocalRuntime | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime or local_runtime(settings)
+        self._events = _Observed(publisher)
+        self.supervisor = Supervisor(
+            settings=settings,
+            runtime=self.runtime,
+            store=store,
+            snapshots=snapshots,
+            publisher=self._events,
+            http=http,
+        )
+        self.autoscaler = Autoscaler(
+            self.supervisor,
+            window=settings.autoscale_window_s,
+            interval=settings.autoscale_interval_s,
+            scale_down_delay=settings.scale_down_delay_s,
+        )
+        self.stream_autoscaler = StreamAutoscaler(
+            self.supervisor,
+            interval=settings.autoscale_interval_s,
+            scale_down_delay=settings.scale_down_delay_s,
+        )
+
+    async def start(self, nc: Client) -> None:
+        """Adopt the replicas a previous deployer left running, then keep and scale them."""
+        self.runtime.open()
+        await self.supervisor.load()
+        self.supervisor.start()
+        await self.autoscaler.start(nc)
+        self.stream_autoscaler.start_deciding()
+
+    async def close(self) -> None:
+        """Stop deciding and watching; replicas keep serving unless the settings say so."""
+        try:
+            await self.stream_autoscaler.stop()
+            await self.autoscaler.stop()
+            await self.supervisor.close()
+        finally:
+            await self.runtime.close()
+
+    async def apply(self, placement: Placement) -> None:
+        """Run ``placement``'s version with its replicas (a new endpoint, a version beside the
+        stable one, or a new count), converging at once."""
+        supervisor = self.supervisor
+        current = self._runtime(placement.endpoint_id, placement.version.label)
+        if current is not None:
+            await supervisor.scale(current, placement.replicas)
+            return
+        status = "deploying" if placement.replicas else "idle"
+        await supervisor.converge(await supervisor.place(placement, status=status))
+
+    async def remove(self, endpoint_id: uuid.UUID, version: str | None = None) -> None:
+        """Drain and stop the replicas of one version beside the stable one, or (without
+        ``version``) of the whole endpoint, and forget them."""
+        supervisor = self.supervisor
+        if version is None:
+            endpoint = supervisor.endpoints.get(endpoint_id)
+            if endpoint is not None:
+                await supervisor.remove(endpoint)
+            return
+        runtime = supervisor.others.get(endpoint_id, {}).get(version)
+        if runtime is None:
+            return
+        runtime.desired = 0
+        await supervisor.converge(runtime)
+        await asyncio.gather(*(runner.done.wait() for runner in list(runtime.replicas.values())))
+        others = supervisor.others.get(endpoint_id, {})
+        if others.get(version) is runtime:
+            others.pop(version)
+
+    def observe(self) -> Observation:
+        """Every replica state change from this call on, as it happens (``aclose`` it)."""
+        return Observation(self._events.observers)
+
+    def _runtime(self, endpoint_id: uuid.UUID, label: str) -> EndpointRuntime | None:
+        primary = self.supervisor.endpoints.get(endpoint_id)
+        if primary is not None and primary.version.label == label:
+            return primary
+        return self.supervisor.others.get(endpoint_id, {}).get(label)

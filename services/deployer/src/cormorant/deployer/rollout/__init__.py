@@ -1,0 +1,1 @@
+"""Model updates: versions, traffic shares, the gateway handshake, progressive policies."""

@@ -1,0 +1,1 @@
+"""Stream endpoints: Kafka checks at creation, consumer-lag autoscaling, the model swap."""
