@@ -180,4 +180,4 @@ async def test_importing_the_package_opens_nothing() -> None:
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
-    assert out.decode().strip() == "17"
+    assert out.decode().strip() == "20"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,14 @@ class TaskSet:
 
     def __len__(self) -> int:
         return len(self._running)
+
+    async def cancel_where(self, picked: Callable[[asyncio.Task[None]], bool]) -> None:
+        """Cancel the running tasks ``picked`` chooses and wait until they have ended."""
+        tasks = [task for task in self._running if picked(task)]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def close(self) -> None:
         """Cancel every task still running and wait until all have ended."""

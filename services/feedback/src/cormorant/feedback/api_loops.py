@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from cormorant.common.errors import BadRequest
+from cormorant.common.lifespan import from_state
 from cormorant.feedback.export import OPTIONAL_COLUMNS
 from cormorant.feedback.schedule import parse_schedule
 from cormorant.feedback.schemas import LoopCreate, LoopDetail, LoopList, LoopOut, RunOut
-from cormorant.common.lifespan import from_state
 from cormorant.feedback.state import FeedbackState
 
 router = APIRouter(tags=["feedback loops"])

@@ -373,13 +373,9 @@ class Supervisor:
         # create runners while the others stop, and those would outlive the deployer.
         self.closing = True
         if self.settings.stop_replicas_on_shutdown:
-            # Work that keeps replicas busy ends first: a batch job's chunk in flight would hold
-            # its replica for gunicorn's whole graceful timeout. Replica tasks are "replica-*".
-            work = [t for t in self._running if not t.get_name().startswith("replica-")]
-            for task in work:
-                task.cancel()
-            if work:
-                await asyncio.wait(work)
+            # Work that changes the fleet (demand lapses, scaling) ends first, so nothing starts
+            # a replica while they stop. Replica tasks are "replica-*".
+            await self.tasks.cancel_where(lambda task: not task.get_name().startswith("replica-"))
             while runners := [r for r in self.runners if not r.done.is_set()]:
                 for runner in runners:
                     runner.stop_requested.set()
