@@ -118,7 +118,9 @@ async def _service(
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
-            yield Service(http, app.state.feedback, clock, dsn, endpoint_id)
+            # The lifespan's state, as each request sees it (asgi-lifespan keeps it there).
+            state = manager._state["feedback"]
+            yield Service(http, state, clock, dsn, endpoint_id)
 
 
 @pytest.fixture
