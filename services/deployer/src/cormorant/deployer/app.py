@@ -29,7 +29,7 @@ from cormorant.deployer.handshake import GatewayHandshake
 from cormorant.deployer.policy import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout import RolloutService
 from cormorant.deployer.rollout_store import RolloutStore
-from cormorant.deployer.runtime.local import LocalRuntime
+from cormorant.deployer.runtime.local import LocalRuntime, prepare_sandbox
 from cormorant.deployer.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.snapshot import SnapshotStore
@@ -44,13 +44,22 @@ log = logging.getLogger(__name__)
 LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
 
 
+# A contained replica's own settings, which it may take from this process's environment.
+_REPLICA_PREFIXES = ("CORMORANT_WORKER_", "CORMORANT_KAFKA_BRIDGE_")
+
+
 def replica_environment(settings: DeployerSettings) -> dict[str, str]:
-    """The environment of every replica: this process's, with the shared settings in force."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+    """The settings every replica gets: contained, its own settings and nothing else of the
+    platform (no database URL, no data directory, no key); otherwise this process's
+    environment with the shared settings in force."""
+    if settings.sandbox:
+        env = {k: v for k, v in os.environ.items() if k.startswith(_REPLICA_PREFIXES)}
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+        env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     env["CORMORANT_NATS_URL"] = settings.nats_url
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
     env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
-    env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     if settings.otlp_endpoint:
         env["CORMORANT_OTLP_ENDPOINT"] = settings.otlp_endpoint
     return env
@@ -87,6 +96,14 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             snapshots = SnapshotStore(data_dir)
             environment = replica_environment(resolved)
             template_command = resolved.template_command()
+            contained = None
+            if resolved.sandbox:
+                contained = await prepare_sandbox(
+                    resolved.resolved_sandbox_dir(),
+                    data_dir,
+                    uid_base=resolved.sandbox_uid_base,
+                    uid_count=resolved.sandbox_uid_count,
+                )
             runtime = LocalRuntime(
                 command=resolved.resolved_worker_command(),
                 data_dir=data_dir,
@@ -99,6 +116,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 )
                 if template_command
                 else None,
+                sandbox=contained,
             )
             # Ended after the supervisor closed (callbacks run last-in first-out).
             runtime.open()
@@ -112,6 +130,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 publisher=publisher,
                 http=http,
                 tasks=tasks,
+                registry=registry,
             )
             # Runs before the task group exits: every task it waits for is cancelled first.
             stack.push_async_callback(supervisor.close)

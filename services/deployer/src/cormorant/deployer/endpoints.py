@@ -117,6 +117,9 @@ class EndpointService:
         replicas = given.pop("replicas", None)
         if replicas is not None:
             fields["replicas"] = {**fields["replicas"], **replicas}
+        resources = given.pop("resources", None)
+        if resources is not None:
+            fields["resources"] = {**fields["resources"], **resources}
         if "source" in given and "commit" not in given:
             # The original's commit means nothing in another repository.
             fields["commit"] = None

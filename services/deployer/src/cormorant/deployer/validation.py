@@ -13,7 +13,13 @@ from pathlib import Path
 
 from cormorant.common.errors import BadRequest
 from cormorant.common.predictor import InvalidFileName, check_file_name
-from cormorant.deployer.schemas import EndpointCreate, EndpointSpec, ReplicasSpec, ServerValue
+from cormorant.deployer.schemas import (
+    EndpointCreate,
+    EndpointSpec,
+    ReplicasSpec,
+    ResourcesSpec,
+    ServerValue,
+)
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -76,6 +82,9 @@ def resolve_spec(
         server=server,
         replicas=replicas,
         timeout_s=request.timeout_s if request.timeout_s is not None else default_timeout_s,
+        resources=ResourcesSpec(
+            **{key: value for key, value in request.resources.model_dump().items() if value}
+        ),
         # Checked against the broker, with its defaults, by streams.prepare_stream_spec.
         kafka=request.kafka if request.kind == "stream" else None,
     )

@@ -31,6 +31,7 @@ from cormorant.common.predictor import END, ChunkStream, FunctionRaised, Predict
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents, loggable_bytes, too_large
+from cormorant.worker.watchdog import Watchdog, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class PredictHandler:
         version: str,
         events: ReplicaEvents | None = None,
         log_max_bytes: int = 256 * 1024,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
@@ -79,6 +81,8 @@ class PredictHandler:
         self.events = events if events is not None and events.log_predictions else None
         """Where each prediction is logged; None when prediction logging is off."""
         self.log_max_bytes = log_max_bytes
+        self.watchdog = watchdog or Watchdog(None)
+        """Ends this worker when a predict call passes the deadline or runs out of memory."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one predict request."""
@@ -119,7 +123,8 @@ class PredictHandler:
                 logged_input = input_value
             predictor = await self.model.get()
             loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self.pool, predictor.predict, input_value)
+            call = loop.run_in_executor(self.pool, predictor.predict, input_value)
+            outcome = await self.watchdog.call(call)
             if isinstance(outcome, Prediction):
                 # The gateway passes this body through untouched, so it carries the version
                 # and the gateway's request id itself.
@@ -144,9 +149,13 @@ class PredictHandler:
             if status >= 500:
                 log.warning("predict failed: %s", exc.message,
                             extra=_log_fields(request_id, traceparent))  # fmt: skip
+                if is_out_of_memory(exc):
+                    self.watchdog.condemn("oom")
             return _error_response(exc, request_id)
         except Exception as exc:
             error = _error_text(exc)
+            if is_out_of_memory(exc):
+                self.watchdog.condemn("oom")
             log.exception("predict request failed unexpectedly",
                           extra=_log_fields(request_id, traceparent))  # fmt: skip
             return _error_response(CormorantError("the worker failed; see its logs"), request_id)
@@ -184,7 +193,7 @@ class PredictHandler:
         try:
             # The first chunk is fetched before answering, so an error raised as the generator
             # starts still gets its own status instead of a 200 with an error line.
-            first = await loop.run_in_executor(self.pool, stream.next_chunk)
+            first = await self.watchdog.call(loop.run_in_executor(self.pool, stream.next_chunk))
         except BaseException:
             self._close_later(stream)
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from gunicorn.config import Config
 from starlette.types import ASGIApp
 
 from cormorant.common.errors import BadRequest
+from cormorant.worker.deaths import ReplicaArbiter, child_exit, close_deaths_fd
 
 # uvicorn.workers is deprecated in favour of the uvicorn-worker package, same class.
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
@@ -132,10 +134,28 @@ def _check_settable(cfg: Any, raw_key: str, key: str) -> None:
 class GunicornServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn run in-process; ``load`` builds the ASGI app in each forked worker."""
 
-    def __init__(self, app_factory: Callable[[], ASGIApp], options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        app_factory: Callable[[], ASGIApp],
+        options: Mapping[str, Any],
+        *,
+        deaths_fd: int | None = None,
+    ) -> None:
         self._app_factory = app_factory
         self._options = dict(options)
+        self._deaths_fd = deaths_fd
+        # Hooks are ours alone: a user cannot set them (``_check_settable``).
+        self._options["child_exit"] = child_exit
+        self._options["post_fork"] = lambda _server, _worker: close_deaths_fd(deaths_fd)
         super().__init__()
+
+    def run(self) -> None:
+        """Run the master until it stops, reporting worker deaths to ``deaths_fd``."""
+        try:
+            ReplicaArbiter(self, self._deaths_fd).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load_config(self) -> None:
         """Hand the validated options to gunicorn's configuration."""

@@ -39,6 +39,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from cormorant.common.sandbox import Identity, Limits, contain
+
 # What every replica imports before it can answer, besides the model's own libraries.
 WORKER_STACK = (
     "cormorant.worker.cli",
@@ -213,11 +215,22 @@ class Template:
             os.dup2(log, 2)
             os.close(null)
             os.close(log)
+            env = {str(k): str(v) for k, v in request["env"].items()}
+            if request.get("deaths"):
+                # Opened as root, like the log: the replica's uid could not open it.
+                deaths = os.open(request["deaths"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                env["CORMORANT_WORKER_DEATHS_FD"] = str(deaths)
             self.title.set(title)
+            # Contained before anything of the replica's directory can be imported.
+            identity = None
+            if request.get("uid") is not None:
+                identity = Identity(int(request["uid"]), int(request["gid"]))
+            if request.get("limits") is not None or identity is not None:
+                contain(identity, Limits.from_mapping(request.get("limits")))
             cwd = str(request["cwd"])
             os.chdir(cwd)
             os.environ.clear()
-            os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+            os.environ.update(env)
             # As ``python -m`` would have set them in a process started in ``cwd``.
             sys.argv = [title[0] if title else sys.executable, *request["args"]]
             sys.path[0] = cwd

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cormorant.common.sandbox import Identity, Limits
+
 log = logging.getLogger(__name__)
 
 # Room for replicas' command lines in the template's own argument area (see the template's
@@ -154,8 +156,14 @@ class WorkerTemplate:
         env: Mapping[str, str],
         cwd: str,
         log_path: str,
+        deaths_path: str | None = None,
+        identity: Identity | None = None,
+        limits: Limits | None = None,
     ) -> tuple[int, Generation]:
         """Fork a replica: its pid and the template that forked it.
+
+        The fork takes ``limits`` and ``identity`` (and opens its log and ``deaths_path``
+        first, as root) before it runs the worker's ``main``.
 
         Cancelled or timed out after the request left, the replica forked anyway is killed
         when its pid arrives: nobody would track it otherwise.
@@ -166,8 +174,14 @@ class WorkerTemplate:
         key = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
-        request = {"id": key, "title": list(title), "args": list(args), "env": dict(env),
-                   "cwd": cwd, "log": log_path}  # fmt: skip
+        request: dict[str, Any] = {"id": key, "title": list(title), "args": list(args),
+                                   "env": dict(env), "cwd": cwd, "log": log_path}  # fmt: skip
+        if deaths_path is not None:
+            request["deaths"] = deaths_path
+        if identity is not None:
+            request["uid"], request["gid"] = identity.uid, identity.gid
+        if limits is not None:
+            request["limits"] = limits.to_mapping()
         try:
             process.stdin.write(json.dumps(request).encode() + b"\n")
             async with asyncio.timeout(_SPAWN_TIMEOUT_S):
