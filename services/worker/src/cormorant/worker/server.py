@@ -33,6 +33,9 @@ _OWNED: Mapping[str, str] = {
     "raw_env": "use --env KEY=VALUE to give predict code environment variables",
     "preload_app": "the model is imported in each worker process, never in the master",
     "daemon": "a replica stays in the foreground so its supervisor can watch it",
+    "user": "a replica runs as the uid its deployer gives it",
+    "group": "a replica runs as the gid its deployer gives it",
+    "initgroups": "a replica runs with no supplementary group",
     "check_config": "it is a command-line-only flag of the gunicorn program",
     "print_config": "it is a command-line-only flag of the gunicorn program",
     "reload": "it is a development flag of the gunicorn program; redeploy the version instead",
@@ -146,6 +149,10 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         self._deaths_fd = deaths_fd
         # Hooks are ours alone: a user cannot set them (``_check_settable``).
         self._options["child_exit"] = child_exit
+        # Gunicorn's defaults are the uid and gid of the process that imported it: a replica
+        # forked from the template, which imported it as root, has switched since.
+        self._options["user"] = os.geteuid()
+        self._options["group"] = os.getegid()
         self._options["post_fork"] = lambda _server, _worker: close_deaths_fd(deaths_fd)
         super().__init__()
 

@@ -68,6 +68,10 @@ _IMPORT_TIME_ENV = ("OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "VECLIB_"
                     "LD_", "MALLOC_", "CUDA_", "TF_", "TORCH", "JAX_", "XLA_")  # fmt: skip
 
 
+_FORK_HEADROOM = 512 * 1024 * 1024
+"""Memory a forked replica needs beyond what the template holds (its worker, its model)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sandbox:
     """How replicas are contained: where their private directories go, and the uids they
@@ -103,23 +107,25 @@ async def prepare_sandbox(
         sandbox.warn_uncontained("replicas", ["this service does not run as root"])
         return Sandbox(directory, None)
     uid = uid_base + uid_count - 1
-    probe = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _PROBE,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    # subprocess, not asyncio's: uvloop's cannot switch the child's user.
+    probe = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _PROBE],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         env=sandbox.contained_environment(os.environ, {}, home=None),
         cwd="/",
         user=uid,
         group=uid,
         extra_groups=[],
-    )  # fmt: skip
-    _, err = await probe.communicate()
+        timeout=60,
+        check=False,
+    )
     if probe.returncode != 0:
-        reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        sandbox.warn_uncontained(
-            "replicas", [f"uid {uid} cannot run {sys.executable}: {reason[0]}"]
-        )
+        lines = probe.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else "no output"
+        sandbox.warn_uncontained("replicas", [f"uid {uid} cannot run {sys.executable}: {reason}"])
         return Sandbox(directory, None)
     return Sandbox(directory, UidPool(directory, base=uid_base, count=uid_count))
 
@@ -327,6 +333,12 @@ class LocalRuntime:
         if launch.bridge is not None or not template.ready:
             return False
         if any(key.upper().startswith(_IMPORT_TIME_ENV) for key in launch.env):
+            return False
+        # A fork starts with all the template imported: a small memory limit would leave it
+        # no room to run (a fresh process only maps what the model imports).
+        held = template.data_bytes()
+        limit = _limits(launch).memory_mb * 1024 * 1024
+        if held is None or held + _FORK_HEADROOM > limit:
             return False
         # A module of the model's own named like a preloaded one would be shadowed by it.
         try:

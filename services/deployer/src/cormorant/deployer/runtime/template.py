@@ -115,6 +115,19 @@ class WorkerTemplate:
         """Top-level packages the template imports (a model's own copy would be shadowed)."""
         return {name.split(".")[0] for name in self.modules}
 
+    def data_bytes(self) -> int | None:
+        """The template's data segment (``VmData``), which every fork starts with."""
+        if self.generation is None:
+            return None
+        try:
+            with open(f"/proc/{self.generation.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmData:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     def start(self) -> None:
         """Start the template in the background; it is ready a few seconds later."""
         if self._task is None:
