@@ -43,6 +43,7 @@ def _fork(count):
         children.append(pid)
     for pid in children:
         os.kill(pid, signal.SIGKILL)
+    for pid in children:
         os.waitpid(pid, 0)
     return {"forked": len(children), "error": error}
 

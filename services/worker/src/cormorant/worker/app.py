@@ -85,6 +85,12 @@ def create_app(
         watchdog=watchdog,
     )
 
+    def fresh_pool() -> None:
+        # The stuck thread keeps the old pool; the process ends soon after anyway.
+        handler.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+
+    watchdog.on_condemn = fresh_pool
+
     def load() -> Predictor:
         if factory is not None:
             return factory()

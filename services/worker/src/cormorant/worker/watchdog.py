@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cormorant.common.errors import CormorantError
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SHUTDOWN_S = 3.0
-"""Longest a condemned worker may take to answer, publish its events and end by itself."""
+_SHUTDOWN_S = 10.0
+"""Longest a condemned worker may take to answer the requests it holds, publish its events
+and end by itself."""
 _GRACE_S = 0.5
 """How long past the deadline a call whose request is gone may run before the worker ends."""
 
@@ -46,8 +48,8 @@ class PredictTimedOut(CormorantError):
 
     def __init__(self, deadline_s: float) -> None:
         super().__init__(
-            f"predict ran longer than the endpoint's timeout_s ({deadline_s:g} s); the worker "
-            "running it is replaced",
+            f"predict ran past its deadline ({deadline_s:g} s, from the endpoint's timeout_s); "
+            "the worker running it is replaced",
             details={"timeout_s": deadline_s},
         )
 
@@ -55,8 +57,14 @@ class PredictTimedOut(CormorantError):
 class Watchdog:
     """Watches the predict calls of one worker process against ``deadline_s``."""
 
-    def __init__(self, deadline_s: float | None) -> None:
+    def __init__(
+        self, deadline_s: float | None, *, on_condemn: Callable[[], None] | None = None
+    ) -> None:
         self.deadline_s = deadline_s
+        self.on_condemn = on_condemn
+        """Called once condemned: gives the predict calls still to come a fresh thread pool
+        (the stuck thread keeps the old one), so the requests that reach this worker before
+        it stops listening are answered rather than lost with it."""
         self.ending: str | None = None
         """Why this worker is ending, once it is."""
         self._calls: dict[int, float] = {}
@@ -95,8 +103,9 @@ class Watchdog:
         """End this worker (``cause``: ``timeout`` or ``oom``) once its answers have left.
 
         SIGTERM starts uvicorn's graceful shutdown: the listening socket closes at once (the
-        next request waits for the fresh worker instead), answers being written finish, and
-        the lifespan's end publishes the waiting events, then calls ``exit_if_ending``.
+        next request waits for the fresh worker instead), the requests it holds are answered
+        (from a fresh thread pool, ``on_condemn``), and the lifespan's end publishes the
+        waiting events, then calls ``exit_if_ending``.
         """
         if self.ending is not None:
             return
@@ -104,6 +113,8 @@ class Watchdog:
         log.error("ending this worker process: %s (a fresh one replaces it)",
                   "a predict call passed the deadline" if cause == "timeout"
                   else "a predict call ran out of memory")  # fmt: skip
+        if self.on_condemn is not None:
+            self.on_condemn()
         asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
         # The stuck thread (or another request waiting behind it) would hold the shutdown.
         threading.Thread(target=_exit_later, args=(_CODES.get(cause, 1),), daemon=True).start()

@@ -76,7 +76,10 @@ class ReplicaLaunch:
         env = {f"CORMORANT_WORKER_{key.upper()}": str(value)
                for key, value in self.resources.items()}  # fmt: skip
         if self.timeout_s is not None:
-            env["CORMORANT_WORKER_REQUEST_TIMEOUT_S"] = str(self.timeout_s)
+            # Just ahead of the gateway's own deadline: the 504 is the replica's, and its
+            # worker is already being replaced when the client's next request arrives.
+            deadline = max(self.timeout_s * 0.9, self.timeout_s - 0.5)
+            env["CORMORANT_WORKER_REQUEST_TIMEOUT_S"] = f"{deadline:g}"
         return env
 
     def bridge_args(self) -> list[str]:

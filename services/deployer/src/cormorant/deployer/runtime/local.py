@@ -521,7 +521,10 @@ class LocalRuntime:
         return [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
 
     def _env(self, launch: ReplicaLaunch, private: PrivateDir | None = None) -> dict[str, str]:
-        own = {**self.env, REPLICA_ENV: launch.replica_id}
+        # A worker's settings are not a bridge's, nor the other way round.
+        other = "CORMORANT_WORKER_" if launch.bridge is not None else "CORMORANT_KAFKA_BRIDGE_"
+        own = {k: v for k, v in self.env.items() if not k.startswith(other)}
+        own[REPLICA_ENV] = launch.replica_id
         if launch.bridge is not None:
             own.update(launch.bridge.environment())
         else:
