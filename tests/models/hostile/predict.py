@@ -60,9 +60,15 @@ def predict(action, arg=None):
         return dict(os.environ)
     if action == "whoami":
         status = _status()
-        return {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
-                "cap_eff": status["CapEff"].strip(), "cap_prm": status["CapPrm"].strip(),
-                "no_new_privs": status.get("NoNewPrivs", "").strip(), "cwd": os.getcwd()}
+        return {
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "groups": os.getgroups(),
+            "cap_eff": status["CapEff"].strip(),
+            "cap_prm": status["CapPrm"].strip(),
+            "no_new_privs": status.get("NoNewPrivs", "").strip(),
+            "cwd": os.getcwd(),
+        }
     if action == "allocate":
         return len(bytearray(int(arg) * 1024 * 1024))
     if action == "fork":
