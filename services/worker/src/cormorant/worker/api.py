@@ -122,9 +122,7 @@ class PredictHandler:
             if logged_input is body and not isinstance(input_value, bytes):
                 logged_input = input_value
             predictor = await self.model.get()
-            loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self.pool, predictor.predict, input_value)
-            outcome = await self.watchdog.call(call)
+            outcome = await self.watchdog.run(self.pool, predictor.predict, input_value)
             if isinstance(outcome, Prediction):
                 # The gateway passes this body through untouched, so it carries the version
                 # and the gateway's request id itself.
@@ -189,11 +187,10 @@ class PredictHandler:
     async def _stream(
         self, stream: ChunkStream, request: Request, started: float, logged: _LoggedStream
     ) -> Response:
-        loop = asyncio.get_running_loop()
         try:
             # The first chunk is fetched before answering, so an error raised as the generator
             # starts still gets its own status instead of a 200 with an error line.
-            first = await self.watchdog.call(loop.run_in_executor(self.pool, stream.next_chunk))
+            first = await self.watchdog.run(self.pool, stream.next_chunk)
         except BaseException:
             self._close_later(stream)
             raise
@@ -213,7 +210,6 @@ class PredictHandler:
         started: float,
         logged: _LoggedStream,
     ) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         status = 200
         error: str | None = None
         # Chunks are kept for the log as they are sent, until they outgrow log_max_bytes.
@@ -231,7 +227,7 @@ class PredictHandler:
                         chunks.append(chunk)
                 yield line
                 sent += 1
-                chunk = await loop.run_in_executor(self.pool, stream.next_chunk)
+                chunk = await self.watchdog.run(self.pool, stream.next_chunk)
             finished = True
         except CormorantError as exc:
             # Headers are gone already: the error travels as the stream's last item.

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from cormorant.common.errors import CormorantError
@@ -34,8 +35,6 @@ T = TypeVar("T")
 _SHUTDOWN_S = 10.0
 """Longest a condemned worker may take to answer the requests it holds, publish its events
 and end by itself."""
-_GRACE_S = 0.5
-"""How long past the deadline a call whose request is gone may run before the worker ends."""
 
 _CODES = {"timeout": EXIT_TIMEOUT, "oom": EXIT_OOM}
 
@@ -67,7 +66,8 @@ class Watchdog:
         it stops listening are answered rather than lost with it."""
         self.ending: str | None = None
         """Why this worker is ending, once it is."""
-        self._calls: dict[int, float] = {}
+        self._calls: dict[int, tuple[float, asyncio.Future[Any]]] = {}
+        self._expired: set[int] = set()
         self._ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,20 +84,30 @@ class Watchdog:
                 await self._task
             self._task = None
 
-    async def call(self, future: asyncio.Future[T]) -> T:
-        """``future``'s result (a predict call in the pool); ``PredictTimedOut`` past the
-        deadline, after which this worker ends."""
+    async def run(self, pool: Executor, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in ``pool``; ``PredictTimedOut`` past the deadline, after which
+        this worker ends.
+
+        No timer per call: the watch (``_watch``) cancels the calls it finds past the
+        deadline. A call stays watched until its thread returns, even once its request is
+        gone (the gateway gave up, the client hung up).
+        """
+        loop = asyncio.get_running_loop()
         if self.deadline_s is None:
-            return await future
+            return await loop.run_in_executor(pool, function, *args)
         key = next(self._ids)
-        self._calls[key] = time.monotonic()
-        future.add_done_callback(lambda _: self._calls.pop(key, None))
+        work = pool.submit(function, *args)
+        future = asyncio.wrap_future(work, loop=loop)
+        self._calls[key] = (time.monotonic(), future)
+        work.add_done_callback(lambda _: self._calls.pop(key, None))
         try:
-            async with asyncio.timeout(self.deadline_s):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            self.condemn("timeout")
+            return await future
+        except asyncio.CancelledError:
+            if key not in self._expired:
+                raise  # the request itself was cancelled (its client went away)
             raise PredictTimedOut(self.deadline_s) from None
+        finally:
+            self._expired.discard(key)
 
     def condemn(self, cause: str) -> None:
         """End this worker (``cause``: ``timeout`` or ``oom``) once its answers have left.
@@ -126,12 +136,19 @@ class Watchdog:
 
     async def _watch(self) -> None:
         assert self.deadline_s is not None
-        interval = min(1.0, max(self.deadline_s / 4, 0.05))
+        # Fine enough that a call is cut within a quarter second of its deadline (which the
+        # deployer sets half a second ahead of the gateway's).
+        interval = min(0.25, max(self.deadline_s / 20, 0.02))
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            if any(now - started > self.deadline_s + _GRACE_S for started in self._calls.values()):
-                self.condemn("timeout")
+            late = time.monotonic() - self.deadline_s
+            for key, (started, future) in list(self._calls.items()):
+                if started <= late:
+                    if not future.done():
+                        self._expired.add(key)
+                        # The thread runs on; its result, if any, is dropped.
+                        future.cancel()
+                    self.condemn("timeout")
 
 
 def is_out_of_memory(exc: Any) -> bool:
