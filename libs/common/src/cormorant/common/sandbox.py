@@ -27,7 +27,7 @@ import resource
 import shutil
 import stat
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,12 +238,13 @@ class UidPool:
                     uids.add(owner)
         return uids | running_uids(range(self.base, self.base + self.count))
 
-    def identity_for(self, private: PrivateDir) -> Identity:
-        """The identity that owns ``private`` already, or the lowest free one."""
+    def identity_for(self, private: PrivateDir, reserved: Collection[int] = ()) -> Identity:
+        """The identity that owns ``private`` already, or the lowest free one that is not
+        ``reserved`` (given to a private directory still being made)."""
         owner = private.owner()
         if owner is not None and self.base <= owner < self.base + self.count:
             return Identity(owner, owner)
-        taken = self.taken()
+        taken = self.taken() | set(reserved)
         for uid in range(self.base, self.base + self.count):
             if uid not in taken:
                 return Identity(uid, uid)

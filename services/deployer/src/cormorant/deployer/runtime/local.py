@@ -179,6 +179,8 @@ class LocalRuntime:
         self.env = dict(env)
         self.check_timeout = check_timeout
         self._procs: dict[str, _Process] = {}
+        self._uids: dict[str, int] = {}
+        """The uid of each contained replica this runtime started or adopted."""
 
     async def check(self, launch: ReplicaLaunch) -> None:
         """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
@@ -310,7 +312,13 @@ class LocalRuntime:
             return None, None
         directory = self.sandbox.directory
         existing = PrivateDir.at(directory / launch.replica_id)
-        identity = self.sandbox.uids.identity_for(existing) if self.sandbox.uids else None
+        identity = None
+        if self.sandbox.uids is not None:
+            # Reserved before the first await: two replicas starting at once must not both
+            # take the lowest uid whose directory is not made yet.
+            reserved = [uid for key, uid in self._uids.items() if key != launch.replica_id]
+            identity = self.sandbox.uids.identity_for(existing, reserved)
+            self._uids[launch.replica_id] = identity.uid
         private = await asyncio.to_thread(
             sandbox.prepare_private_dir, directory, launch.replica_id, launch.source, identity
         )
@@ -428,6 +436,8 @@ class LocalRuntime:
         offset = log_path.stat().st_size if log_path.exists() else 0
         private = PrivateDir.at(launch.source.parent)
         uid = private.owner() if self.sandbox is not None and self.sandbox.uids else None
+        if uid is not None:
+            self._uids[launch.replica_id] = uid
         self._procs[launch.replica_id] = _Process(
             pid, None, log_path, offset, uid=uid, deaths_offset=_size(self.deaths_path(launch))
         )
@@ -505,6 +515,7 @@ class LocalRuntime:
             await asyncio.to_thread(
                 sandbox.remove_private_dir, self.sandbox.directory, handle.replica_id
             )
+        self._uids.pop(handle.replica_id, None)
 
     def _command(self, launch: ReplicaLaunch) -> list[str]:
         return self.bridge_command if launch.bridge is not None else self.command
