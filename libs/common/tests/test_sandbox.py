@@ -110,6 +110,8 @@ def test_uid_pool_gives_each_private_dir_its_own_uid(tmp_path: Path) -> None:
     parent = tmp_path / "replicas"
     pool = UidPool(parent, base=UID, count=2)
     first = pool.identity_for(PrivateDir.at(parent / "a"))
+    # One still being made is reserved by its launcher: another start gets the next uid.
+    assert pool.identity_for(PrivateDir.at(parent / "b"), [first.uid]).uid != first.uid
     sandbox.prepare_private_dir(parent, "a", source, first)
     second = pool.identity_for(PrivateDir.at(parent / "b"))
     assert {first.uid, second.uid} == {UID, OTHER}
