@@ -344,14 +344,12 @@ def _link_or_copy(source: Path, dest: Path, info: os.stat_result) -> None:
     os.chmod(dest, 0o755 if info.st_mode & stat.S_IXUSR else 0o644)
 
 
-def close_to_others(path: Path, *, group: int | None = None) -> None:
+def close_to_others(path: Path, *, group_traverse: bool = False) -> None:
     """Make ``path`` (a platform data directory) unreachable to contained processes: 0700, or
-    0710 for ``group`` (a server that keeps its own files inside, as PostgreSQL does)."""
-    if group is not None and can_switch_user():
-        os.chown(path, os.geteuid(), group)
-        os.chmod(path, 0o710)
-    else:
-        os.chmod(path, 0o700)
+    0710 when a server that keeps its files inside runs under another uid but this process's
+    group (the embedded PostgreSQL: its uid changes, its gid does not). A contained process
+    has neither that uid nor that group."""
+    os.chmod(path, 0o710 if group_traverse else 0o700)
 
 
 def open_path_for_others(paths: Iterable[Path]) -> list[Path]:

@@ -142,10 +142,8 @@ def _prepare_directories(directory: Path, data_dir: Path) -> bool:
         )
     if not sandbox.can_switch_user():
         return False
-    postgres = data_dir / "postgres"
-    # The embedded PostgreSQL server keeps its cluster inside: its user must still get in.
-    group = postgres.stat().st_gid if postgres.is_dir() else None
-    sandbox.close_to_others(data_dir, group=group if group else None)
+    # The embedded PostgreSQL server keeps its cluster inside: it must still get in.
+    sandbox.close_to_others(data_dir, group_traverse=(data_dir / "postgres").is_dir())
     opened = sandbox.open_path_for_others([*sandbox.runtime_paths(), directory / "x"])
     if opened:
         log.warning("let replicas' uids traverse %s to run this Python installation",
