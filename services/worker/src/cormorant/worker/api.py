@@ -149,11 +149,14 @@ class PredictHandler:
                             extra=_log_fields(request_id, traceparent))  # fmt: skip
                 if is_out_of_memory(exc):
                     self.watchdog.condemn("oom")
+            if self.watchdog.ending is not None:
+                await self.watchdog.settle()
             return _error_response(exc, request_id)
         except Exception as exc:
             error = _error_text(exc)
             if is_out_of_memory(exc):
                 self.watchdog.condemn("oom")
+                await self.watchdog.settle()
             log.exception("predict request failed unexpectedly",
                           extra=_log_fields(request_id, traceparent))  # fmt: skip
             return _error_response(CormorantError("the worker failed; see its logs"), request_id)

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_SETTLE_S = 0.25
+"""How long the answer that condemned a worker waits: past one tick of uvicorn's main loop
+(0.1 s), which then closes the listening socket and the idle keep-alive connections, so the
+client's next request cannot land on this worker through a connection it is closing."""
 _SHUTDOWN_S = 10.0
 """Longest a condemned worker may take to answer the requests it holds, publish its events
 and end by itself."""
@@ -128,6 +132,11 @@ class Watchdog:
         asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
         # The stuck thread (or another request waiting behind it) would hold the shutdown.
         threading.Thread(target=_exit_later, args=(_CODES.get(cause, 1),), daemon=True).start()
+
+    async def settle(self) -> None:
+        """Hold the answer of the request that condemned this worker until the worker has
+        stopped taking requests (``_SETTLE_S``)."""
+        await asyncio.sleep(_SETTLE_S)
 
     def exit_if_ending(self) -> None:
         """At the end of the lifespan: end the process now if it was condemned."""
