@@ -548,6 +548,7 @@ class LocalRuntime:
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop tracking a replica without touching its process (it keeps serving)."""
         proc = self._procs.pop(handle.replica_id, None)
+        self._uids.pop(handle.replica_id, None)  # its private directory keeps the uid taken
         if proc is not None:
             _release(proc)
 
