@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from cormorant.common.sandbox import DEFAULT_OPEN_FILES
 from tests.conftest import ROOT, Stack
 from tests.test_replicas import Load, wait_for
 from tests.test_web_endpoints import deploy
@@ -170,3 +171,9 @@ def test_hostile_predict_is_contained_and_its_neighbour_never_fails(stack: Stack
     for cause in ("oom", "timeout", "exit"):
         line = f'cormorant_replica_deaths_total{{cause="{cause}",endpoint="{slug}"}}'
         assert line in metrics, cause
+
+    # A rerun keeps the limits it does not override.
+    rerun = client.endpoints.rerun(slug, name="hostile-rerun", resources={"memory_mb": 300})
+    assert rerun["resources"] == {"memory_mb": 300, "max_processes": MAX_PROCESSES,
+                                  "open_files": DEFAULT_OPEN_FILES}  # fmt: skip
+    client.endpoints.delete(rerun["slug"])
