@@ -181,7 +181,11 @@ async def test_request_in_flight_when_the_endpoint_is_deleted_still_gets_its_ans
     endpoint completes with its answer before the replica exits."""
     source = tmp_path / "slow"
     source.mkdir()
-    started = tmp_path / "started"
+    # The replica runs under a uid of its own: it may only leave its mark where anyone can.
+    signals = tmp_path / "signals"
+    signals.mkdir(mode=0o777)
+    signals.chmod(0o777)
+    started = signals / "started"
     (source / "predict.py").write_text(
         "import pathlib, time\n\n\n"
         "def predict(seconds):\n"

@@ -286,11 +286,18 @@ def deploy(
     target: Annotated[
         float | None, typer.Option(help="In-flight requests per replica to scale on.")
     ] = None,
-    timeout_s: Annotated[float | None, typer.Option("--timeout", help="Request timeout.")] = None,
+    timeout_s: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Per-request deadline (s); past it: 504, worker replaced."),
+    ] = None,
+    memory_mb: Annotated[int | None, _MEMORY_MB] = None,
+    max_processes: Annotated[int | None, _MAX_PROCESSES] = None,
+    open_files: Annotated[int | None, _OPEN_FILES] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the endpoint serves.")] = True,
 ) -> None:
     """Deploy a predict function as an endpoint and print its token."""
     replicas = _drop_none_dict({"min": min_replicas, "max": max_replicas, "target": target})
+    resources = _resources(memory_mb, max_processes, open_files)
     source_value = source_arg(source)
     with Client() as client:
         created = api_call(
@@ -308,6 +315,7 @@ def deploy(
             server=key_values(server, "--server"),
             replicas=replicas or None,
             timeout_s=timeout_s,
+            resources=resources,
         )
         slug = created["slug"]
         console.print(f"Endpoint [bold]{slug}[/bold] created; its token (shown once):")
@@ -331,6 +339,23 @@ def deploy(
 
 def _drop_none_dict(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
+
+
+_MEMORY_MB = typer.Option(
+    "--memory-mb", help="Memory (MB) each worker process may map; past it, MemoryError."
+)
+_MAX_PROCESSES = typer.Option(
+    "--max-processes", help="Processes and threads a replica may run at once."
+)
+_OPEN_FILES = typer.Option("--open-files", help="File descriptors each process may hold.")
+
+
+def _resources(
+    memory_mb: int | None, max_processes: int | None, open_files: int | None
+) -> dict[str, int] | None:
+    """The ``resources`` field from the limit options given, None if none was."""
+    given = {"memory_mb": memory_mb, "max_processes": max_processes, "open_files": open_files}
+    return _drop_none_dict(given) or None
 
 
 @endpoints_app.command("list")
@@ -359,10 +384,14 @@ def endpoints_rm(slug: str) -> None:
 def endpoints_rerun(
     slug: str,
     name: Annotated[str | None, typer.Option(help="Name of the new endpoint.")] = None,
+    memory_mb: Annotated[int | None, _MEMORY_MB] = None,
+    max_processes: Annotated[int | None, _MAX_PROCESSES] = None,
+    open_files: Annotated[int | None, _OPEN_FILES] = None,
 ) -> None:
     """A new endpoint with the same settings (and exactly the same code)."""
+    resources = _resources(memory_mb, max_processes, open_files)
     with Client() as client:
-        created = api_call(client.endpoints.rerun, slug, name=name)
+        created = api_call(client.endpoints.rerun, slug, name=name, resources=resources)
     console.print(f"Endpoint [bold]{created['slug']}[/bold] created; its token (shown once):")
     console.print(created["token"], markup=False)
 

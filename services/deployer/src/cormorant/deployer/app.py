@@ -30,7 +30,8 @@ from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet.demand import Demands
-from cormorant.deployer.fleet.local import LocalFleet
+from cormorant.deployer.fleet.local import LocalFleet, local_runtime
+from cormorant.deployer.fleet.runtime.local import prepare_sandbox
 from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.progressive import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout.service import RolloutService
@@ -63,6 +64,14 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             stack.push_async_callback(publisher.stop)
 
             http = await stack.enter_async_context(httpx.AsyncClient())
+            contained = None
+            if resolved.sandbox:
+                contained = await prepare_sandbox(
+                    resolved.resolved_sandbox_dir(),
+                    data_dir,
+                    uid_base=resolved.sandbox_uid_base,
+                    uid_count=resolved.sandbox_uid_count,
+                )
             archives = BlobStore(
                 resolved.resolved_archives_url(),
                 storage_options=resolved.archives_storage_options,
@@ -75,6 +84,8 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 snapshots=snapshots,
                 publisher=publisher,
                 http=http,
+                runtime=local_runtime(resolved, contained),
+                registry=registry,
             )
             # Closed before the HTTP client, the bus and the database (last in, first out).
             stack.push_async_callback(fleet.close)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from cormorant.common.sandbox import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
 from cormorant.common.settings import ServiceSettings
 
 # What models commonly import, by cost: the scikit-learn estimators alone take seconds.
@@ -136,6 +138,30 @@ class DeployerSettings(ServiceSettings):
     """Messages of consumer lag per replica a stream endpoint's autoscaler aims for when the
     endpoint names no ``replicas.target`` (KEDA's ``lagThreshold``)."""
 
+    sandbox: bool = True
+    """Contain every replica: a uid of its own (when this service runs as root), a private
+    directory with only its own code, an environment without platform settings, its
+    endpoint's ``resources`` limits and ``no_new_privs``. Off: replicas run as this service,
+    in its environment (for development only)."""
+
+    sandbox_dir: Path | None = None
+    """Where replicas' private directories are made (unset: beside the data directory, named
+    like it with ``-replicas`` added). It must lie outside the data directory, which replicas
+    cannot enter; its parents are opened for traversal."""
+
+    sandbox_uid_base: int = Field(default=DEFAULT_UID_BASE, ge=1000)
+    """First of the uids given to replicas, one each (they need no passwd entry)."""
+
+    sandbox_uid_count: int = Field(default=DEFAULT_UID_COUNT, ge=1)
+    """How many uids replicas may use, hence how many replicas run at once on this machine."""
+
+    crash_loop_deaths: int = Field(default=5, ge=1)
+    """Worker or replica deaths within ``crash_loop_window_s`` that mark an endpoint
+    ``degraded`` (with the last error) while it still serves."""
+
+    crash_loop_window_s: float = Field(default=60.0, gt=0)
+    """The window of ``crash_loop_deaths``."""
+
     stop_replicas_on_shutdown: bool = False
     """Stop every replica when the service shuts down, and have the kernel end them if it dies
     without a shutdown (Linux); by default they keep serving and the next start adopts them."""
@@ -169,6 +195,13 @@ class DeployerSettings(ServiceSettings):
     def resolved_archives_url(self) -> str:
         """``archives_url``, or ``<data_dir>/archives`` as an absolute local path."""
         return self.archives_url or str((self.data_dir / "archives").resolve())
+
+    def resolved_sandbox_dir(self) -> Path:
+        """Where replicas' private directories go."""
+        if self.sandbox_dir is not None:
+            return self.sandbox_dir
+        data_dir = self.data_dir.resolve()
+        return data_dir.parent / f"{data_dir.name}-replicas"
 
     def template_command(self) -> list[str] | None:
         """The worker template's command, or None when replicas start as fresh processes."""

@@ -32,6 +32,7 @@ from cormorant.worker.batching import AdaptiveBatcher
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents, loggable_bytes, too_large
+from cormorant.worker.watchdog import Watchdog, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class PredictHandler:
         version: str,
         events: ReplicaEvents | None = None,
         log_max_bytes: int = 256 * 1024,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
@@ -82,6 +84,8 @@ class PredictHandler:
         self.log_max_bytes = log_max_bytes
         self.batcher: AdaptiveBatcher | None = None
         """Set when the version batches adaptively: each request is one row of a shared call."""
+        self.watchdog = watchdog or Watchdog(None)
+        """Ends this worker when a predict call passes the deadline or runs out of memory."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one predict request."""
@@ -124,8 +128,7 @@ class PredictHandler:
             if self.batcher is not None:
                 outcome: Outcome = Prediction(await self.batcher.one(predictor, input_value))
             else:
-                loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self.pool, predictor.predict, input_value)
+                outcome = await self.watchdog.run(self.pool, predictor.predict, input_value)
             if isinstance(outcome, Prediction):
                 # The gateway passes this body through untouched, so it carries the version
                 # and the gateway's request id itself.
@@ -150,9 +153,16 @@ class PredictHandler:
             if status >= 500:
                 log.warning("predict failed: %s", exc.message,
                             extra=_log_fields(request_id, traceparent))  # fmt: skip
+                if is_out_of_memory(exc):
+                    self.watchdog.condemn("oom")
+            if self.watchdog.ending is not None:
+                await self.watchdog.settle()
             return _error_response(exc, request_id)
         except Exception as exc:
             error = _error_text(exc)
+            if is_out_of_memory(exc):
+                self.watchdog.condemn("oom")
+                await self.watchdog.settle()
             log.exception("predict request failed unexpectedly",
                           extra=_log_fields(request_id, traceparent))  # fmt: skip
             return _error_response(CormorantError("the worker failed; see its logs"), request_id)
@@ -186,11 +196,10 @@ class PredictHandler:
     async def _stream(
         self, stream: ChunkStream, request: Request, started: float, logged: _LoggedStream
     ) -> Response:
-        loop = asyncio.get_running_loop()
         try:
             # The first chunk is fetched before answering, so an error raised as the generator
             # starts still gets its own status instead of a 200 with an error line.
-            first = await loop.run_in_executor(self.pool, stream.next_chunk)
+            first = await self.watchdog.run(self.pool, stream.next_chunk)
         except BaseException:
             self._close_later(stream)
             raise
@@ -210,7 +219,6 @@ class PredictHandler:
         started: float,
         logged: _LoggedStream,
     ) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         status = 200
         error: str | None = None
         # Chunks are kept for the log as they are sent, until they outgrow log_max_bytes.
@@ -228,7 +236,7 @@ class PredictHandler:
                         chunks.append(chunk)
                 yield line
                 sent += 1
-                chunk = await loop.run_in_executor(self.pool, stream.next_chunk)
+                chunk = await self.watchdog.run(self.pool, stream.next_chunk)
             finished = True
         except CormorantError as exc:
             # Headers are gone already: the error travels as the stream's last item.

@@ -35,6 +35,7 @@ from cormorant.worker.model import ModelState, PredictorFactory
 from cormorant.worker.publishing import replica_events
 from cormorant.worker.server import resolve_server_config
 from cormorant.worker.settings import WorkerSettings
+from cormorant.worker.watchdog import Watchdog
 
 TITLE = "cormorant-worker"
 
@@ -75,6 +76,7 @@ def create_app(
     model = ModelState(metrics, loaded)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
     events = replica_events(settings, metrics)
+    watchdog = Watchdog(settings.request_timeout_s)
     handler = PredictHandler(
         model,
         pool,
@@ -83,7 +85,14 @@ def create_app(
         version=settings.version,
         events=events,
         log_max_bytes=settings.log_max_bytes,
+        watchdog=watchdog,
     )
+
+    def fresh_pool() -> None:
+        # The stuck thread keeps the old pool; the process ends soon after anyway.
+        handler.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+
+    watchdog.on_condemn = fresh_pool
 
     def load() -> Predictor:
         if factory is not None:
@@ -107,7 +116,11 @@ def create_app(
                 # FastAPI's own telemetry traces each request once a provider is installed.
                 provider = setup_tracing(TITLE, settings.otlp_endpoint)
                 stack.callback(provider.shutdown)
+            watchdog.start()
+            stack.push_async_callback(watchdog.stop)
             yield
+        # A worker condemned by its watchdog ends here, its events published.
+        watchdog.exit_if_ending()
 
     # Not create_service_app: this class answers predict first (as the gateway's does).
     app = WorkerApp(title=TITLE, version="0.1.0", lifespan=lifespan)

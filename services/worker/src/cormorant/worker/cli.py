@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,12 @@ from pydantic import ValidationError
 from cormorant.common.cliargs import describe_settings_error, key_value_pairs
 from cormorant.common.errors import CormorantError
 from cormorant.common.predictor import check_spec
+from cormorant.common.sandbox import (
+    ContainmentError,
+    lower_limit,
+    set_no_new_privs,
+    set_undumpable,
+)
 from cormorant.common.telemetry import configure_logging
 from cormorant.worker.app import create_app
 from cormorant.worker.batching import InvalidBatching, batching_config
@@ -93,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refuse(describe_settings_error(exc))
     if check_only:
         return 0
+    try:
+        _contain(settings)
+    except ContainmentError as exc:
+        return _refuse(str(exc))
     configure_logging(settings.log_level, json_lines=settings.log_json)
     # Exported in the master so every forked worker (and anything predict spawns) inherits it.
     os.environ.update(settings.env)
@@ -103,8 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serving %s:%s from %s with %d worker(s) x %d predict thread(s)",
         settings.file, settings.function, settings.source, server.workers, server.threads,
     )  # fmt: skip
-    GunicornServer(lambda: create_app(settings, threads=server.threads), options).run()
+    app = lambda: create_app(settings, threads=server.threads)  # noqa: E731
+    GunicornServer(app, options, deaths_fd=settings.deaths_fd).run()
     return 0
+
+
+def _contain(settings: WorkerSettings) -> None:
+    """The replica's limits and ``no_new_privs``, before any user code is imported.
+
+    Its uid is already its own: the deployer started it as that user (or the template's
+    fork switched to it before calling ``main``).
+    """
+    for kind, value in (
+        (resource.RLIMIT_DATA, settings.memory_mb and settings.memory_mb * 1024 * 1024),
+        (resource.RLIMIT_NPROC, settings.max_processes),
+        (resource.RLIMIT_NOFILE, settings.open_files),
+    ):
+        if value:
+            lower_limit(kind, value)
+    set_no_new_privs()
+    set_undumpable()
 
 
 def _refuse(message: str) -> int:

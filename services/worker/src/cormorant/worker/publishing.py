@@ -174,6 +174,12 @@ class ReplicaEvents:
             assert self._loop is not None
             self._handover = self._loop.call_later(BATCH_DELAY_S, self._hand_over)
 
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bounded wait
+        """Hand every waiting event over and wait (up to ``timeout`` s) for their acks."""
+        self._hand_over()
+        publisher = self.publisher
+        return True if publisher is None else await publisher.flush(timeout)
+
     def _hand_over(self) -> None:
         """Pack the waiting predictions' events and queue the packs on the publisher."""
         if self._handover is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from gunicorn.config import Config
 from starlette.types import ASGIApp
 
 from cormorant.common.errors import BadRequest
+from cormorant.worker.deaths import ReplicaArbiter, child_exit, close_deaths_fd
 
 # uvicorn.workers is deprecated in favour of the uvicorn-worker package, same class.
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
@@ -31,6 +33,9 @@ _OWNED: Mapping[str, str] = {
     "raw_env": "use --env KEY=VALUE to give predict code environment variables",
     "preload_app": "the model is imported in each worker process, never in the master",
     "daemon": "a replica stays in the foreground so its supervisor can watch it",
+    "user": "a replica runs as the uid its deployer gives it",
+    "group": "a replica runs as the gid its deployer gives it",
+    "initgroups": "a replica runs with no supplementary group",
     "check_config": "it is a command-line-only flag of the gunicorn program",
     "print_config": "it is a command-line-only flag of the gunicorn program",
     "reload": "it is a development flag of the gunicorn program; redeploy the version instead",
@@ -132,10 +137,32 @@ def _check_settable(cfg: Any, raw_key: str, key: str) -> None:
 class GunicornServer(BaseApplication):  # type: ignore[misc]
     """Gunicorn run in-process; ``load`` builds the ASGI app in each forked worker."""
 
-    def __init__(self, app_factory: Callable[[], ASGIApp], options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        app_factory: Callable[[], ASGIApp],
+        options: Mapping[str, Any],
+        *,
+        deaths_fd: int | None = None,
+    ) -> None:
         self._app_factory = app_factory
         self._options = dict(options)
+        self._deaths_fd = deaths_fd
+        # Hooks are ours alone: a user cannot set them (``_check_settable``).
+        self._options["child_exit"] = child_exit
+        # Gunicorn's defaults are the uid and gid of the process that imported it: a replica
+        # forked from the template, which imported it as root, has switched since.
+        self._options["user"] = os.geteuid()
+        self._options["group"] = os.getegid()
+        self._options["post_fork"] = lambda _server, _worker: close_deaths_fd(deaths_fd)
         super().__init__()
+
+    def run(self) -> None:
+        """Run the master until it stops, reporting worker deaths to ``deaths_fd``."""
+        try:
+            ReplicaArbiter(self, self._deaths_fd).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load_config(self) -> None:
         """Hand the validated options to gunicorn's configuration."""

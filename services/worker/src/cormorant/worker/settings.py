@@ -77,6 +77,23 @@ class WorkerSettings(ServiceSettings):
     publish_metrics: bool = True
     """Publish ``Endpoint().log_metric`` values to NATS when the server is reachable."""
 
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    """Longest a predict call may run: past it the request gets 504 and the worker process
+    running it is replaced (its thread cannot be stopped otherwise); unset: no deadline."""
+
+    memory_mb: int | None = Field(default=None, gt=0)
+    """Data segment each process of the replica may map (``RLIMIT_DATA``); unset: no limit."""
+
+    max_processes: int | None = Field(default=None, gt=0)
+    """Processes and threads the replica's uid may run (``RLIMIT_NPROC``); unset: no limit."""
+
+    open_files: int | None = Field(default=None, gt=0)
+    """File descriptors each process of the replica may hold (``RLIMIT_NOFILE``)."""
+
+    deaths_fd: int | None = None
+    """An inherited file descriptor the gunicorn master reports each worker death to (one
+    JSON line each), for the deployer; closed in the workers, so predict code cannot reach it."""
+
     nats_connect_timeout: float = Field(default=2.0, gt=0)
     """Seconds each attempt to reach NATS may take; until one succeeds (retried in the
     background) predictions and metrics are served but not published."""

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from cormorant.common.lifetime import arm_parent_death
+from cormorant.common.sandbox import Identity, Limits, contain
 
 # What every replica imports before it can answer, besides the model's own libraries.
 WORKER_STACK = (
@@ -207,10 +208,6 @@ class Template:
             # Its own session and process group: it outlives the deployer and stop reaches
             # everything it forks, as for a replica started with start_new_session.
             os.setsid()
-            # Unless asked to die with this template (which dies with the deployer): a fork
-            # does not inherit the parent-death signal, so it is armed here.
-            if request.get("parent_death_signal"):
-                arm_parent_death(int(request["parent_death_signal"]), parent)
             signal.set_wakeup_fd(-1)
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -223,11 +220,26 @@ class Template:
             os.dup2(log, 2)
             os.close(null)
             os.close(log)
+            env = {str(k): str(v) for k, v in request["env"].items()}
+            if request.get("deaths"):
+                # Opened as root, like the log: the replica's uid could not open it.
+                deaths = os.open(request["deaths"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                env["CORMORANT_WORKER_DEATHS_FD"] = str(deaths)
             self.title.set(title)
+            # Contained before anything of the replica's directory can be imported.
+            identity = None
+            if request.get("uid") is not None:
+                identity = Identity(int(request["uid"]), int(request["gid"]))
+            if request.get("limits") is not None or identity is not None:
+                contain(identity, Limits.from_mapping(request.get("limits")))
+            # Asked to die with this template (which dies with the deployer): a fork does not
+            # inherit the parent-death signal, and a uid switch clears it, so it is armed here.
+            if request.get("parent_death_signal"):
+                arm_parent_death(int(request["parent_death_signal"]), parent)
             cwd = str(request["cwd"])
             os.chdir(cwd)
             os.environ.clear()
-            os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+            os.environ.update(env)
             # As ``python -m`` would have set them in a process started in ``cwd``.
             sys.argv = [title[0] if title else sys.executable, *request["args"]]
             sys.path[0] = cwd

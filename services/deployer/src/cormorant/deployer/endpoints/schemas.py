@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from cormorant.common.sandbox import DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES
+
 KindName = Literal["web", "batch", "stream"]
 ServerValue = str | int | float | bool
 
@@ -25,6 +27,33 @@ class ReplicasIn(StrictModel):
     target: float | None = Field(
         default=None, gt=0, description="In-flight requests per replica the autoscaler aims for."
     )
+
+
+class ResourcesIn(StrictModel):
+    """Limits of each replica's processes, as a client gives them; unset values take the
+    defaults."""
+
+    memory_mb: int | None = Field(
+        default=None, ge=64, le=1 << 20,
+        description="Memory (MB of data segment) each worker process of a replica may map; "
+        "past it predict gets a MemoryError and the worker is replaced.",
+    )  # fmt: skip
+    max_processes: int | None = Field(
+        default=None, ge=16, le=1 << 16,
+        description="Processes and threads a replica may run at once, its workers included.",
+    )  # fmt: skip
+    open_files: int | None = Field(
+        default=None, ge=64, le=1 << 20,
+        description="File descriptors each process of a replica may hold.",
+    )  # fmt: skip
+
+
+class ResourcesSpec(BaseModel):
+    """Resolved limits of each replica (``cormorant.common.sandbox.Limits``)."""
+
+    memory_mb: int = DEFAULT_MEMORY_MB
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    open_files: int = DEFAULT_OPEN_FILES
 
 
 class EndpointCreate(StrictModel):
@@ -46,7 +75,12 @@ class EndpointCreate(StrictModel):
         default_factory=dict, description='Gunicorn settings, e.g. {"workers": 1, "threads": 4}.'
     )
     replicas: ReplicasIn = Field(default_factory=ReplicasIn)
-    timeout_s: float | None = Field(default=None, gt=0, description="Per-request timeout.")
+    timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="Per-request deadline: past it the request gets 504 and the worker "
+        "running it is replaced.",
+    )  # fmt: skip
+    resources: ResourcesIn = Field(default_factory=ResourcesIn)
     kafka: dict[str, JsonValue] | None = Field(default=None, description="Stream endpoints only.")
 
 
@@ -66,6 +100,7 @@ class EndpointRerun(StrictModel):
     server: dict[str, ServerValue] | None = None
     replicas: ReplicasIn | None = None
     timeout_s: float | None = Field(default=None, gt=0)
+    resources: ResourcesIn | None = None
     kafka: dict[str, JsonValue] | None = None
 
 
@@ -93,6 +128,8 @@ class EndpointSpec(BaseModel):
     server: dict[str, ServerValue]
     replicas: ReplicasSpec
     timeout_s: float
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Endpoints stored before limits existed take the defaults."""
     kafka: dict[str, JsonValue] | None
 
     def to_request(self) -> dict[str, Any]:
@@ -118,6 +155,8 @@ class ReplicaEventOut(BaseModel):
     version: str
     state: str
     reason: str | None = None
+    cause: str | None = None
+    """Why a worker or replica died: ``timeout``, ``oom``, ``exit``, ``killed``, ``signal``."""
 
 
 class EndpointOut(BaseModel):
@@ -140,6 +179,7 @@ class EndpointOut(BaseModel):
     env: dict[str, str]
     server: dict[str, ServerValue]
     timeout_s: float
+    resources: ResourcesSpec
     kafka: dict[str, JsonValue] | None
     replicas: ReplicaCounts
     restarts: int

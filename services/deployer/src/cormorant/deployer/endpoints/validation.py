@@ -20,6 +20,7 @@ from cormorant.deployer.endpoints.schemas import (
     EndpointCreate,
     EndpointSpec,
     ReplicasSpec,
+    ResourcesSpec,
     ServerValue,
 )
 
@@ -84,19 +85,23 @@ def resolve_spec(
         server=server,
         replicas=replicas,
         timeout_s=request.timeout_s if request.timeout_s is not None else default_timeout_s,
+        resources=ResourcesSpec(
+            **{key: value for key, value in request.resources.model_dump().items() if value}
+        ),
         # Checked against the broker, with its defaults, by streams.prepare_stream_spec.
         kafka=request.kafka if request.kind == "stream" else None,
     )
 
 
 def changed_request(spec: EndpointSpec, given: dict[str, Any]) -> EndpointCreate:
-    """The create request of ``spec`` with the fields ``given`` changed (``replicas`` merged
-    into the spec's bounds); a 400 naming each invalid field."""
+    """The create request of ``spec`` with the fields ``given`` changed (``replicas`` and
+    ``resources`` merged into the spec's own); a 400 naming each invalid field."""
     fields = spec.to_request()
     for name, value in given.items():
-        if name == "replicas":
+        if name in ("replicas", "resources"):
+            # Merged into the spec's own, so a rerun keeps what it does not override.
             if value is not None:
-                fields["replicas"] = {**fields["replicas"], **value}
+                fields[name] = {**fields[name], **value}
         else:
             fields[name] = value
     try:

@@ -27,6 +27,8 @@ class ReplicaEvent:
     version: str
     state: str
     reason: str | None = None
+    cause: str | None = None
+    """Why a worker or the replica died, for a death."""
 
 
 def predict_url(slug: str) -> str:
@@ -58,6 +60,7 @@ def endpoint_view(
         env=spec.env,
         server=spec.server,
         timeout_s=spec.timeout_s,
+        resources=spec.resources,
         kafka=public_kafka(spec.kafka),
         replicas=ReplicaCounts(
             ready=stats.ready,
@@ -74,6 +77,7 @@ def endpoint_view(
                 version=event.version,
                 state=event.state,
                 reason=event.reason,
+                cause=event.cause,
             )
             for event in events
         ],

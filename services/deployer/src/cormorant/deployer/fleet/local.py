@@ -14,6 +14,7 @@ import os
 import uuid
 
 import httpx
+from prometheus_client import CollectorRegistry
 from nats.aio.client import Client
 
 from cormorant.common.events import Event, ReplicaChanged
@@ -22,27 +23,37 @@ from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement, ReplicaObserved
 from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox
 from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.lag import StreamAutoscaler
 
 
+# A contained replica's own settings, which it may take from this process's environment.
+_REPLICA_PREFIXES = ("CORMORANT_WORKER_", "CORMORANT_KAFKA_BRIDGE_")
+
+
 def replica_environment(settings: DeployerSettings) -> dict[str, str]:
-    """The environment of every replica: this process's, with the shared settings in force."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+    """The settings every replica gets: contained, its own settings and nothing else of the
+    platform (no database URL, no data directory, no key); otherwise this process's
+    environment with the shared settings in force."""
+    if settings.sandbox:
+        env = {k: v for k, v in os.environ.items() if k.startswith(_REPLICA_PREFIXES)}
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+        env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     env["CORMORANT_NATS_URL"] = settings.nats_url
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
     env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
-    env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     if settings.otlp_endpoint:
         env["CORMORANT_OTLP_ENDPOINT"] = settings.otlp_endpoint
     return env
 
 
-def local_runtime(settings: DeployerSettings) -> LocalRuntime:
-    """The process runtime of ``settings`` (with a warm worker template unless it has none)."""
+def local_runtime(settings: DeployerSettings, sandbox: Sandbox | None = None) -> LocalRuntime:
+    """The process runtime of ``settings`` (with a warm worker template unless it has none),
+    containing its replicas in ``sandbox`` when given."""
     environment = replica_environment(settings)
     template_command = settings.template_command()
     return LocalRuntime(
@@ -58,6 +69,7 @@ def local_runtime(settings: DeployerSettings) -> LocalRuntime:
         if template_command
         else None,
         die_with_deployer=settings.stop_replicas_on_shutdown,
+        sandbox=sandbox,
     )
 
 
@@ -107,6 +119,7 @@ class LocalFleet:
         publisher: Publisher,
         http: httpx.AsyncClient,
         runtime: LocalRuntime | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime or local_runtime(settings)
@@ -118,6 +131,7 @@ class LocalFleet:
             snapshots=snapshots,
             publisher=self._events,
             http=http,
+            registry=registry,
         )
         self.autoscaler = Autoscaler(
             self.supervisor,

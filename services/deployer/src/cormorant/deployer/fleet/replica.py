@@ -25,7 +25,14 @@ from cormorant.deployer.endpoints.schemas import EndpointSpec
 from cormorant.deployer.endpoints.store import StatusChange, VersionRecord
 from cormorant.deployer.endpoints.validation import server_flag_value
 from cormorant.deployer.endpoints.views import ReplicaEvent
-from cormorant.deployer.fleet.runtime import ReplicaHandle, ReplicaLaunch, Runtime, refusal_reason
+from cormorant.deployer.fleet.runtime import (
+    Exit,
+    ReplicaHandle,
+    ReplicaLaunch,
+    Runtime,
+    WorkerDeath,
+    refusal_reason,
+)
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.spec import bridge_options
 
@@ -43,6 +50,15 @@ class Failure:
     reason: str
     deterministic: bool = False
     """The worker itself said the model cannot load: restarting will not help."""
+    cause: str | None = None
+    """How the process ended, when it did: ``exit``, ``killed`` or ``signal``."""
+
+
+def exit_cause(ended: Exit) -> str:
+    """The cause of a replica's whole exit, named as a worker death's is."""
+    if ended.code is not None and ended.code < 0:
+        return "killed" if ended.code == -9 else "signal"
+    return "exit"
 
 
 _sequence = itertools.count()
@@ -71,6 +87,8 @@ def launch_of(
         env=dict(spec.env),
         server={key: server_flag_value(value) for key, value in spec.server.items()},
         bridge=bridge_options(endpoint, endpoint_id, spec) if spec.kind == "stream" else None,
+        timeout_s=spec.timeout_s,
+        resources=spec.resources.model_dump(),
     )
 
 
@@ -98,6 +116,10 @@ class ReplicaHost(Protocol):
 
     async def refresh(self, endpoint: EndpointRuntime) -> None:
         """Store and announce the endpoint's status if its public view changed."""
+        ...
+
+    def count_death(self, endpoint: EndpointRuntime, cause: str, reason: str) -> None:
+        """Count a worker's or replica's death (Prometheus, and the endpoint's crash loop)."""
         ...
 
     async def probe(self, url: str, identity: str | None = None) -> bool | Failure | None:
@@ -132,6 +154,10 @@ class EndpointRuntime:
     primary: bool = True
     """Whether this is the version that sets the endpoint's status (and is autoscaled);
     a canary or a retiring version runs beside it (see ``rollout.py``)."""
+    deaths: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    """When its workers or replicas died lately (``time.monotonic``), for the crash loop."""
+    last_death: str | None = None
+    """Why the latest of them died."""
 
     def launch(
         self,
@@ -285,7 +311,8 @@ class ReplicaRunner:
                 return Failure(f"the worker refused its configuration: {reason}", True)
             if ended is not None:
                 return Failure(
-                    _with_tail(f"{ended.describe()} before it was ready", ended.log_tail)
+                    _with_tail(f"{ended.describe()} before it was ready", ended.log_tail),
+                    cause=exit_cause(ended),
                 )
             probe = await self.sup.probe(handle.url, handle.identity)
             if probe is True or isinstance(probe, Failure):
@@ -301,8 +328,35 @@ class ReplicaRunner:
         while not await self._pause(self.settings.monitor_interval_s):
             ended = await self.sup.runtime.exited(handle)
             if ended is not None:
-                return Failure(_with_tail(ended.describe(), ended.log_tail))
+                return Failure(
+                    _with_tail(ended.describe(), ended.log_tail), cause=exit_cause(ended)
+                )
+            for death in await self.sup.runtime.deaths(handle):
+                await self._worker_died(death)
+            if self.endpoint.status == "degraded":
+                await self.sup.refresh(self.endpoint)  # healthy again once the window passed
         return False
+
+    async def _worker_died(self, death: WorkerDeath) -> None:
+        """A worker process of this replica died; its master started another in its place."""
+        self.restarts += 1
+        endpoint = self.endpoint
+        reason = f"worker {death.pid} {death.detail}; replaced" if death.pid else death.detail
+        log.warning("replica %s of %s: %s", self.id, endpoint.slug, reason)
+        self.sup.count_death(endpoint, death.cause, reason)
+        await self.sup.write_replica(self.id, restarts=self.restarts, last_error=reason)
+        label = self.version.label
+        endpoint.events.append(
+            ReplicaEvent(
+                datetime.now(UTC),
+                str(self.id),
+                label,
+                "worker_restarted",
+                reason,
+                cause=death.cause,
+            )
+        )
+        await self.sup.refresh(endpoint)
 
     async def _became_ready(self) -> None:
         self.failures = 0
@@ -329,7 +383,11 @@ class ReplicaRunner:
                     f"last: {failure.reason}"
                 )
         log.warning("replica %s of %s crashed: %s", self.id, endpoint.slug, failure.reason)
-        await self._record("crashed", reason=failure.reason, last_error=failure.reason)
+        if failure.cause is not None:
+            self.sup.count_death(endpoint, failure.cause, failure.reason)
+        await self._record(
+            "crashed", reason=failure.reason, cause=failure.cause, last_error=failure.reason
+        )
 
     async def _backoff(self) -> bool:
         """Wait before the next restart; False if asked to stop meanwhile."""
@@ -364,7 +422,12 @@ class ReplicaRunner:
         return self.stop_requested.is_set()
 
     async def _record(
-        self, state: ReplicaState, *, reason: str | None = None, **columns: Any
+        self,
+        state: ReplicaState,
+        *,
+        reason: str | None = None,
+        cause: str | None = None,
+        **columns: Any,
     ) -> None:
         """Write the new state (with the endpoint status it implies), then publish both."""
         endpoint = self.endpoint
@@ -387,7 +450,7 @@ class ReplicaRunner:
             )
         )
         endpoint.events.append(
-            ReplicaEvent(datetime.now(UTC), str(self.id), self.version.label, state, reason)
+            ReplicaEvent(datetime.now(UTC), str(self.id), self.version.label, state, reason, cause)
         )
         await self.sup.refresh(endpoint)
 

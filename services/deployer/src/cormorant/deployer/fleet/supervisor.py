@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
@@ -81,8 +83,19 @@ class Supervisor:
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = (
+            Counter(
+                "cormorant_replica_deaths",
+                "Worker processes and replicas that died (and were replaced), by cause",
+                ["endpoint", "cause"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
         self.runtime = runtime
         self.store = store
         self.snapshots = snapshots
@@ -235,9 +248,28 @@ class Supervisor:
             return None
         return StatusChange(endpoint.id, endpoint.version.id, status, reason)
 
+    def count_death(self, endpoint: EndpointRuntime, cause: str, reason: str) -> None:
+        """Count a worker's or replica's death (Prometheus, and the endpoint's crash loop)."""
+        endpoint.deaths.append(time.monotonic())
+        endpoint.last_death = reason
+        if self.metrics is not None:
+            self.metrics.labels(endpoint=endpoint.slug, cause=cause).inc()
+
+    def crash_loop(self, endpoint: EndpointRuntime) -> int:
+        """How many deaths fell within ``crash_loop_window_s``, when they are a crash loop."""
+        since = time.monotonic() - self.settings.crash_loop_window_s
+        recent = sum(1 for at in endpoint.deaths if at >= since)
+        return recent if recent >= self.settings.crash_loop_deaths else 0
+
     def _status(self, endpoint: EndpointRuntime) -> tuple[str, str | None]:
         serving = [r for r in endpoint.replicas.values() if r.state != "stopped"]
         if endpoint.ready_count():
+            if deaths := self.crash_loop(endpoint):
+                window = self.settings.crash_loop_window_s
+                return "degraded", (
+                    f"{deaths} worker or replica deaths in the last {window:g} s; "
+                    f"last: {endpoint.last_death}"
+                )
             return "running", None
         if endpoint.desired == 0 and not serving:
             return "idle", None

@@ -44,6 +44,8 @@ class EndpointStatus(StrEnum):
     IDLE = "idle"
     FAILED = "failed"
     STOPPED = "stopped"
+    DEGRADED = "degraded"
+    """Serving, but its workers or replicas keep dying (``crash_loop_deaths``)."""
 
 
 class VersionStatus(StrEnum):

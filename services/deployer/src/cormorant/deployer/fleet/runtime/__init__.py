@@ -66,6 +66,21 @@ class ReplicaLaunch:
     server: Mapping[str, str] = field(default_factory=dict)
     bridge: BridgeOptions | None = None
     """Set for a stream endpoint: the replica is a kafka-bridge, not a worker."""
+    timeout_s: float | None = None
+    """The endpoint's per-request deadline, past which the worker running a call is replaced."""
+    resources: Mapping[str, int] = field(default_factory=dict)
+    """The endpoint's ``resources`` (``memory_mb``, ``max_processes``, ``open_files``)."""
+
+    def worker_settings(self) -> dict[str, str]:
+        """The deadline and limits as the worker's ``CORMORANT_WORKER_*`` variables."""
+        env = {f"CORMORANT_WORKER_{key.upper()}": str(value)
+               for key, value in self.resources.items()}  # fmt: skip
+        if self.timeout_s is not None:
+            # Just ahead of the gateway's own deadline: the 504 is the replica's, and its
+            # worker is already being replaced when the client's next request arrives.
+            deadline = max(self.timeout_s * 0.9, self.timeout_s - 0.5)
+            env["CORMORANT_WORKER_REQUEST_TIMEOUT_S"] = f"{deadline:g}"
+        return env
 
     def bridge_args(self) -> list[str]:
         """The kafka-bridge's flags for this replica, without the metrics address."""
@@ -164,6 +179,16 @@ class Exit:
         return f"exited with code {self.code}"
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerDeath:
+    """One worker process of a replica that died and was replaced (the replica kept serving)."""
+
+    pid: int | None
+    cause: str
+    """``timeout``, ``oom``, ``exit``, ``killed`` or ``signal``."""
+    detail: str
+
+
 class ConfigurationRefused(Exception):
     """The worker refused a replica's configuration; the message is the worker's reason."""
 
@@ -187,6 +212,10 @@ class Runtime(Protocol):
 
     async def exited(self, handle: ReplicaHandle) -> Exit | None:
         """How the replica ended, or None while it runs."""
+        ...
+
+    async def deaths(self, handle: ReplicaHandle) -> list[WorkerDeath]:
+        """Worker deaths inside the replica since the last call."""
         ...
 
     async def stop(self, handle: ReplicaHandle, *, grace_s: float) -> Exit:

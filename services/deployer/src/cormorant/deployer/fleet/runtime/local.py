@@ -13,29 +13,39 @@ whatever the predict code starts) through its process group. With ``die_with_dep
 local stack) it gets SIGTERM from the kernel when its parent (the deployer, or the template
 that forked it) dies instead; and every replica is recorded under ``<data>/run/replicas/`` while
 it runs, so ``cormorant down``/``up`` find one that outlived its deployer anyway.
+
+Contained (``Sandbox``), a replica runs under a uid of its own, from a private directory (see
+``cormorant.common.sandbox``) that holds a copy of its version's code and its scratch space,
+with an environment of its own settings only and its endpoint's limits; stopping it also ends
+every process left under its uid, wherever it moved. Its gunicorn master reports each worker
+that dies to a ``.deaths`` file next to the replica's log, through a descriptor the workers
+do not keep (``deaths``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
 
-from cormorant.common import lifetime
+from cormorant.common import lifetime, sandbox
 from cormorant.common.errors import CormorantError
+from cormorant.common.sandbox import Identity, Limits, PrivateDir, UidPool
 from cormorant.common.servers import free_port
 from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.fleet.runtime import (
@@ -44,6 +54,7 @@ from cormorant.deployer.fleet.runtime import (
     Exit,
     ReplicaHandle,
     ReplicaLaunch,
+    WorkerDeath,
     refusal_reason,
 )
 from cormorant.deployer.fleet.runtime.template import (
@@ -66,6 +77,19 @@ _IMPORT_TIME_ENV = ("OMP_", "OPENBLAS_", "MKL_", "NUMEXPR_", "NUMBA_", "VECLIB_"
                     "LD_", "MALLOC_", "CUDA_", "TF_", "TORCH", "JAX_", "XLA_")  # fmt: skip
 
 
+_FORK_HEADROOM = 512 * 1024 * 1024
+"""Memory a forked replica needs beyond what the template holds (its worker, its model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """How replicas are contained: where their private directories go, and the uids they
+    get (None: they keep this process's uid, which is not root)."""
+
+    directory: Path
+    uids: UidPool | None
+
+
 @dataclass(slots=True)
 class _Process:
     pid: int
@@ -74,6 +98,66 @@ class _Process:
     log_offset: int
     template: Generation | None = None
     """The template run that forked it (which reports its exit code), if any."""
+    uid: int | None = None
+    """Its own uid, when contained under one."""
+    deaths_offset: int = 0
+    """How much of its ``.deaths`` file was read."""
+
+
+_PROBE = "import cormorant.worker"
+
+
+async def prepare_sandbox(
+    directory: Path, data_dir: Path, *, uid_base: int, uid_count: int
+) -> Sandbox:
+    """Get this machine ready to contain replicas: the data directory closed to them, the
+    interpreter reachable by their uids (checked by running it as one)."""
+    if not await asyncio.to_thread(_prepare_directories, directory, data_dir):
+        sandbox.warn_uncontained("replicas", ["this service does not run as root"])
+        return Sandbox(directory, None)
+    uid = uid_base + uid_count - 1
+    # subprocess, not asyncio's: uvloop's cannot switch the child's user.
+    probe = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _PROBE],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=sandbox.contained_environment(os.environ, {}, home=None),
+        cwd="/",
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        lines = probe.stderr.decode(errors="replace").strip().splitlines()
+        reason = lines[-1] if lines else "no output"
+        sandbox.warn_uncontained("replicas", [f"uid {uid} cannot run {sys.executable}: {reason}"])
+        return Sandbox(directory, None)
+    return Sandbox(directory, UidPool(directory, base=uid_base, count=uid_count))
+
+
+def _prepare_directories(directory: Path, data_dir: Path) -> bool:
+    """Close the data directory to replicas, open the interpreter's path to them; False if
+    replicas cannot get uids of their own here (this process is not root)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory.resolve().is_relative_to(data_dir.resolve()):
+        raise CormorantError(
+            f"the sandbox directory {directory} lies inside the data directory {data_dir}, "
+            "which replicas cannot enter; set CORMORANT_DEPLOYER_SANDBOX_DIR elsewhere"
+        )
+    if not sandbox.can_switch_user():
+        return False
+    # The embedded PostgreSQL server keeps its cluster inside: it must still get in.
+    sandbox.close_to_others(data_dir, group_traverse=(data_dir / "postgres").is_dir())
+    opened = sandbox.open_path_for_others([*sandbox.runtime_paths(), directory / "x"])
+    if opened:
+        log.warning("let replicas' uids traverse %s to run this Python installation",
+                    ", ".join(map(str, opened)))  # fmt: skip
+    return True
 
 
 class LocalRuntime:
@@ -90,8 +174,10 @@ class LocalRuntime:
         bridge_command: Sequence[str] | None = None,
         template: WorkerTemplate | None = None,
         die_with_deployer: bool = False,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.command = list(command)
+        self.sandbox = sandbox
         self.template = template
         self.die_with_deployer = die_with_deployer
         self.records = data_dir / lifetime.REPLICA_RECORDS
@@ -103,6 +189,8 @@ class LocalRuntime:
         self.env = dict(env)
         self.check_timeout = check_timeout
         self._procs: dict[str, _Process] = {}
+        self._uids: dict[str, int] = {}
+        """The uid of each contained replica this runtime started or adopted."""
 
     async def check(self, launch: ReplicaLaunch) -> None:
         """Run ``worker --check`` with the replica's flags; ``ConfigurationRefused`` on exit 2."""
@@ -198,31 +286,68 @@ class LocalRuntime:
     async def start(self, launch: ReplicaLaunch) -> ReplicaHandle:
         """Start the worker on a free port, its output appended to the replica's log."""
         port = free_port(self.host)
+        forkable = self.template is not None and self._forkable(launch, self.template)
+        private, identity = await self._contain(launch)
+        if private is not None:
+            launch = replace(launch, source=private.code)
         argv = self._argv(launch, port)
-        if self.template is not None and self._forkable(launch, self.template):
+        env = self._env(launch, private)
+        cwd = private.root if private is not None else launch.source
+        deaths = self.deaths_path(launch)
+        if self.template is not None and forkable:
             log_path, offset = self._begin_log(launch, port, "forked from the worker template")
             try:
                 pid, generation = await self.template.spawn(
                     title=argv,
                     args=argv[len(self.command) :],
-                    env=self._env(launch),
-                    cwd=str(launch.source),
+                    env=env,
+                    cwd=str(cwd),
                     log_path=str(log_path),
                     parent_death_signal=self._parent_death_signal(),
+                    deaths_path=str(deaths),
+                    identity=identity,
+                    limits=_limits(launch),
                 )
             except TemplateUnavailable as exc:
                 log.info("replica %s starts as a fresh process: %s", launch.replica_id, exc)
                 with log_path.open("ab") as out:
                     out.write(f"--- not forked ({exc}); starting a fresh process\n".encode())
             else:
-                self._procs[launch.replica_id] = _Process(pid, None, log_path, offset, generation)
+                self._procs[launch.replica_id] = _Process(
+                    pid, None, log_path, offset, generation, _uid(identity), _size(deaths)
+                )
                 self._record(launch, pid, argv)
                 return self._handle(launch, port, pid)
         else:
             log_path, offset = self._begin_log(launch, port)
         # Not in a thread: a cancellation between the fork and the handle would leave a
         # process nobody tracks, and a fork+exec is over in milliseconds.
-        return self._spawn(launch, argv, port, log_path, offset)
+        return self._spawn(launch, argv, env, cwd, identity, port, log_path, offset)
+
+    async def _contain(self, launch: ReplicaLaunch) -> tuple[PrivateDir | None, Identity | None]:
+        """The replica's private directory (with a fresh copy of its code) and uid."""
+        if self.sandbox is None:
+            return None, None
+        directory = self.sandbox.directory
+        existing = PrivateDir.at(directory / launch.replica_id)
+        identity = None
+        if self.sandbox.uids is not None:
+            # Reserved before the first await: two replicas starting at once must not both
+            # take the lowest uid whose directory is not made yet.
+            reserved = [uid for key, uid in self._uids.items() if key != launch.replica_id]
+            identity = self.sandbox.uids.identity_for(existing, reserved)
+            self._uids[launch.replica_id] = identity.uid
+        private = await asyncio.to_thread(
+            sandbox.prepare_private_dir, directory, launch.replica_id, launch.source, identity
+        )
+        return private, identity
+
+    def _private(self, launch: ReplicaLaunch) -> ReplicaLaunch:
+        """``launch`` as it runs contained: from its private copy of the code."""
+        if self.sandbox is None:
+            return launch
+        private = PrivateDir.at(self.sandbox.directory / launch.replica_id)
+        return replace(launch, source=private.code)
 
     def _handle(self, launch: ReplicaLaunch, port: int, pid: int) -> ReplicaHandle:
         """A replica this runtime started: its ``/healthz`` names it (``REPLICA_ENV``)."""
@@ -234,6 +359,12 @@ class LocalRuntime:
         if launch.bridge is not None or not template.ready:
             return False
         if any(key.upper().startswith(_IMPORT_TIME_ENV) for key in launch.env):
+            return False
+        # A fork starts with all the template imported: a small memory limit would leave it
+        # no room to run (a fresh process only maps what the model imports).
+        held = template.data_bytes()
+        limit = _limits(launch).memory_mb * 1024 * 1024
+        if held is None or held + _FORK_HEADROOM > limit:
             return False
         # A module of the model's own named like a preloaded one would be shadowed by it.
         try:
@@ -254,21 +385,48 @@ class LocalRuntime:
             return log_path, out.tell()
 
     def _spawn(
-        self, launch: ReplicaLaunch, argv: list[str], port: int, log_path: Path, offset: int
+        self,
+        launch: ReplicaLaunch,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        identity: Identity | None,
+        port: int,
+        log_path: Path,
+        offset: int,
     ) -> ReplicaHandle:
-        with log_path.open("ab") as out:
-            popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self._env(launch),
-                cwd=launch.source,
-                # Its own session: it outlives the deployer, and its group holds its children.
-                start_new_session=True,
-                preexec_fn=self._parent_death_hook(),
-            )
-        self._procs[launch.replica_id] = _Process(popen.pid, popen, log_path, offset)
+        deaths = self.deaths_path(launch)
+        fd = os.open(deaths, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if launch.bridge is None:
+                env = {**env, "CORMORANT_WORKER_DEATHS_FD": str(fd)}
+            with log_path.open("ab") as out:
+                popen = subprocess.Popen(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=cwd,
+                    # Its own session: it outlives the deployer, and its group holds its
+                    # children.
+                    start_new_session=True,
+                    pass_fds=(fd,) if launch.bridge is None else (),
+                    # Switched before the interpreter starts: nothing of it runs as root.
+                    user=identity.uid if identity else None,
+                    group=identity.gid if identity else None,
+                    extra_groups=[] if identity else None,
+                    # After the uid switch: a credential change clears the parent-death signal.
+                    preexec_fn=self._parent_death_hook(),
+                )
+        finally:
+            os.close(fd)
+        if launch.bridge is not None and self.sandbox is not None:
+            # The bridge does not set its own limits; its imports take far longer than this.
+            _set_limits(popen.pid, _limits(launch))
+        self._procs[launch.replica_id] = _Process(
+            popen.pid, popen, log_path, offset, uid=_uid(identity), deaths_offset=_size(deaths)
+        )
         self._record(launch, popen.pid, argv)
         return self._handle(launch, port, popen.pid)
 
@@ -278,6 +436,7 @@ class LocalRuntime:
         """The running worker ``pid`` if it is still this replica's (same source and port)."""
         if pid is None:
             return None
+        launch = self._private(launch)
         port = str(urlsplit(url).port)
         port_flag = "--metrics-port" if launch.bridge is not None else "--port"
         source = str(launch.source)
@@ -296,7 +455,13 @@ class LocalRuntime:
             return None
         log_path = self.log_path(launch)
         offset = log_path.stat().st_size if log_path.exists() else 0
-        self._procs[launch.replica_id] = _Process(pid, None, log_path, offset)
+        private = PrivateDir.at(launch.source.parent)
+        uid = private.owner() if self.sandbox is not None and self.sandbox.uids else None
+        if uid is not None:
+            self._uids[launch.replica_id] = uid
+        self._procs[launch.replica_id] = _Process(
+            pid, None, log_path, offset, uid=uid, deaths_offset=_size(self.deaths_path(launch))
+        )
         self._record(launch, pid, lifetime.shown_cmdline(cmdline))
         return ReplicaHandle(launch.replica_id, url, host or self.host, pid, adopted=True)
 
@@ -309,6 +474,30 @@ class LocalRuntime:
         if isinstance(code, _Running):
             return None
         return Exit(code, self._tail(proc))
+
+    async def deaths(self, handle: ReplicaHandle) -> list[WorkerDeath]:
+        """Worker deaths the replica's master reported since the last call."""
+        proc = self._procs.get(handle.replica_id)
+        if proc is None:
+            return []
+        path = proc.log_path.with_suffix(".deaths")
+        try:
+            with path.open("rb") as fh:
+                fh.seek(proc.deaths_offset)
+                data = fh.read(1 << 20)
+        except OSError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        proc.deaths_offset += len(complete)
+        found = []
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
+                found.append(WorkerDeath(entry.get("pid"), str(entry["cause"]),
+                                         str(entry.get("detail") or entry["cause"])))  # fmt: skip
+            except (ValueError, KeyError, TypeError):
+                continue
+        return found
 
     async def stop(self, handle: ReplicaHandle, *, grace_s: float) -> Exit:
         """SIGTERM (gunicorn finishes in-flight requests), SIGKILL the group after ``grace_s``."""
@@ -342,6 +531,14 @@ class LocalRuntime:
                 break
             await asyncio.sleep(_POLL_S)
         _release(proc)
+        if proc.uid is not None:
+            # What left the process group (a daemonised child) still runs under its uid.
+            await asyncio.to_thread(_kill_uid, proc.uid)
+        if self.sandbox is not None:
+            await asyncio.to_thread(
+                sandbox.remove_private_dir, self.sandbox.directory, handle.replica_id
+            )
+        self._uids.pop(handle.replica_id, None)
 
     def _parent_death_signal(self) -> int | None:
         return signal.SIGTERM if self.die_with_deployer else None
@@ -374,15 +571,26 @@ class LocalRuntime:
             ]  # fmt: skip
         return [*self.command, *launch.worker_args(), "--host", self.host, "--port", str(port)]
 
-    def _env(self, launch: ReplicaLaunch) -> dict[str, str]:
-        env = {**self.env, REPLICA_ENV: launch.replica_id}
+    def _env(self, launch: ReplicaLaunch, private: PrivateDir | None = None) -> dict[str, str]:
+        # A worker's settings are not a bridge's, nor the other way round.
+        other = "CORMORANT_WORKER_" if launch.bridge is not None else "CORMORANT_KAFKA_BRIDGE_"
+        own = {k: v for k, v in self.env.items() if not k.startswith(other)}
+        own[REPLICA_ENV] = launch.replica_id
         if launch.bridge is not None:
-            env.update(launch.bridge.environment())
-        return env
+            own.update(launch.bridge.environment())
+        else:
+            own.update(launch.worker_settings())
+        if self.sandbox is None:
+            return own
+        # Only its own settings: nothing else of this process's environment.
+        return sandbox.contained_environment(
+            os.environ, own, home=private.scratch if private is not None else None
+        )
 
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop tracking a replica without touching its process (it keeps serving)."""
         proc = self._procs.pop(handle.replica_id, None)
+        self._uids.pop(handle.replica_id, None)  # its private directory keeps the uid taken
         if proc is not None:
             lifetime.remove_record(self.records, handle.replica_id)
             _release(proc)
@@ -390,6 +598,10 @@ class LocalRuntime:
     def log_path(self, launch: ReplicaLaunch) -> Path:
         """The replica's log file."""
         return self.logs / f"{launch.endpoint}-{launch.replica_id}.log"
+
+    def deaths_path(self, launch: ReplicaLaunch) -> Path:
+        """Where the replica's master reports its workers' deaths."""
+        return self.log_path(launch).with_suffix(".deaths")
 
     def _tail(self, proc: _Process) -> str:
         try:
@@ -424,6 +636,42 @@ def _exit_code(proc: _Process) -> int | _Running | None:
             return _RUNNING
     # Adopted, or its template died: the exit code went to whoever reaped it.
     return _RUNNING if _alive(proc.pid) else None
+
+
+def _limits(launch: ReplicaLaunch) -> Limits:
+    return Limits.from_mapping(launch.resources)
+
+
+def _set_limits(pid: int, limits: Limits) -> None:
+    for kind, value in (
+        (resource.RLIMIT_DATA, limits.memory_mb * 1024 * 1024),
+        (resource.RLIMIT_NPROC, limits.max_processes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            resource.prlimit(pid, kind, (value, value))
+
+
+def _uid(identity: Identity | None) -> int | None:
+    return identity.uid if identity is not None else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process running as ``uid`` (a replica's own uid: nothing else has it)."""
+    for process in psutil.process_iter(["uids"]):
+        try:
+            uids = process.info.get("uids")
+            if uids is not None and uid in (uids.real, uids.effective):
+                process.kill()
+        except psutil.Error:
+            continue
 
 
 def _read(path: Path) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cormorant.common.sandbox import Identity, Limits
+
 log = logging.getLogger(__name__)
 
 # Room for replicas' command lines in the template's own argument area (see the template's
@@ -113,6 +115,19 @@ class WorkerTemplate:
         """Top-level packages the template imports (a model's own copy would be shadowed)."""
         return {name.split(".")[0] for name in self.modules}
 
+    def data_bytes(self) -> int | None:
+        """The template's data segment (``VmData``), which every fork starts with."""
+        if self.generation is None:
+            return None
+        try:
+            with open(f"/proc/{self.generation.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmData:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     def start(self) -> None:
         """Start the template in the background; it is ready a few seconds later."""
         if self._task is None:
@@ -155,9 +170,15 @@ class WorkerTemplate:
         cwd: str,
         log_path: str,
         parent_death_signal: int | None = None,
+        deaths_path: str | None = None,
+        identity: Identity | None = None,
+        limits: Limits | None = None,
     ) -> tuple[int, Generation]:
         """Fork a replica: its pid and the template that forked it (which the replica dies
         with, by ``parent_death_signal``, when one is given).
+
+        The fork takes ``limits`` and ``identity`` (and opens its log and ``deaths_path``
+        first, as root) before it runs the worker's ``main``.
 
         Cancelled or timed out after the request left, the replica forked anyway is killed
         when its pid arrives: nobody would track it otherwise.
@@ -168,8 +189,14 @@ class WorkerTemplate:
         key = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
-        request = {"id": key, "title": list(title), "args": list(args), "env": dict(env),
-                   "cwd": cwd, "log": log_path}  # fmt: skip
+        request: dict[str, Any] = {"id": key, "title": list(title), "args": list(args),
+                                   "env": dict(env), "cwd": cwd, "log": log_path}  # fmt: skip
+        if deaths_path is not None:
+            request["deaths"] = deaths_path
+        if identity is not None:
+            request["uid"], request["gid"] = identity.uid, identity.gid
+        if limits is not None:
+            request["limits"] = limits.to_mapping()
         if parent_death_signal is not None:
             request["parent_death_signal"] = int(parent_death_signal)
         try:
