@@ -14,8 +14,8 @@ import os
 import uuid
 
 import httpx
-from prometheus_client import CollectorRegistry
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 
 from cormorant.common.events import Event, ReplicaChanged
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
@@ -28,7 +28,6 @@ from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.lag import StreamAutoscaler
-
 
 # A contained replica's own settings, which it may take from this process's environment.
 _REPLICA_PREFIXES = ("CORMORANT_WORKER_", "CORMORANT_KAFKA_BRIDGE_")
