@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from cormorant.common.datasets import CHUNK_SIZE
+from cormorant.common.internal import generate_internal_secret
 from cormorant.feedback.app import create_app
 from cormorant.feedback.settings import FeedbackSettings
 
@@ -26,12 +27,22 @@ LIMIT = 4 << 20
 async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a running Feedback app storing datasets under ``tmp_path``."""
     settings = FeedbackSettings(
-        database_url=database_url, data_dir=tmp_path, log_json=False, max_upload_bytes=LIMIT
+        database_url=database_url,
+        data_dir=tmp_path,
+        log_json=False,
+        max_upload_bytes=LIMIT,
+        internal_secret=generate_internal_secret(),
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+        # As a header, not auth=: one test below builds a raw ASGI request from it.
+        secret = settings.internal_secret
+        assert secret is not None
+        headers = {"Authorization": f"Bearer {secret.get_secret_value()}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://svc", headers=headers
+        ) as http:
             http.app = manager.app  # type: ignore[attr-defined]
             yield http
 
@@ -131,7 +142,10 @@ async def test_download_is_streamed_in_chunks(client: httpx.AsyncClient) -> None
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"svc")],
+        "headers": [
+            (b"host", b"svc"),
+            (b"authorization", client.headers["authorization"].encode()),
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("svc", 80),
         "state": {},

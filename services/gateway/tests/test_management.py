@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_testkit import (
+    INTERNAL_SECRET,
     Gateway,
     Secrets,
     StandIn,
@@ -120,7 +121,8 @@ async def test_admin_keys_create_list_revoke(gateway: Gateway) -> None:
 
 
 async def test_management_calls_are_forwarded(gateway: Gateway) -> None:
-    """Method, path, query and body reach the owner; Authorization does not."""
+    """Method, path, query and body reach the owner; the admin key does not, the internal
+    credential does (the stand-ins refuse a call without it)."""
     created = await gateway.http.post(
         "/api/v1/endpoints?dry=1",
         json={"name": "x"},
@@ -132,7 +134,7 @@ async def test_management_calls_are_forwarded(gateway: Gateway) -> None:
     assert (seen["method"], seen["path"], seen["query"]) == ("POST", "/api/v1/endpoints", "dry=1")
     assert seen["body"] == '{"name":"x"}'
     assert seen["headers"]["x-custom"] == "yes"
-    assert "authorization" not in seen["headers"]
+    assert seen["headers"]["authorization"] == f"Bearer {INTERNAL_SECRET}"
     assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
     logs = await gateway.http.get("/api/v1/endpoints/demo/logs?limit=5", headers=gateway.admin())
     assert logs.json()["service"] == "predictlog"
@@ -190,6 +192,7 @@ async def test_not_ready_until_the_routing_table_loads(credentials: Secrets, nat
         database_url=credentials.database_url,
         nats_url=nats_url,
         deployer_url=f"http://127.0.0.1:{port}",
+        internal_secret=INTERNAL_SECRET,
         log_json=False,
     )
     app = create_app(settings)

@@ -1,4 +1,6 @@
-"""``.cormorant/stack.json``: where the local stack's services listen, and its admin key."""
+"""``.cormorant/stack.json``: where the local stack's services listen, and its admin key;
+``.cormorant/secrets.json``: the stack's private secrets (internal credential, database
+passwords). Both are readable by their owner only."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 STACK_FILE = "stack.json"
+SECRETS_FILE = "secrets.json"
 PID_FILE = "supervisor.pid"
 
 
@@ -35,6 +38,27 @@ def write_private_json(path: Path, content: dict[str, Any]) -> Path:
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
+
+
+def stack_secrets(data_dir: Path) -> dict[str, str]:
+    """The stack's secrets, generated the first time and kept after (mode 0600): the internal
+    credential of its services, and the PostgreSQL superuser's and application role's
+    passwords (the embedded cluster keeps them, so they must outlive a restart)."""
+    from cormorant.common.internal import generate_internal_secret
+    from cormorant.common.servers.postgres import generate_password
+
+    makers = {
+        "internal_secret": generate_internal_secret,
+        "postgres_superuser_password": generate_password,
+        "postgres_password": generate_password,
+    }
+    path = data_dir / SECRETS_FILE
+    found = read_private_json(path) or {}
+    secrets = {name: str(found[name]) for name in makers if isinstance(found.get(name), str)}
+    if len(secrets) < len(makers):
+        secrets = {name: secrets.get(name) or make() for name, make in makers.items()}
+        write_private_json(path, {**found, **secrets})
+    return secrets
 
 
 def read_stack_file(data_dir: Path) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
 from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
 from cormorant.common.events import LoadReported
+from cormorant.common.internal import PLATFORM_SECRET_VARIABLES, internal_client
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import install_validation_messages, router
@@ -46,7 +47,11 @@ LOAD_SUBJECT = f"{LoadReported.subject_prefix}.*"
 
 def replica_environment(settings: DeployerSettings) -> dict[str, str]:
     """The environment of every replica: this process's, with the shared settings in force."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CORMORANT_DEPLOYER_") and k not in PLATFORM_SECRET_VARIABLES
+    }
     env["CORMORANT_NATS_URL"] = settings.nats_url
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
     env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
@@ -143,7 +148,9 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 store=RolloutStore(store.sessions),
                 handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
             )
-            reader = MetricsReader(http, resolved.predictlog_url)
+            # Its own client: the shared one also calls replicas, which never see the credential.
+            internal = await stack.enter_async_context(internal_client(resolved))
+            reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
             rollouts.kinds["stream"] = app.state.stream_rollout
             await rollouts.recover()
@@ -162,7 +169,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     install_validation_messages(app)
     app.include_router(router)

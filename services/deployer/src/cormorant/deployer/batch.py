@@ -46,6 +46,7 @@ from cormorant.common.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from cormorant.common.internal import InternalAuth
 from cormorant.common.predictor.arrow_rows import (
     ARROW_STREAM,
     decode_results,
@@ -325,6 +326,7 @@ class BatchService:
                 f"{self.settings.predictlog_url.rstrip('/')}/api/v1/endpoints/{slug}/charts",
                 params={"series": key, "window": f"{minutes}m"},
                 timeout=10.0,
+                auth=InternalAuth(self.settings.internal_secret),
             )
             response.raise_for_status()
             points = response.json()["points"]

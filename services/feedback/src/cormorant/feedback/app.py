@@ -49,7 +49,7 @@ def create_app(settings: FeedbackSettings) -> FastAPI:
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(router)
     app.state.settings = settings
