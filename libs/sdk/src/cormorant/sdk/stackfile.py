@@ -11,6 +11,9 @@ from typing import Any
 
 STACK_FILE = "stack.json"
 SECRETS_FILE = "secrets.json"
+INTERNAL_SECRET_FILE = "internal_secret"
+"""The internal credential alone, for tools that read a token from a file (Prometheus's
+``credentials_file`` for the deployer's replica discovery)."""
 PID_FILE = "supervisor.pid"
 
 
@@ -58,6 +61,11 @@ def stack_secrets(data_dir: Path) -> dict[str, str]:
     if len(secrets) < len(makers):
         secrets = {name: secrets.get(name) or make() for name, make in makers.items()}
         write_private_json(path, {**found, **secrets})
+    token = data_dir / INTERNAL_SECRET_FILE
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets["internal_secret"])
+    os.chmod(token, 0o600)
     return secrets
 
 
