@@ -201,4 +201,9 @@ async def test_bad_requests_say_what_to_fix(client: httpx.AsyncClient) -> None:
     assert "its files are 'a.csv'" in _error(missing_file, 404)
     missing_version = await client.get(f"{API}/ds/versions/9/files/a.csv")
     assert "only version 1" in _error(missing_version, 404)
+    # Past PostgreSQL's integer (the fuzzer's 500): still just a version that does not exist.
+    for huge in (2**31, 10**30, 0, -1):
+        beyond = await client.get(f"{API}/ds/versions/{huge}")
+        assert "has no version" in _error(beyond, 404)
+        assert _error(await client.get(f"{API}/ds/versions/{huge}/files/a.csv"), 404)
     assert "integer" in _error(await client.get(f"{API}/ds/versions/latest/files/a.csv"), 400)

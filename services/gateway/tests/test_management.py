@@ -108,6 +108,9 @@ async def test_admin_keys_create_list_revoke(gateway: Gateway) -> None:
     assert all("key" not in k for k in keys)
     empty_name = await gateway.http.post("/api/v1/keys", json={"name": ""}, headers=new_admin)
     assert empty_name.status_code == 400
+    nul = await gateway.http.post("/api/v1/keys", json={"name": "ci\u0000"}, headers=new_admin)
+    assert nul.status_code == 400
+    assert "name: Value error, must not contain control characters" in nul.text
     revoked = await gateway.http.delete(f"/api/v1/keys/{keys[1]['id']}", headers=gateway.admin())
     assert revoked.status_code == 204
     assert (await gateway.http.get("/api/v1/keys", headers=new_admin)).status_code == 401

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +25,14 @@ class KeyCreate(BaseModel):
     """A new admin key's request."""
 
     name: str = Field(min_length=1, max_length=100, description="What the key is for.")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # PostgreSQL text cannot hold NUL, and a listing should not hold terminal escapes.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters (NUL, newlines, escapes)")
+        return value
 
 
 class KeyCreated(BaseModel):
