@@ -185,6 +185,12 @@ async def test_openapi_merges_the_services(gateway: Gateway) -> None:
     assert schemas["KeyList"] != schemas["deployer_KeyList"]
     assert set(document["x-cormorant-missing"]) == {"alerts", "predictlog", "feedback"}
     assert document["components"]["securitySchemes"]["adminKey"]["scheme"] == "bearer"
+    # What the gateway answers itself on a forwarded call is documented on every one.
+    assert {"401", "403", "502", "504"} <= set(paths["/api/v1/endpoints"]["get"]["responses"])
+    keys = paths["/api/v1/keys"]["post"]["responses"]
+    assert {"400", "401", "403", "503"} <= set(keys)
+    assert "422" not in keys
+    assert "422" in paths["/api/v1/endpoints/{slug}/predict"]["post"]["responses"]
     assert (await gateway.http.get("/docs")).status_code == 404
 
 

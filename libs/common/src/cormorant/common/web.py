@@ -14,6 +14,7 @@ from starlette.types import Lifespan
 
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import OPEN_PATHS, RequireInternal
+from cormorant.common.openapi import install_error_documentation
 from cormorant.common.settings import CommonSettings, ServiceSettings
 from cormorant.common.telemetry import metrics_response
 
@@ -45,6 +46,7 @@ def create_service_app(
     every other route (those added later included) needs ``settings.internal_secret``."""
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     install_error_handlers(app)
+    install_error_documentation(app)
     # Middleware, not a dependency: it also covers routes mounted or added without FastAPI's
     # decorators, and answers before any body is read.
     app.add_middleware(

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.datasets import BlobStore, DatasetStore
+from cormorant.common.openapi import error_responses
 from cormorant.deployer.batch import (
     BatchJobComparison,
     BatchJobIn,
@@ -21,7 +22,7 @@ from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.supervisor import Supervisor
 
-router = APIRouter(tags=["batch jobs"])
+router = APIRouter(tags=["batch jobs"], responses=error_responses(409, 503))
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"
 
 _SERVICES: weakref.WeakKeyDictionary[EndpointService, BatchService] = weakref.WeakKeyDictionary()

@@ -6,6 +6,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Request
 
+from cormorant.common.openapi import error_responses
 from cormorant.deployer.rollout import RolloutService
 from cormorant.deployer.rollout_schemas import (
     RolloutIn,
@@ -15,7 +16,7 @@ from cormorant.deployer.rollout_schemas import (
     VersionOut,
 )
 
-router = APIRouter(tags=["rollout"])
+router = APIRouter(tags=["rollout"], responses=error_responses(409))
 
 
 def _service(request: Request) -> RolloutService:

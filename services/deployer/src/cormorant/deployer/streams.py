@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from cormorant.common.db.models import VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, NotFound
 from cormorant.common.events import EndpointChanged
+from cormorant.common.openapi import error_responses
 from cormorant.deployer.autoscale import Recommendation, decide_for, recommend, run_every
 from cormorant.deployer.endpoints import EndpointService
 from cormorant.deployer.replicas import ReplicaRunner
@@ -395,7 +396,7 @@ class StreamStatus(BaseModel):
     swapping: bool
 
 
-stream_router = APIRouter(tags=["streams"])
+stream_router = APIRouter(tags=["streams"], responses=error_responses(409))
 
 
 def _service(request: Request) -> EndpointService:

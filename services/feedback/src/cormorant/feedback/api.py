@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from cormorant.common.datasets import DatasetStore
+from cormorant.common.openapi import error_responses
 from cormorant.feedback.schemas import (
     DatasetCreate,
     DatasetList,
@@ -24,7 +25,9 @@ from cormorant.feedback.schemas import (
 from cormorant.feedback.settings import FeedbackSettings
 from cormorant.feedback.uploads import FILE_FIELD, PATH_FIELD, receive_upload
 
-router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/api/v1/datasets", tags=["datasets"], responses=error_responses(409, 413)
+)
 
 
 def _store(request: Request) -> DatasetStore:

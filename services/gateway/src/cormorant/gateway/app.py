@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import internal_client
+from cormorant.common.openapi import install_error_documentation
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.gateway import keys, v2
 from cormorant.gateway.auth import Credentials
@@ -158,6 +159,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_error_documentation(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cormorant.common.errors import BadRequest, CormorantError
+from cormorant.common.openapi import error_responses
 from cormorant.gateway.errors import BodyTooLarge
 from cormorant.gateway.prediction_log import is_unanswered
 from cormorant.gateway.proxy import Answer, PredictPath
@@ -112,7 +113,10 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": table.loaded}, status_code=200 if table.loaded else 503)
 
 
-@router.get("/models/{slug}")
+_MODEL_ERRORS = error_responses(401, 403)
+
+
+@router.get("/models/{slug}", responses=_MODEL_ERRORS)
 async def model_metadata(slug: Slug, request: Request) -> ModelMetadata:
     """The model's versions and loosely typed inputs and outputs."""
     route = _path(request).route(slug)
@@ -125,7 +129,7 @@ async def model_metadata(slug: Slug, request: Request) -> ModelMetadata:
     )
 
 
-@router.get("/models/{slug}/ready", responses={503: {"model": ModelReady}})
+@router.get("/models/{slug}/ready", responses={**_MODEL_ERRORS, 503: {"model": ModelReady}})
 async def model_ready(slug: Slug, request: Request) -> JSONResponse:
     """200 when a replica is ready to answer, 503 otherwise."""
     route = _path(request).route(slug)
@@ -189,7 +193,14 @@ async def infer(slug: Slug, body: InferRequest, request: Request) -> Response:
 
 # Bodies without a Content-Type are JSON too: FastAPI's strict default guards cookie-carried
 # requests from cross-site forms, and this route takes a bearer token, never a cookie.
-router.add_api_route("/models/{slug}/infer", infer, methods=["POST"], strict_content_type=False)
+router.add_api_route(
+    "/models/{slug}/infer",
+    infer,
+    methods=["POST"],
+    strict_content_type=False,
+    # As predict: the replica's own errors pass through, the gateway's are its proxy's.
+    responses=error_responses(401, 403, 409, 413, 422, 500, 502, 503, 504),
+)
 
 
 async def _read_all(path: PredictPath, answer: Answer) -> bytes:
