@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cormorant.deployer.testing import DeployerHarness, wait_until
 
 FLOW = """\
@@ -108,3 +110,27 @@ async def test_bad_flow_files_are_refused_and_nothing_is_stored(
     assert (await deployer.client.get("/api/v1/flows")).json()["flows"] == []
     missing = await deployer.client.post("/api/v1/flows/nope/runs")
     assert missing.status_code == 404
+
+
+async def test_exec_tasks_do_not_see_the_platform_secrets(
+    deployer: DeployerHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow's command is user code: the internal secret and the database URL the deployer
+    holds are not in its environment; the task's own env is."""
+    monkeypatch.setenv("CORMORANT_INTERNAL_SECRET", "cmi_must-not-leak")
+    monkeypatch.setenv("CORMORANT_DATABASE_URL", "postgresql://cormorant:must-not-leak@db/x")
+    flow = """\
+name: peek
+tasks:
+  - name: peek
+    type: exec
+    command: echo "[${CORMORANT_INTERNAL_SECRET:-none}] [${CORMORANT_DATABASE_URL:-none}] [$MINE]"
+    env: {MINE: mine}
+"""
+    saved = await deployer.client.post(
+        "/api/v1/flows", json={"yaml": flow, "directory": str(tmp_path)}
+    )
+    assert saved.status_code == 201, saved.text
+    run = await run_to_end(deployer, "peek")
+    assert run["status"] == "succeeded", run
+    assert "[none] [none] [mine]" in run["tasks"][0]["output"]

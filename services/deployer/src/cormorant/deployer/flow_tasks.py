@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from cormorant.common.errors import CormorantError
+from cormorant.common.internal import PLATFORM_SECRET_VARIABLES
 from cormorant.deployer.api_batch import batch_service
 from cormorant.deployer.batch import BatchJobIn
 from cormorant.deployer.endpoints import EndpointService
@@ -101,7 +102,9 @@ class ExecTask(FlowTask):
 
     async def run(self, ctx: TaskContext) -> str:
         """Run the command; fails on a non-zero exit or after ``timeout_s``."""
-        env = {**os.environ, **self.env}
+        # A flow's command is user code: the platform's own secrets stay out of its reach.
+        env = {k: v for k, v in os.environ.items() if k not in PLATFORM_SECRET_VARIABLES}
+        env.update(self.env)
         # `python` in a flow means the platform's interpreter, whatever PATH says.
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         if isinstance(self.command, str):
