@@ -13,8 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cormorant.common.internal import InternalAuth
 from cormorant.common.servers import free_port
 from cormorant.sdk import Client
+from cormorant.sdk.stackfile import SECRETS_FILE, read_private_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
@@ -33,6 +35,11 @@ class Stack:
     def client(self) -> Client:
         """An SDK client with the admin key."""
         return Client(self.url, self.admin_key)
+
+    def internal(self) -> InternalAuth:
+        """The stack's internal credential, as its services call each other with it."""
+        secrets = read_private_json(self.data_dir / SECRETS_FILE) or {}
+        return InternalAuth(secrets["internal_secret"])
 
     def cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         """Run the `cormorant` command against this stack."""

@@ -61,6 +61,11 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
             assert httpx.get(info["url"] + "/healthz").status_code == 200, name
             assert info["url"] in first.stdout
 
+        _assert_database_needs_passwords(data_dir, stack)
+        assert json.loads((data_dir / "secrets.json").read_text())["postgres_password"] not in (
+            first.stdout + first.stderr
+        )
+
         status = _cli(["status", "--json"], stack_env, tmp_path)
         assert status.returncode == 0
         assert json.loads(status.stdout)["services"] == stack["services"]
@@ -105,6 +110,43 @@ def test_up_status_down_and_up_again(stack_env: dict[str, str], tmp_path: Path) 
     finally:
         _cli(["down"], stack_env, tmp_path)
     assert processes_under(data_dir) == []
+
+
+def _assert_database_needs_passwords(data_dir: Path, stack: dict[str, object]) -> None:
+    """The embedded PostgreSQL takes no connection without a password, and the services'
+    role owns the schema without being a superuser."""
+    import asyncio
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    secrets_file = data_dir / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    url = make_url(str(stack["database_url"]))
+    assert url.username == "cormorant"
+    assert url.password
+
+    async def check() -> None:
+        for user, password in (("postgres", None), ("cormorant", None), ("postgres", "x")):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(
+                    host=url.host, port=url.port, user=user, password=password, database="postgres"
+                )
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port, user=url.username, password=url.password,
+            database=url.database,
+        )  # fmt: skip
+        try:
+            superuser = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            assert await conn.fetchval(superuser) is False
+            owners = await conn.fetch(
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+            )
+            assert [row["tableowner"] for row in owners] == ["cormorant"]
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
 
 
 def test_busy_port_is_refused_with_its_name(stack_env: dict[str, str], tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ async def test_a_model_swap_mid_stream_has_no_gap_and_no_duplicate(
 
     # Prometheus scrapes the bridge replicas; their predictions are logged like web ones.
     deployer = json.loads((stack.data_dir / "stack.json").read_text())["services"]["deployer"]
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(auth=stack.internal()) as http:
         groups = (await http.get(deployer["url"] + "/internal/prometheus/targets")).json()
     scraped = [g for g in groups if g["labels"]["endpoint"] == slug]
     assert {g["labels"]["version"] for g in scraped} == {"2"}

@@ -117,7 +117,11 @@ def test_no_raw_token_in_the_database(stack: Stack, examples: dict[str, Endpoint
 
     async def dump() -> str:
         conn = await asyncpg.connect(
-            host=url.host, port=url.port, user=url.username, database=url.database
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            database=url.database,
         )
         try:
             tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -140,7 +144,11 @@ def test_env_and_server_settings_reach_the_replica(stack: Stack) -> None:
     slug, token = deploy(
         stack, TOOLBOX, "toolbox-env", "--function", "echo_env", "--env", "GREETING=hello"
     )
-    assert Endpoint(slug, token=token, url=stack.url).predict("GREETING") == "hello"
+    echo = Endpoint(slug, token=token, url=stack.url)
+    assert echo.predict("GREETING") == "hello"
+    # The platform's own secrets stay with the services.
+    assert echo.predict("CORMORANT_INTERNAL_SECRET") is None
+    assert echo.predict("CORMORANT_DATABASE_URL") is None
 
     slug, token = deploy(
         stack, TOOLBOX, "toolbox-threads", "--function", "four_at_once", "--server", "threads=4"
@@ -201,7 +209,9 @@ def test_replicas_are_discoverable_by_prometheus(
     import json
 
     deployer = json.loads((stack.data_dir / "stack.json").read_text())["services"]["deployer"]
-    groups = httpx.get(deployer["url"] + "/internal/prometheus/targets").json()
+    discovery = deployer["url"] + "/internal/prometheus/targets"
+    assert httpx.get(discovery).status_code == 401
+    groups = httpx.get(discovery, auth=stack.internal()).json()
     slugs = {group["labels"]["endpoint"] for group in groups}
     assert examples["sentiment"].slug in slugs
     target = next(g for g in groups if g["labels"]["endpoint"] == examples["sentiment"].slug)
@@ -219,3 +229,32 @@ def test_cli_admin_key_grants_the_management_api(stack: Stack) -> None:
     shown = stack.cli("endpoints", "list")
     assert shown.returncode == 0
     assert "slug" in shown.stdout
+
+
+def test_internal_services_refuse_calls_without_the_credential(stack: Stack) -> None:
+    """On 127.0.0.1 the deployer, predictlog, feedback and alerts answer only their probes
+    and metrics without the stack's internal credential; the gateway stays the way in."""
+    import json
+    import stat
+
+    info = json.loads((stack.data_dir / "stack.json").read_text())
+    secrets_file = stack.data_dir / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    for name in ("deployer", "predictlog", "feedback", "alerts"):
+        url = info["services"][name]["url"]
+        refused = httpx.get(f"{url}/api/v1/endpoints")
+        assert refused.status_code == 401, name
+        assert "internal" in refused.json()["error"]["message"]
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        # The admin key is for the gateway; it opens no internal service.
+        with_key = httpx.get(
+            f"{url}/api/v1/endpoints", headers={"Authorization": f"Bearer {stack.admin_key}"}
+        )
+        assert with_key.status_code == 401, name
+    deployer = info["services"]["deployer"]["url"]
+    assert httpx.get(f"{deployer}/api/v1/endpoints", auth=stack.internal()).status_code == 200
+    listed = httpx.get(
+        f"{stack.url}/api/v1/endpoints", headers={"Authorization": f"Bearer {stack.admin_key}"}
+    )
+    assert listed.status_code == 200

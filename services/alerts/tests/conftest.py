@@ -22,6 +22,7 @@ from cormorant.alerts.testing import (
     webhook_receiver,
 )
 from cormorant.common.db import asyncpg_dsn, upgrade
+from cormorant.common.internal import generate_internal_secret
 from cormorant.common.servers import free_port
 
 
@@ -81,6 +82,7 @@ def settings(
     public API its flows would call is not running (exec-only flows)."""
     return AlertsSettings(
         data_dir=tmp_path / "data",
+        internal_secret=generate_internal_secret(),
         gateway_url=f"http://127.0.0.1:{free_port()}",
         api_key="cmk_test",
         nats_url=nats_url,

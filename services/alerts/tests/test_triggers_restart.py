@@ -37,31 +37,31 @@ def alerts(settings: AlertsSettings, tmp_path: Path) -> Iterator[AlertsProcess]:
         process.stop()
 
 
-async def firings(url: str, trigger_id: str) -> list[dict[str, Any]]:
+async def firings(alerts: AlertsProcess, trigger_id: str) -> list[dict[str, Any]]:
     """The trigger's firings."""
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=alerts.url, auth=alerts.auth) as http:
         answer = await http.get(f"/api/v1/triggers/{trigger_id}/firings")
     found: list[dict[str, Any]] = answer.json()["firings"]
     return found
 
 
-async def create(url: str) -> str:
+async def create(alerts: AlertsProcess) -> str:
     """A new trigger; its id."""
-    async with httpx.AsyncClient(base_url=url) as http:
+    async with httpx.AsyncClient(base_url=alerts.url, auth=alerts.auth) as http:
         answer = await http.post(PATH, json=TRIGGER)
     assert answer.status_code == 201, answer.text
     return str(answer.json()["id"])
 
 
-async def delivered_once(url: str, trigger_id: str, mailbox: Mailbox) -> None:
+async def delivered_once(alerts: AlertsProcess, trigger_id: str, mailbox: Mailbox) -> None:
     """Wait for the firing's delivery; then one firing, one e-mail, of that firing."""
 
     async def delivered() -> bool:
-        found = await firings(url, trigger_id)
+        found = await firings(alerts, trigger_id)
         return bool(found) and found[0]["status"] == "delivered"
 
     await eventually(delivered, timeout=60, what="the firing delivered after the restart")
-    [firing] = await firings(url, trigger_id)
+    [firing] = await firings(alerts, trigger_id)
     assert mailbox.firings() == [firing["id"]]
     assert firing["values"] == [0.5, 0.4]
 
@@ -72,7 +72,7 @@ async def test_killed_mid_evaluation(
     """Killed while evaluating (the trigger's state locked, the values being read): the
     evaluation is redone after the restart and fires once."""
     await alerts.start()
-    trigger_id = await create(alerts.url)
+    trigger_id = await create(alerts)
     await metrics.log("accuracy", 0.5, 0.4)
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     try:
@@ -95,7 +95,7 @@ async def test_killed_mid_evaluation(
         await conn.close()
     assert mailbox.messages == []
     await alerts.start()
-    await delivered_once(alerts.url, trigger_id, mailbox)
+    await delivered_once(alerts, trigger_id, mailbox)
 
 
 async def test_killed_with_a_firing_in_flight(
@@ -104,7 +104,7 @@ async def test_killed_with_a_firing_in_flight(
     """Killed while the firing's e-mail is in flight (the SMTP server has not accepted it):
     after the restart the same firing is delivered, and no second firing is recorded."""
     await alerts.start()
-    trigger_id = await create(alerts.url)
+    trigger_id = await create(alerts)
     mailbox.hold()
     await metrics.log("accuracy", 0.5, 0.4)
 
@@ -112,11 +112,11 @@ async def test_killed_with_a_firing_in_flight(
         return mailbox.in_flight == 1
 
     await eventually(in_flight, timeout=30, what="the e-mail in flight")
-    [firing] = await firings(alerts.url, trigger_id)
+    [firing] = await firings(alerts, trigger_id)
     alerts.kill()
     mailbox.release()  # the interrupted delivery is refused, never accepted
     await alerts.start()
-    await delivered_once(alerts.url, trigger_id, mailbox)
-    [after] = await firings(alerts.url, trigger_id)
+    await delivered_once(alerts, trigger_id, mailbox)
+    [after] = await firings(alerts, trigger_id)
     assert after["id"] == firing["id"]
     assert after["attempts"] == 1  # the killed attempt's count was never committed

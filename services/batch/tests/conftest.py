@@ -14,6 +14,7 @@ from cormorant.batch.settings import BatchSettings
 from cormorant.batch.testing import BatchHarness
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory
+from cormorant.common.internal import generate_internal_secret
 from cormorant.common.servers import free_port
 from cormorant.sdk.stack import ServiceProcess, ServiceSpec
 
@@ -25,9 +26,18 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def deployer_url(data_dir: Path, nats_url: str, database_url: str, tmp_path: Path) -> Iterator[str]:
+def internal_secret() -> str:
+    """The credential the deployer asks of the batch service (and of the tests)."""
+    return generate_internal_secret()
+
+
+@pytest.fixture
+def deployer_url(
+    data_dir: Path, nats_url: str, database_url: str, tmp_path: Path, internal_secret: str
+) -> Iterator[str]:
     """A deployer (``python -m cormorant.deployer``) whose replicas stop with it."""
     env = {
+        "CORMORANT_INTERNAL_SECRET": internal_secret,
         "CORMORANT_DATA_DIR": str(data_dir),
         "CORMORANT_NATS_URL": nats_url,
         "CORMORANT_DATABASE_URL": database_url,
@@ -60,10 +70,11 @@ def _kill_replicas(marker: str) -> None:
 
 @pytest.fixture
 def batch_settings(
-    data_dir: Path, nats_url: str, database_url: str, deployer_url: str
+    data_dir: Path, nats_url: str, database_url: str, deployer_url: str, internal_secret: str
 ) -> BatchSettings:
     """Small chunks, so a job is seen part-way through; a short idle time."""
     return BatchSettings(
+        internal_secret=internal_secret,
         data_dir=data_dir,
         nats_url=nats_url,
         database_url=database_url,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cormorant.common.internal import generate_internal_secret
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import DeployerHarness, running_deployer
 
@@ -29,6 +30,7 @@ def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> Deplo
         nats_url=nats_url,
         database_url=database_url,
         log_json=False,
+        internal_secret=generate_internal_secret(),
         drain_grace_s=0.2,
         stop_timeout_s=10.0,
         probe_interval_s=0.05,

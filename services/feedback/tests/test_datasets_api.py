@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from cormorant.common.datasets import CHUNK_SIZE
+from cormorant.common.internal import generate_internal_secret
 from cormorant.feedback.app import create_app
 from cormorant.feedback.settings import FeedbackSettings
 
@@ -31,11 +32,18 @@ async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
         log_json=False,
         max_upload_bytes=LIMIT,
         publish_events=False,
+        internal_secret=generate_internal_secret(),
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+        # As a header, not auth=: one test below builds a raw ASGI request from it.
+        secret = settings.internal_secret
+        assert secret is not None
+        headers = {"Authorization": f"Bearer {secret.get_secret_value()}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://svc", headers=headers
+        ) as http:
             http.app = manager.app  # type: ignore[attr-defined]
             yield http
 
@@ -135,7 +143,10 @@ async def test_download_is_streamed_in_chunks(client: httpx.AsyncClient) -> None
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"svc")],
+        "headers": [
+            (b"host", b"svc"),
+            (b"authorization", client.headers["authorization"].encode()),
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("svc", 80),
         "state": {},
@@ -191,4 +202,9 @@ async def test_bad_requests_say_what_to_fix(client: httpx.AsyncClient) -> None:
     assert "its files are 'a.csv'" in _error(missing_file, 404)
     missing_version = await client.get(f"{API}/ds/versions/9/files/a.csv")
     assert "only version 1" in _error(missing_version, 404)
+    # Past PostgreSQL's integer (the fuzzer's 500): still just a version that does not exist.
+    for huge in (2**31, 10**30, 0, -1):
+        beyond = await client.get(f"{API}/ds/versions/{huge}")
+        assert "has no version" in _error(beyond, 404)
+        assert _error(await client.get(f"{API}/ds/versions/{huge}/files/a.csv"), 404)
     assert "integer" in _error(await client.get(f"{API}/ds/versions/latest/files/a.csv"), 400)

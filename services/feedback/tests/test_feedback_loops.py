@@ -23,6 +23,7 @@ from asgi_lifespan import LifespanManager
 
 from cormorant.common.db import PredictionRow, asyncpg_dsn, insert_predictions, upgrade
 from cormorant.common.events import FeedbackRunFinished, decode
+from cormorant.common.internal import InternalAuth, generate_internal_secret
 from cormorant.feedback.app import create_app
 from cormorant.feedback.settings import FeedbackSettings
 from cormorant.feedback.state import FeedbackState
@@ -112,12 +113,14 @@ async def _service(
         "poll_interval_s": 0.05,
         "publish_events": False,
         "scheduler": False,
+        "internal_secret": generate_internal_secret(),
     }
     settings = FeedbackSettings(**(options | overrides))
     app = create_app(settings, clock=clock)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as http:
+        auth = InternalAuth(settings.internal_secret)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc", auth=auth) as http:
             # The lifespan's state, as each request sees it (asgi-lifespan keeps it there).
             state = manager._state["feedback"]
             yield Service(http, state, clock, dsn, endpoint_id)

@@ -29,6 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from nats.aio.client import Client
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -43,9 +44,13 @@ from cormorant.common.db.models import (
     EndpointToken,
 )
 from cormorant.common.events import Event
+from cormorant.common.internal import RequireInternal, generate_internal_secret
 from cormorant.common.testing.waits import eventually
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
+
+INTERNAL_SECRET = generate_internal_secret()
+"""The internal credential the stand-in services ask for and every test gateway carries."""
 
 START_TIMEOUT = 150.0  # a readiness bound for several workers starting at once on 2 cores
 
@@ -227,14 +232,18 @@ class StandIn:
             self.seen.append(record)
             return JSONResponse(record, status_code=201 if request.method == "POST" else 200)
 
+        # As a real service does: every call needs the internal credential the gateway adds.
         return Starlette(
+            middleware=[
+                Middleware(RequireInternal, secret=INTERNAL_SECRET, service=f"{self.name} stand-in")
+            ],
             routes=[
                 Route("/internal/routing", routing),
                 Route("/internal/routing/{slug}", one_route),
                 Route("/openapi.json", openapi),
                 Route("/api/v1/endpoints/{slug}/logs.csv", csv),
                 Route("/api/v1/{rest:path}", echo, methods=["GET", "POST", "PUT", "DELETE"]),
-            ]
+            ],
         )
 
 
@@ -386,6 +395,7 @@ def gateway_starter(credentials: Secrets, nats_url: str) -> Callable[..., Any]:
                 "database_url": credentials.database_url,
                 "nats_url": nats_url,
                 "deployer_url": deployer_url,
+                "internal_secret": INTERNAL_SECRET,
                 "instance_id": "gw-test",
                 "log_json": False,
                 # Off unless a test asks for it: a fixed port would collide between runs.

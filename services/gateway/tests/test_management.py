@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_testkit import (
+    INTERNAL_SECRET,
     Gateway,
     Secrets,
     StandIn,
@@ -113,6 +114,9 @@ async def test_admin_keys_create_list_revoke(gateway: Gateway) -> None:
     assert all("key" not in k for k in keys)
     empty_name = await gateway.http.post("/api/v1/keys", json={"name": ""}, headers=new_admin)
     assert empty_name.status_code == 400
+    nul = await gateway.http.post("/api/v1/keys", json={"name": "ci\u0000"}, headers=new_admin)
+    assert nul.status_code == 400
+    assert "name: Value error, must not contain control characters" in nul.text
     revoked = await gateway.http.delete(f"/api/v1/keys/{keys[1]['id']}", headers=gateway.admin())
     assert revoked.status_code == 204
     assert (await gateway.http.get("/api/v1/keys", headers=new_admin)).status_code == 401
@@ -126,7 +130,8 @@ async def test_admin_keys_create_list_revoke(gateway: Gateway) -> None:
 
 
 async def test_management_calls_are_forwarded(gateway: Gateway) -> None:
-    """Method, path, query and body reach the owner; Authorization does not."""
+    """Method, path, query and body reach the owner; the admin key does not, the internal
+    credential does (the stand-ins refuse a call without it)."""
     created = await gateway.http.post(
         "/api/v1/endpoints?dry=1",
         json={"name": "x"},
@@ -138,7 +143,7 @@ async def test_management_calls_are_forwarded(gateway: Gateway) -> None:
     assert (seen["method"], seen["path"], seen["query"]) == ("POST", "/api/v1/endpoints", "dry=1")
     assert seen["body"] == '{"name":"x"}'
     assert seen["headers"]["x-custom"] == "yes"
-    assert "authorization" not in seen["headers"]
+    assert seen["headers"]["authorization"] == f"Bearer {INTERNAL_SECRET}"
     assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
     logs = await gateway.http.get("/api/v1/endpoints/demo/logs?limit=5", headers=gateway.admin())
     assert logs.json()["service"] == "predictlog"
@@ -186,6 +191,12 @@ async def test_openapi_merges_the_services(gateway: Gateway) -> None:
     assert schemas["KeyList"] != schemas["deployer_KeyList"]
     assert set(document["x-cormorant-missing"]) == {"alerts", "batch", "predictlog", "feedback"}
     assert document["components"]["securitySchemes"]["adminKey"]["scheme"] == "bearer"
+    # What the gateway answers itself on a forwarded call is documented on every one.
+    assert {"401", "403", "502", "504"} <= set(paths["/api/v1/endpoints"]["get"]["responses"])
+    keys = paths["/api/v1/keys"]["post"]["responses"]
+    assert {"400", "401", "403", "503"} <= set(keys)
+    assert "422" not in keys
+    assert "422" in paths["/api/v1/endpoints/{slug}/predict"]["post"]["responses"]
     assert (await gateway.http.get("/docs")).status_code == 404
 
 
@@ -196,6 +207,7 @@ async def test_not_ready_until_the_routing_table_loads(credentials: Secrets, nat
         database_url=credentials.database_url,
         nats_url=nats_url,
         deployer_url=f"http://127.0.0.1:{port}",
+        internal_secret=INTERNAL_SECRET,
         log_json=False,
         grpc_port=0,
     )

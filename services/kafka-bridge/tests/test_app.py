@@ -11,7 +11,8 @@ from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 
 
 async def test_health_metrics_and_error_shape() -> None:
-    """/healthz is 200, /metrics is Prometheus text, an unknown path is a JSON 404."""
+    """/healthz is 200, /metrics is Prometheus text; a replica holds no internal credential,
+    so any other path is refused (401) whatever the caller sends."""
     app = create_app(KafkaBridgeSettings())
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -19,9 +20,9 @@ async def test_health_metrics_and_error_shape() -> None:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             metrics = await client.get("/metrics")
             assert metrics.headers["content-type"].startswith("text/plain")
-            missing = await client.get("/nope")
-            assert missing.status_code == 404
-            assert missing.json()["error"]["code"] == "not_found"
+            missing = await client.get("/nope", headers={"Authorization": "Bearer anything"})
+            assert missing.status_code == 401
+            assert "no internal credential configured" in missing.json()["error"]["message"]
 
 
 async def test_healthz_reports_what_the_replica_is_doing() -> None:

@@ -40,7 +40,7 @@ async def test_100000_rows_stream_in_bounded_memory_and_reimport(
     await service.start()
     process = psutil.Process(service.pid)
     url = f"{service.url}/api/v1/endpoints/iris/logs.csv"
-    async with httpx.AsyncClient(timeout=120) as http:
+    async with httpx.AsyncClient(timeout=120, auth=service.auth) as http:
         # Warm up the path (imports, pool connections, caches) before the baseline.
         warm = await http.get(url, params={"until": (start + timedelta(seconds=30)).isoformat()})
         assert warm.status_code == 200

@@ -153,6 +153,33 @@ async def test_framework_response_is_refused_clearly() -> None:
     assert "return the data, not a Response" in response.json()["error"]["message"]
 
 
+async def test_a_1000_deep_output_is_a_422_naming_the_depth() -> None:
+    """Lists nested 1,000 deep: a short 422 naming the limit, for answers and stream chunks."""
+
+    def deep() -> list[Any]:
+        value: list[Any] = []
+        for _ in range(1000):
+            value = [value]
+        return value
+
+    def chunks() -> Iterator[list[Any]]:
+        yield deep()
+
+    app = create_app(settings(), predictor(deep), threads=1)
+    async with serve(app) as client:
+        response = await client.post("/predict", json={"input_params": []})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "prediction_too_deep"
+    assert "nested deeper than 100 levels" in error["message"]
+    assert len(error["message"]) < 200
+    app = create_app(settings(), predictor(chunks), threads=1)
+    async with serve(app) as client:
+        streamed = await client.post("/predict", json={"input_params": []})
+    assert streamed.status_code == 422
+    assert "chunk is nested deeper than 100 levels" in streamed.json()["error"]["message"]
+
+
 async def test_get_on_predict_is_405() -> None:
     """Only POST predicts."""
     app = create_app(settings(), predictor(lambda: 1), threads=1)

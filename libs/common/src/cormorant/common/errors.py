@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class CormorantError(Exception):
@@ -105,6 +109,19 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def data_error_message(exc: DBAPIError) -> str | None:
+    """What PostgreSQL (or the driver) could not store, when ``exc`` is about a value the
+    caller sent (SQLSTATE class 22: a number out of range, NUL in text...); else None."""
+    driver = exc.orig
+    for candidate in (driver, getattr(driver, "__cause__", None)):
+        sqlstate = getattr(candidate, "sqlstate", None)
+        if (isinstance(sqlstate, str) and sqlstate.startswith("22")) or (
+            candidate is not None and type(candidate).__name__ == "DataError"
+        ):
+            return str(candidate).splitlines()[0]
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error of ``app`` in the platform's JSON error shape."""
 
@@ -121,6 +138,18 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
+    async def on_database(_: Request, exc: Exception) -> JSONResponse:
+        # A safety net: routes validate what they store, but a value PostgreSQL cannot hold
+        # (an integer past int4, NUL in text) is the caller's to fix, never a 500.
+        assert isinstance(exc, DBAPIError)
+        reason = data_error_message(exc)
+        if reason is None:
+            raise exc
+        log.warning("refused a value the database cannot store: %s", reason)
+        message = f"a value in the request cannot be stored: {reason}"
+        return error_response(400, "bad_request", message)
+
     app.add_exception_handler(CormorantError, on_cormorant)
+    app.add_exception_handler(DBAPIError, on_database)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,14 @@ class CommonSettings(BaseSettings):
         validation_alias=_shared("database_url"),
     )
     """SQLAlchemy URL of the PostgreSQL database (asyncpg driver)."""
+
+    internal_secret: SecretStr | None = Field(
+        default=None, validation_alias=_shared("internal_secret")
+    )
+    """The stack's internal credential: every service-to-service call carries it and every
+    service but the gateway refuses a call without it (401; ``/healthz`` and ``/metrics`` stay
+    open). ``cormorant up`` generates it; set the same value on every service. Never given to
+    replicas."""
 
     log_level: str = Field(default="INFO", validation_alias=_shared("log_level"))
     """Logging level of the service's own loggers."""

@@ -1,4 +1,5 @@
-"""The pieces every service's FastAPI app shares: errors, ``/healthz``, ``/metrics``."""
+"""The pieces every service's FastAPI app shares: errors, ``/healthz``, ``/metrics``, and the
+internal credential on every other route."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Lifespan
 
 from cormorant.common.errors import error_response, install_error_handlers
-from cormorant.common.settings import ServiceSettings
+from cormorant.common.internal import OPEN_PATHS, RequireInternal
+from cormorant.common.openapi import install_error_documentation
+from cormorant.common.settings import CommonSettings, ServiceSettings
 from cormorant.common.telemetry import metrics_response
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -33,14 +36,22 @@ def replica_identity() -> dict[str, str]:
 def create_service_app(
     *,
     title: str,
+    settings: CommonSettings,
     registry: CollectorRegistry,
     ready: Callable[[], bool] = lambda: True,
     lifespan: Lifespan[Any] | None = None,
     version: str = "0.1.0",
 ) -> FastAPI:
-    """A FastAPI app with the platform's error shape, a readiness probe and a metrics scrape."""
+    """A FastAPI app with the platform's error shape, a readiness probe and a metrics scrape;
+    every other route (those added later included) needs ``settings.internal_secret``."""
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     install_error_handlers(app)
+    install_error_documentation(app)
+    # Middleware, not a dependency: it also covers routes mounted or added without FastAPI's
+    # decorators, and answers before any body is read.
+    app.add_middleware(
+        RequireInternal, secret=settings.internal_secret, service=title, open_paths=OPEN_PATHS
+    )
 
     identity = replica_identity()
 

@@ -45,6 +45,15 @@ def _health(url: str) -> str:
     return "ok" if status == 200 else f"HTTP {status}"
 
 
+def _without_password(url: str | None) -> str | None:
+    """A database URL fit for a terminal: the password masked (the stack file holds it)."""
+    if not url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _print_stack(stack: dict[str, Any]) -> None:
     table = Table(title=f"Cormorant local stack: {stack.get('state', 'unknown')}")
     table.add_column("service")
@@ -54,7 +63,7 @@ def _print_stack(stack: dict[str, Any]) -> None:
         table.add_row(name, info["url"], _health(info["url"]))
     console.print(table)
     console.print(f"NATS:       {stack.get('nats_url')}")
-    console.print(f"PostgreSQL: {stack.get('database_url')}")
+    console.print(f"PostgreSQL: {_without_password(stack.get('database_url'))}")
     console.print(f"Admin key:  {stack.get('admin_key')}")
     console.print(f"Stack file: {Path(stack.get('data_dir', '.')) / 'stack.json'}")
 

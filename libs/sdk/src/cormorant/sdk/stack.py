@@ -34,6 +34,7 @@ from cormorant.common.settings import CommonSettings
 from cormorant.sdk.stackfile import (
     PID_FILE,
     read_stack_file,
+    stack_secrets,
     write_stack_file,
     write_supervisor_pid,
 )
@@ -176,6 +177,7 @@ class Stack:
     nats: NatsServer
     postgres: PostgresServer | None
     database_url: str
+    internal_secret: str
     services: list[ServiceProcess] = field(default_factory=list)
     admin_key: str = ""
 
@@ -301,13 +303,21 @@ class Supervisor:
 
     def _plan(self) -> Stack:
         settings = self.settings
+        secrets = stack_secrets(self.data_dir)
+        internal = secrets["internal_secret"]
         nats = NatsServer(self.data_dir / "nats", host=settings.host, port=settings.nats_port)
         nats.parent_death_signal = signal.SIGTERM
         if settings.database_url is not None:
-            return Stack(settings, self.data_dir, nats, None, settings.database_url)
-        postgres = PostgresServer(self.data_dir, host=settings.host, port=settings.postgres_port)
+            return Stack(settings, self.data_dir, nats, None, settings.database_url, internal)
+        postgres = PostgresServer(
+            self.data_dir,
+            host=settings.host,
+            port=settings.postgres_port,
+            superuser_password=secrets["postgres_superuser_password"],
+            password=secrets["postgres_password"],
+        )
         postgres.parent_death_signal = signal.SIGTERM
-        return Stack(settings, self.data_dir, nats, postgres, postgres.url)
+        return Stack(settings, self.data_dir, nats, postgres, postgres.url, internal)
 
     def _start(self, stack: Stack) -> None:
         settings = self.settings
@@ -325,6 +335,8 @@ class Supervisor:
             "CORMORANT_DATA_DIR": str(self.data_dir),
             "CORMORANT_NATS_URL": nats.url,
             "CORMORANT_DATABASE_URL": stack.database_url,
+            # Every service-to-service call carries it; the deployer keeps it from replicas.
+            "CORMORANT_INTERNAL_SECRET": stack.internal_secret,
             # `make down` leaves no process: the deployer stops its replicas when it stops,
             # and the kernel ends them if it dies (its restart starts them again).
             "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",

@@ -86,7 +86,7 @@ def create_app(settings: AlertsSettings) -> FastAPI:
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(flows_router)
     app.include_router(triggers.router)

@@ -34,6 +34,7 @@ from asgi_lifespan import LifespanManager
 from cormorant.alerts.app import create_app
 from cormorant.alerts.settings import AlertsSettings
 from cormorant.common.db import asyncpg_dsn
+from cormorant.common.internal import InternalAuth
 from cormorant.common.servers import free_port
 
 SLUG = "iris"
@@ -212,21 +213,31 @@ async def running(settings: AlertsSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://alerts") as client:
+        auth = InternalAuth(settings.internal_secret)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://alerts", auth=auth
+        ) as client:
             yield client
 
 
+def _secret(settings: AlertsSettings) -> str:
+    return settings.internal_secret.get_secret_value() if settings.internal_secret else ""
+
+
 class AlertsProcess:
-    """``python -m cormorant.alerts`` as a real process, killable like a crash."""
+    """``python -m cormorant.alerts`` as a real process, killable like a crash; ``auth``
+    carries the internal credential its API asks for."""
 
     def __init__(self, settings: AlertsSettings, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.auth = InternalAuth(settings.internal_secret)
         self.log_path = log_path
         self.env = {
             **os.environ,
             "CORMORANT_NATS_URL": settings.nats_url,
             "CORMORANT_DATABASE_URL": settings.database_url,
+            "CORMORANT_INTERNAL_SECRET": _secret(settings),
             "CORMORANT_ALERTS_PORT": str(self.port),
             "CORMORANT_ALERTS_SMTP_PORT": str(settings.smtp_port),
             "CORMORANT_ALERTS_EVALUATION_TICK_S": str(settings.evaluation_tick_s),

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from cormorant.batch.jobs import BatchService
 from cormorant.batch.schemas import BatchJobComparison, BatchJobIn, BatchJobList, BatchJobOut
+from cormorant.common.openapi import error_responses
 
-router = APIRouter(tags=["batch jobs"])
+router = APIRouter(tags=["batch jobs"], responses=error_responses(409, 503))
 PREFIX = "/api/v1/endpoints/{slug}/batch-jobs"
 
 

@@ -18,6 +18,7 @@ from cormorant.batch.settings import BatchSettings
 from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+from cormorant.common.internal import internal_client
 from cormorant.common.telemetry import new_registry, setup_tracing
 from cormorant.common.web import create_service_app
 
@@ -59,9 +60,11 @@ def create_app(settings: BatchSettings) -> FastAPI:
                 storage_options=settings.datasets_storage_options,
             )
             await blobs.prepare()
+            # Replicas never see the internal credential: the deployer gets a client of its own.
             http = await stack.enter_async_context(httpx.AsyncClient())
+            internal = await stack.enter_async_context(internal_client(settings))
             capacity = Capacity(
-                DeployerApi(http, settings.deployer_url),
+                DeployerApi(internal, settings.deployer_url),
                 nc,
                 idle_timeout_s=settings.idle_timeout_s,
             )
@@ -85,7 +88,7 @@ def create_app(settings: BatchSettings) -> FastAPI:
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(router)
     return app

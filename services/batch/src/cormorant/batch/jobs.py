@@ -55,6 +55,7 @@ from cormorant.common.errors import (
     ServiceUnavailable,
 )
 from cormorant.common.events import BatchJobChanged, BatchJobStatus
+from cormorant.common.internal import InternalAuth
 from cormorant.common.predictor.arrow_rows import (
     ARROW_STREAM,
     decode_results,
@@ -289,6 +290,7 @@ class BatchService:
                 f"{self.settings.predictlog_url.rstrip('/')}/api/v1/endpoints/{slug}/charts",
                 params={"series": key, "window": f"{minutes}m"},
                 timeout=10.0,
+                auth=InternalAuth(self.settings.internal_secret),
             )
             response.raise_for_status()
             points = response.json()["points"]

@@ -13,6 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from cormorant.batch.app import create_app
 from cormorant.batch.settings import BatchSettings
+from cormorant.common.internal import InternalAuth, internal_client
 
 T = TypeVar("T")
 
@@ -42,7 +43,7 @@ class BatchHarness:
 
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
-        self.deployer = httpx.AsyncClient(base_url=settings.deployer_url, timeout=120)
+        self.deployer = internal_client(settings, base_url=settings.deployer_url, timeout=120)
         self._manager: LifespanManager | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -59,7 +60,12 @@ class BatchHarness:
         )
         await self._manager.__aenter__()
         transport = httpx.ASGITransport(app=self._manager.app)
-        self._client = httpx.AsyncClient(transport=transport, base_url="http://batch", timeout=120)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            base_url="http://batch",
+            timeout=120,
+            auth=InternalAuth(self.settings.internal_secret),
+        )
 
     async def stop(self) -> None:
         """Shut the app down (running jobs end ``failed``)."""

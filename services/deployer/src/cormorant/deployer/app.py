@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cormorant.common.bus import BatchedPublisher
 from cormorant.common.datasets import BlobStore
 from cormorant.common.db import session_factory
+from cormorant.common.internal import internal_client
 from cormorant.common.lifespan import open_bus, open_database, open_tracing
 from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
@@ -105,7 +106,9 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 handshake=GatewayHandshake(nc, timeout_s=resolved.handshake_timeout_s),
             )
             stack.push_async_callback(rollouts.close)
-            reader = MetricsReader(http, resolved.predictlog_url)
+            # Its own client: the shared one also calls replicas, which never see the credential.
+            internal = await stack.enter_async_context(internal_client(resolved))
+            reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
             rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
             await rollouts.recover()
@@ -129,7 +132,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     endpoints_api.install_validation_messages(app)
     app.include_router(endpoints_api.router)

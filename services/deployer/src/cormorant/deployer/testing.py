@@ -19,6 +19,7 @@ import psutil
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from cormorant.common.internal import InternalAuth
 from cormorant.common.testing.waits import eventually
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
@@ -57,7 +58,12 @@ class DeployerHarness:
         self._manager = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=120)
         await self._manager.__aenter__()
         transport = httpx.ASGITransport(app=self._manager.app)
-        self._client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=120)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            base_url=BASE_URL,
+            timeout=120,
+            auth=InternalAuth(self.settings.internal_secret),
+        )
 
     async def stop(self) -> None:
         """Shut the app down; replicas keep running unless the settings say otherwise."""

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from cormorant.common.datasets import DatasetStore
 from cormorant.common.lifespan import from_state
+from cormorant.common.openapi import error_responses
 from cormorant.feedback.schemas import (
     DatasetCreate,
     DatasetList,
@@ -26,7 +27,9 @@ from cormorant.feedback.settings import FeedbackSettings
 from cormorant.feedback.state import FeedbackState
 from cormorant.feedback.uploads import FILE_FIELD, PATH_FIELD, receive_upload
 
-router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/api/v1/datasets", tags=["datasets"], responses=error_responses(409, 413)
+)
 
 
 class LifespanState(TypedDict):

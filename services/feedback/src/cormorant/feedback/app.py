@@ -73,7 +73,7 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
                 started.clear()
 
     app = create_service_app(
-        title=TITLE, registry=registry, ready=started.is_set, lifespan=lifespan
+        title=TITLE, settings=settings, registry=registry, ready=started.is_set, lifespan=lifespan
     )
     app.include_router(router)
     app.include_router(loops_router)

@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
+from cormorant.common.internal import internal_client
+from cormorant.common.openapi import install_error_documentation
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.gateway import keys, v2
 from cormorant.gateway.auth import Credentials
@@ -101,15 +103,13 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
             engine = create_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
             credentials.sessions = session_factory(engine)
-            # trust_env off: these are in-cluster hops, never for a proxy from the environment.
-            deployer_http = httpx.AsyncClient(
-                base_url=settings.deployer_url, timeout=5.0, trust_env=False
-            )
+            # The internal credential on every call: the services behind trust only it.
+            deployer_http = internal_client(settings, base_url=settings.deployer_url, timeout=5.0)
             stack.push_async_callback(deployer_http.aclose)
-            services_http = httpx.AsyncClient(
+            services_http = internal_client(
+                settings,
                 timeout=httpx.Timeout(settings.forward_timeout_s, connect=5.0),
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                trust_env=False,
             )
             stack.push_async_callback(services_http.aclose)
             app.state.forwarder = Forwarder(services, services_http, metrics)
@@ -172,6 +172,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         redoc_url=None,
     )
     install_error_handlers(app)
+    install_error_documentation(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

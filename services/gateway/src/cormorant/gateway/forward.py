@@ -1,7 +1,8 @@
 """The management API behind the gateway: each ``/api/v1`` path forwarded to its owner.
 
 After the admin-key check the request goes on with its method, query, headers (minus the
-hop-by-hop ones and ``Authorization``: the services trust the gateway) and body, both ways
+hop-by-hop ones and the caller's ``Authorization``, which the client's ``InternalAuth`` replaces
+with the stack's internal credential: the services answer nothing else) and body, both ways
 streamed, so a large CSV export or upload never sits whole in the gateway's memory.
 """
 

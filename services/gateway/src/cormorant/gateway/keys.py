@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH, AdminKey
 from cormorant.common.errors import Conflict, NotFound, ServiceUnavailable
+from cormorant.common.openapi import error_responses
 from cormorant.gateway.auth import Credentials, Principal
 
 
@@ -25,6 +26,14 @@ class KeyCreate(BaseModel):
     """A new admin key's request."""
 
     name: str = Field(min_length=1, max_length=100, description="What the key is for.")
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # PostgreSQL text cannot hold NUL, and a listing should not hold terminal escapes.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain control characters (NUL, newlines, escapes)")
+        return value
 
 
 class KeyCreated(BaseModel):
@@ -62,7 +71,10 @@ async def require_admin(request: Request) -> Principal:
 
 Admin = Annotated[Principal, Depends(require_admin)]
 
-router = APIRouter(prefix="/api/v1/keys", tags=["admin keys"])
+# Every key route: the admin key (401/403), and the database the gateway reaches at start (503).
+router = APIRouter(
+    prefix="/api/v1/keys", tags=["admin keys"], responses=error_responses(401, 403, 503)
+)
 
 
 def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
@@ -98,7 +110,11 @@ async def list_keys(request: Request, _: Admin) -> KeyList:
         )
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    responses=error_responses(409, s409="The last active admin key cannot be revoked."),
+)
 async def revoke_key(key_id: uuid.UUID, request: Request, _: Admin) -> Response:
     """Revoke an admin key; it stops working at once on this gateway."""
     async with _sessions(request)() as session, session.begin():

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from cormorant.common.openapi import ERROR_SCHEMA, error_response_doc
 from cormorant.gateway.predict import PREFIX, SUFFIX
 
 API_PREFIX = "/api/v1"
@@ -34,6 +35,15 @@ _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
 
+
+FORWARDED_RESPONSES: dict[str, Any] = {
+    "401": error_response_doc(401, "No admin key, or an unknown or revoked one."),
+    "403": error_response_doc(403, "An endpoint token where an admin key is needed."),
+    "413": error_response_doc(413, "The body is larger than the gateway's limit."),
+    "502": error_response_doc(502, "The service that owns this path is unreachable."),
+    "504": error_response_doc(504, "The service that owns this path did not answer in time."),
+}
+"""What the gateway itself may answer on every management call it forwards."""
 
 PREDICT_OPERATION: dict[str, Any] = {
     "tags": ["predict"],
@@ -71,6 +81,8 @@ PREDICT_OPERATION: dict[str, Any] = {
         "404": _error("No such endpoint."),
         "409": _error("A batch or stream endpoint, which does not answer predict."),
         "413": _error("The body is larger than the gateway's limit."),
+        "422": _error("predict returned a structure nested deeper than 100 levels."),
+        "500": _error("predict raised, or returned something that cannot be sent."),
         "502": _error("The replica failed while answering."),
         "503": _error("No replica is ready."),
         "504": _error("The replica did not answer within the endpoint's timeout."),
@@ -91,21 +103,7 @@ OWN_SCHEMAS: dict[str, Any] = {
             "request_id": {"type": "string", "description": "The request's id."},
         },
     },
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string", "description": "What went wrong and what to do."},
-                    "details": {"type": "object"},
-                },
-            }
-        },
-    },
+    "Error": ERROR_SCHEMA,
 }
 
 SECURITY_SCHEMES = {
@@ -229,6 +227,9 @@ def merge_service(merged: dict[str, Any], service: str, document: dict[str, Any]
             target[renames[ref].rsplit("/", 1)[1] if ref in renames else name] = value
     merged_paths = merged.setdefault("paths", {})
     for path, item in paths.items():
+        for operation in item.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"] = {**FORWARDED_RESPONSES, **operation["responses"]}
         merged_paths.setdefault(path, {}).update(item)
 
 

@@ -25,7 +25,9 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The probe and scrape app; ``ready`` may raise a ``CormorantError`` saying why not."""
-    app = create_service_app(title=TITLE, registry=registry or new_registry(), ready=ready)
+    app = create_service_app(
+        title=TITLE, settings=settings, registry=registry or new_registry(), ready=ready
+    )
     app.state.settings = settings
     return app
 

@@ -88,7 +88,11 @@ def create_app(
                     stopping.set()
 
     app = create_service_app(
-        title=TITLE, registry=metrics.registry, ready=ready.is_set, lifespan=lifespan
+        title=TITLE,
+        settings=settings,
+        registry=metrics.registry,
+        ready=ready.is_set,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.metrics = metrics

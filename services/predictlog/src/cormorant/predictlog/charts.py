@@ -18,11 +18,12 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from cormorant.common.errors import BadRequest
+from cormorant.common.openapi import error_responses
 from cormorant.common.predictor.context import MAX_METRIC_KEY_LENGTH
 from cormorant.predictlog.database import Store, StoreDep
 from cormorant.predictlog.filters import parse_version
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(503))
 
 REQUESTS = "requests_per_minute"
 LATENCY = "latency"

@@ -21,10 +21,11 @@ import orjson
 from fastapi import APIRouter
 from starlette.responses import StreamingResponse
 
+from cormorant.common.openapi import error_responses
 from cormorant.predictlog.database import Store, StoreDep
 from cormorant.predictlog.filters import LogFilters, LogFiltersDep, after, prediction_filter
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(503))
 
 HEADER = (
     "request_id",

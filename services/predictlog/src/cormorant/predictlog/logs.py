@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from cormorant.common.errors import BadRequest
+from cormorant.common.openapi import error_responses
 from cormorant.predictlog.database import StoreDep
 from cormorant.predictlog.filters import (
     LogFiltersDep,
@@ -18,7 +19,7 @@ from cormorant.predictlog.filters import (
     prediction_filter,
 )
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(503))
 
 DEFAULT_LIMIT = 50
 

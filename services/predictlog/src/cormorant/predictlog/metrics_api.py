@@ -17,11 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.responses import JSONResponse
 
 from cormorant.common.errors import BadRequest
+from cormorant.common.openapi import error_responses
 from cormorant.common.predictor.context import validate_metric
 from cormorant.predictlog.database import METRIC_COLUMNS, StoreDep, clean_text
 from cormorant.predictlog.filters import parse_version
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(503))
 
 
 class MetricIn(BaseModel):

@@ -27,6 +27,7 @@ from asgi_lifespan import LifespanManager
 from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, copy_predictions
 from cormorant.common.events import Event, PredictionLogged
+from cormorant.common.internal import InternalAuth, generate_internal_secret
 from cormorant.common.servers import free_port
 from cormorant.common.testing.waits import eventually
 from cormorant.predictlog.app import create_app
@@ -181,6 +182,7 @@ def quick_settings(nats_url: str, database_url: str, **overrides: Any) -> Predic
         "nats_url": nats_url,
         "database_url": database_url,
         "log_json": False,
+        "internal_secret": generate_internal_secret(),
         "ack_wait_s": 2.0,
         "fetch_timeout_s": 0.5,
         "lag_sample_interval_s": 0.5,
@@ -195,7 +197,11 @@ async def running(settings: PredictLogSettings) -> AsyncIterator[httpx.AsyncClie
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://predictlog") as http:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://predictlog",
+            auth=InternalAuth(settings.internal_secret),
+        ) as http:
             yield http
 
 
@@ -206,8 +212,10 @@ class ServiceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.internal_secret = generate_internal_secret()
         self.env = {
             **os.environ,
+            "CORMORANT_INTERNAL_SECRET": self.internal_secret,
             "CORMORANT_NATS_URL": nats_url,
             "CORMORANT_DATABASE_URL": database_url,
             "CORMORANT_PREDICTLOG_PORT": str(self.port),
@@ -216,6 +224,11 @@ class ServiceProcess:
             "CORMORANT_LOG_JSON": "false",
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def auth(self) -> InternalAuth:
+        """The internal credential its API asks for."""
+        return InternalAuth(self.internal_secret)
 
     @property
     def pid(self) -> int:

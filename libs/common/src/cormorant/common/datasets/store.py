@@ -33,6 +33,10 @@ _LISTED_IN_ERRORS = 20
 _VERSION_PK = "pk_dataset_versions"
 
 
+MAX_VERSION = 2**31 - 1
+"""The largest version number a dataset version can have (PostgreSQL ``integer``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file of a version: its path in the dataset, size in bytes, and content digest."""
@@ -221,7 +225,12 @@ class DatasetStore:
                     f"dataset {name!r} has no versions yet; add files to create version 1"
                 )
             wanted = latest if version is None else version
-            row = await session.get(DatasetVersion, (dataset_id, wanted))
+            # A number past the column's int4 cannot name a version (and cannot be queried).
+            row = (
+                await session.get(DatasetVersion, (dataset_id, wanted))
+                if 1 <= wanted <= MAX_VERSION
+                else None
+            )
             if row is None:
                 # Versions are numbered 1, 2, … without gaps: the range names them all.
                 span = "only version 1" if latest == 1 else f"versions 1 to {latest}"

@@ -41,6 +41,25 @@ _RESPONSE_CLASS_NAMES = frozenset(
 )
 
 
+class PredictionTooDeep(InvalidPrediction):
+    """predict returned lists or objects nested deeper than ``MAX_DEPTH`` (or a cycle).
+
+    422, not 500: the platform did nothing wrong and retrying cannot help; the answer names
+    the limit so the model's author knows what to change.
+    """
+
+    status_code = 422
+    code = "prediction_too_deep"
+
+    def __init__(self, path: str) -> None:
+        root = path.split("[", 1)[0]
+        super().__init__(
+            f"{root} is nested deeper than {MAX_DEPTH} levels of lists or objects (or holds "
+            f"a cycle); return a structure at most {MAX_DEPTH} levels deep",
+            details={"max_depth": MAX_DEPTH},
+        )
+
+
 def is_response_object(value: object) -> bool:
     """Whether ``value`` looks like a web framework's HTTP response rather than data."""
     if isinstance(value, _SCALARS):
@@ -85,7 +104,7 @@ def _convert(value: Any, path: str, depth: int) -> JSONValue:
         if isinstance(value, plain):
             return _convert(plain(value), path, depth)
     if depth >= MAX_DEPTH:
-        raise InvalidPrediction(f"{path} is nested deeper than {MAX_DEPTH} levels (a cycle?)")
+        raise PredictionTooDeep(path)
     if isinstance(value, list | tuple):
         return [_convert(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, Mapping):

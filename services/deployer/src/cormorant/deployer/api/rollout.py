@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from cormorant.common.openapi import error_responses
 from cormorant.deployer.api.deps import RolloutsDep as RolloutDep
 from cormorant.deployer.rollout.schemas import (
     RolloutIn,
@@ -13,7 +14,7 @@ from cormorant.deployer.rollout.schemas import (
     VersionOut,
 )
 
-router = APIRouter(tags=["rollout"])
+router = APIRouter(tags=["rollout"], responses=error_responses(409))
 
 
 @router.post("/api/v1/endpoints/{slug}/versions", status_code=201)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from cormorant.common.openapi import error_responses
 from cormorant.deployer.api.deps import StreamsDep
 from cormorant.deployer.streams.status import StreamStatus
 
-router = APIRouter(tags=["streams"])
+router = APIRouter(tags=["streams"], responses=error_responses(409))
 
 
 @router.get("/api/v1/endpoints/{slug}/stream")

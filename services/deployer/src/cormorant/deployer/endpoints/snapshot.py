@@ -102,7 +102,8 @@ def write_archive(source: Path, out: BinaryIO) -> str:
                 tar.addfile(info)
             elif stat.S_ISREG(st.st_mode):
                 info.size = st.st_size
-                info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
+                # Never wider than 0644: a replica reads code, it does not execute files.
+                info.mode = 0o644
                 with path.open("rb") as fh:
                     tar.addfile(info, fh)
     return sink.sha.hexdigest()

@@ -1,4 +1,10 @@
-"""Where an endpoint's code comes from: a local directory, or a git repository at a commit."""
+"""Where an endpoint's code comes from: a local directory, or a git repository at a commit.
+
+Either way the files are hostile input: a symbolic link that leads out of the source (to
+``/etc/shadow``, the stack's secrets, another endpoint's code) is refused before anything is
+archived, since the deployer would otherwise copy what it points at into a version every
+replica can read.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +72,7 @@ async def checkout(
     """
     local = check_source(source, commit)
     if local is not None and commit is None:
+        refuse_links_out(local)
         yield Checkout(local, None)
         return
     url = source if local is None else str(local)
@@ -90,7 +97,39 @@ async def checkout(
                 f"source: cloning {source} at {target!r} took longer than {time_limit:g} s",
                 details={"field": "source"},
             ) from exc
+        refuse_links_out(clone)
         yield Checkout(clone, resolved.strip())
+
+
+def refuse_links_out(root: Path) -> None:
+    """Refuse (400, naming it) a symbolic link under ``root`` that resolves outside it.
+
+    Links that stay inside are kept (the archive holds what they point at); a dangling link
+    is archived as nothing.
+    """
+    root = root.resolve()
+    for current, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = Path(current) / name
+            if not path.is_symlink():
+                continue
+            shown = path.relative_to(root).as_posix()
+            try:
+                target = path.resolve(strict=True)
+            except FileNotFoundError:
+                continue
+            except (OSError, RuntimeError) as exc:  # a loop of links
+                raise BadRequest(
+                    f"source: {shown!r} is a symbolic link that cannot be resolved ({exc}); "
+                    "remove it or replace it with the file itself",
+                    details={"field": "source", "link": shown},
+                ) from exc
+            if not target.is_relative_to(root):
+                raise BadRequest(
+                    f"source: {shown!r} is a symbolic link to a path outside the source "
+                    "folder; copy the file into the folder instead of linking to it",
+                    details={"field": "source", "link": shown},
+                )
 
 
 async def _git(*args: str, field: str, what: str) -> str:

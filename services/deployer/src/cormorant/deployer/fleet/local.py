@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.events import Event, ReplicaChanged
+from cormorant.common.internal import PLATFORM_SECRET_VARIABLES
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement, ReplicaObserved
@@ -40,7 +41,11 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
     if settings.sandbox:
         env = {k: v for k, v in os.environ.items() if k.startswith(_REPLICA_PREFIXES)}
     else:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CORMORANT_DEPLOYER_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CORMORANT_DEPLOYER_") and k not in PLATFORM_SECRET_VARIABLES
+        }
         env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     env["CORMORANT_NATS_URL"] = settings.nats_url
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
