@@ -206,3 +206,56 @@ def _alive(pid: int) -> bool:
     # A zombie waiting for its reaper counts as gone.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+CONTAINED_PROBE = """
+import json, os
+secret = os.environ["SECRET_FILE"]
+try:
+    open(secret).read()
+    read = "read"
+except PermissionError:
+    read = "refused"
+try:
+    open(f"/proc/{os.getppid()}/environ").read()
+    parent_env = "read"
+except (PermissionError, ProcessLookupError):
+    parent_env = "refused"
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+open("made-here", "w").write("ok")
+print(json.dumps({"uid": os.getuid(), "groups": os.getgroups(), "secret": read,
+                  "parent_env": parent_env, "no_new_privs": status["NoNewPrivs"].strip(),
+                  "cap_eff": status["CapEff"].strip()}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching uids needs root (as make up runs)")
+async def test_an_exec_process_runs_as_its_own_uid_without_privileges(tmp_path: Path) -> None:
+    """Run by root, the command runs as the exec uid with no capability and no_new_privs: it
+    cannot read a file only the service may read, nor the service's environment, yet writes
+    in its workspace."""
+    import json
+
+    from cormorant.alerts.flows.exec import EXEC_IDENTITY, contained_identity
+
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    (flow / "probe.py").write_text(CONTAINED_PROBE)
+    secret = tmp_path / "secret"
+    secret.write_text("the platform's")
+    secret.chmod(0o600)
+    identity = contained_identity()
+    assert identity == EXEC_IDENTITY
+    limits = ExecLimits(memory_bytes=LIMITS.memory_bytes, open_files=64, identity=identity)
+    with private_workspace(flow, max_bytes=1 << 20, owner=identity) as workspace:
+        finished = await run_exec(
+            ["python", "probe.py"], workspace=workspace, env={"SECRET_FILE": str(secret)},
+            timeout_s=30, limits=limits,
+        )  # fmt: skip
+        assert finished.returncode == 0, finished.output
+        assert (workspace / "made-here").read_text() == "ok"
+    seen = json.loads(finished.output)
+    assert seen["uid"] == EXEC_IDENTITY.uid
+    assert seen["groups"] in ([], [EXEC_IDENTITY.gid])
+    assert (seen["secret"], seen["parent_env"]) == ("refused", "refused")
+    assert (seen["no_new_privs"], int(seen["cap_eff"], 16)) == ("1", 0)

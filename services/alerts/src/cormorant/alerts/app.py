@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from cormorant.alerts import triggers
 from cormorant.alerts.flows.api import router as flows_router
-from cormorant.alerts.flows.exec import ExecLimits
+from cormorant.alerts.flows.exec import ExecLimits, contained_identity
 from cormorant.alerts.flows.service import FlowService
 from cormorant.alerts.settings import AlertsSettings
 from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
@@ -67,6 +67,7 @@ def create_app(settings: AlertsSettings) -> FastAPI:
                 limits=ExecLimits(
                     memory_bytes=settings.flows_exec_memory_mb << 20,
                     open_files=settings.flows_exec_open_files,
+                    identity=await asyncio.to_thread(contained_identity),
                 ),
                 workspace_max_bytes=settings.flows_workspace_max_mb << 20,
             )

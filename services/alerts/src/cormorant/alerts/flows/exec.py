@@ -9,10 +9,11 @@
   directory only this user can enter, holding a copy of the flow's directory, so a command
   writes nothing outside it and a later ``deploy`` task finds what it built);
 - resource limits: address space, open files, CPU seconds, no core files;
-- a deadline, after which its whole process group is killed.
-
-It runs as this service's user: the shared replica sandbox (an unprivileged user) replaces the
-start here, in ``run_exec``, without touching the task types.
+- a deadline, after which its whole process group is killed;
+- when this service runs as root (as ``make up`` runs it), a uid of its own (``EXEC_IDENTITY``,
+  below the replicas' range), no supplementary group and ``no_new_privs``: it cannot read this
+  service's environment (``/proc/<pid>/environ``), the data directory or other runs' files.
+  Otherwise it runs as this service's user, with a loud warning (``contained_identity``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cormorant.common import sandbox
+from cormorant.common.sandbox import Identity
+
+EXEC_IDENTITY = Identity(sandbox.DEFAULT_UID_BASE - 1, sandbox.DEFAULT_UID_BASE - 1)
+"""The uid and gid of every ``exec`` process (runs never overlap in one workspace)."""
 
 MAX_OUTPUT = 16_000
 """Characters of a command's output kept: its tail."""
@@ -52,6 +59,8 @@ class ExecLimits:
 
     memory_bytes: int
     open_files: int
+    identity: Identity | None = None
+    """The uid and gid it runs as (``contained_identity``); None: this service's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +71,22 @@ class Finished:
     output: str
 
 
+def contained_identity() -> Identity | None:
+    """The identity ``exec`` processes run as: ``EXEC_IDENTITY`` when this process may switch
+    users (and the interpreter is reachable by it), else None after a loud warning."""
+    if not sandbox.can_switch_user():
+        sandbox.warn_uncontained("flow exec tasks", ["this service does not run as root"])
+        return None
+    sandbox.open_path_for_others(sandbox.runtime_paths())
+    return EXEC_IDENTITY
+
+
 @contextlib.contextmanager
-def private_workspace(directory: Path, *, max_bytes: int) -> Iterator[Path]:
-    """A copy of ``directory`` in a fresh directory only this user can enter; removed after.
+def private_workspace(
+    directory: Path, *, max_bytes: int, owner: Identity | None = None
+) -> Iterator[Path]:
+    """A copy of ``directory`` in a fresh directory only this user (or ``owner``) can enter;
+    removed after.
 
     ``ExecFailed`` when the directory holds more than ``max_bytes``. Symbolic links are copied
     as links, never followed (one to ``/`` would copy the machine).
@@ -80,6 +102,9 @@ def private_workspace(directory: Path, *, max_bytes: int) -> Iterator[Path]:
         workspace = root / "work"
         shutil.copytree(directory, workspace, symlinks=True)
         (root / "tmp").mkdir()
+        if owner is not None:
+            for path in (root, *root.rglob("*")):
+                os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
         yield workspace
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -146,6 +171,7 @@ async def run_exec(
 
 def _limiter(limits: ExecLimits, timeout_s: float) -> Callable[[], None]:
     cpu_s = math.ceil(timeout_s) + 1
+    identity = limits.identity
 
     def apply() -> None:
         # Runs in the forked child before exec: nothing here may take a lock.
@@ -153,6 +179,13 @@ def _limiter(limits: ExecLimits, timeout_s: float) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        sandbox.set_no_new_privs()
+        if identity is not None:
+            # Syscalls only (drop_privileges also reads /proc): the uid change drops every
+            # capability, and no_new_privs keeps setuid files from giving any back.
+            os.setgroups([])
+            os.setresgid(identity.gid, identity.gid, identity.gid)
+            os.setresuid(identity.uid, identity.uid, identity.uid)
 
     return apply
 

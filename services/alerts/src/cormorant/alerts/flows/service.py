@@ -156,7 +156,9 @@ class FlowService:
         records = [_pending(t) for t in tasks]
         error: str | None = None
         try:
-            workspace = private_workspace(directory, max_bytes=self.workspace_max_bytes)
+            workspace = private_workspace(
+                directory, max_bytes=self.workspace_max_bytes, owner=self.limits.identity
+            )
             # Copied and removed in a thread: a large directory must not stall the service.
             path = await asyncio.to_thread(workspace.__enter__)
             try:
