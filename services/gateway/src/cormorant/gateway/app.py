@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
-from cormorant.gateway import keys, v2
+from cormorant.gateway import console, keys, v2
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.forward import Forwarder
 from cormorant.gateway.keys import Admin
@@ -183,6 +183,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
 
     app.include_router(keys.router)
     app.include_router(v2.router)
+    console.mount(app, settings)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_json() -> JSONResponse:
