@@ -30,6 +30,8 @@
       "this tab. Meanwhile: the dashboards under deploy/grafana/.",
   };
   let timers = [];
+  // The endpoint page on screen ({slug, tabs, panel}): a tab change redraws only its panel.
+  let shown = null;
   const tokens = {};
 
   class ApiError extends Error {
@@ -76,7 +78,7 @@
       if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -84,9 +86,14 @@
   }
   const s = (tag, attrs = {}, ...children) => h(tag, { ...attrs, svg: true }, ...children);
 
-  function show(...nodes) {
+  function stopTimers() {
     for (const id of timers) clearInterval(id);
     timers = [];
+  }
+
+  function show(...nodes) {
+    stopTimers();
+    shown = null;
     main.replaceChildren(...nodes);
   }
 
@@ -145,42 +152,50 @@
 
   // ---- Endpoint page ------------------------------------------------------------------
   async function endpointPage(slug, tab) {
-    const path = `/endpoints/${encodeURIComponent(slug)}`;
-    let endpoint;
-    try {
-      endpoint = await api("GET", path);
-    } catch (error) {
-      show(h("p", {}, h("a", { href: "#/" }, "← Endpoints")), h("h1", {}, slug), failure(error));
-      return;
-    }
-    document.title = `${endpoint.name} · Cormorant console`;
     const chosen = TABS.some(([id]) => id === tab) ? tab : "charts";
-    const panel = h("div", { id: "panel", role: "tabpanel", "aria-labelledby": `tab-${chosen}`, tabindex: "0" });
-    const tabs = TABS.map(([id, label]) =>
-      h("a", {
-        role: "tab",
-        id: `tab-${id}`,
-        href: `#/endpoints/${encodeURIComponent(slug)}/${id}`,
-        "aria-selected": id === chosen ? "true" : "false",
-        "aria-controls": "panel",
-        tabindex: id === chosen ? "0" : "-1",
-      }, label));
-    const tablist = h("div", { role: "tablist", "aria-label": "Endpoint views", class: "tabs", onkeydown: tabKeys }, tabs);
-    show(
-      h("p", {}, h("a", { href: "#/" }, "← Endpoints")),
-      h("h1", {}, endpoint.name, " ", h("span", { class: `status ${endpoint.status}` }, endpoint.status)),
-      summary(endpoint),
-      endpoint.kind === "web" ? tryIt(endpoint) : null,
-      tablist,
-      panel,
-    );
-    const fill = {
-      charts: chartsTab,
-      logs: logsTab,
-      config: configTab,
-    }[chosen];
-    if (fill) await fill(endpoint, panel);
-    else panel.append(h("h2", {}, TABS.find(([id]) => id === chosen)[1]), h("p", { class: "coming" }, COMING[chosen].replace("{slug}", slug)));
+    if (!shown || shown.slug !== slug) {
+      let endpoint;
+      try {
+        endpoint = await api("GET", `/endpoints/${encodeURIComponent(slug)}`);
+      } catch (error) {
+        show(h("p", {}, h("a", { href: "#/" }, "← Endpoints")), h("h1", {}, slug), failure(error));
+        return;
+      }
+      document.title = `${endpoint.name} · Cormorant console`;
+      const panel = h("div", { id: "panel", role: "tabpanel", tabindex: "0" });
+      const tabs = TABS.map(([id, label]) =>
+        h("a", {
+          role: "tab",
+          id: `tab-${id}`,
+          href: `#/endpoints/${encodeURIComponent(slug)}/${id}`,
+          "aria-controls": "panel",
+        }, label));
+      show(
+        h("p", {}, h("a", { href: "#/" }, "← Endpoints")),
+        h("h1", {}, endpoint.name, " ", h("span", { class: `status ${endpoint.status}` }, endpoint.status)),
+        summary(endpoint),
+        endpoint.kind === "web" ? tryIt(endpoint) : null,
+        h("div", { role: "tablist", "aria-label": "Endpoint views", class: "tabs", onkeydown: tabKeys }, tabs),
+        panel,
+      );
+      shown = { slug, endpoint, tabs, panel };
+    }
+    stopTimers();
+    const { endpoint, tabs, panel } = shown;
+    for (const node of tabs) {
+      const selected = node.id === `tab-${chosen}`;
+      node.setAttribute("aria-selected", selected ? "true" : "false");
+      node.setAttribute("tabindex", selected ? "0" : "-1");
+      // On a narrow screen the tab strip scrolls: keep the chosen tab in sight.
+      if (selected) node.scrollIntoView({ block: "nearest", inline: "nearest" });
+    }
+    panel.setAttribute("aria-labelledby", `tab-${chosen}`);
+    // A fresh box per visit: a slow answer for a tab left meanwhile lands nowhere.
+    const content = h("div");
+    panel.replaceChildren(content);
+    const fill = { charts: chartsTab, logs: logsTab, config: configTab }[chosen];
+    if (fill) await fill(endpoint, content);
+    else content.append(h("h2", {}, TABS.find(([id]) => id === chosen)[1]), h("p", { class: "coming" }, COMING[chosen].replace("{slug}", slug)));
   }
 
   // Arrow keys move between tabs, as in the WAI-ARIA tabs pattern.
@@ -274,7 +289,7 @@
         h("span", { class: "help" }, "Refreshes every 10 s.")),
       charts);
     await draw();
-    timers.push(setInterval(draw, 10000));
+    if (panel.isConnected) timers.push(setInterval(draw, 10000));
   }
 
   // An SVG line chart of points {t, ...}; one line per [key, label].
@@ -288,7 +303,11 @@
     const y = (v) => T + (1 - v / max) * (H - T - B);
     const last = points.length ? points[points.length - 1] : null;
     const described = series
-      .map(([k, label]) => `${label} latest ${last && last[k] != null ? last[k] : "none"}`)
+      .map(([k, label]) => {
+        const total = points.reduce((sum, p) => sum + (typeof p[k] === "number" ? p[k] : 0), 0);
+        const latest = last && last[k] != null ? last[k] : "none";
+        return series.length === 1 ? `${label} total ${fmt(total)}, latest ${latest}` : `${label} latest ${latest}`;
+      })
       .join(", ");
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}: ${points.length} minutes, maximum ${max}, ${described}` },
       s("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
