@@ -150,7 +150,7 @@ def test_console_in_chromium(
     expect(row).to_contain_text("web")
     expect(row).to_contain_text("running")
     expect(row).to_contain_text("1 ready")
-    expect(row.get_by_role("cell").last).to_have_text("v1 100 %")
+    expect(row.locator('td[data-label="Traffic"]')).to_have_text("v1 100 %")
     page.screenshot(path=shots / "desktop-endpoints.png", full_page=True)
 
     row.get_by_role("link", name="console-echo").click()
@@ -202,6 +202,22 @@ def test_console_in_chromium(
     expect(page.get_by_role("button", name="Roll back")).to_be_disabled()
     page.screenshot(path=shots / "desktop-config.png", full_page=True)
 
+    # A canary (made with the SDK) shows in the split; Roll back, with the session's CSRF
+    # token, sends everything back to v1.
+    client = stack.client()
+    client.rollouts.create_version(slug, str(ECHO))
+    client.rollouts.rollout(slug, "2", 25)
+    page.reload()
+    expect(page.locator("#traffic-split")).to_have_text("v1 75 % · v2 25 %")
+    page.screenshot(path=shots / "desktop-config-canary.png", full_page=True)
+    page.get_by_role("button", name="Roll back").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "Rolled back: all traffic on the stable version.", timeout=60_000
+    )
+    expect(page.locator("#traffic-split")).to_have_text("v1 100 %")
+    weights = client.rollouts.traffic(slug)["weights"]
+    assert {v: w for v, w in weights.items() if w} == {"1": 100}
+
     # The tabs still to come say so; arrow keys move between tabs.
     for name in ("Predictions", "Continual Learning", "Feedback loop", "Monitoring"):
         page.get_by_role("tab", name=name).click()
@@ -212,6 +228,11 @@ def test_console_in_chromium(
     logs_tab = page.get_by_role("tab", name="Logs")
     expect(logs_tab).to_have_attribute("aria-selected", "true")
     expect(logs_tab).to_be_focused()
+
+    # Back on the list, the sparkline counts the one prediction.
+    page.get_by_role("link", name="Serving").click()
+    expect(page.get_by_role("img", name=re.compile("^1 request in the last hour"))).to_be_visible()
+    page.screenshot(path=shots / "desktop-endpoints-after.png", full_page=True)
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("Admin key")).to_be_visible()

@@ -128,6 +128,10 @@
       api("GET", `/endpoints/${encodeURIComponent(e.slug)}/traffic`)
         .then((t) => traffic.replaceChildren(pct(t.weights)))
         .catch(() => traffic.replaceChildren("—"));
+      const load = h("td", { "data-label": "Requests/min" }, "…");
+      api("GET", `/endpoints/${encodeURIComponent(e.slug)}/charts?series=requests_per_minute&window=1h`)
+        .then((c) => load.replaceChildren(sparkline(c.points)))
+        .catch(() => load.replaceChildren("—"));
       return h(
         "tr",
         {},
@@ -138,6 +142,7 @@
         h("td", { "data-label": "Status" }, h("span", { class: `status ${e.status}` }, e.status)),
         h("td", { "data-label": "Replicas" }, `${e.replicas.ready} ready / ${e.replicas.desired}`),
         traffic,
+        load,
       );
     });
     show(
@@ -145,7 +150,7 @@
       h("div", { class: "scroll" },
         h("table", { class: "endpoints" },
           h("caption", { class: "sr-only" }, "Endpoints, newest first"),
-          h("thead", {}, h("tr", {}, ["Endpoint", "Kind", "Status", "Replicas", "Traffic"].map((c) => h("th", { scope: "col" }, c)))),
+          h("thead", {}, h("tr", {}, ["Endpoint", "Kind", "Status", "Replicas", "Traffic", "Requests/min (1 h)"].map((c) => h("th", { scope: "col" }, c)))),
           h("tbody", {}, rows))),
     );
   }
@@ -332,6 +337,17 @@
       : null;
     return h("figure", { class: "chart" }, h("figcaption", {}, title), svg, legend);
   }
+  // A small line of requests per minute for the endpoints list.
+  function sparkline(points) {
+    const W = 120, H = 28;
+    const max = Math.max(1, ...points.map((p) => p.value));
+    const total = points.reduce((sum, p) => sum + p.value, 0);
+    const step = points.length > 1 ? W / (points.length - 1) : 0;
+    const line = points.map((p, i) => `${(i * step).toFixed(1)},${(H - 2 - (p.value / max) * (H - 4)).toFixed(1)}`).join(" ");
+    return s("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `${total} request${total === 1 ? "" : "s"} in the last hour, at most ${max} a minute` },
+      s("polyline", { points: line, class: "line s0" }));
+  }
+
   const fmt = (v) => (v >= 100 ? Math.round(v) : Math.round(v * 100) / 100).toString();
   const clock = (t) => new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
