@@ -200,21 +200,31 @@ def test_console_in_chromium(
     page.get_by_role("tab", name="Config").click()
     expect(page.locator("#traffic-split")).to_have_text("v1 100 %")
     expect(page.get_by_role("button", name="Roll back")).to_be_disabled()
+    expect(page.get_by_role("button", name="Promote")).to_be_disabled()
     page.screenshot(path=shots / "desktop-config.png", full_page=True)
 
-    # A canary (made with the SDK) shows in the split; Roll back, with the session's CSRF
-    # token, sends everything back to v1.
-    client = stack.client()
-    client.rollouts.create_version(slug, str(ECHO))
-    client.rollouts.rollout(slug, "2", 25)
-    page.reload()
-    expect(page.locator("#traffic-split")).to_have_text("v1 75 % · v2 25 %")
+    # Update model: a new version from a folder, rolled out to 25 % with the slider (moved
+    # with the keyboard), then rolled back; each change carries the session's CSRF token.
+    page.get_by_label("Source (absolute folder path or git URL)").fill(str(ECHO))
+    page.get_by_role("button", name="Create version").click()
+    expect(page.locator("#config-status")).to_contain_text("Version v2 created", timeout=60_000)
+    page.get_by_label("Version", exact=True).select_option("2")
+    slider = page.get_by_label("Canary share of traffic")
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(24):
+        page.keyboard.press("ArrowRight")
+    expect(page.locator("#canary-percent-value")).to_have_text("25 %")
+    page.get_by_role("button", name="Roll out").click()
+    expect(page.locator("#traffic-split")).to_have_text("v1 75 % · v2 25 %", timeout=120_000)
+    expect(page.locator("#config-status")).to_have_text("v2 has 25 % of the traffic.")
     page.screenshot(path=shots / "desktop-config-canary.png", full_page=True)
     page.get_by_role("button", name="Roll back").click()
-    expect(page.get_by_role("status")).to_have_text(
+    expect(page.locator("#config-status")).to_have_text(
         "Rolled back: all traffic on the stable version.", timeout=60_000
     )
     expect(page.locator("#traffic-split")).to_have_text("v1 100 %")
+    client = stack.client()
     weights = client.rollouts.traffic(slug)["weights"]
     assert {v: w for v, w in weights.items() if w} == {"1": 100}
 

@@ -388,35 +388,50 @@
   // ---- Config ---------------------------------------------------------------------------
   async function configTab(endpoint, panel) {
     const slug = encodeURIComponent(endpoint.slug);
-    const status = h("p", { role: "status", class: "help" });
+    const status = h("p", { id: "config-status", role: "status", class: "help" });
     const body = h("div");
+
+    // One change through the API: its button waits, the status line says how it went.
+    async function change(button, doing, call, done) {
+      button.disabled = true;
+      status.textContent = doing;
+      try {
+        const answer = await call();
+        render(answer && answer.weights ? answer : await api("GET", `/endpoints/${slug}/traffic`));
+        status.textContent = done(answer);
+      } catch (error) {
+        status.textContent = `Refused: ${error.message}`;
+        button.disabled = false;
+      }
+    }
+
     function render(t) {
       const rollback = h("button", {
         type: "button",
-        id: "rollback",
-        disabled: !t.canary,
         "aria-describedby": "rollback-help",
-        onclick: async () => {
-          rollback.disabled = true;
-          status.textContent = "Rolling back…";
-          try {
-            render(await api("POST", `/endpoints/${slug}/rollback`));
-            status.textContent = "Rolled back: all traffic on the stable version.";
-          } catch (error) {
-            status.textContent = `Rollback refused: ${error.message}`;
-            rollback.disabled = false;
-          }
-        },
+        disabled: !t.canary,
+        onclick: () => change(rollback, "Rolling back…", () => api("POST", `/endpoints/${slug}/rollback`),
+          () => "Rolled back: all traffic on the stable version."),
       }, "Roll back");
+      const promote = h("button", {
+        type: "button",
+        disabled: !t.canary,
+        onclick: () => change(promote, "Promoting…", () => api("POST", `/endpoints/${slug}/promote`),
+          () => `Promoted: all traffic on v${t.canary}.`),
+      }, "Promote");
       body.replaceChildren(
         h("dl", { class: "summary" },
           h("dt", {}, "Traffic"), h("dd", { id: "traffic-split" }, pct(t.weights)),
           h("dt", {}, "Stable"), h("dd", {}, t.stable ? `v${t.stable}` : "—"),
           h("dt", {}, "Canary"), h("dd", {}, t.canary ? `v${t.canary}` : "none"),
           h("dt", {}, "Generation"), h("dd", {}, t.generation)),
-        h("div", { class: "row" }, rollback,
+        h("div", { class: "row" }, rollback, promote,
           h("span", { id: "rollback-help", class: "help" },
-            t.canary ? `Sends all traffic back to v${t.stable}.` : "No canary to roll back.")),
+            t.canary ? `Roll back sends all traffic to v${t.stable}; Promote to v${t.canary}.` : "No canary to roll back or promote.")),
+        h("h3", {}, "Canary rollout"),
+        canaryForm(t),
+        h("h3", {}, "Update model"),
+        versionForm(),
         h("h3", {}, "Versions"),
         h("div", { class: "scroll" }, h("table", {},
           h("thead", {}, h("tr", {}, ["Version", "Role", "Weight", "Status", "Replicas", "Created"].map((c) => h("th", { scope: "col" }, c)))),
@@ -429,8 +444,51 @@
           ? h("ol", { class: "history" }, t.history.slice(0, 10).map((e) =>
               h("li", {}, `${new Date(e.time).toLocaleString()}: ${e.action} → ${pct(e.weights)}${e.reason ? ` (${e.reason})` : ""}`)))
           : h("p", {}, "No traffic changes yet."),
-        h("p", { class: "coming" }, "Update model, the canary slider and promote are coming to this tab; meanwhile: cormorant rollout."));
+        h("p", { class: "coming" }, "Progressive rollouts with checks and replica events are coming to this tab; meanwhile: cormorant rollout --policy."));
     }
+
+    // A version other than the stable one, and the share of traffic the slider gives it.
+    function canaryForm(t) {
+      const candidates = t.versions.filter((v) => v.version !== t.stable && (v.status === "ready" || v.status === "pending"));
+      if (!candidates.length) return h("p", { class: "help" }, "No other version to roll out: create one under Update model.");
+      const start = t.canary ? t.weights[t.canary] || 10 : 10;
+      const version = h("select", { id: "canary-version" },
+        candidates.map((v) => h("option", { value: v.version, selected: v.version === t.canary }, `v${v.version} (${v.status})`)));
+      const percent = h("input", { id: "canary-percent", type: "range", min: "1", max: "100", step: "1", value: start });
+      const shown = h("output", { id: "canary-percent-value", for: "canary-percent" }, `${start} %`);
+      percent.addEventListener("input", () => { shown.textContent = `${percent.value} %`; });
+      const submit = h("button", { type: "submit" }, "Roll out");
+      const send = (event) => {
+        event.preventDefault();
+        const body = { version: version.value, percent: Number(percent.value) };
+        change(submit, `Rolling out v${body.version} to ${body.percent} % once its replicas are ready…`,
+          () => api("POST", `/endpoints/${slug}/rollout`, body),
+          () => `v${body.version} has ${body.percent} % of the traffic.`);
+      };
+      return h("form", { class: "canary", onsubmit: send },
+        h("label", { for: "canary-version" }, "Version"), version,
+        h("label", { for: "canary-percent" }, "Canary share of traffic"),
+        h("div", { class: "row" }, percent, shown),
+        submit);
+    }
+
+    // New code for the endpoint: a version that takes no traffic until rolled out.
+    function versionForm() {
+      const source = h("input", { id: "version-source", type: "text", required: true, value: endpoint.source || "", "aria-describedby": "version-source-help" });
+      const submit = h("button", { type: "submit" }, "Create version");
+      const send = (event) => {
+        event.preventDefault();
+        change(submit, "Creating the version…",
+          () => api("POST", `/endpoints/${slug}/versions`, { source: source.value.trim() }),
+          (v) => `Version v${v.version} created: its replicas are starting; roll it out above.`);
+      };
+      return h("form", { onsubmit: send },
+        h("label", { for: "version-source" }, "Source (absolute folder path or git URL)"), source,
+        h("p", { id: "version-source-help", class: "help" },
+          "File, function and settings stay the endpoint's. The version's replicas start; it takes no traffic until rolled out."),
+        submit);
+    }
+
     panel.append(h("h2", {}, "Config"), status, body);
     try {
       render(await api("GET", `/endpoints/${slug}/traffic`));
