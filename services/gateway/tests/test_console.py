@@ -122,6 +122,11 @@ async def test_session_cookie_passes_the_admin_check_same_origin_only(gateway: G
     assert forwarded.status_code == 200
     # The services behind the gateway never see the session cookie.
     assert "cookie" not in forwarded.json()["headers"]
+    # The console's calls count in the gateway's metrics like any client's.
+    scrape = (await gateway.http.get("/metrics")).text
+    assert (
+        'cormorant_gateway_forwarded_requests_total{service="deployer",status="200"} 1.0' in scrape
+    )
     for foreign in (
         {"Origin": "http://attacker.example"},
         {"Sec-Fetch-Site": "cross-site"},
