@@ -173,6 +173,14 @@ def test_console_in_chromium(
         "aria-label", re.compile(r"requests total 1,"), timeout=60_000
     )
     expect(page.get_by_role("img", name="Latency (ms)")).to_be_visible()
+    # A custom metric logged through the API gets a chart of its own on request.
+    client = stack.client()
+    client.request("POST", f"/api/v1/endpoints/{slug}/metrics", json={"key": "acc", "value": 0.93})
+    page.get_by_label("Custom metric").fill("acc")
+    page.get_by_role("button", name="Add chart").click()
+    expect(page.get_by_role("img", name="Metric acc")).to_have_attribute(
+        "aria-label", re.compile("avg latest 0.93,")
+    )
     page.screenshot(path=shots / "desktop-charts.png", full_page=True)
 
     # Logs: the prediction is listed; the CSV export downloads it.
@@ -224,7 +232,6 @@ def test_console_in_chromium(
         "Rolled back: all traffic on the stable version.", timeout=60_000
     )
     expect(page.locator("#traffic-split")).to_have_text("v1 100 %")
-    client = stack.client()
     weights = client.rollouts.traffic(slug)["weights"]
     assert {v: w for v, w in weights.items() if w} == {"1": 100}
 

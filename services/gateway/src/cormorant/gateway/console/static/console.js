@@ -33,6 +33,7 @@
   // The endpoint page on screen ({slug, tabs, panel}): a tab change redraws only its panel.
   let shown = null;
   const tokens = {};
+  const customMetrics = {};
 
   class ApiError extends Error {
     constructor(status, message) {
@@ -269,29 +270,42 @@
   // ---- Charts ---------------------------------------------------------------------------
   async function chartsTab(endpoint, panel) {
     const slug = encodeURIComponent(endpoint.slug);
+    // Custom metrics chosen on this page, kept while it is open.
+    const keys = (customMetrics[endpoint.slug] ||= []);
     const windowSelect = h("select", { id: "chart-window" },
       ["15m", "1h", "24h"].map((w) => h("option", { value: w, selected: w === "1h" }, w)));
     const charts = h("div", { class: "charts" });
+    const series = (name) => api("GET", `/endpoints/${slug}/charts?series=${encodeURIComponent(name)}&window=${windowSelect.value}`);
     async function draw() {
-      const w = windowSelect.value;
       try {
-        const [requests, latency] = await Promise.all([
-          api("GET", `/endpoints/${slug}/charts?series=requests_per_minute&window=${w}`),
-          api("GET", `/endpoints/${slug}/charts?series=latency&window=${w}`),
-        ]);
+        const [requests, latency, ...metrics] = await Promise.all(
+          ["requests_per_minute", "latency", ...keys].map(series));
         charts.replaceChildren(
           lineChart("Requests per minute", requests.points, [["value", "requests"]]),
           lineChart("Latency (ms)", latency.points, [["p50", "p50"], ["p95", "p95"], ["p99", "p99"]]),
+          ...metrics.map((m, i) => lineChart(`Metric ${keys[i]}`, m.points, [["avg", "avg"], ["min", "min"], ["max", "max"]])),
         );
       } catch (error) {
         charts.replaceChildren(failure(error));
       }
     }
+    const keyInput = h("input", { id: "metric-key", type: "text", autocomplete: "off", "aria-describedby": "metric-help" });
+    const addMetric = (event) => {
+      event.preventDefault();
+      const key = keyInput.value.trim();
+      if (key && !keys.includes(key)) keys.push(key);
+      keyInput.value = "";
+      draw();
+    };
     windowSelect.addEventListener("change", draw);
     panel.append(
       h("h2", {}, "Charts"),
       h("div", { class: "row" }, h("label", { for: "chart-window" }, "Window"), windowSelect,
         h("span", { class: "help" }, "Refreshes every 10 s.")),
+      h("form", { class: "row", onsubmit: addMetric },
+        h("label", { for: "metric-key" }, "Custom metric"), keyInput,
+        h("button", { type: "submit" }, "Add chart"),
+        h("span", { id: "metric-help", class: "help" }, "A key logged with log_metric, e.g. accuracy.")),
       charts);
     await draw();
     if (panel.isConnected) timers.push(setInterval(draw, 10000));
