@@ -133,6 +133,8 @@ def fits_width(page: Page) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
 
 
+# The first test may install Chromium with apt-get (a few minutes on a fresh machine).
+@pytest.mark.timeout(900)
 def test_console_in_chromium(
     stack: Stack, browser: Browser, echo_endpoint: tuple[str, str], shots: Path
 ) -> None:
@@ -257,6 +259,7 @@ def test_console_in_chromium(
     assert errors == []
 
 
+@pytest.mark.timeout(900)
 def test_console_on_a_phone(
     stack: Stack, browser: Browser, echo_endpoint: tuple[str, str], shots: Path
 ) -> None:
