@@ -15,6 +15,8 @@ import httpx
 import pytest
 from gateway_testkit import Gateway
 
+from cormorant.gateway.console.session import ConsoleSessions
+
 
 @pytest.fixture
 async def gateway(start_gateway: Any) -> AsyncIterator[Gateway]:
@@ -199,3 +201,18 @@ async def test_revoking_the_key_ends_its_sessions(gateway: Gateway) -> None:
     after = await gateway.http.get("/api/v1/keys", headers=jar)
     assert after.status_code == 401
     assert "revoked" in after.json()["error"]["message"]
+
+
+def test_sessions_expire_and_refuse_tampering() -> None:
+    """A cookie is good until its expiry, and only as signed by this secret."""
+    sessions = ConsoleSessions(b"k" * 32, ttl_s=600)
+    value = sessions.issue("ab" * 32, now=1_000_000)
+    session = sessions.verify(value, now=1_000_599)
+    assert session is not None
+    assert session.key_hash == "ab" * 32
+    assert sessions.verify(value, now=1_000_600) is None
+    assert ConsoleSessions(b"x" * 32, ttl_s=600).verify(value, now=1_000_000) is None
+    nonce, expires, key_hash, mac = value.split(".")
+    longer = f"{nonce}.{int(expires) + 3600}.{key_hash}.{mac}"
+    assert sessions.verify(longer, now=1_000_000) is None
+    assert sessions.csrf_token(session) != ConsoleSessions(b"x" * 32, ttl_s=600).csrf_token(session)
