@@ -18,7 +18,7 @@ from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import internal_client
 from cormorant.common.openapi import install_error_documentation
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
-from cormorant.gateway import keys, v2
+from cormorant.gateway import console, keys, v2
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.forward import Forwarder
 from cormorant.gateway.inference import InferenceService
@@ -197,6 +197,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
 
     app.include_router(keys.router)
     app.include_router(v2.router)
+    console.mount(app, settings)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_json() -> JSONResponse:

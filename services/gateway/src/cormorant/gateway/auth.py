@@ -81,7 +81,10 @@ class Credentials:
         """The principal ``token`` stands for, or None if it is unknown or revoked."""
         if len(token) > MAX_TOKEN_LENGTH:
             return None
-        token_hash = hash_token(token)
+        return await self.identify_hash(hash_token(token))
+
+    async def identify_hash(self, token_hash: str) -> Principal | None:
+        """The principal of the token hashing to ``token_hash`` (a console session's key)."""
         # The lookup is keyed by the SHA-256 of the token, which a caller cannot steer towards
         # a stored hash without knowing a valid token, so its timing reveals nothing useful;
         # the final equality is still checked in constant time.

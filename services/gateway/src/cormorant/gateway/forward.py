@@ -38,6 +38,8 @@ _HOP_HEADERS = frozenset(
         "upgrade",
         "host",
         "authorization",
+        # The console's session cookie is a credential too, for the gateway alone.
+        "cookie",
     }
 )
 _ANSWER_SKIP = frozenset({*_HOP_HEADERS, "date", "server"})

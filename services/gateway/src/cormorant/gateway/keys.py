@@ -20,6 +20,7 @@ from cormorant.common.db.models import PREFIX_LENGTH, AdminKey
 from cormorant.common.errors import Conflict, NotFound, ServiceUnavailable
 from cormorant.common.openapi import error_responses
 from cormorant.gateway.auth import Credentials, Principal
+from cormorant.gateway.console.session import cookie_principal
 
 
 class KeyCreate(BaseModel):
@@ -65,8 +66,13 @@ def _credentials(request: Request) -> Credentials:
 
 
 async def require_admin(request: Request) -> Principal:
-    """Dependency: the caller's admin key, or 401/403 saying what to send."""
-    return await _credentials(request).check_admin(request.headers.get("authorization"))
+    """Dependency: the caller's admin key (or console session), or 401/403 saying what to send."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        session = await cookie_principal(request, _credentials(request))
+        if session is not None:
+            return session
+    return await _credentials(request).check_admin(authorization)
 
 
 Admin = Annotated[Principal, Depends(require_admin)]

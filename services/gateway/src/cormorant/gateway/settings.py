@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.settings import ServiceSettings
@@ -94,6 +94,13 @@ class GatewaySettings(ServiceSettings):
     log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, gt=0)
     """Largest input (in bytes of request body) kept in such an event; a larger one is logged
     as a short note of its size."""
+
+    console_secret: SecretStr | None = None
+    """Key that signs the web console's session cookies; give every gateway behind one address
+    the same one. Unset: a random key per process, so sessions end when the gateway restarts."""
+
+    console_session_s: float = Field(default=8 * 3600.0, ge=60)
+    """Lifetime of a web console session (seconds) before the admin key is asked again."""
 
     def gateway_id(self) -> str:
         """``instance_id``, or ``<hostname>-<pid>`` when unset."""
