@@ -62,11 +62,11 @@ def _replicas(data_dir: Path) -> list[psutil.Process]:
 
 
 def _template(data_dir: Path) -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
+    # A contained stack gives the template no data dir: it is the deployer's child.
+    deployer = json.loads((data_dir / "stack.json").read_text())["services"]["deployer"]["pid"]
+    for process in psutil.Process(deployer).children():
         try:
-            if "cormorant.worker.template" in (process.info.get("cmdline") or []) and (
-                process.environ().get("CORMORANT_DATA_DIR") == str(data_dir)
-            ):
+            if "cormorant.worker.template" in process.cmdline():
                 return process
         except psutil.Error:
             continue

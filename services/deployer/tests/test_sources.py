@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from cormorant.deployer.snapshot import write_archive
+from cormorant.deployer.endpoints.snapshot import write_archive
 from cormorant.deployer.testing import DeployerHarness
 
 PREDICT = "def predict(x):\n    return x\n"
