@@ -39,6 +39,12 @@ GATEWAY_PUBLIC = {
     "/v2",
     "/v2/health/live",
     "/v2/health/ready",
+    # The console's shell: a login form and static files; its data come from /api/v1 (above).
+    "/",
+    "/console",
+    "/console/login",
+    "/console/logout",
+    "/console/static/x1",
 }
 """The gateway's routes that answer anyone: probes, metrics, the API document."""
 
