@@ -256,6 +256,8 @@ def test_console_in_chromium(
     expect(spark).to_be_visible()
     page.screenshot(path=shots / "desktop-endpoints-after.png", full_page=True)
 
+    # The list's per-endpoint calls end first: one still in flight would meet the ended session.
+    page.wait_for_load_state("networkidle")
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("Admin key")).to_be_visible()
     context.close()

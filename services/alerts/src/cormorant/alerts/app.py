@@ -15,9 +15,10 @@ from cormorant.alerts.flows.api import router as flows_router
 from cormorant.alerts.flows.exec import ExecLimits, contained_identity
 from cormorant.alerts.flows.service import FlowService
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
-from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.bus import BatchedPublisher
+from cormorant.common.db import session_factory
+from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.sdk import Client
 
@@ -40,19 +41,12 @@ def create_app(settings: AlertsSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            if settings.otlp_endpoint:
-                provider = setup_tracing(TITLE, settings.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(settings.database_url, timeout=settings.startup_timeout_s)
-            engine = create_engine(settings.database_url)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
+            open_tracing(stack, TITLE, settings.otlp_endpoint)
+            timeout = settings.startup_timeout_s
+            engine = await open_database(stack, settings.database_url, timeout=timeout)
             sessions = session_factory(engine)
-            async with asyncio.timeout(settings.startup_timeout_s):
-                nc = await connect(settings.nats_url, name=TITLE)
-            stack.push_async_callback(close, nc)
+            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
             js = nc.jetstream()
-            await ensure_streams(js)
             publisher = BatchedPublisher(nc, name="alerts", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)

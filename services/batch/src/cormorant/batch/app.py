@@ -15,11 +15,12 @@ from cormorant.batch.api import router
 from cormorant.batch.capacity import Capacity, DeployerApi
 from cormorant.batch.jobs import BatchService
 from cormorant.batch.settings import BatchSettings
-from cormorant.common.bus import BatchedPublisher, close, connect, ensure_streams
+from cormorant.common.bus import BatchedPublisher
 from cormorant.common.datasets import BlobStore, DatasetStore
-from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+from cormorant.common.db import session_factory
 from cormorant.common.internal import internal_client
-from cormorant.common.telemetry import new_registry, setup_tracing
+from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 
 TITLE = "cormorant-batch"
@@ -40,18 +41,11 @@ def create_app(settings: BatchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            if settings.otlp_endpoint:
-                provider = setup_tracing(TITLE, settings.otlp_endpoint)
-                stack.callback(provider.shutdown)
-            await wait_for_database(settings.database_url, timeout=settings.startup_timeout_s)
-            engine = create_engine(settings.database_url)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
+            open_tracing(stack, TITLE, settings.otlp_endpoint)
+            timeout = settings.startup_timeout_s
+            engine = await open_database(stack, settings.database_url, timeout=timeout)
             sessions = session_factory(engine)
-            async with asyncio.timeout(settings.startup_timeout_s):
-                nc = await connect(settings.nats_url, name=TITLE)
-            stack.push_async_callback(close, nc)
-            await ensure_streams(nc.jetstream())
+            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
             publisher = BatchedPublisher(nc, name="batch", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
