@@ -7,13 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from cormorant.alerts.settings import AlertsSettings
 from cormorant.alerts.testing import (
-    SLUG,
     Mailbox,
     Metrics,
     WebhookReceiver,
@@ -21,33 +19,8 @@ from cormorant.alerts.testing import (
     smtp_server,
     webhook_receiver,
 )
-from cormorant.common.db import asyncpg_dsn, upgrade
 from cormorant.common.internal import generate_internal_secret
 from cormorant.common.servers import free_port
-
-
-@pytest.fixture
-async def migrated_url(database_url: str) -> str:
-    """A database of this test's own, at the newest migration."""
-    await upgrade(database_url)
-    return database_url
-
-
-@pytest.fixture
-async def endpoint_id(migrated_url: str) -> uuid.UUID:
-    """The id of the endpoint ``iris``, created in the database."""
-    endpoint = uuid.uuid4()
-    conn = await asyncpg.connect(asyncpg_dsn(migrated_url))
-    try:
-        await conn.execute(
-            "INSERT INTO endpoints (id, slug, name, kind, spec) VALUES ($1, $2, $3, 'web', '{}')",
-            endpoint,
-            SLUG,
-            SLUG,
-        )
-    finally:
-        await conn.close()
-    return endpoint
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ async def test_a_new_condition_rearms_and_enabling_counts_from_now(
     async def counted() -> bool:
         return int((await client.get(path)).json()["state"]["streak"]) == 2
 
-    await eventually(counted, timeout=30, what="two values counted")
+    await eventually(counted, within=30, what="two values counted")
     changed = (await client.patch(path, json={"value": 0.6})).json()
     assert (changed["value"], changed["state"]["streak"]) == (0.6, 0)
 
@@ -148,7 +148,7 @@ async def test_a_new_condition_rearms_and_enabling_counts_from_now(
     async def evaluated() -> bool:
         return int((await client.get(path)).json()["state"]["evaluations"]) > start
 
-    await eventually(evaluated, timeout=30, what="an evaluation after enabling")
+    await eventually(evaluated, within=30, what="an evaluation after enabling")
     state = (await client.get(path)).json()["state"]
     assert state["streak"] == 0
     assert state["last_evaluation"]["new_values"] == 0

@@ -65,7 +65,7 @@ async def after_evaluations(client: httpx.AsyncClient, trigger_id: str, count: i
     async def done() -> bool:
         return await evaluations(client, trigger_id) >= start + count
 
-    await eventually(done, timeout=30, what=f"{count} more evaluations")
+    await eventually(done, within=30, what=f"{count} more evaluations")
 
 
 async def test_drift_below_threshold_sends_one_email(
@@ -84,7 +84,7 @@ async def test_drift_below_threshold_sends_one_email(
     async def mailed() -> bool:
         return len(mailbox.messages) >= 1
 
-    await eventually(mailed, timeout=30, what="the e-mail")
+    await eventually(mailed, within=30, what="the e-mail")
     # The incident goes on; the cool-down (3 s) keeps it from firing again meanwhile.
     await metrics.log("accuracy", 0.5, 0.4)
     await after_evaluations(client, tid, 1)
@@ -144,7 +144,7 @@ async def test_it_rearms_after_the_cooldown_and_resets_on_recovery(
     async def two() -> bool:
         return len(mailbox.messages) == 2
 
-    await eventually(two, timeout=30, what="the second incident's e-mail")
+    await eventually(two, within=30, what="the second incident's e-mail")
     assert [f["values"] for f in await firings(client, tid)] == [[0.1, 0.2], [0.7, 0.6]]
 
 
@@ -161,7 +161,7 @@ async def test_webhook_gets_one_signed_post(
     async def posted() -> bool:
         return bool(receiver.received)
 
-    await eventually(posted, timeout=30, what="the webhook POST")
+    await eventually(posted, within=30, what="the webhook POST")
     await after_evaluations(client, created["id"], 1)
     [post] = receiver.received
     assert post.path == "/hook"
@@ -191,7 +191,7 @@ async def test_webhook_failures_are_retried_with_backoff(
         found = await firings(client, tid)
         return bool(found) and found[0]["status"] == "delivered"
 
-    await eventually(delivered, timeout=30, what="delivery after the retries")
+    await eventually(delivered, within=30, what="delivery after the retries")
     [firing] = await firings(client, tid)
     assert firing["attempts"] == 3
     assert len(receiver.received) == 3
@@ -212,7 +212,7 @@ async def test_a_refused_webhook_fails_without_retrying(
         found = await firings(client, tid)
         return bool(found) and found[0]["status"] == "failed"
 
-    await eventually(failed, timeout=30, what="the failed firing")
+    await eventually(failed, within=30, what="the failed firing")
     [firing] = await firings(client, tid)
     assert firing["attempts"] == 1
     assert "400" in firing["error"]
@@ -268,7 +268,7 @@ async def test_two_replicas_fire_an_incident_once(
         async def mailed() -> bool:
             return len(mailbox.messages) >= 3
 
-        await eventually(mailed, timeout=30, what="three e-mails")
+        await eventually(mailed, within=30, what="three e-mails")
         for tid in ids:
             await after_evaluations(first, tid, 1)
             assert len(await firings(first, tid)) == 1

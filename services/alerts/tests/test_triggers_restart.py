@@ -60,7 +60,7 @@ async def delivered_once(alerts: AlertsProcess, trigger_id: str, mailbox: Mailbo
         found = await firings(alerts, trigger_id)
         return bool(found) and found[0]["status"] == "delivered"
 
-    await eventually(delivered, timeout=60, what="the firing delivered after the restart")
+    await eventually(delivered, within=60, what="the firing delivered after the restart")
     [firing] = await firings(alerts, trigger_id)
     assert mailbox.firings() == [firing["id"]]
     assert firing["values"] == [0.5, 0.4]
@@ -88,7 +88,7 @@ async def test_killed_mid_evaluation(
             )
             return bool(waiting)
 
-        await eventually(evaluating, timeout=30, what="the evaluation waiting on the values")
+        await eventually(evaluating, within=30, what="the evaluation waiting on the values")
         alerts.kill()
         await blocker.rollback()
     finally:
@@ -111,7 +111,7 @@ async def test_killed_with_a_firing_in_flight(
     async def in_flight() -> bool:
         return mailbox.in_flight == 1
 
-    await eventually(in_flight, timeout=30, what="the e-mail in flight")
+    await eventually(in_flight, within=30, what="the e-mail in flight")
     [firing] = await firings(alerts, trigger_id)
     alerts.kill()
     mailbox.release()  # the interrupted delivery is refused, never accepted

@@ -40,7 +40,7 @@ async def fire(settings: AlertsSettings, metrics: Metrics) -> dict[str, Any]:
             found = (await client.get(f"/api/v1/triggers/{tid}/firings")).json()["firings"]
             return bool(found) and found[0]["status"] != "pending"
 
-        await eventually(settled, timeout=30, what="the firing settled")
+        await eventually(settled, within=30, what="the firing settled")
         [firing] = (await client.get(f"/api/v1/triggers/{tid}/firings")).json()["firings"]
         result: dict[str, Any] = firing
         return result

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,24 +36,10 @@ from cormorant.alerts.settings import AlertsSettings
 from cormorant.common.db import asyncpg_dsn
 from cormorant.common.internal import InternalAuth
 from cormorant.common.servers import free_port
+from cormorant.common.testing.waits import eventually as eventually
 
 SLUG = "iris"
 """The endpoint the Alerts tests put their triggers on."""
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    *,
-    timeout: float,  # noqa: ASYNC109 - the failure names what was awaited
-    what: str,
-    every: float = 0.05,
-) -> None:
-    """Return once ``check()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await asyncio.sleep(every)  # polling interval of a deadline wait
 
 
 class Mailbox:
@@ -271,7 +257,7 @@ class AlertsProcess:
             except httpx.TransportError:
                 return False
 
-        await eventually(healthy, timeout=within, what="alerts healthy", every=0.1)
+        await eventually(healthy, within=within, what="alerts healthy", every=0.1)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -89,6 +89,40 @@ def database_url(postgres_server: PostgresServer | None, external_servers: Exter
     return _create_external_database(external_servers.database_url, name)
 
 
+ENDPOINT_SLUG = "iris"
+"""The slug of the endpoint ``endpoint_id`` creates."""
+
+
+@pytest.fixture
+async def migrated_url(database_url: str) -> str:
+    """A database of this test's own, at the newest migration."""
+    from cormorant.common.db import upgrade
+
+    await upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+async def endpoint_id(migrated_url: str) -> uuid.UUID:
+    """The id of the web endpoint ``iris`` (``ENDPOINT_SLUG``), created in the database."""
+    import asyncpg
+
+    from cormorant.common.db import asyncpg_dsn
+
+    endpoint = uuid.uuid4()
+    conn = await asyncpg.connect(asyncpg_dsn(migrated_url))
+    try:
+        await conn.execute(
+            "INSERT INTO endpoints (id, slug, name, kind, spec) VALUES ($1, $2, $3, 'web', '{}')",
+            endpoint,
+            ENDPOINT_SLUG,
+            ENDPOINT_SLUG,
+        )
+    finally:
+        await conn.close()
+    return endpoint
+
+
 def _create_external_database(url: str, name: str) -> str:
     import asyncio
 
