@@ -65,9 +65,7 @@ def render(directory: Path) -> list[Manifest]:
         if label_set.get("includeSelectors") or label_set.get("includeTemplates"):
             raise UnsupportedKustomization("labels on selectors or templates")
         for manifest in manifests:
-            manifest.setdefault("metadata", {}).setdefault("labels", {}).update(
-                label_set["pairs"]
-            )
+            manifest.setdefault("metadata", {}).setdefault("labels", {}).update(label_set["pairs"])
     for image in kustomization.get("images", []):
         _set_image(manifests, image)
     namespace = kustomization.get("namespace")
