@@ -23,7 +23,8 @@ RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python -c constraints.tx
         ./services/batch \
     && /opt/venv/bin/uv pip uninstall --python /opt/venv/bin/python uv
 
-# Stage 2: the runtime, without build tools, as an unprivileged user.
+# Stage 2: the runtime, without build tools, as an unprivileged user. The local fleet (Compose)
+# keeps its replicas' private directories beside the data directory (/var/lib/cormorant-replicas).
 FROM python:3.11-slim-bookworm
 
 ENV PATH=/opt/venv/bin:$PATH \
@@ -34,8 +35,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 cormorant \
     && useradd --system --uid 10001 --gid cormorant --home-dir /var/lib/cormorant \
         --shell /usr/sbin/nologin cormorant \
-    && mkdir -p /var/lib/cormorant \
-    && chown cormorant:cormorant /var/lib/cormorant
+    && mkdir -p /var/lib/cormorant /var/lib/cormorant-replicas \
+    && chown cormorant:cormorant /var/lib/cormorant /var/lib/cormorant-replicas
 
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker/migrate.py /opt/cormorant/migrate.py
