@@ -536,3 +536,35 @@ def test_image_runs_every_entry_point_as_a_non_root_user() -> None:
         wrapped = container.get_wrapped_container()
         assert wrapped.wait(timeout=120)["StatusCode"] == 0, wrapped.logs().decode()
         assert wrapped.logs().decode().split()[-1] == "10001"
+
+
+# --- Settings named in the manifests ------------------------------------------------------
+
+NOT_YET_DOCUMENTED = {"CORMORANT_DEPLOYER_KUBERNETES_NAMESPACE"}
+"""Named for the deployer's KubernetesFleet (issue 18, part A), whose settings land separately."""
+
+
+def documented_variables() -> set[str]:
+    """Every CORMORANT_* variable docs/configuration.md lists (generated from the settings)."""
+    lines = (ROOT / "docs" / "configuration.md").read_text().splitlines()
+    return {line.split("`")[1] for line in lines if line.startswith("| `CORMORANT_")}
+
+
+def test_every_setting_the_manifests_and_compose_name_exists() -> None:
+    # pydantic-settings ignores unknown variables: a misspelt name would be silently unused.
+    named: set[str] = set()
+    for overlay in OVERLAYS:
+        for manifest in rendered(overlay):
+            if (
+                manifest["kind"] == "ConfigMap"
+                and manifest["metadata"]["name"] == "cormorant-config"
+            ):
+                named |= set(manifest["data"])
+            for _, pod in pod_specs((manifest,)):
+                for container in pod["containers"]:
+                    named |= {e["name"] for e in container.get("env", [])}
+    for service in compose()["services"].values():
+        named |= set(service.get("environment", {}))
+    named = {name for name in named if name.startswith("CORMORANT_")}
+    assert "CORMORANT_GATEWAY_DEPLOYER_URL" in named
+    assert named - documented_variables() - NOT_YET_DOCUMENTED == set()
