@@ -12,8 +12,10 @@ Each round:
    csv)`` of the endpoint's rows, read by asyncpg and thrown away;
 2. a feedback run, in a fresh child process (``--child``): a new loop's first run through
    ``Runner.run_now`` — the whole path: lock, snapshot, summary, the export streamed into a
-   dataset blob, the manifest, the version committed. The child reports the run's rows and
-   seconds and its peak RSS (``ru_maxrss``) above its RSS just before the run.
+   dataset blob, the manifest, the version committed. Before it the child starts a
+   ``ParquetEncoder`` as the service's lifespan does (Arrow's one-time start). The child
+   reports the run's rows and seconds, its peak RSS (``ru_maxrss``) above its RSS just before
+   the run, that start's cost and its RSS after the run.
 
 Rounds alternate; the best of each rate is kept (other work on the machine only slows a round
 down), and the largest RSS growth. Prints e.g.::
