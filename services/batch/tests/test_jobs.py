@@ -54,7 +54,7 @@ async def start_slow_job(
 
     async def progressing() -> bool:
         job = await batch.job(slug, job_id)
-        return job["status"] == "running" and job["rows_done"] > 0
+        return bool(job["status"] == "running" and job["rows_done"] > 0)
 
     await eventually(progressing, within=60, what="the job progressing")
     return slug, job_id
