@@ -8,10 +8,11 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from cormorant.batch.testing import BatchHarness, wait_until
+from cormorant.batch.testing import BatchHarness
 from cormorant.common.bus import close, connect
 from cormorant.common.datasets import DatasetStore
 from cormorant.common.events import BatchJobChanged, decode
+from cormorant.common.testing.waits import eventually
 
 SLOW_MODEL = """\
 import time
@@ -53,9 +54,9 @@ async def start_slow_job(
 
     async def progressing() -> bool:
         job = await batch.job(slug, job_id)
-        return job["status"] == "running" and job["rows_done"] > 0
+        return bool(job["status"] == "running" and job["rows_done"] > 0)
 
-    await wait_until(progressing, timeout=60, what="the job progressing")
+    await eventually(progressing, within=60, what="the job progressing")
     return slug, job_id
 
 
@@ -138,7 +139,7 @@ async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
         async def announced() -> list[str]:
             return [e.status for e in events if e.job_id == first]
 
-        statuses = await wait_until(
+        statuses = await eventually(
             lambda: _ends_with(announced, "succeeded"), what="the job's events"
         )
     finally:
@@ -152,7 +153,7 @@ async def test_plain_and_dated_columns_reach_predict_as_json_values_in_order(
         counts = endpoint["replicas"]
         return endpoint if (counts["desired"], counts["ready"]) == (0, 0) else None
 
-    await wait_until(idle, timeout=30, what="the endpoint back at 0 replicas")
+    await eventually(idle, within=30, what="the endpoint back at 0 replicas")
 
 
 async def test_a_job_on_an_unknown_or_web_endpoint_is_refused(

@@ -21,7 +21,9 @@ from typing import Any
 import httpx
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from pydantic import ValidationError
 
+from cormorant.batch.routing import EndpointState, Route
 from cormorant.common.errors import CormorantError
 from cormorant.common.events import EventDecodeError, ReplicaChanged, decode
 
@@ -44,7 +46,7 @@ class DeployerApi:
         self._http = http
         self._url = url.rstrip("/")
 
-    async def demand(self, slug: str, replicas: int, ttl_s: float) -> dict[str, Any] | None:
+    async def demand(self, slug: str, replicas: int, ttl_s: float) -> EndpointState | None:
         """Ask for ``replicas`` for ``ttl_s`` s; the endpoint's state, None once it is gone."""
         try:
             response = await self._http.put(
@@ -60,19 +62,23 @@ class DeployerApi:
             return None
         if response.status_code != 200:
             raise NoCapacity(f"the deployer refused replicas for {slug!r}: {_message(response)}")
-        answer: dict[str, Any] = response.json()
-        return answer
+        try:
+            return EndpointState.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise NoCapacity(
+                f"the deployer's answer for {slug!r} is not understood: {exc}"
+            ) from exc
 
-    async def route(self, slug: str) -> dict[str, Any] | None:
-        """The endpoint's route (its ready replicas), None once it is gone."""
+    async def route(self, slug: str) -> Route | None:
+        """The endpoint's route (its ready replicas), None once it is gone; ``ValidationError``
+        when the answer is not a route."""
         response = await self._http.get(
             f"{self._url}/internal/routing/{slug}", timeout=_CALL_TIMEOUT_S
         )
         if response.status_code == 404:
             return None
         response.raise_for_status()
-        route: dict[str, Any] = response.json()
-        return route
+        return Route.model_validate_json(response.content)
 
 
 class ReadyReplicas:
@@ -99,13 +105,9 @@ class ReadyReplicas:
         """A snapshot is being read: the events from now on are newer than it."""
         self._since_fetch = {}
 
-    def apply_route(self, route: dict[str, Any]) -> None:
+    def apply_route(self, route: Route) -> None:
         """Replace the picture by the snapshot, then re-apply the events that came meanwhile."""
-        ready = {
-            str(replica["id"]): str(replica["url"])
-            for replica in route.get("replicas", [])
-            if replica.get("state", "ready") == "ready" and replica.get("url")
-        }
+        ready = route.ready()
         for replica_id, url in (self._since_fetch or {}).items():
             if url:
                 ready[replica_id] = url
@@ -183,15 +185,15 @@ class Hold:
         if answer is None:
             self.gone = True
             return
-        self.status = str(answer.get("status", "deploying"))
-        self.reason = answer.get("reason")
+        self.status = answer.status
+        self.reason = answer.reason
 
     async def load(self) -> None:
         """Read the ready replicas from the deployer's routing snapshot."""
         self.view.fetching()
         try:
             route = await self._capacity.deployer.route(self.slug)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ValidationError) as exc:
             log.warning("%s: routing snapshot not read (%s)", self.slug, exc)
             return
         if route is None:

@@ -1,12 +1,9 @@
-"""Test support: the batch service run in-process against real servers, and waits with
-deadlines. Requires the ``asgi-lifespan`` development dependency."""
+"""Test support: the batch service run in-process against real servers. Requires the
+``asgi-lifespan`` development dependency."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -14,27 +11,7 @@ from asgi_lifespan import LifespanManager
 from cormorant.batch.app import create_app
 from cormorant.batch.settings import BatchSettings
 from cormorant.common.internal import InternalAuth, internal_client
-
-T = TypeVar("T")
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float = 30.0,  # noqa: ASYNC109 - the failure names what was awaited, for the test
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """The first truthy result of ``check``, polled until ``timeout`` s have passed."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s (last: {last!r})")
-        await asyncio.sleep(interval)
+from cormorant.common.testing.waits import eventually
 
 
 class BatchHarness:
@@ -121,4 +98,4 @@ class BatchHarness:
             job = await self.job(slug, job_id)
             return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-        return await wait_until(ended, timeout=timeout, what=f"job {job_id} ended")
+        return await eventually(ended, within=timeout, what=f"job {job_id} ended")

@@ -19,6 +19,7 @@ from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.feedback.api import LifespanState, router
 from cormorant.feedback.api_loops import router as loops_router
+from cormorant.feedback.export import ParquetEncoder
 from cormorant.feedback.loops import Loops
 from cormorant.feedback.runs import Clock, FeedbackMetrics, Publish, Runner, run_scheduler, utc_now
 from cormorant.feedback.settings import FeedbackSettings
@@ -57,7 +58,13 @@ def create_app(settings: FeedbackSettings, *, clock: Clock = utc_now) -> FastAPI
                 async def publish(event: FeedbackRunFinished) -> None:
                     await nc.publish(event.subject, event.encode(), headers=event.headers())
 
-            runner = Runner(engine, datasets, metrics, clock=clock, publish=publish)
+            # Arrow's one-time start is paid here, not inside the first Parquet export.
+            encoder = ParquetEncoder()
+            stack.callback(encoder.close)
+            await encoder.start()
+            runner = Runner(
+                engine, datasets, metrics, clock=clock, publish=publish, encoder=encoder
+            )
             state = FeedbackState(settings, datasets, Loops(engine, clock=clock), runner)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             if settings.scheduler:

@@ -6,8 +6,8 @@ runs of a loop partition the rows: none twice, none missed, whatever order inges
 transactions commit in and whenever a row was received.
 
 CSV is PostgreSQL's own ``COPY (SELECT ...) TO STDOUT`` output passed straight to storage;
-Parquet is the same COPY cut into blocks of whole rows, each parsed by Arrow's CSV reader in a
-worker thread and written as one row group. Either way memory holds about one block, whatever
+Parquet is the same COPY cut into blocks of whole rows, each parsed by Arrow's CSV reader on
+the encoder's thread and written as one row group. Either way memory holds about one block, whatever
 the export's size.
 """
 
@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -74,11 +74,14 @@ _ARROW: dict[str, pa.DataType] = {
     "metrics": pa.string(),
 }
 
+_T = TypeVar("_T")
+
 WRITE_BYTES = 1 << 20
 """Parquet bytes gathered before they are handed to storage."""
 
-PARQUET_BLOCK_BYTES = 4 << 20
-"""Bytes of CSV per Parquet row group (about 20,000 predictions)."""
+PARQUET_BLOCK_BYTES = 1 << 20
+"""Bytes of CSV per Parquet row group (about 7,000 predictions). A block's conversion
+peaks at about 15 times its size (4 MiB: 25 MB; see docs/benchmarks.md)."""
 
 
 class ExportConnection(Protocol):
@@ -179,13 +182,16 @@ async def write_rows(
     include: Sequence[str],
     fmt: ExportFormat,
     writer: BlobWriter,
+    *,
+    encoder: ParquetEncoder,
 ) -> int:
-    """Stream the window's rows into ``writer`` as ``fmt``; the number of rows written."""
+    """Stream the window's rows into ``writer`` as ``fmt`` (Parquet by ``encoder``); the
+    number of rows written."""
     if fmt is ExportFormat.CSV:
         query, args = select_query(window, include)
         return await _write_csv(conn, query, args, writer)
     query, args = select_query(window, include, utc_wall_time=True)
-    return await _write_parquet(conn, query, args, include, writer)
+    return await encoder.write(conn, query, args, include, writer)
 
 
 async def _write_csv(
@@ -198,12 +204,107 @@ async def _write_csv(
     return int(status.rsplit(" ", 1)[-1])
 
 
+class ParquetEncoder:
+    """Turns blocks of CSV rows into Parquet row groups on one long-lived thread.
+
+    One thread for every export, kept for the service's life: its allocator state (malloc
+    arena, Arrow's per-thread heap) is reused instead of one grown per export, and exports
+    running together convert one block at a time. ``start`` pays Arrow's one-time costs (CSV
+    reader, compute kernels, Parquet writer and codec: about 20 MB) when the service starts,
+    not during the first export; after each block the memory Arrow freed goes back to the
+    system, so an export holds about one block's worth whatever its size.
+    """
+
+    def __init__(self, *, block_bytes: int = PARQUET_BLOCK_BYTES) -> None:
+        self._thread = ThreadPoolExecutor(1, "feedback-parquet")
+        self._block_bytes = block_bytes
+
+    async def start(self) -> None:
+        """Load and initialise Arrow's CSV reader and Parquet writer (one row, in memory)."""
+        names = columns_of(DEFAULT_INCLUDE)
+        row = b'w,2000-01-01 00:00:00,"[1]","{}",,200,1.5,1\n'
+        await self._call(_encode_in_memory, row, names)
+
+    def close(self) -> None:
+        """Let the thread end (an export in progress finishes first)."""
+        self._thread.shutdown(wait=False)
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def write(
+        self,
+        conn: ExportConnection,
+        query: str,
+        args: list[Any],
+        include: Sequence[str],
+        writer: BlobWriter,
+    ) -> int:
+        """COPY the query's rows (CSV, no header) into ``writer`` as Parquet; the rows."""
+        # asyncpg hands COPY data over in whole CopyData messages (as many as one read
+        # brought), and PostgreSQL sends one per row: every chunk ends at a row boundary, so
+        # blocks of chunks parse on their own. While a block is converted the COPY waits,
+        # which bounds memory to about one block. The file is spooled locally (a Parquet
+        # footer is written last), then streamed into storage.
+        names = columns_of(include)
+        schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
+        rows = 0
+        with tempfile.TemporaryFile() as spool:
+            parquet = await self._call(_open_writer, spool, schema)
+            pending = bytearray()
+
+            async def convert() -> None:
+                nonlocal rows, pending
+                # Handed over as is (no copy): the next rows gather in a new buffer.
+                block, pending = pending, bytearray()
+                rows += await self._call(_append_block, parquet, block, names, schema)
+
+            async def feed(chunk: bytes) -> None:
+                pending.extend(chunk)
+                if len(pending) >= self._block_bytes:
+                    await convert()
+
+            try:
+                await conn.copy_from_query(query, *args, output=feed, format="csv", header=False)
+                if pending:
+                    await convert()
+            finally:
+                await self._call(_close_writer, parquet)
+            spool.seek(0)
+            while chunk := await asyncio.to_thread(spool.read, WRITE_BYTES):
+                await writer.write(chunk)
+        return rows
+
+
+def _open_writer(sink: Any, schema: pa.Schema) -> pq.ParquetWriter:
+    # Dictionary pages only where values repeat by nature (an endpoint has few versions and
+    # statuses). Request ids and trace ids are all distinct: their dictionary holds every
+    # value plus an index per row, and made the bench's file twice as large.
+    dictionary = [name for name in ("version", "status") if name in schema.names]
+    return pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=dictionary)
+
+
+def _close_writer(parquet: pq.ParquetWriter) -> None:
+    parquet.close()
+    pa.default_memory_pool().release_unused()
+
+
+def _encode_in_memory(block: bytes, names: Sequence[str]) -> int:
+    """One block into an in-memory Parquet file (Arrow's warm-up); its rows."""
+    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
+    parquet = _open_writer(pa.BufferOutputStream(), schema)
+    try:
+        return _append_block(parquet, block, names, schema)
+    finally:
+        _close_writer(parquet)
+
+
 def _append_block(
-    parquet: pq.ParquetWriter, block: bytes, names: Sequence[str], schema: pa.Schema
+    parquet: pq.ParquetWriter, block: bytes | bytearray, names: Sequence[str], schema: pa.Schema
 ) -> int:
     """Parse a block of whole CSV rows with Arrow and write it as one row group; its rows.
 
-    Runs in a worker thread (Arrow's C++ parser and the Parquet encoder release the GIL).
+    Runs on the encoder's thread (Arrow's C++ parser and the Parquet encoder release the GIL).
     """
     # received_at comes as UTC wall time (see select_query) and is tagged UTC afterwards.
     column_types = {name: _ARROW[name] for name in names} | {"received_at": pa.timestamp("us")}
@@ -221,47 +322,8 @@ def _append_block(
     )
     parquet.write_table(table.cast(schema))
     rows: int = table.num_rows
-    return rows
-
-
-async def _write_parquet(
-    conn: ExportConnection,
-    query: str,
-    args: list[Any],
-    include: Sequence[str],
-    writer: BlobWriter,
-) -> int:
-    # asyncpg hands COPY data over in whole CopyData messages, and PostgreSQL sends one per
-    # row: every chunk ends at a row boundary, so blocks of chunks parse on their own. While
-    # a block is converted the COPY waits, which bounds memory to about one block. The file
-    # is spooled locally (a Parquet footer is written last), then streamed into storage.
-    names = columns_of(include)
-    schema = pa.schema([pa.field(name, _ARROW[name]) for name in names])
-    rows = 0
-    loop = asyncio.get_running_loop()
-    # One thread for every block: its malloc arena is reused instead of one grown per thread.
-    with ThreadPoolExecutor(1, "feedback-parquet") as thread, tempfile.TemporaryFile() as spool:
-        parquet = pq.ParquetWriter(spool, schema, compression="zstd")
-        pending = bytearray()
-
-        async def convert() -> None:
-            nonlocal rows
-            block = bytes(pending)
-            pending.clear()
-            rows += await loop.run_in_executor(thread, _append_block, parquet, block, names, schema)
-
-        async def feed(chunk: bytes) -> None:
-            pending.extend(chunk)
-            if len(pending) >= PARQUET_BLOCK_BYTES:
-                await convert()
-
-        try:
-            await conn.copy_from_query(query, *args, output=feed, format="csv", header=False)
-            if pending:
-                await convert()
-        finally:
-            await loop.run_in_executor(thread, parquet.close)
-        spool.seek(0)
-        while chunk := await asyncio.to_thread(spool.read, WRITE_BYTES):
-            await writer.write(chunk)
+    del table
+    # Arrow's allocator keeps freed pages for reuse; handing them back keeps the
+    # service's memory at its resting size between blocks and between exports.
+    pa.default_memory_pool().release_unused()
     return rows

@@ -33,7 +33,14 @@ from cormorant.common.datasets import DatasetStore, FileEntry
 from cormorant.common.db.models import ExportFormat, RunStatus, RunTrigger, ScheduleKind
 from cormorant.common.errors import Conflict
 from cormorant.common.events import FeedbackRunFinished
-from cormorant.feedback.export import Summary, Window, columns_of, summarize, write_rows
+from cormorant.feedback.export import (
+    ParquetEncoder,
+    Summary,
+    Window,
+    columns_of,
+    summarize,
+    write_rows,
+)
 from cormorant.feedback.schedule import stored_schedule
 
 log = logging.getLogger(__name__)
@@ -118,8 +125,12 @@ class Runner:
         *,
         clock: Clock = utc_now,
         publish: Publish | None = None,
+        encoder: ParquetEncoder | None = None,
     ) -> None:
         self._engine = engine
+        # The service passes the one it warmed up at start; otherwise Arrow starts on the
+        # first Parquet export.
+        self._encoder = encoder or ParquetEncoder()
         self._store = store
         self._metrics = metrics
         self._clock = clock
@@ -262,7 +273,9 @@ class Runner:
         if summary.rows == 0:
             return upto, summary, None
         async with self._store.blobs.writer(label="the feedback export") as writer:
-            summary.rows = await write_rows(driver, window, loop.include, loop.fmt, writer)
+            summary.rows = await write_rows(
+                driver, window, loop.include, loop.fmt, writer, encoder=self._encoder
+            )
             blob = await writer.commit()
         manifest = _manifest(loop, window, summary, started)
         manifest_blob = await self._store.blobs.put(manifest)
