@@ -467,7 +467,7 @@
           ? h("ol", { class: "history" }, t.history.slice(0, 10).map((e) =>
               h("li", {}, `${new Date(e.time).toLocaleString()}: ${e.action} → ${pct(e.weights)}${e.reason ? ` (${e.reason})` : ""}`)))
           : h("p", {}, "No traffic changes yet."),
-        h("p", { class: "coming" }, "Progressive rollouts with checks and replica events are coming to this tab; meanwhile: cormorant rollout --policy."));
+        h("p", { class: "coming" }, "Progressive rollouts with checks are coming to this tab; meanwhile: cormorant rollout --policy. Replica events are in the Monitoring tab."));
     }
 
     // A version other than the stable one, and the share of traffic the slider gives it.
@@ -1152,13 +1152,29 @@
     const slug = enc(endpoint.slug);
     const replicas = h("div", { id: "replicas" });
     const events = h("div", { id: "replica-events" });
+    // The previous reading of each replica: CPU use is the CPU time spent between two reads.
+    let previous = {};
+    const mb = (bytes) => (bytes == null ? "—" : `${fmt(bytes / 1048576)} MB`);
     async function load() {
       try {
-        const [t, e] = await Promise.all([api("GET", `/endpoints/${slug}/traffic`), api("GET", `/endpoints/${slug}`)]);
-        const rows = t.versions.flatMap((v) => v.replicas.map((r) => ({ version: v.version, ...r })));
-        redraw(replicas, rows, () => rows.length
-          ? table("Replicas", ["Replica", "Version", "State"], rows.map((r) => h("tr", {}, h("th", { scope: "row" }, h("code", {}, r.id)), h("td", {}, `v${r.version}`), h("td", {}, r.state))))
-          : h("p", {}, "No replicas running (a batch endpoint scales to zero between jobs)."));
+        const [u, e] = await Promise.all([api("GET", `/endpoints/${slug}/replicas/usage`), api("GET", `/endpoints/${slug}`)]);
+        const now = Date.parse(u.read_at);
+        const cpu = (r) => {
+          const before = previous[r.id];
+          if (r.cpu_seconds == null) return "—";
+          if (!before || now <= before.at) return "measuring…";
+          return `${fmt((100 * (r.cpu_seconds - before.cpu)) / ((now - before.at) / 1000))} %`;
+        };
+        replicas.replaceChildren(u.replicas.length
+          ? table("Ready replicas and what each uses", ["Replica", "Version", "CPU (% of a core)", "Memory", "Open files", "Network"],
+              u.replicas.map((r) => h("tr", {},
+                h("th", { scope: "row" }, h("code", {}, short(r.id))), h("td", {}, `v${r.version}`),
+                h("td", { "data-label": "CPU" }, r.error ? h("span", { class: "error" }, r.error) : cpu(r)),
+                h("td", { "data-label": "Memory" }, mb(r.memory_bytes)),
+                h("td", {}, r.open_fds ?? "—"),
+                h("td", {}, "Grafana (on Kubernetes)"))))
+          : h("p", {}, "No ready replicas (a batch endpoint scales to zero between jobs)."));
+        previous = Object.fromEntries(u.replicas.filter((r) => r.cpu_seconds != null).map((r) => [r.id, { cpu: r.cpu_seconds, at: now }]));
         redraw(events, e.events, () => e.events.length
           ? table("Replica events, newest first", ["Time", "Replica", "Version", "State", "Why"],
               e.events.map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
@@ -1176,8 +1192,9 @@
       grafana
         ? h("ul", {}, dashboards.map(([uid, label]) => h("li", {}, h("a", { href: `${grafana}/d/${uid}?var-endpoint=${slug}`, rel: "noopener", target: "_blank" }, label))))
         : h("p", { class: "help" }, "Import deploy/grafana/endpoints.json, replicas.json and streams.json into Grafana, then set CORMORANT_GATEWAY_GRAFANA_URL to link them here."),
-      h("h3", {}, "Replicas"), replicas,
-      h("p", { class: "coming" }, "Each replica's CPU, memory and network use are coming to this tab; meanwhile the Grafana replicas dashboard shows them from the replicas' own /metrics."),
+      h("h3", {}, "Replicas"),
+      h("p", { class: "help" }, "Read from each replica's own /metrics every 5 s. Network use is measured on Kubernetes only (cAdvisor): see the Grafana replicas dashboard."),
+      replicas,
       h("h3", {}, "Replica events"), events);
     await load();
     if (panel.isConnected) timers.push(setInterval(load, 5000));
@@ -1335,11 +1352,15 @@
   }
   window.addEventListener("hashchange", () => {
     // The page is drawn anew: keep keyboard focus on the tabs if it was there, else on main.
-    const onTab = document.activeElement && document.activeElement.getAttribute("role") === "tab";
+    const before = document.activeElement;
+    const onTab = before && before.getAttribute("role") === "tab";
     route().then(() => {
+      const now = document.activeElement;
+      // Focus the user moved elsewhere meanwhile stays where they put it.
+      if (now !== before && now && now !== document.body) return;
       const selected = document.querySelector('[role="tab"][aria-selected="true"]');
       if (onTab && selected) selected.focus();
-      else if (!document.activeElement || document.activeElement === document.body) main.focus();
+      else if (!now || now === document.body) main.focus();
     });
   });
   route();
