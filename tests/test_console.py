@@ -56,8 +56,8 @@ LOADED = {
     "Config": re.compile("Traffic history"),
     "Predictions": re.compile("No batch jobs yet|Job "),
     "Continual Learning": re.compile("No triggers yet|Last fired"),
-    "Feedback loop": re.compile("No feedback loops yet|Into dataset"),
-    "Monitoring": re.compile("Replica events"),
+    "Feedback loop": re.compile("No feedback loops yet|Last run"),
+    "Monitoring": re.compile(r"\d MB|No ready replicas"),
 }
 # Every control a user can reach must have a name a screen reader reads out.
 UNLABELLED = """() => [
