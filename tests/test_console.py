@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -284,6 +285,24 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     csv_path = shots / "logs.csv"
     download_info.value.save_as(csv_path)
     assert "hello console" in csv_path.read_text()
+    # Filters narrow the list; Follow shows what another client sends meanwhile.
+    logs = page.locator("#logs")
+    page.get_by_label("Status", exact=True).select_option("error")
+    page.get_by_role("button", name="Filter").click()
+    expect(logs).to_have_text("No predictions match these filters.")
+    page.get_by_label("Status", exact=True).select_option("")
+    page.get_by_label("Text in input, output or error").fill("followed")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_label("Follow (every 2 s)").check()
+    answer = httpx.post(
+        f"{stack.url}/api/v1/endpoints/{slug}/predict",
+        json={"input_params": "followed"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    expect(logs.get_by_role("cell", name='"followed"').first).to_be_visible(timeout=30_000)
+    expect(logs).not_to_contain_text("hello console")
+    page.get_by_label("Follow (every 2 s)").uncheck()
 
     # Config: the traffic split, and Roll back offered only when there is a canary.
     page.get_by_role("tab", name="Config").click()
@@ -445,11 +464,11 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     expect(run.get_by_role("row").filter(has_text="greet")).to_contain_text("hello from a flow")
     page.screenshot(path=shots / "desktop-flow.png", full_page=True)
 
-    # Back on the list, the sparkline counts the one prediction.
+    # Back on the list, the sparkline counts the two predictions.
     page.get_by_role("link", name="Serving").click()
     # Its own row: the other tests' endpoints share this stack (and their own requests).
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name="console-form"))
-    spark = row.get_by_role("img", name=re.compile("^1 request in the last hour"))
+    spark = row.get_by_role("img", name=re.compile("^2 requests in the last hour"))
     expect(spark).to_be_visible()
     page.screenshot(path=shots / "desktop-endpoints-after.png", full_page=True)
 

@@ -377,33 +377,65 @@
   // ---- Logs -----------------------------------------------------------------------------
   async function logsTab(endpoint, panel) {
     const slug = encodeURIComponent(endpoint.slug);
-    const body = h("div", { class: "scroll" });
+    const body = h("div", { class: "scroll", id: "logs" });
+    const f = {};
+    const general = h("p", { class: "error", role: "alert", tabindex: "-1" });
+    const status = select({}, [["", "Any"], ["ok", "OK"], ["error", "Errors"], ["2xx", "2xx"], ["4xx", "4xx"], ["5xx", "5xx"]], "");
+    const version = input({ inputmode: "numeric", size: "4" });
+    const q = input({ type: "search" });
+    const follow = h("input", { type: "checkbox" });
+    const exportLink = h("a", { class: "button", download: `${endpoint.slug}-logs.csv` }, "Export CSV");
+    const query = () => {
+      const params = new URLSearchParams();
+      if (status.value) params.set("status", status.value);
+      if (version.value.trim()) params.set("version", version.value.trim());
+      if (q.value.trim()) params.set("q", q.value.trim());
+      return params.toString();
+    };
     async function load() {
+      const filters = query();
+      exportLink.setAttribute("href", `/api/v1/endpoints/${slug}/logs.csv${filters ? `?${filters}` : ""}`);
       try {
-        const page = await api("GET", `/endpoints/${slug}/logs?limit=50`);
-        if (page.items.length === 0) {
-          body.replaceChildren(h("p", {}, "No predictions logged yet."));
-          return;
-        }
-        body.replaceChildren(h("table", { class: "logs" },
-          h("caption", { class: "sr-only" }, "The 50 latest predictions, newest first"),
-          h("thead", {}, h("tr", {}, ["Received", "Version", "Status", "Latency (ms)", "Input", "Output or error"].map((c) => h("th", { scope: "col" }, c)))),
-          h("tbody", {}, page.items.map((p) => h("tr", {},
-            h("td", {}, new Date(p.received_at).toLocaleString()),
-            h("td", {}, p.version ? `v${p.version}` : "—"),
-            h("td", {}, p.status),
-            h("td", {}, p.latency_ms),
-            h("td", {}, h("code", {}, JSON.stringify(p.input))),
-            h("td", {}, h("code", {}, p.error || JSON.stringify(p.output))))))));
+        const page = await api("GET", `/endpoints/${slug}/logs?limit=50${filters ? `&${filters}` : ""}`);
+        clearErrors(f, general);
+        redraw(body, [filters, page.items], () => page.items.length === 0
+          ? h("p", {}, filters ? "No predictions match these filters." : "No predictions logged yet.")
+          : h("table", { class: "logs" },
+            h("caption", { class: "sr-only" }, "The 50 latest predictions, newest first"),
+            h("thead", {}, h("tr", {}, ["Received", "Version", "Status", "Latency (ms)", "Input", "Output or error"].map((c) => h("th", { scope: "col" }, c)))),
+            h("tbody", {}, page.items.map((p) => h("tr", {},
+              h("td", {}, new Date(p.received_at).toLocaleString()),
+              h("td", {}, p.version ? `v${p.version}` : "—"),
+              h("td", {}, p.status),
+              h("td", {}, p.latency_ms),
+              h("td", {}, h("code", {}, JSON.stringify(p.input))),
+              h("td", {}, h("code", {}, p.error || JSON.stringify(p.output))))))));
       } catch (error) {
-        body.replaceChildren(failure(error));
+        showErrors(f, general, error);
       }
     }
+    const apply = (event) => {
+      event.preventDefault();
+      load();
+    };
+    let following = null;
+    follow.addEventListener("change", () => {
+      if (following !== null) clearInterval(following);
+      following = follow.checked ? setInterval(load, 2000) : null;
+      if (following !== null) timers.push(following);
+    });
     panel.append(
       h("h2", {}, "Logs"),
+      h("form", { class: "row filters", onsubmit: apply, novalidate: true },
+        field(f, "status", "Status", status),
+        field(f, "version", "Version", version),
+        field(f, "q", "Text in input, output or error", q),
+        h("button", { type: "submit" }, "Filter")),
+      general,
       h("div", { class: "row" },
         h("button", { type: "button", onclick: load }, "Refresh"),
-        h("a", { class: "button", href: `/api/v1/endpoints/${slug}/logs.csv`, download: `${endpoint.slug}-logs.csv` }, "Export CSV")),
+        field(null, "", "Follow (every 2 s)", follow),
+        exportLink),
       body);
     await load();
   }
