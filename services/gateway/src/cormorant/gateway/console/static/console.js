@@ -271,7 +271,7 @@
         token,
         h("label", { for: "try-input" }, "Input (JSON; a list is spread as arguments)"),
         input,
-        h("p", { id: "try-help", class: "help" }, "The token was shown once when the endpoint was created; the console does not keep it."),
+        h("p", { id: "try-help", class: "help" }, "The token was shown once when the endpoint was created; the console keeps it only while this page is open."),
         h("button", { type: "submit" }, "Send")),
       out);
   }
@@ -1209,7 +1209,7 @@
         previous = Object.fromEntries(u.replicas.filter((r) => r.cpu_seconds != null).map((r) => [r.id, { cpu: r.cpu_seconds, at: now }]));
         redraw(events, e.events, () => e.events.length
           ? table("Replica events, newest first", ["Time", "Replica", "Version", "State", "Why"],
-              e.events.map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
+              [...e.events].reverse().map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
           : h("p", {}, "No replica events yet."));
       } catch (error) {
         replicas.replaceChildren(failure(error));
