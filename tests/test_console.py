@@ -206,7 +206,9 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     )
     page = context.new_page()
     # The forms are sent wrong once on purpose: the API's 400s then show beside the fields.
-    errors = watch_errors(page, refused=("/api/v1/endpoints", "/rerun", "/triggers"))
+    errors = watch_errors(
+        page, refused=("/api/v1/endpoints", "/rerun", "/triggers", "/feedback-loops")
+    )
     client = stack.client()
     before = {
         service: forwarded(stack, service, status)
@@ -421,6 +423,10 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     page.goto(f"{stack.url}/console#/endpoints/{slug}/feedback")
     page.get_by_label("Into dataset").fill("console-rows")
     page.get_by_label("Every", exact=True).check()
+    page.get_by_label("Interval").fill("soon")
+    page.get_by_role("button", name="Configure").click()
+    expect(field_error(page, "Interval")).to_contain_text("'soon' is not an interval")
+    expect(page.get_by_label("Interval")).to_be_focused()
     page.get_by_label("Interval").fill("6h")
     page.get_by_role("button", name="Configure").click()
     expect(page.locator("#feedback-status")).to_have_text(
@@ -517,6 +523,14 @@ def test_console_on_a_phone(
         assert fits_width(page), path
         assert unlabelled(page) == [], path
         page.screenshot(path=shots / f"phone-{path}.png", full_page=True)
+    # A stream endpoint's Kafka settings appear with their labels, still within the width.
+    page.goto(f"{stack.url}/console#/new")
+    expect(page.get_by_label("Input topics")).to_be_hidden()
+    page.get_by_label("Kind").select_option("stream")
+    expect(page.get_by_label("Input topics")).to_be_visible()
+    assert fits_width(page)
+    assert unlabelled(page) == []
+    page.screenshot(path=shots / "phone-new-stream.png", full_page=True)
     page.goto(f"{stack.url}/console#/rerun/{slug}")
     expect(page.get_by_label("Source", exact=True)).to_have_value(str(ECHO))
     assert fits_width(page)
