@@ -216,3 +216,21 @@ def test_sessions_expire_and_refuse_tampering() -> None:
     longer = f"{nonce}.{int(expires) + 3600}.{key_hash}.{mac}"
     assert sessions.verify(longer, now=1_000_000) is None
     assert sessions.csrf_token(session) != ConsoleSessions(b"x" * 32, ttl_s=600).csrf_token(session)
+
+
+async def test_the_page_carries_the_grafana_address(start_gateway: Any) -> None:
+    """grafana_url reaches the Monitoring tab through the page, escaped; unset it is empty."""
+    async with start_gateway([], grafana_url='https://grafana.example.org/"x') as gw:
+        answer = await login(gw, gw.credentials.admin_key)
+        page = await gw.http.get(
+            "/console", headers={"Cookie": f"cormorant_session={session_cookie(answer)}"}
+        )
+        assert '<meta name="grafana-url" content="https://grafana.example.org/&quot;x">' in (
+            page.text
+        )
+    async with start_gateway([]) as gw:
+        answer = await login(gw, gw.credentials.admin_key)
+        page = await gw.http.get(
+            "/console", headers={"Cookie": f"cormorant_session={session_cookie(answer)}"}
+        )
+        assert '<meta name="grafana-url" content="">' in page.text

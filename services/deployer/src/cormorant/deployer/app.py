@@ -26,6 +26,7 @@ from cormorant.deployer.api import demand as demand_api
 from cormorant.deployer.api import endpoints as endpoints_api
 from cormorant.deployer.api import rollout as rollout_api
 from cormorant.deployer.api import streams as streams_api
+from cormorant.deployer.api import usage as usage_api
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
@@ -139,4 +140,5 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     app.include_router(rollout_api.router)
     app.include_router(streams_api.router)
     app.include_router(demand_api.router)
+    app.include_router(usage_api.router)
     return app

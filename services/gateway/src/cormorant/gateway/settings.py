@@ -102,6 +102,10 @@ class GatewaySettings(ServiceSettings):
     console_session_s: float = Field(default=8 * 3600.0, ge=60)
     """Lifetime of a web console session (seconds) before the admin key is asked again."""
 
+    grafana_url: str | None = None
+    """Grafana's address as browsers reach it: the console's Monitoring tab links the imported
+    ``deploy/grafana`` dashboards there. Unset: it says how to import them instead."""
+
     def gateway_id(self) -> str:
         """``instance_id``, or ``<hostname>-<pid>`` when unset."""
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"

@@ -16,4 +16,5 @@ def mount(app: FastAPI, settings: GatewaySettings) -> None:
     secret = settings.console_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
     app.state.console_sessions = ConsoleSessions(key, ttl_s=settings.console_session_s)
+    app.state.console_grafana_url = settings.grafana_url
     app.include_router(router)

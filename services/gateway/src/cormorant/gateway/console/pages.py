@@ -86,7 +86,10 @@ async def console(request: Request) -> Response:
     if session is None:
         return login_page()
     csrf = _sessions(request).csrf_token(session)
-    return _page(_template("index.html").substitute(csrf=html.escape(csrf)))
+    grafana = request.app.state.console_grafana_url or ""
+    return _page(
+        _template("index.html").substitute(csrf=html.escape(csrf), grafana=html.escape(grafana))
+    )
 
 
 @router.post("/console/login")
