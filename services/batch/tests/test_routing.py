@@ -33,7 +33,14 @@ def test_a_snapshot_parses_into_its_ready_replicas() -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [b"[]", b'{"replicas": {"id": "r1"}}', b'{"replicas": [{"url": "http://x"}]}', b"not json"],
+    [
+        b"{}",
+        b'{"detail": "not found"}',
+        b"[]",
+        b'{"replicas": {"id": "r1"}}',
+        b'{"replicas": [{"url": "http://x"}]}',
+        b"not json",
+    ],
 )
 def test_a_malformed_snapshot_is_refused(answer: bytes) -> None:
     """A snapshot of the wrong shape raises instead of reading as no replicas."""
@@ -47,6 +54,12 @@ def test_the_demand_answer_parses_its_status_and_reason() -> None:
         b'{"slug": "scorer", "status": "failed", "reason": "exit 1", "desired": 2, "ready": 0}'
     )
     assert (state.status, state.reason) == ("failed", "exit 1")
+
+
+def test_a_demand_answer_without_a_status_is_refused() -> None:
+    """An error body is not an endpoint left "deploying"."""
+    with pytest.raises(ValidationError):
+        EndpointState.model_validate_json(b'{"detail": "endpoint scorer was not found"}')
 
 
 def _event(replica_id: str, state: str, url: str | None = None) -> ReplicaChanged:

@@ -21,13 +21,15 @@ from cormorant.feedback.export import DEFAULT_INCLUDE, ParquetEncoder, Window, w
 
 ROWS = 3000
 T0 = datetime(2027, 3, 27, 12, 0, tzinfo=UTC)
+NULL_LOOKING_IDS = {11: "NA", 13: "null", 17: "NaN"}
 
 
 def _prediction(endpoint_id: uuid.UUID, n: int) -> PredictionRow:
-    """A prediction whose text columns hold what CSV must quote: commas, quotes, newlines."""
+    """A prediction whose text columns hold what CSV must quote (commas, quotes, newlines) and
+    text that CSV readers take for NULL when it stands unquoted ("NA", "null")."""
     failed = n % 7 == 0
     return PredictionRow(
-        request_id=f"r{n:04d}",
+        request_id=NULL_LOOKING_IDS.get(n, f"r{n:04d}"),
         received_at=T0 + timedelta(microseconds=1001 * n),
         endpoint_id=endpoint_id,
         status=500 if failed else 200,
@@ -35,7 +37,9 @@ def _prediction(endpoint_id: uuid.UUID, n: int) -> PredictionRow:
         version=1 + n % 3,
         input=[n, f'text, "quoted"\nline {n}'],
         output=None if failed else {"label": n, "note": ""},
-        error=f'boom,\n"{n}"' if failed else ("" if n % 5 == 0 else None),
+        error=f'boom,\n"{n}"'
+        if failed
+        else ("N/A" if n % 11 == 3 else ("" if n % 5 == 0 else None)),
     )
 
 
@@ -85,6 +89,12 @@ async def test_parquet_rows_equal_the_csv_rows_across_blocks_and_concurrent_expo
         await blobs.prepare()
         await encoder.start()
 
+        stored = {
+            row["request_id"]: row["error"]
+            for row in await conn.fetch(
+                "SELECT request_id, error FROM predictions WHERE endpoint_id = $1", endpoint_id
+            )
+        }
         csv_rows, csv_content = await _export(
             conn, window, ExportFormat.CSV, blobs, encoder=encoder
         )
@@ -109,3 +119,6 @@ async def test_parquet_rows_equal_the_csv_rows_across_blocks_and_concurrent_expo
         # NULL and the empty string stay apart in Parquet (CSV reads both back as "").
         errors = {row["request_id"]: row["error"] for row in table.to_pylist()}
         assert (errors["r0005"], errors["r0001"], errors["r0007"]) == ("", None, 'boom,\n"7"')
+        # Every row's NULLs are the database's, whatever the text looks like.
+        assert errors == stored
+        assert (errors["NA"], errors["null"]) == (None, None)

@@ -28,7 +28,8 @@ class Route(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     slug: str = ""
-    replicas: list[RouteReplica] = Field(default_factory=list)
+    # Required: an error body or an empty object must not read as "no replicas".
+    replicas: list[RouteReplica]
 
     def ready(self) -> dict[str, str]:
         """The URL of every ready replica that has one, by replica id."""
@@ -40,5 +41,5 @@ class EndpointState(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    status: str = "deploying"
+    status: str
     reason: str | None = None

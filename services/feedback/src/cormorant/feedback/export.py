@@ -316,7 +316,10 @@ def _append_block(
         convert_options=pa_csv.ConvertOptions(
             column_types=column_types,
             strings_can_be_null=True,
-            # PostgreSQL writes NULL unquoted and the empty string as "".
+            # PostgreSQL writes NULL as an empty unquoted field and the empty string as "";
+            # Arrow's default null spellings ("NA", "null", "N/A", ...) would turn such text
+            # in a request id or an error into NULL where the CSV export keeps it.
+            null_values=[""],
             quoted_strings_can_be_null=False,
         ),
     )

@@ -125,12 +125,12 @@ class Runner:
         *,
         clock: Clock = utc_now,
         publish: Publish | None = None,
-        encoder: ParquetEncoder | None = None,
+        encoder: ParquetEncoder,
     ) -> None:
         self._engine = engine
-        # The service passes the one it warmed up at start; otherwise Arrow starts on the
-        # first Parquet export.
-        self._encoder = encoder or ParquetEncoder()
+        # The caller owns the encoder's thread (the service warms it at start and closes it
+        # at shutdown); a Runner that made its own would leak that thread.
+        self._encoder = encoder
         self._store = store
         self._metrics = metrics
         self._clock = clock
