@@ -15,7 +15,6 @@ metadata, for the gateway's model metadata.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from cormorant.worker.api import _error_text, _trace_id
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents
 from cormorant.worker.settings import WorkerSettings
+from cormorant.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,18 @@ RowsRunner = Callable[
 """Predicts a request's rows off the event loop (directly, or through adaptive batching)."""
 
 
-def direct_runner(pool: Executor, *, batch: bool) -> RowsRunner:
-    """A runner that predicts each request on its own in ``pool``."""
+def direct_runner(
+    pool: Callable[[], Executor], *, batch: bool, watchdog: Watchdog | None = None
+) -> RowsRunner:
+    """A runner that predicts each request on its own in ``pool()`` (the worker's current
+    pool), held to the per-request deadline by ``watchdog``."""
+    watch = watchdog or Watchdog(None)
 
     async def run(
         predictor: Predictor, inputs: Sequence[NamedInput], parameters: Mapping[str, Any]
     ) -> list[JSONValue]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            pool, lambda: predict_named(predictor, inputs, parameters, batch=batch)
+        return await watch.run(
+            pool(), lambda: predict_named(predictor, inputs, parameters, batch=batch)
         )
 
     return run
@@ -76,6 +79,7 @@ def install_infer_routes(
     settings: WorkerSettings,
     runner: RowsRunner,
     events: ReplicaEvents | None = None,
+    watchdog: Watchdog | None = None,
 ) -> None:
     """Add ``POST /predict/rows`` and ``GET /predict/signature`` to the worker's app."""
     batch = declares_batch(settings.env)
@@ -119,6 +123,9 @@ def install_infer_routes(
         except CormorantError as exc:
             status = exc.status_code
             error = _error_text(exc)
+            if watchdog is not None and watchdog.ending is not None:
+                # Past the deadline: answer once this worker has stopped taking requests.
+                await watchdog.settle()
             return JSONResponse(exc.to_body(), exc.status_code)
         except Exception as exc:
             error = _error_text(exc)
