@@ -107,6 +107,7 @@ class PredictPath:
         accept: bytes | None = None,
         trace_headers: list[tuple[bytes, bytes]] | None = None,
         version: str | None = None,
+        user: bytes | None = None,
         suffix: bytes = b"",
         method: bytes = b"POST",
     ) -> Answer:
@@ -115,7 +116,8 @@ class PredictPath:
         A replica that cannot be connected to is passed over for another (nothing was sent);
         once the request is written it is never sent again. ``trace_headers`` are the
         caller's W3C trace context, passed on (under a span of ours when tracing is on).
-        ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header).
+        ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header);
+        ``user`` (``X-Cormorant-User``) keeps one user on one version of a split (sticky A/B).
         ``suffix`` extends the replica's predict path (``/rows``, ``/signature``: the worker's
         routes for the Open Inference Protocol), sent with ``method``.
         """
@@ -135,7 +137,7 @@ class PredictPath:
         elif trace_headers:
             extra += b"".join(b"%s: %s\r\n" % pair for pair in trace_headers)
         try:
-            replica, conn = await self._connect(route, version)
+            replica, conn = await self._connect(route, version, user)
         except BaseException as exc:
             _end_span(span, exc)
             raise
@@ -201,10 +203,12 @@ class PredictPath:
         replica.end(time.monotonic())
         replica.pool.release(conn)
 
-    async def _connect(self, route: Route, version: str | None) -> tuple[Replica, Connection]:
+    async def _connect(
+        self, route: Route, version: str | None, user: bytes | None = None
+    ) -> tuple[Replica, Connection]:
         now = time.monotonic()
         # A stream endpoint's replicas are kafka-bridges: their URL serves only probes.
-        replica = route.pick(now, version=version) if route.kind != "stream" else None
+        replica = route.pick(now, version=version, user=user) if route.kind != "stream" else None
         if replica is None:
             if version is not None and route.kind != "stream":
                 raise VersionNotServing(route.slug, version, route.versions())

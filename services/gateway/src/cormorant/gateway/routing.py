@@ -2,7 +2,10 @@
 
 The deployer's snapshot (``GET /internal/routing``) fills the table; ``ReplicaChanged`` and
 ``TrafficChanged`` events edit it in between. A request picks a version by weight, then the
-replica of that version with the fewest requests in flight (ties broken at random).
+replica of that version with the fewest requests in flight (ties broken at random). A request
+naming its user (``X-Cormorant-User``) picks its version by a hash of that name instead of at
+random, so the same user meets the same version for as long as the split holds (sticky A/B):
+versions are laid out in version order, so as a canary grows, users only ever move onto it.
 
 Everything here runs on the event loop without awaiting, so a request always sees one
 consistent state of a route.
@@ -10,6 +13,7 @@ consistent state of a route.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -153,6 +157,9 @@ class Route:
         else:
             # No split yet (a first version): every ready replica serves.
             weighted = [(1.0, group) for group in by_version.values()]
+        # In version order, the same on every gateway whatever order the weights came in, so a
+        # user's hash lands on the same version everywhere.
+        weighted.sort(key=lambda pair: _version_key(pair[1][0].version))
         groups: list[tuple[float, list[Replica]]] = []
         total = 0.0
         for weight, group in weighted:
@@ -164,7 +171,7 @@ class Route:
     def versions(self) -> list[str]:
         """Versions with weight or with ready replicas, in a stable order."""
         names = set(self.weights) | {r.version for r in self.replicas.values()}
-        return sorted(names, key=lambda v: (len(v), v))
+        return sorted(names, key=_version_key)
 
     def pick(
         self,
@@ -172,11 +179,13 @@ class Route:
         exclude: frozenset[Replica] = frozenset(),
         *,
         version: str | None = None,
+        user: bytes | None = None,
     ) -> Replica | None:
         """A replica for the next request, or None when no allowed replica is ready.
 
         ``version`` pins the request to that version's replicas, whatever its weight (a
-        canary can be tried before it takes any traffic).
+        canary can be tried before it takes any traffic). ``user`` (the ``X-Cormorant-User``
+        header) picks the version by its hash rather than at random.
         """
         if version is not None:
             pinned = [r for r in self.replicas.values() if r.version == version]
@@ -187,7 +196,8 @@ class Route:
         if len(groups) == 1:
             group = groups[0][1]
         else:
-            point = random.random() * self._total
+            fraction = random.random() if user is None else user_point(user)
+            point = fraction * self._total
             group = groups[-1][1]
             for bound, candidates in groups:
                 if point < bound:
@@ -198,6 +208,17 @@ class Route:
             # The drawn version has no replica left to try: any weighted replica will do.
             chosen = _least_loaded([r for _, g in groups for r in g], now, exclude)
         return chosen
+
+
+def user_point(user: bytes) -> float:
+    """Where ``user`` falls in [0, 1): a stable hash, the same on every gateway and run."""
+    digest = hashlib.blake2b(user, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    # Version labels are numbers: "9" before "10".
+    return (len(version), version)
 
 
 def _least_loaded(
