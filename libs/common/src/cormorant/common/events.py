@@ -261,6 +261,9 @@ class PredictionLogged(Event):
     latency_ms: float = Field(ge=0)
     received_at: UtcDatetime
     trace_id: str | None = None
+    shadow: bool = False
+    """The answer of a shadow version to a mirrored request (logged by the gateway, never
+    returned to the caller); ``request_id`` is the live request's."""
 
     @property
     def subject(self) -> str:
