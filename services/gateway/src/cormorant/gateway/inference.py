@@ -229,6 +229,10 @@ class InferenceService:
             if status >= 400:
                 raise _replica_error(status, content)
             predictions = orjson.loads(content)["predictions"]
+            mirror = path.mirror
+            if mirror is not None and route.shadow_version is not None:
+                mirror.offer(route, body, request_id.encode(), suffix=_ROWS_SUFFIX,
+                             trace_headers=trace_headers)  # fmt: skip
             return InferenceResponse(
                 model_name=slug,
                 model_version=answered_version,

@@ -182,6 +182,12 @@ class PredictHandler:
         finally:
             if answer is not None:
                 self.path.finish(answer)
+            # The caller has its answer: a copy for the shadow version, if the route has one.
+            mirror = self.path.mirror
+            if mirror is not None and route is not None and body is not None:
+                # Only a route with a shadow version takes the copy.
+                mirror.offer(route, body, request_id, content_type=content_type,
+                             trace_headers=trace_headers)  # fmt: skip
             metrics.in_flight_now -= 1
             metrics.observe(endpoint, version, status, time.perf_counter() - started)
 

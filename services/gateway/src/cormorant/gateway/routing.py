@@ -7,6 +7,9 @@ naming its user (``X-Cormorant-User``) picks its version by a hash of that name 
 random, so the same user meets the same version for as long as the split holds (sticky A/B):
 versions are laid out in version order, so as a canary grows, users only ever move onto it.
 
+A route may name a shadow version (``shadow``: a version and a percent): its replicas are in
+the route but never in the pick; ``shadow.py`` mirrors that share of live requests to them.
+
 Everything here runs on the event loop without awaiting, so a request always sees one
 consistent state of a route.
 """
@@ -23,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cormorant.common.events import ReplicaChanged, TrafficChanged
+from cormorant.common.events import ReplicaChanged, ShadowTarget, TrafficChanged
 from cormorant.common.handshake import GenerationReport
 from cormorant.gateway.upstream import Pool
 
@@ -57,6 +60,7 @@ class RouteInfo(BaseModel):
     generation: int = 0
     weights: dict[str, int] = Field(default_factory=dict)
     replicas: list[ReplicaInfo] = Field(default_factory=list)
+    shadow: ShadowTarget | None = None
 
 
 class RoutingSnapshot(BaseModel):
@@ -140,6 +144,10 @@ class Route:
     generation: int = -1
     weights: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
+    shadow_version: str | None = None
+    """The version live requests are mirrored to; never picked for a live request."""
+    shadow_share: float = 0.0
+    """The fraction (0-1) of live requests mirrored to ``shadow_version``."""
     requests: int = 0
     """Requests routed since the last load report."""
     _groups: list[tuple[float, list[Replica]]] = field(default_factory=list)
@@ -155,8 +163,8 @@ class Route:
             # A version with weight but no ready replica gives its share to the others.
             weighted = [(w, group) for w, group in weighted if group]
         else:
-            # No split yet (a first version): every ready replica serves.
-            weighted = [(1.0, group) for group in by_version.values()]
+            # No split yet (a first version): every ready replica serves, but a shadow one.
+            weighted = [(1.0, group) for v, group in by_version.items() if v != self.shadow_version]
         # In version order, the same on every gateway whatever order the weights came in, so a
         # user's hash lands on the same version everywhere.
         weighted.sort(key=lambda pair: _version_key(pair[1][0].version))
@@ -167,6 +175,11 @@ class Route:
             groups.append((total, group))
         self._groups = groups
         self._total = total
+
+    def set_shadow(self, shadow: ShadowTarget | None) -> None:
+        """Mirror to ``shadow`` from now on (None: stop mirroring)."""
+        self.shadow_version = shadow.version if shadow is not None else None
+        self.shadow_share = shadow.percent / 100.0 if shadow is not None else 0.0
 
     def versions(self) -> list[str]:
         """Versions with weight or with ready replicas, in a stable order."""
@@ -292,6 +305,7 @@ class RoutingTable:
         route.timeout_s = info.timeout_s or self._default_timeout_s
         if info.generation >= route.generation:
             route.weights = dict(info.weights)
+            route.set_shadow(info.shadow)
             route.generation = info.generation
         wanted: dict[str, Replica] = {}
         for replica_info in info.replicas:
@@ -355,6 +369,7 @@ class RoutingTable:
             return False
         if event.generation >= route.generation:
             route.weights = dict(event.weights)
+            route.set_shadow(event.shadow)
             route.generation = event.generation
             route.rebuild()
         return True

@@ -95,6 +95,13 @@ class GatewaySettings(ServiceSettings):
     """Largest input (in bytes of request body) kept in such an event; a larger one is logged
     as a short note of its size."""
 
+    shadow_queue: int = Field(default=1000, ge=1)
+    """Mirrored requests waiting for a shadow replica; past that, a mirrored copy is dropped
+    (and counted) rather than ever delaying a caller."""
+
+    shadow_senders: int = Field(default=8, ge=1)
+    """Mirrored requests sent to shadow replicas at once."""
+
     console_secret: SecretStr | None = None
     """Key that signs the web console's session cookies; give every gateway behind one address
     the same one. Unset: a random key per process, so sessions end when the gateway restarts."""

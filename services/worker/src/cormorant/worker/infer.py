@@ -100,6 +100,8 @@ def install_infer_routes(
     @app.post(ROWS_PATH, include_in_schema=False)
     async def predict_rows(request: Request) -> Response:
         received, started = time.time(), time.perf_counter()
+        # A request mirrored to a shadow version is logged by the gateway, tagged shadow.
+        logging_to = None if request.headers.get("x-cormorant-shadow") else logs
         request_id = request.headers.get("x-request-id") or f"{getrandbits(128):032x}"
         traceparent = request.headers.get("traceparent")
         status = 500
@@ -133,15 +135,15 @@ def install_infer_routes(
             failed = CormorantError("the worker failed; see its logs")
             return JSONResponse(failed.to_body(), 500)
         finally:
-            if logs is not None:
+            if logging_to is not None:
                 limit = settings.log_max_bytes
                 if size > limit:
                     logged_input = f"(input and output of {size} bytes, over {limit}: not kept)"
                     output = None
                 trace_id = _trace_id(traceparent.encode("latin-1") if traceparent else None)
                 elapsed = time.perf_counter() - started
-                logs.prediction(request_id, received, elapsed, status, logged_input, output,
-                                error, trace_id, min(size, limit))  # fmt: skip
+                logging_to.prediction(request_id, received, elapsed, status, logged_input,
+                                      output, error, trace_id, min(size, limit))  # fmt: skip
 
 
 async def _read(request: Request, limit: int) -> bytes:
