@@ -141,3 +141,29 @@ async def test_sticky_user_header_through_the_gateway(workers: Any, start_gatewa
             seen[user].add(v2.headers["x-cormorant-version"])
         assert all(len(versions) == 1 for versions in seen.values()), seen
         assert set().union(*seen.values()) == {"v1", "v2"}, seen
+
+
+async def test_a_shadow_version_is_never_picked_for_a_live_request() -> None:
+    """The shadow version's replicas are in the route but out of the pick, with weights and
+    without any (a first version); a TrafficChanged without shadow ends the mirroring."""
+    table = _table({"1": 100})
+    shadow = {"version": "2", "percent": 25}
+    info = RouteInfo(
+        slug="demo",
+        generation=5,
+        weights={},
+        shadow=shadow,
+        replicas=[
+            {"id": "1-0", "version": "1", "url": "http://127.0.0.1:9/a"},
+            {"id": "2-0", "version": "2", "url": "http://127.0.0.1:9/b"},
+        ],
+    )
+    table.apply_snapshot(RoutingSnapshot(endpoints=[info]), time.monotonic())
+    route = table.routes["demo"]
+    now = time.monotonic()
+    assert (route.shadow_version, route.shadow_share) == ("2", 0.25)
+    assert {route.pick(now).version for _ in range(200)} == {"1"}  # type: ignore[union-attr]
+    assert route.pick(now, version="2").version == "2"  # type: ignore[union-attr]
+    table.apply_traffic(TrafficChanged(endpoint="demo", generation=6, weights={"1": 100}))
+    assert (route.shadow_version, route.shadow_share) == (None, 0.0)
+    table.close()
