@@ -89,6 +89,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         predict_path,
         prediction_log,
         max_queue=settings.shadow_queue,
+        max_queue_bytes=settings.shadow_queue_bytes,
         senders=settings.shadow_senders,
     )
     predict_path.mirror = mirror

@@ -167,9 +167,13 @@ class PredictionLog:
         if not self.enabled or publisher is None:
             self._dropped.inc()
             return False
+        event_id = f"{getrandbits(128):032x}"
         try:
-            event = PredictionLogged(
-                event_id=f"{getrandbits(128):032x}",
+            # Written by orjson, not through the model: a third of the cost, on the loop that
+            # also answers live requests (see bus.prediction_body).
+            body = bus.prediction_body(
+                event_id=event_id,
+                occurred_at=datetime.now(UTC),
                 request_id=request_id,
                 endpoint=route.slug,
                 endpoint_id=route.endpoint_id or None,
@@ -187,7 +191,8 @@ class PredictionLog:
             log.warning("shadow prediction %s not logged: %s", request_id, exc)
             self._dropped.inc()
             return False
-        published = publisher.publish(event)
+        subject = f"{PredictionLogged.subject_prefix}.{route.slug}"
+        published = publisher.publish_encoded(subject, PredictionLogged.event_type, event_id, body)
         (self._published if published else self._dropped).inc()
         return published
 

@@ -6,9 +6,10 @@ A few sender tasks take copies from the bounded queue and send each to a replica
 version (``PredictPath.open(..., shadow=True)``), read the whole answer and log it as
 ``PredictionLogged(shadow=True)`` under the live request's id, so the two rows compare.
 
-The caller never waits for any of it: ``offer`` never awaits, a full queue drops the copy (and
-counts it in ``cormorant_gateway_shadow_requests{outcome="dropped"}``), and a slow or crashing
-shadow version only fills the queue. Mirrored requests count neither in the gateway's request
+The caller never waits for any of it: ``offer`` never awaits, a full queue (in copies or in
+bytes of bodies) drops the copy and counts it in
+``cormorant_gateway_shadow_requests{outcome="dropped"}``, and a slow or crashing shadow
+version only fills the queue. Mirrored requests count neither in the gateway's request
 metrics nor in the load that autoscales the endpoint; the worker does not log them (the gateway
 does, tagged shadow), so nothing a canary policy reads includes them.
 """
@@ -58,13 +59,16 @@ class ShadowMirror:
         prediction_log: PredictionLog,
         *,
         max_queue: int = 1000,
+        max_queue_bytes: int = 64 << 20,
         senders: int = 8,
     ) -> None:
         self.path = path
         self.prediction_log = prediction_log
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.senders = senders
         self._queue: asyncio.Queue[_Copy] | None = None
+        self._queued_bytes = 0
         outcomes = path.metrics.shadow_requests
         self._answered = outcomes.labels(outcome="answered")
         self._failed = outcomes.labels(outcome="failed")
@@ -86,15 +90,21 @@ class ShadowMirror:
         queue = self._queue
         if version is None or queue is None or random.random() >= route.shadow_share:
             return
+        if self._queued_bytes + len(body) > self.max_queue_bytes:
+            self._dropped.inc()
+            return
         copy = _Copy(route, version, body, request_id, content_type, suffix, trace_headers)
         try:
             queue.put_nowait(copy)
         except asyncio.QueueFull:
             self._dropped.inc()
+            return
+        self._queued_bytes += len(body)
 
     async def run(self) -> None:
         """Send queued copies until cancelled (``senders`` at a time)."""
         self._queue = asyncio.Queue(self.max_queue)
+        self._queued_bytes = 0
         try:
             async with asyncio.TaskGroup() as group:
                 for index in range(self.senders):
@@ -107,6 +117,7 @@ class ShadowMirror:
         assert queue is not None
         while True:
             copy = await queue.get()
+            self._queued_bytes -= len(copy.body)
             try:
                 await self.send(copy)
             except Exception:  # one copy's failure must not end its sender
