@@ -11,6 +11,8 @@ import asyncio
 from typing import Any
 
 import nats
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
 from gateway_testkit import Gateway, demo_route, eventually, free_port
 from nats.aio.msg import Msg
 
@@ -51,11 +53,11 @@ def shadow_count(gateway: Gateway, outcome: str) -> float:
 async def test_mirrored_answers_are_logged_never_returned_and_stop_with_the_shadow(
     workers: Any, start_gateway: Any, nats_url: str
 ) -> None:
-    """At 100 % every REST and V2 request is mirrored to v2: callers only ever see v1, each
-    shadow answer is logged tagged shadow under the live request id; once a TrafficChanged
-    without shadow arrives, nothing more is mirrored."""
+    """At 100 % every REST, V2 REST and gRPC request is mirrored to v2: callers only ever see
+    v1, each shadow answer is logged tagged shadow under the live request id; once a
+    TrafficChanged without shadow arrives, nothing more is mirrored."""
     route = demo_route(workers, "r1", "r3", shadow=SHADOW_V2)
-    async with start_gateway([route]) as gateway:
+    async with start_gateway([route], grpc_port=free_port()) as gateway:
         log = gateway.app.state.prediction_log
         await eventually(lambda: log.publisher is not None, what="prediction log publisher")
         live_ids = []
@@ -71,8 +73,21 @@ async def test_mirrored_answers_are_logged_never_returned_and_stop_with_the_shad
         )
         assert v2.status_code == 200, v2.text
         assert v2.json()["outputs"][0]["data"] == ["r1", "r1"]
+        port = gateway.app.state.settings.grpc_port
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            grpc_input = triton_grpc.InferInput("x", [1], "BYTES")
+            grpc_input.set_data_from_numpy(np.array([b"whoami"], dtype=object))
+            answered = await client.infer(
+                "demo", [grpc_input], headers={"authorization": gateway.auth()["Authorization"]}
+            )
+        finally:
+            await client.close()
+        grpc_output = answered.as_numpy(answered.get_response().outputs[0].name)
+        assert grpc_output is not None
+        assert [value.decode() for value in grpc_output] == ["r1"]
 
-        events = await read_shadow(nats_url, 21)
+        events = await read_shadow(nats_url, 22)
         assert all(e.shadow for e in events)
         assert {e.version for e in events} == {"v2"}
         by_id = {e.request_id: e for e in events}
@@ -81,6 +96,7 @@ async def test_mirrored_answers_are_logged_never_returned_and_stop_with_the_shad
         assert by_id[live_ids[0]].input == ["whoami"]
         [rows] = [e for e in events if e.request_id == v2.headers["x-request-id"]]
         assert (rows.input, rows.output) == ({"x": ["whoami", "whoami"]}, ["r3", "r3"])
+        assert sum(1 for e in events if e.output == ["r3"]) == 1  # the gRPC request's
         # The answers were never counted as the endpoint's requests.
         requests = gateway.app.state.metrics.registry.get_sample_value(
             "cormorant_gateway_requests_total",
