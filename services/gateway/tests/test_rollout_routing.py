@@ -6,10 +6,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from gateway_testkit import demo_route, eventually
 
-from cormorant.common.events import TrafficChanged
+from cormorant.common.events import ShadowTarget, TrafficChanged
 from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery, GenerationReport
+from cormorant.gateway.load import LoadReporter
 from cormorant.gateway.routing import RouteInfo, RoutingSnapshot, RoutingTable
 from cormorant.gateway.upstream import Pool
 
@@ -166,4 +168,21 @@ async def test_a_shadow_version_is_never_picked_for_a_live_request() -> None:
     assert route.pick(now, version="2").version == "2"  # type: ignore[union-attr]
     table.apply_traffic(TrafficChanged(endpoint="demo", generation=6, weights={"1": 100}))
     assert (route.shadow_version, route.shadow_share) == (None, 0.0)
+    table.close()
+
+
+async def test_mirrored_requests_are_no_load_of_the_endpoint() -> None:
+    """Load reports give the shadow version's replicas no concurrency and count no request
+    for them: mirrored traffic never scales the endpoint."""
+    table = _table({"1": 100})
+    route = table.routes["demo"]
+    route.set_shadow(ShadowTarget(version="2", percent=100))
+    start = time.monotonic()
+    table.routes["demo"].replicas["1-0"].begin(start)
+    table.routes["demo"].replicas["2-0"].begin(start)
+    route.requests = 1
+    [report] = LoadReporter(table, lambda: None, gateway_id="gw").collect(start + 1.0, 1.0)
+    assert report.concurrency["2-0"] == 0.0
+    assert report.concurrency["1-0"] == pytest.approx(1.0)
+    assert report.requests == 1
     table.close()
