@@ -265,6 +265,7 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
     try:
         failed = svc.row("p3")
         failed.output, failed.error, failed.status = None, 'boom,\n"line" 2', 500
+        failed.shadow = True  # a shadow version's answer to a mirrored request
         await insert_predictions(conn, [failed])
         await conn.execute(
             "INSERT INTO metrics (endpoint_id, key, value, request_id) VALUES"
@@ -278,7 +279,7 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
         dataset="feedback",
         schedule={"every": "1d"},
         format="parquet",
-        include=["output", "latency_ms", "metrics", "error"],
+        include=["output", "latency_ms", "metrics", "error", "shadow"],
     )
     run = await _run(svc, loop)
     content = await svc.dataset_file(
@@ -286,7 +287,7 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
     )
     table = pq.read_table(io.BytesIO(content))
     assert table.column_names == [
-        "request_id", "received_at", "output", "latency_ms", "metrics", "error"
+        "request_id", "received_at", "output", "latency_ms", "metrics", "error", "shadow"
     ]  # fmt: skip
     rows = {r["request_id"]: r for r in table.to_pylist()}
     assert json.loads(rows["p1"]["metrics"]) == {"accuracy": 0.5, "loss": 2}
@@ -296,6 +297,7 @@ async def test_parquet_with_custom_metrics(svc: Service) -> None:
     assert (rows["p3"]["error"], rows["p3"]["output"]) == ('boom,\n"line" 2', None)
     assert rows["p2"]["error"] is None
     assert json.loads(rows["p2"]["output"]) == {"label": 1}
+    assert [rows[r]["shadow"] for r in ("p1", "p2", "p3")] == [False, False, True]
 
 
 async def test_two_replicas_make_one_run_per_due_time(

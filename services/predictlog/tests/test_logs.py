@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,6 +70,7 @@ async def test_an_item_carries_the_prediction(client: httpx.AsyncClient, kit: Lo
                 "latency_ms": 12.3,
                 "received_at": "2030-01-02T03:00:00+00:00",
                 "trace_id": "0af7651916cd43dd8448eb211c80319c",
+                "shadow": False,
             }
         ],
         "next_cursor": None,
@@ -139,3 +142,55 @@ async def test_bad_parameters_are_a_400_with_a_message(client: httpx.AsyncClient
         error = answer.json()["error"]
         assert error["code"] == "bad_request"
         assert message in error["message"], (params, error)
+
+
+async def test_shadow_rows_are_ingested_filtered_exported_and_charted(
+    client: httpx.AsyncClient, kit: LogKit
+) -> None:
+    """A live prediction and the shadow version's answer to the same request (as the gateway
+    publishes it) are two rows under one request id: ``shadow`` tells them apart in the
+    listing, its filter, the CSV export and the charts; a bad ``shadow`` value is a 400."""
+    now = datetime.now(UTC)
+    live = [kit.prediction(i, received_at=now - timedelta(seconds=30 - i)) for i in range(3)]
+    mirrored = [
+        kit.prediction(
+            i,
+            received_at=now - timedelta(seconds=29 - i),
+            version="2",
+            shadow=True,
+            output={"label": "shadow"},
+        )
+        for i in range(2)
+    ]
+    await kit.publish([*live, *mirrored], columns=False)
+    await kit.wait_rows(5, within=30)
+
+    items = [item for page in await all_pages(client) for item in page]
+    assert sorted((i["request_id"], i["shadow"]) for i in items) == sorted(
+        [(e.request_id, False) for e in live] + [(e.request_id, True) for e in mirrored]
+    )
+    only_shadow = [item for page in await all_pages(client, shadow="true") for item in page]
+    assert {i["version"] for i in only_shadow} == {"2"}
+    assert {i["output"]["label"] for i in only_shadow} == {"shadow"}
+    assert len(only_shadow) == 2
+    only_live = [item for page in await all_pages(client, shadow="false") for item in page]
+    assert len(only_live) == 3
+    assert not any(i["shadow"] for i in only_live)
+
+    refused = await client.get(URL, params={"shadow": "maybe"})
+    assert refused.status_code == 400
+    assert "shadow" in refused.json()["error"]["message"]
+
+    export = await client.get(f"{URL}.csv", params={"shadow": "true"})
+    assert export.status_code == 200
+    header, *rows = list(csv.reader(io.StringIO(export.text)))
+    assert header[-1] == "shadow"
+    assert [row[-1] for row in rows] == ["true", "true"]
+
+    charts = "/api/v1/endpoints/iris/charts"
+    counts = {}
+    for flag in ("true", "false"):
+        answer = await client.get(charts, params={"window": "5m", "shadow": flag})
+        assert answer.status_code == 200, answer.text
+        counts[flag] = sum(point["value"] for point in answer.json()["points"])
+    assert counts == {"true": 2, "false": 3}

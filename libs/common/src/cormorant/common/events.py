@@ -174,6 +174,17 @@ class VersionCreated(_EndpointTree):
         return f"{self.subject_prefix}.{self.endpoint}.version-created"
 
 
+class ShadowTarget(BaseModel):
+    """Where an endpoint mirrors a share of its live requests: a version that answers them
+    for the log only (shadow traffic)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: NonEmpty
+    percent: float = Field(gt=0, le=100)
+    """Share of live requests mirrored, in percent."""
+
+
 class TrafficChanged(Event):
     """The traffic split of an endpoint changed; ``generation`` orders the changes."""
 
@@ -184,6 +195,9 @@ class TrafficChanged(Event):
     generation: int = Field(ge=0)
     weights: dict[NonEmpty, Annotated[int, Field(ge=0, le=100)]]
     """Percent of requests per version; sums to 100 unless the endpoint has no version."""
+    shadow: ShadowTarget | None = None
+    """The shadow version live requests are mirrored to, if any, in force from this
+    generation on."""
 
     @field_validator("weights")
     @classmethod
@@ -261,6 +275,9 @@ class PredictionLogged(Event):
     latency_ms: float = Field(ge=0)
     received_at: UtcDatetime
     trace_id: str | None = None
+    shadow: bool = False
+    """The answer of a shadow version to a mirrored request (logged by the gateway, never
+    returned to the caller); ``request_id`` is the live request's."""
 
     @property
     def subject(self) -> str:

@@ -376,9 +376,17 @@ def endpoints_list() -> None:
 
 @endpoints_app.command("show")
 def endpoints_show(slug: str) -> None:
-    """One endpoint in full, as JSON."""
+    """One endpoint in full, as JSON (with its shadow traffic, if any)."""
     with Client() as client:
-        console.print_json(json.dumps(api_call(client.endpoints.get, slug)))
+        endpoint = api_call(client.endpoints.get, slug)
+        if endpoint.get("kind", "web") == "web":
+            mirrored = api_call(client.rollouts.get_shadow, slug)
+            shadow = {k: mirrored[k] for k in ("version", "percent")}
+            endpoint["shadow"] = shadow if mirrored.get("version") is not None else None
+        console.print_json(json.dumps(endpoint))
+
+
+endpoints_app.command("shadow")(cli_rollout.shadow)
 
 
 @endpoints_app.command("rm")
@@ -431,10 +439,17 @@ def logs(
     status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
     version: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
     q: Annotated[str | None, typer.Option(help="Text in input, output or error.")] = None,
+    shadow: Annotated[
+        bool | None,
+        typer.Option(
+            "--shadow/--live", help="Only shadow answers to mirrored requests, or only live ones."
+        ),
+    ] = None,
 ) -> None:
     """Show logged predictions, newest last; --follow keeps printing new ones."""
     endpoint = Endpoint(slug)
-    filters = {"status": status, "version": version, "q": q}
+    mirrored = None if shadow is None else str(shadow).lower()
+    filters = {"status": status, "version": version, "q": q, "shadow": mirrored}
     shown: set[str] = set()
     items = api_call(endpoint.logs, limit=limit, **filters)
     while True:
@@ -443,8 +458,9 @@ def logs(
                 continue
             shown.add(item["request_id"])
             outcome = item.get("error") or json.dumps(item.get("output"))
+            tag = " shadow" if item.get("shadow") else ""
             console.print(
-                f"{str(item['received_at'])[:23]} v{item['version']} {item['status']} "
+                f"{str(item['received_at'])[:23]} v{item['version']}{tag} {item['status']} "
                 f"{item['latency_ms']:.1f}ms {json.dumps(item['input'])[:80]} -> {outcome[:80]}",
                 markup=False,
                 soft_wrap=True,

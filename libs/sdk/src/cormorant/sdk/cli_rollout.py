@@ -123,6 +123,37 @@ def traffic(
         _show_traffic(api_call(client.rollouts.traffic, slug), as_json)
 
 
+def shadow(
+    slug: Annotated[str, typer.Argument(help="The endpoint.")],
+    version: Annotated[
+        str | None, typer.Option(help="The version to mirror to (running, without traffic).")
+    ] = None,
+    percent: Annotated[
+        float, typer.Option(help="Share of live requests mirrored, more than 0 up to 100.")
+    ] = 100.0,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop mirroring.")] = False,
+) -> None:
+    """Mirror a share of SLUG's live requests to VERSION (answers logged tagged shadow, never
+    returned), stop it with --stop, or show it with neither."""
+    if stop and version is not None:
+        err.print("[red]--stop takes no --version[/red]")
+        raise typer.Exit(2)
+    with Client() as client:
+        if stop:
+            state = api_call(client.rollouts.stop_shadow, slug)
+        elif version is not None:
+            state = api_call(client.rollouts.shadow, slug, version, percent)
+        else:
+            state = api_call(client.rollouts.get_shadow, slug)
+    if state.get("version") is None:
+        console.print(f"{slug}: no shadow traffic")
+    else:
+        console.print(
+            f"{slug}: {state['percent']:g}% of live requests mirrored to version "
+            f"{state['version']} (generation {state['generation']})"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the model-update commands to the ``cormorant`` command."""
     app.add_typer(versions_app, name="versions")

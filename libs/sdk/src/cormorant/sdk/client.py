@@ -295,7 +295,7 @@ class Endpoint:
             client.request("POST", f"/api/v1/endpoints/{self.slug}/metrics", json=body)
 
     def logs(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
-        """The newest logged predictions (filters: since, until, version, status, q)."""
+        """The newest logged predictions (filters: since, until, version, status, q, shadow)."""
         items: list[dict[str, Any]] = []
         params = {"limit": min(limit, 1000), **_drop_none(filters)}
         with self._admin() as client:

@@ -1,4 +1,5 @@
-"""``client.rollouts``: versions of an endpoint, canary shares, promote, rollback, traffic."""
+"""``client.rollouts``: versions of an endpoint, canary shares, promote, rollback, traffic,
+shadow traffic."""
 
 from __future__ import annotations
 
@@ -56,6 +57,25 @@ class Rollouts:
         result: dict[str, Any] = self._client.request(
             "POST", f"/api/v1/endpoints/{slug}/rollback", timeout=CHANGE_TIMEOUT_S
         )
+        return result
+
+    def shadow(self, slug: str, version: str, percent: float = 100) -> dict[str, Any]:
+        """Mirror ``percent`` of ``slug``'s live requests to ``version`` (running, without
+        traffic): its answers are logged tagged shadow, never returned to callers."""
+        body = {"version": str(version), "percent": percent}
+        result: dict[str, Any] = self._client.request(
+            "POST", f"/api/v1/endpoints/{slug}/shadow", json=body, timeout=CHANGE_TIMEOUT_S
+        )
+        return result
+
+    def stop_shadow(self, slug: str) -> dict[str, Any]:
+        """Stop mirroring ``slug``'s requests; the shadow version keeps running."""
+        result: dict[str, Any] = self._client.request("DELETE", f"/api/v1/endpoints/{slug}/shadow")
+        return result
+
+    def get_shadow(self, slug: str) -> dict[str, Any]:
+        """The shadow version of ``slug`` and the share mirrored to it (nulls when none)."""
+        result: dict[str, Any] = self._client.request("GET", f"/api/v1/endpoints/{slug}/shadow")
         return result
 
     def traffic(self, slug: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ OPTIONAL_COLUMNS = (
     "error",
     "trace_id",
     "metrics",
+    "shadow",
 )
 """What ``include`` may name, in the order of the API's documentation."""
 
@@ -54,6 +55,8 @@ _SQL = {
     "output": "p.output::text",
     "error": "p.error",
     "trace_id": "p.trace_id",
+    # true/false, as Arrow's CSV reader takes booleans (PostgreSQL's CSV would say t/f).
+    "shadow": "p.shadow::text",
     # Correlated on (endpoint_id, request_id), indexed: the metrics stored by export time.
     "metrics": (
         "(SELECT jsonb_object_agg(m.key, m.value)::text FROM metrics m"
@@ -72,6 +75,7 @@ _ARROW: dict[str, pa.DataType] = {
     "error": pa.string(),
     "trace_id": pa.string(),
     "metrics": pa.string(),
+    "shadow": pa.bool_(),
 }
 
 _T = TypeVar("_T")

@@ -99,7 +99,8 @@ class LoopCreate(BaseModel):
         default=None,
         description="Columns exported besides request_id and received_at, in order, from "
         "input, output, error, status, latency_ms, version, trace_id, metrics (the request's "
-        "logged custom metrics as a JSON object); default all but trace_id and metrics.",
+        "logged custom metrics as a JSON object), shadow (true for a shadow version's answer "
+        "to a mirrored request); default all but trace_id, metrics and shadow.",
     )
 
 

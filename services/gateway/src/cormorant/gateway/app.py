@@ -31,6 +31,7 @@ from cormorant.gateway.prediction_log import PredictionLog
 from cormorant.gateway.proxy import PredictPath
 from cormorant.gateway.routing import RoutingTable
 from cormorant.gateway.settings import GatewaySettings
+from cormorant.gateway.shadow import ShadowMirror
 from cormorant.gateway.sync import EventFollower, RoutingSync
 from cormorant.gateway.upstream import Pool
 from cormorant.gateway.v2_grpc import InferenceServicer, start_server
@@ -84,6 +85,14 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         replica_cooldown_s=settings.replica_cooldown_s,
         prediction_log=prediction_log,
     )
+    mirror = ShadowMirror(
+        predict_path,
+        prediction_log,
+        max_queue=settings.shadow_queue,
+        max_queue_bytes=settings.shadow_queue_bytes,
+        senders=settings.shadow_senders,
+    )
+    predict_path.mirror = mirror
     inference = InferenceService(predict_path, table)
     services = {
         "deployer": settings.deployer_url,
@@ -145,6 +154,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
                 tasks.create_task(_supervised("routing sync", sync.run)),
                 tasks.create_task(_supervised("event follower", follower.run)),
                 tasks.create_task(_supervised("load reporter", reporter.run)),
+                tasks.create_task(_supervised("shadow mirror", mirror.run)),
                 tasks.create_task(
                     _supervised(
                         "credential refresh", credentials.refresh_forever, settings.auth_refresh_s

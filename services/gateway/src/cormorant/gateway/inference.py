@@ -196,6 +196,7 @@ class InferenceService:
         request: InferenceRequest,
         *,
         version: str | None = None,
+        user: str | None = None,
         trace_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> InferenceResponse:
         """Predict every row of the request's inputs and stack the predictions as outputs."""
@@ -219,6 +220,7 @@ class InferenceService:
                 request_id.encode(),
                 trace_headers=trace_headers,
                 version=version,
+                user=user.encode() if user else None,
                 suffix=_ROWS_SUFFIX,
             )
             answered_version = answer.version
@@ -227,6 +229,10 @@ class InferenceService:
             if status >= 400:
                 raise _replica_error(status, content)
             predictions = orjson.loads(content)["predictions"]
+            mirror = path.mirror
+            if mirror is not None and route.shadow_version is not None:
+                mirror.offer(route, body, request_id.encode(), suffix=_ROWS_SUFFIX,
+                             trace_headers=trace_headers)  # fmt: skip
             return InferenceResponse(
                 model_name=slug,
                 model_version=answered_version,

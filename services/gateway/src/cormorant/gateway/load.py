@@ -61,6 +61,11 @@ class LoadReporter:
         for slug, route in self._table.routes.items():
             count, route.requests = route.requests, 0
             values = {r.id: r.average_in_flight(now, interval) for r in route.replicas.values()}
+            if route.shadow_version is not None:
+                # Mirrored requests are no load of the endpoint's: they never scale it.
+                for replica in route.replicas.values():
+                    if replica.version == route.shadow_version:
+                        values[replica.id] = 0.0
             if count or any(values.values()):
                 concurrency[slug] = values
                 requests[slug] = count

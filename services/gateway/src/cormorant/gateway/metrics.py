@@ -62,6 +62,13 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.shadow_requests = Counter(
+            "cormorant_gateway_shadow_requests",
+            "Live requests mirrored to a shadow version, by outcome: answered (by a shadow "
+            "replica, any status), failed (no answer) or dropped (the mirror's queue was full).",
+            ["outcome"],
+            registry=registry,
+        )
         # Children looked up once: labels() takes a lock and hashes on every call.
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}

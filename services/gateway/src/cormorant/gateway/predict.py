@@ -87,7 +87,7 @@ class PredictHandler:
                 await _send_error(send, 405, "method_not_allowed", "use POST to predict",
                                   request_id, [(b"allow", b"POST")])  # fmt: skip
                 return
-            authorization = length = accept = pinned = None
+            authorization = length = accept = pinned = user = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value
@@ -99,6 +99,8 @@ class PredictHandler:
                     accept = value
                 elif name == b"x-cormorant-version":
                     pinned = value.decode("latin-1").strip() or None
+                elif name == b"x-cormorant-user":
+                    user = value.strip() or None
                 elif name in _TRACE_HEADERS:
                     trace_headers = [*(trace_headers or ()), (name, value)]
             await self.credentials.check_predict(
@@ -118,6 +120,7 @@ class PredictHandler:
                 accept=accept,
                 trace_headers=trace_headers,
                 version=pinned,
+                user=user,
             )
             version = answer.version
             status = answer.status
@@ -179,6 +182,12 @@ class PredictHandler:
         finally:
             if answer is not None:
                 self.path.finish(answer)
+            # The caller has its answer: a copy for the shadow version, if the route has one.
+            mirror = self.path.mirror
+            if mirror is not None and route is not None and body is not None:
+                # Only a route with a shadow version takes the copy.
+                mirror.offer(route, body, request_id, content_type=content_type,
+                             trace_headers=trace_headers)  # fmt: skip
             metrics.in_flight_now -= 1
             metrics.observe(endpoint, version, status, time.perf_counter() - started)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry import trace
 
@@ -43,6 +44,25 @@ _HOP_HEADERS = frozenset(
     }
 )
 _STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
+SHADOW_HEADER_LINE = b"x-cormorant-shadow: 1\r\n"
+"""Marks a mirrored request to a shadow replica (the worker then does not log it)."""
+
+
+class Mirror(Protocol):
+    """Takes copies of answered live requests for a route's shadow version (``shadow.py``)."""
+
+    def offer(
+        self,
+        route: Route,
+        body: bytes,
+        request_id: bytes,
+        *,
+        content_type: bytes = b"application/json",
+        suffix: bytes = b"",
+        trace_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Queue a copy of the request if the route mirrors it; never waits, never raises."""
+        ...
 
 
 @dataclass(slots=True)
@@ -85,6 +105,8 @@ class PredictPath:
         self.metrics = metrics
         self.prediction_log = prediction_log or PredictionLog(metrics, enabled=False, max_bytes=0)
         """Where the transports log the requests that no worker answered."""
+        self.mirror: Mirror | None = None
+        """Where the transports hand answered requests for shadow traffic, once set."""
         self._attempts = connect_attempts
         self._cooldown_s = replica_cooldown_s
         self.tracer = tracer
@@ -107,19 +129,26 @@ class PredictPath:
         accept: bytes | None = None,
         trace_headers: list[tuple[bytes, bytes]] | None = None,
         version: str | None = None,
+        user: bytes | None = None,
         suffix: bytes = b"",
         method: bytes = b"POST",
+        shadow: bool = False,
     ) -> Answer:
         """Send ``body`` to a replica of ``route`` and wait for its answer's head.
 
         A replica that cannot be connected to is passed over for another (nothing was sent);
         once the request is written it is never sent again. ``trace_headers`` are the
         caller's W3C trace context, passed on (under a span of ours when tracing is on).
-        ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header).
+        ``version`` pins the request to one model version (the ``X-Cormorant-Version`` header);
+        ``user`` (``X-Cormorant-User``) keeps one user on one version of a split (sticky A/B).
         ``suffix`` extends the replica's predict path (``/rows``, ``/signature``: the worker's
-        routes for the Open Inference Protocol), sent with ``method``.
+        routes for the Open Inference Protocol), sent with ``method``. ``shadow`` marks a
+        mirrored request (``shadow.py``): the worker leaves its logging to the gateway, and it
+        does not count in the endpoint's load.
         """
         extra = b"accept: %s\r\n" % accept if accept else b""
+        if shadow:
+            extra += SHADOW_HEADER_LINE
         span = None
         if self.tracer is not None:
             incoming = {k.decode("latin-1"): v.decode("latin-1") for k, v in trace_headers or ()}
@@ -135,11 +164,12 @@ class PredictPath:
         elif trace_headers:
             extra += b"".join(b"%s: %s\r\n" % pair for pair in trace_headers)
         try:
-            replica, conn = await self._connect(route, version)
+            replica, conn = await self._connect(route, version, user)
         except BaseException as exc:
             _end_span(span, exc)
             raise
-        route.requests += 1
+        if not shadow:
+            route.requests += 1
         head = (
             b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
             b"x-request-id: %s\r\n%s\r\n"
@@ -201,10 +231,12 @@ class PredictPath:
         replica.end(time.monotonic())
         replica.pool.release(conn)
 
-    async def _connect(self, route: Route, version: str | None) -> tuple[Replica, Connection]:
+    async def _connect(
+        self, route: Route, version: str | None, user: bytes | None = None
+    ) -> tuple[Replica, Connection]:
         now = time.monotonic()
         # A stream endpoint's replicas are kafka-bridges: their URL serves only probes.
-        replica = route.pick(now, version=version) if route.kind != "stream" else None
+        replica = route.pick(now, version=version, user=user) if route.kind != "stream" else None
         if replica is None:
             if version is not None and route.kind != "stream":
                 raise VersionNotServing(route.slug, version, route.versions())

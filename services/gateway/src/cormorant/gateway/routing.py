@@ -2,7 +2,13 @@
 
 The deployer's snapshot (``GET /internal/routing``) fills the table; ``ReplicaChanged`` and
 ``TrafficChanged`` events edit it in between. A request picks a version by weight, then the
-replica of that version with the fewest requests in flight (ties broken at random).
+replica of that version with the fewest requests in flight (ties broken at random). A request
+naming its user (``X-Cormorant-User``) picks its version by a hash of that name instead of at
+random, so the same user meets the same version for as long as the split holds (sticky A/B):
+versions are laid out in version order, so as a canary grows, users only ever move onto it.
+
+A route may name a shadow version (``shadow``: a version and a percent): its replicas are in
+the route but never in the pick; ``shadow.py`` mirrors that share of live requests to them.
 
 Everything here runs on the event loop without awaiting, so a request always sees one
 consistent state of a route.
@@ -10,6 +16,7 @@ consistent state of a route.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -19,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cormorant.common.events import ReplicaChanged, TrafficChanged
+from cormorant.common.events import ReplicaChanged, ShadowTarget, TrafficChanged
 from cormorant.common.handshake import GenerationReport
 from cormorant.gateway.upstream import Pool
 
@@ -53,6 +60,7 @@ class RouteInfo(BaseModel):
     generation: int = 0
     weights: dict[str, int] = Field(default_factory=dict)
     replicas: list[ReplicaInfo] = Field(default_factory=list)
+    shadow: ShadowTarget | None = None
 
 
 class RoutingSnapshot(BaseModel):
@@ -136,6 +144,10 @@ class Route:
     generation: int = -1
     weights: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
+    shadow_version: str | None = None
+    """The version live requests are mirrored to; never picked for a live request."""
+    shadow_share: float = 0.0
+    """The fraction (0-1) of live requests mirrored to ``shadow_version``."""
     requests: int = 0
     """Requests routed since the last load report."""
     _groups: list[tuple[float, list[Replica]]] = field(default_factory=list)
@@ -151,8 +163,11 @@ class Route:
             # A version with weight but no ready replica gives its share to the others.
             weighted = [(w, group) for w, group in weighted if group]
         else:
-            # No split yet (a first version): every ready replica serves.
-            weighted = [(1.0, group) for group in by_version.values()]
+            # No split yet (a first version): every ready replica serves, but a shadow one.
+            weighted = [(1.0, group) for v, group in by_version.items() if v != self.shadow_version]
+        # In version order, the same on every gateway whatever order the weights came in, so a
+        # user's hash lands on the same version everywhere.
+        weighted.sort(key=lambda pair: _version_key(pair[1][0].version))
         groups: list[tuple[float, list[Replica]]] = []
         total = 0.0
         for weight, group in weighted:
@@ -161,10 +176,15 @@ class Route:
         self._groups = groups
         self._total = total
 
+    def set_shadow(self, shadow: ShadowTarget | None) -> None:
+        """Mirror to ``shadow`` from now on (None: stop mirroring)."""
+        self.shadow_version = shadow.version if shadow is not None else None
+        self.shadow_share = shadow.percent / 100.0 if shadow is not None else 0.0
+
     def versions(self) -> list[str]:
         """Versions with weight or with ready replicas, in a stable order."""
         names = set(self.weights) | {r.version for r in self.replicas.values()}
-        return sorted(names, key=lambda v: (len(v), v))
+        return sorted(names, key=_version_key)
 
     def pick(
         self,
@@ -172,11 +192,13 @@ class Route:
         exclude: frozenset[Replica] = frozenset(),
         *,
         version: str | None = None,
+        user: bytes | None = None,
     ) -> Replica | None:
         """A replica for the next request, or None when no allowed replica is ready.
 
         ``version`` pins the request to that version's replicas, whatever its weight (a
-        canary can be tried before it takes any traffic).
+        canary can be tried before it takes any traffic). ``user`` (the ``X-Cormorant-User``
+        header) picks the version by its hash rather than at random.
         """
         if version is not None:
             pinned = [r for r in self.replicas.values() if r.version == version]
@@ -187,7 +209,8 @@ class Route:
         if len(groups) == 1:
             group = groups[0][1]
         else:
-            point = random.random() * self._total
+            fraction = random.random() if user is None else user_point(user)
+            point = fraction * self._total
             group = groups[-1][1]
             for bound, candidates in groups:
                 if point < bound:
@@ -198,6 +221,17 @@ class Route:
             # The drawn version has no replica left to try: any weighted replica will do.
             chosen = _least_loaded([r for _, g in groups for r in g], now, exclude)
         return chosen
+
+
+def user_point(user: bytes) -> float:
+    """Where ``user`` falls in [0, 1): a stable hash, the same on every gateway and run."""
+    digest = hashlib.blake2b(user, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    # Version labels are numbers: "9" before "10".
+    return (len(version), version)
 
 
 def _least_loaded(
@@ -271,6 +305,7 @@ class RoutingTable:
         route.timeout_s = info.timeout_s or self._default_timeout_s
         if info.generation >= route.generation:
             route.weights = dict(info.weights)
+            route.set_shadow(info.shadow)
             route.generation = info.generation
         wanted: dict[str, Replica] = {}
         for replica_info in info.replicas:
@@ -334,6 +369,7 @@ class RoutingTable:
             return False
         if event.generation >= route.generation:
             route.weights = dict(event.weights)
+            route.set_shadow(event.shadow)
             route.generation = event.generation
             route.rebuild()
         return True

@@ -89,11 +89,23 @@ class GatewaySettings(ServiceSettings):
 
     log_predictions: bool = True
     """Publish ``PredictionLogged`` for predict requests no worker answered (413 after auth,
-    502, 503, 504), so the prediction log shows them too; workers log all the others."""
+    502, 503, 504), so the prediction log shows them too, and for shadow versions' answers to
+    mirrored requests; workers log all the others."""
 
     log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, gt=0)
     """Largest input (in bytes of request body) kept in such an event; a larger one is logged
     as a short note of its size."""
+
+    shadow_queue: int = Field(default=1000, ge=1)
+    """Mirrored requests waiting for a shadow replica; past that, a mirrored copy is dropped
+    (and counted) rather than ever delaying a caller."""
+
+    shadow_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Bytes of request bodies the mirrored requests waiting may hold together; past that, a
+    mirrored copy is dropped (and counted)."""
+
+    shadow_senders: int = Field(default=8, ge=1)
+    """Mirrored requests sent to shadow replicas at once."""
 
     console_secret: SecretStr | None = None
     """Key that signs the web console's session cookies; give every gateway behind one address

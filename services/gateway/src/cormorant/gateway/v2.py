@@ -185,6 +185,7 @@ async def infer(slug: str, request: Request, version: str | None = None) -> Resp
             slug,
             inference,
             version=_pinned(request, version),
+            user=request.headers.get("x-cormorant-user", "").strip() or None,
             trace_headers=_trace_headers(request),
         )
     except CormorantError as exc:

@@ -122,6 +122,7 @@ class InferenceServicer:
             request.model_name,
             infer_request(request),
             version=_pinned(request.model_version, context),
+            user=_metadata(context).get("x-cormorant-user", "").strip() or None,
             trace_headers=_trace(context),
         )
         response = pb.ModelInferResponse(

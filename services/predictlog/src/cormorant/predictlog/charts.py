@@ -3,6 +3,9 @@
 - ``requests_per_minute``: predictions per minute, every minute of the window (zeros too);
 - ``latency``: p50, p95 and p99 of ``latency_ms`` per minute that had requests;
 - any other name: the custom metric of that key, count/avg/min/max per minute it was logged.
+
+``shadow=true`` charts only the shadow version's answers to mirrored requests, ``false`` only
+the live ones (both by default), so a shadow version's latency can be set beside the live one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cormorant.common.errors import BadRequest
 from cormorant.common.openapi import error_responses
 from cormorant.common.predictor.context import MAX_METRIC_KEY_LENGTH
 from cormorant.predictlog.database import Store, StoreDep
-from cormorant.predictlog.filters import parse_version
+from cormorant.predictlog.filters import parse_shadow, parse_version
 
 router = APIRouter(responses=error_responses(503))
 
@@ -79,17 +82,22 @@ async def chart(
     ] = REQUESTS,
     window: Annotated[str, Query(description="How far back: 15m, 1h, 24h, 7d...")] = "1h",
     version: Annotated[str | None, Query(description="Only this model version.")] = None,
+    shadow: Annotated[
+        str | None,
+        Query(description="true: only shadow answers to mirrored requests; false: only live."),
+    ] = None,
 ) -> Response:
     """Per-minute points of one series over the window."""
     span = parse_window(window)
     number = parse_version(version)
+    mirrored = parse_shadow(shadow)
     if not series or len(series) > MAX_METRIC_KEY_LENGTH:
         raise BadRequest(f"series must be 1 to {MAX_METRIC_KEY_LENGTH} characters")
     endpoint_id = await store.endpoints.require(slug)
     if series == REQUESTS:
-        points = await requests_per_minute(store, endpoint_id, span, number)
+        points = await requests_per_minute(store, endpoint_id, span, number, mirrored)
     elif series == LATENCY:
-        points = await latency(store, endpoint_id, span, number)
+        points = await latency(store, endpoint_id, span, number, mirrored)
     else:
         points = await metric(store, endpoint_id, series, span, number)
     body = {"series": series, "window": window.strip(), "points": points}
@@ -97,21 +105,31 @@ async def chart(
 
 
 def _scope(
-    endpoint_id: uuid.UUID, span: Window, version: int | None, column: str
+    endpoint_id: uuid.UUID,
+    span: Window,
+    version: int | None,
+    column: str,
+    shadow: bool | None = None,
 ) -> tuple[str, list[Any]]:
     args: list[Any] = [endpoint_id, span.first, span.end]
     where = f"endpoint_id = $1 AND {column} >= $2 AND {column} < $3"
     if version is not None:
         args.append(version)
         where += f" AND version = ${len(args)}"
+    if shadow is not None:
+        where += " AND shadow" if shadow else " AND NOT shadow"
     return where, args
 
 
 async def requests_per_minute(
-    store: Store, endpoint_id: uuid.UUID, span: Window, version: int | None
+    store: Store,
+    endpoint_id: uuid.UUID,
+    span: Window,
+    version: int | None,
+    shadow: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Predictions per minute, zero for minutes without any."""
-    where, args = _scope(endpoint_id, span, version, "received_at")
+    where, args = _scope(endpoint_id, span, version, "received_at", shadow)
     rows = await store.pool.fetch(
         f"SELECT date_trunc('minute', received_at) AS t, count(*) AS n FROM predictions"
         f" WHERE {where} GROUP BY 1",
@@ -122,10 +140,14 @@ async def requests_per_minute(
 
 
 async def latency(
-    store: Store, endpoint_id: uuid.UUID, span: Window, version: int | None
+    store: Store,
+    endpoint_id: uuid.UUID,
+    span: Window,
+    version: int | None,
+    shadow: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Latency percentiles (ms) per minute that had predictions; ``value`` is the p50."""
-    where, args = _scope(endpoint_id, span, version, "received_at")
+    where, args = _scope(endpoint_id, span, version, "received_at", shadow)
     rows = await store.pool.fetch(
         "SELECT date_trunc('minute', received_at) AS t, count(*) AS n,"
         " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms) AS p"

@@ -37,6 +37,7 @@ HEADER = (
     "output",
     "error",
     "trace_id",
+    "shadow",
 )
 
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP CSV injection).
@@ -44,7 +45,7 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\x00")
 
 _COLUMNS = (
     "request_id, received_at, version, status, round(latency_ms::numeric, 3)::float8,"
-    " input::text, output::text, error, trace_id"
+    " input::text, output::text, error, trace_id, shadow"
 )
 
 
@@ -66,7 +67,7 @@ def compact_json(text: str | None) -> str:
 
 def csv_cells(row: Iterable[Any]) -> list[str]:
     """One prediction as CSV cells, in ``HEADER`` order, escaped against formulas."""
-    request_id, received_at, version, status, latency, inp, out, error, trace_id = row
+    request_id, received_at, version, status, latency, inp, out, error, trace_id, shadow = row
     cells = (
         request_id,
         received_at.isoformat(),
@@ -77,6 +78,7 @@ def csv_cells(row: Iterable[Any]) -> list[str]:
         compact_json(out),
         error or "",
         trace_id or "",
+        "true" if shadow else "false",
     )
     return [escape_cell(cell) for cell in cells]
 

@@ -32,6 +32,8 @@ class LogFilters:
     status: tuple[int, int] | None = None
     """Inclusive range of HTTP statuses."""
     q: str | None = None
+    shadow: bool | None = None
+    """Only the shadow version's answers to mirrored requests (True), only live ones (False)."""
 
 
 @dataclass(slots=True)
@@ -100,6 +102,21 @@ def parse_status(value: str | None) -> tuple[int, int] | None:
     )
 
 
+def parse_shadow(value: str | None) -> bool | None:
+    """``true`` (only shadow answers) or ``false`` (only live ones); ``BadRequest`` otherwise."""
+    if value is None or value == "":
+        return None
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise BadRequest(
+        f"shadow must be true (only the shadow version's answers) or false (only live ones), "
+        f"not {value!r}"
+    )
+
+
 def log_filters(
     since: Annotated[
         str | None, Query(description="From this instant (ISO 8601), inclusive.")
@@ -112,6 +129,10 @@ def log_filters(
         str | None, Query(description="An HTTP status, a class such as 5xx, ok or error.")
     ] = None,
     q: Annotated[str | None, Query(description="Text found in the input, output or error.")] = None,
+    shadow: Annotated[
+        str | None,
+        Query(description="true: only shadow answers to mirrored requests; false: only live."),
+    ] = None,
 ) -> LogFilters:
     """The filters of a logs request, validated."""
     start, end = parse_time("since", since), parse_time("until", until)
@@ -127,6 +148,7 @@ def log_filters(
         version=parse_version(version),
         status=parse_status(status),
         q=q or None,
+        shadow=parse_shadow(shadow),
     )
 
 
@@ -149,6 +171,8 @@ def prediction_filter(filters: LogFilters, endpoint_id: uuid.UUID) -> SQL:
             sql.clauses.append(f"status = {sql.arg(low)}")
         else:
             sql.clauses.append(f"status BETWEEN {sql.arg(low)} AND {sql.arg(high)}")
+    if filters.shadow is not None:
+        sql.clauses.append("shadow" if filters.shadow else "NOT shadow")
     if filters.q is not None:
         pattern = sql.arg(f"%{escape_like(filters.q)}%")
         sql.clauses.append(

@@ -598,6 +598,7 @@ class PredictionIngest(StreamIngest[PredictionRow]):
             output=event.output,
             error=event.error,
             trace_id=event.trace_id,
+            shadow=event.shadow,
         )
 
     async def insert(self, conn: asyncpg.Connection, rows: Sequence[PredictionRow]) -> int:

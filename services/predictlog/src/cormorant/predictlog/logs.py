@@ -27,7 +27,7 @@ DEFAULT_LIMIT = 50
 # latency_ms is a REAL; rounded to the microsecond it reads as it was logged.
 COLUMNS = (
     "request_id, version, input::text AS input, output::text AS output, error, status,"
-    " round(latency_ms::numeric, 3)::float8 AS latency_ms, received_at, trace_id"
+    " round(latency_ms::numeric, 3)::float8 AS latency_ms, received_at, trace_id, shadow"
 )
 
 
@@ -75,6 +75,7 @@ def item(row: Any) -> dict[str, Any]:
         "latency_ms": row["latency_ms"],
         "received_at": row["received_at"],
         "trace_id": row["trace_id"],
+        "shadow": row["shadow"],
     }
 
 

@@ -49,6 +49,7 @@ class LoggedPrediction:
     latency_ms: float
     received_at: datetime
     trace_id: str | None
+    shadow: bool = False
 
 
 def read_prediction(body: bytes) -> LoggedPrediction | None:
@@ -63,6 +64,7 @@ def read_prediction(body: bytes) -> LoggedPrediction | None:
     event_id, request_id, endpoint = get("event_id"), get("request_id"), get("endpoint")
     version, status, latency = get("version"), get("status"), get("latency_ms")
     endpoint_id, error, trace_id = get("endpoint_id"), get("error"), get("trace_id")
+    shadow = get("shadow", False)
     if not (
         type(event_id) is str
         and 0 < len(event_id) <= 64
@@ -79,6 +81,7 @@ def read_prediction(body: bytes) -> LoggedPrediction | None:
         and (endpoint_id is None or type(endpoint_id) is str)
         and (error is None or type(error) is str)
         and (trace_id is None or type(trace_id) is str)
+        and type(shadow) is bool
     ):
         return None
     occurred_at = _utc(get("occurred_at"))
@@ -103,6 +106,7 @@ def read_prediction(body: bytes) -> LoggedPrediction | None:
         float(latency),
         received_at,
         trace_id,
+        shadow,
     )
 
 

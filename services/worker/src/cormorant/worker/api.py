@@ -41,6 +41,8 @@ Encoder = Callable[[dict[str, Any], str | None], bytes]
 
 PREDICT_PATH = "/predict"
 REQUEST_ID_HEADER = "X-Request-ID"
+SHADOW_HEADER = b"x-cormorant-shadow"
+"""Set by the gateway on a request mirrored to a shadow version: not logged here."""
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -108,6 +110,9 @@ class PredictHandler:
                 content_type = value
             elif name == b"traceparent":
                 traceparent = value
+            elif name == SHADOW_HEADER:
+                # A mirrored request: the gateway logs the answer itself, tagged shadow.
+                events = None
         # The gateway's id when it sent one, so its log, ours and the answer agree.
         request_id = request_id or f"{getrandbits(128):032x}"
         logged_input: Any = None
@@ -142,7 +147,9 @@ class PredictHandler:
                     output = outcome.value if size <= limit else too_large("output", size, limit)
                     logged_size += min(size, limit)
                 return Response(content, 200, {REQUEST_ID_HEADER: request_id}, JSON)
-            stream = _LoggedStream(request_id, received, logged_input, traceparent, logged_size)
+            stream = _LoggedStream(
+                request_id, received, logged_input, traceparent, logged_size, events
+            )
             response = await self._stream(outcome, request, started, stream)
             streaming = True
             status = 200
@@ -222,7 +229,7 @@ class PredictHandler:
         status = 200
         error: str | None = None
         # Chunks are kept for the log as they are sent, until they outgrow log_max_bytes.
-        chunks: list[Any] | None = [] if self.events is not None else None
+        chunks: list[Any] | None = [] if logged.events is not None else None
         size = 0
         sent = 0
         finished = False
@@ -262,7 +269,7 @@ class PredictHandler:
             elapsed = time.perf_counter() - started
             self.metrics.in_flight.dec()
             self.metrics.observe(status, elapsed)
-            events = self.events
+            events = logged.events
             if events is not None:
                 output = (
                     chunks
@@ -286,7 +293,7 @@ class PredictHandler:
 class _LoggedStream:
     """What a stream's log event needs from the request that started it."""
 
-    __slots__ = ("input", "received", "request_id", "size", "traceparent")
+    __slots__ = ("events", "input", "received", "request_id", "size", "traceparent")
 
     def __init__(
         self,
@@ -295,7 +302,10 @@ class _LoggedStream:
         input_value: Any,
         traceparent: bytes | None,
         size: int,
+        events: ReplicaEvents | None = None,
     ) -> None:
+        self.events = events
+        """Where the stream is logged when it ends; None when it is not."""
         self.request_id = request_id
         self.received = received
         self.input = input_value

@@ -91,6 +91,8 @@ def create_app(
     def fresh_pool() -> None:
         # The stuck thread keeps the old pool; the process ends soon after anyway.
         handler.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+        if handler.batcher is not None:
+            handler.batcher.pool = handler.pool
 
     watchdog.on_condemn = fresh_pool
 
@@ -139,13 +141,15 @@ def create_app(
         return metrics_response(metrics.registry)
 
     install_batch_route(app, model, pool, settings, events)
-    runner = direct_runner(pool, batch=declares_batch(settings.env))
+    runner = direct_runner(
+        lambda: handler.pool, batch=declares_batch(settings.env), watchdog=watchdog
+    )
     batching = batching_config(settings.env)
     if batching is not None:
-        batcher = AdaptiveBatcher(pool, batching, max_calls=threads)
+        batcher = AdaptiveBatcher(pool, batching, max_calls=threads, watchdog=watchdog)
         handler.batcher = batcher
         runner = batcher.run
-    install_infer_routes(app, model, settings, runner, events)
+    install_infer_routes(app, model, settings, runner, events, watchdog)
     app.state.model = model
     app.state.metrics = metrics
     app.state.events = events

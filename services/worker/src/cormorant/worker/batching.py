@@ -10,6 +10,10 @@ grows until a call finishes, ``max_size`` rows are waiting, or the oldest item h
 ``max_wait_ms``, and the next call takes as many whole items as fit in ``max_size`` rows. Each
 item gets its own slice of the answer. If the shared call raises or answers the wrong number
 of values, each item of it is predicted alone, so an item's error stays with its item.
+
+A shared call is watched by the worker's ``Watchdog`` like any other predict call: past the
+endpoint's deadline every request in it gets 504 (``PredictTimedOut``) and the worker is
+replaced, its later calls going to the fresh thread pool the watchdog's ``on_condemn`` sets.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from cormorant.common.predictor.arguments import (
     predict_chunk,
 )
 from cormorant.common.predictor.rows import declares_batch
+from cormorant.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +90,18 @@ class _Item:
 class AdaptiveBatcher:
     """Groups concurrent requests' rows into shared calls of a batch-capable predict."""
 
-    def __init__(self, pool: Executor, config: BatchingConfig, *, max_calls: int) -> None:
+    def __init__(
+        self,
+        pool: Executor,
+        config: BatchingConfig,
+        *,
+        max_calls: int,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self.pool = pool
+        """Where calls run; replaced by a fresh pool when the watchdog condemns the worker."""
+        self.watchdog = watchdog or Watchdog(None)
+        """Holds each shared call to the per-request deadline."""
         self.config = config
         self.max_calls = max(1, max_calls)
         self._queue: deque[_Item] = deque()
@@ -157,7 +172,9 @@ class AdaptiveBatcher:
         self._queued_rows -= size
         self._calls += 1
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self.pool, _predict_items, predictor, taken)
+        # A task, not the bare executor future: the watchdog's deadline ends the call with
+        # PredictTimedOut, which each of its requests then answers (504).
+        done = loop.create_task(self.watchdog.run(self.pool, _predict_items, predictor, taken))
         done.add_done_callback(lambda finished: self._finished(finished, taken))
         if self._queue and self._timer is None:
             self._timer = loop.call_later(self.config.max_wait_ms / 1000, self._on_timer)

@@ -15,7 +15,6 @@ metadata, for the gateway's model metadata.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from cormorant.worker.api import _error_text, _trace_id
 from cormorant.worker.model import ModelState
 from cormorant.worker.publishing import ReplicaEvents
 from cormorant.worker.settings import WorkerSettings
+from cormorant.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,18 @@ RowsRunner = Callable[
 """Predicts a request's rows off the event loop (directly, or through adaptive batching)."""
 
 
-def direct_runner(pool: Executor, *, batch: bool) -> RowsRunner:
-    """A runner that predicts each request on its own in ``pool``."""
+def direct_runner(
+    pool: Callable[[], Executor], *, batch: bool, watchdog: Watchdog | None = None
+) -> RowsRunner:
+    """A runner that predicts each request on its own in ``pool()`` (the worker's current
+    pool), held to the per-request deadline by ``watchdog``."""
+    watch = watchdog or Watchdog(None)
 
     async def run(
         predictor: Predictor, inputs: Sequence[NamedInput], parameters: Mapping[str, Any]
     ) -> list[JSONValue]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            pool, lambda: predict_named(predictor, inputs, parameters, batch=batch)
+        return await watch.run(
+            pool(), lambda: predict_named(predictor, inputs, parameters, batch=batch)
         )
 
     return run
@@ -76,6 +79,7 @@ def install_infer_routes(
     settings: WorkerSettings,
     runner: RowsRunner,
     events: ReplicaEvents | None = None,
+    watchdog: Watchdog | None = None,
 ) -> None:
     """Add ``POST /predict/rows`` and ``GET /predict/signature`` to the worker's app."""
     batch = declares_batch(settings.env)
@@ -96,6 +100,8 @@ def install_infer_routes(
     @app.post(ROWS_PATH, include_in_schema=False)
     async def predict_rows(request: Request) -> Response:
         received, started = time.time(), time.perf_counter()
+        # A request mirrored to a shadow version is logged by the gateway, tagged shadow.
+        logging_to = None if request.headers.get("x-cormorant-shadow") else logs
         request_id = request.headers.get("x-request-id") or f"{getrandbits(128):032x}"
         traceparent = request.headers.get("traceparent")
         status = 500
@@ -119,6 +125,9 @@ def install_infer_routes(
         except CormorantError as exc:
             status = exc.status_code
             error = _error_text(exc)
+            if watchdog is not None and watchdog.ending is not None:
+                # Past the deadline: answer once this worker has stopped taking requests.
+                await watchdog.settle()
             return JSONResponse(exc.to_body(), exc.status_code)
         except Exception as exc:
             error = _error_text(exc)
@@ -126,15 +135,15 @@ def install_infer_routes(
             failed = CormorantError("the worker failed; see its logs")
             return JSONResponse(failed.to_body(), 500)
         finally:
-            if logs is not None:
+            if logging_to is not None:
                 limit = settings.log_max_bytes
                 if size > limit:
                     logged_input = f"(input and output of {size} bytes, over {limit}: not kept)"
                     output = None
                 trace_id = _trace_id(traceparent.encode("latin-1") if traceparent else None)
                 elapsed = time.perf_counter() - started
-                logs.prediction(request_id, received, elapsed, status, logged_input, output,
-                                error, trace_id, min(size, limit))  # fmt: skip
+                logging_to.prediction(request_id, received, elapsed, status, logged_input,
+                                      output, error, trace_id, min(size, limit))  # fmt: skip
 
 
 async def _read(request: Request, limit: int) -> bytes:

@@ -55,8 +55,10 @@ def prediction_body(
     latency_ms: float,
     received_at: datetime,
     trace_id: str | None,
+    shadow: bool = False,
 ) -> bytes:
-    """The JSON body of the ``PredictionLogged`` with these fields, in the model's field order.
+    """The JSON body of the ``PredictionLogged`` with these fields, in the model's field order
+    (``shadow`` written only when true, so other events keep their bytes).
 
     A value orjson cannot write (an integer past 64 bits, a dict with non-string keys...)
     sends the event through the model, which writes it or raises ``ValueError`` if it is
@@ -77,6 +79,8 @@ def prediction_body(
         "received_at": received_at,
         "trace_id": trace_id,
     }
+    if shadow:
+        fields["shadow"] = True
     try:
         return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
     except TypeError:

@@ -33,6 +33,7 @@ PREDICTION_COLUMNS = (
     "status",
     "latency_ms",
     "trace_id",
+    "shadow",
 )
 """The columns the helpers write, in record order."""
 
@@ -76,6 +77,7 @@ class PredictionRow:
     output: Any = None
     error: str | None = None
     trace_id: str | None = None
+    shadow: bool = False
 
 
 async def copy_predictions(conn: CopyConnection, rows: Iterable[PredictionRow]) -> int:
@@ -122,6 +124,7 @@ def _record(row: PredictionRow) -> tuple[Any, ...]:
         row.status,
         row.latency_ms,
         None if row.trace_id is None else _text(row.trace_id),
+        row.shadow,
     )
 
 

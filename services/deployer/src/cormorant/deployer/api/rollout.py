@@ -8,6 +8,8 @@ from cormorant.common.openapi import error_responses
 from cormorant.deployer.api.deps import RolloutsDep as RolloutDep
 from cormorant.deployer.rollout.schemas import (
     RolloutIn,
+    ShadowIn,
+    ShadowOut,
     TrafficOut,
     VersionCreate,
     VersionList,
@@ -51,3 +53,22 @@ async def rollback(slug: str, service: RolloutDep) -> TrafficOut:
 async def traffic(slug: str, service: RolloutDep) -> TrafficOut:
     """Weights, generation, each version's replicas, traffic history and rollouts."""
     return await service.traffic(slug)
+
+
+@router.post("/api/v1/endpoints/{slug}/shadow")
+async def start_shadow(slug: str, body: ShadowIn, service: RolloutDep) -> ShadowOut:
+    """Mirror a share of live requests to a running version; its answers are logged tagged
+    shadow and never returned, and callers never wait for them."""
+    return await service.start_shadow(slug, body)
+
+
+@router.get("/api/v1/endpoints/{slug}/shadow")
+async def shadow(slug: str, service: RolloutDep) -> ShadowOut:
+    """The shadow version and the share of live requests mirrored to it (none: nulls)."""
+    return await service.shadow(slug)
+
+
+@router.delete("/api/v1/endpoints/{slug}/shadow")
+async def stop_shadow(slug: str, service: RolloutDep) -> ShadowOut:
+    """Stop mirroring; the shadow version keeps running without traffic."""
+    return await service.stop_shadow(slug)

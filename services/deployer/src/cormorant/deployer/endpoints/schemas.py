@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from cormorant.common.events import ShadowTarget
 from cormorant.common.sandbox import DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES
 
 KindName = Literal["web", "batch", "stream"]
@@ -227,6 +228,9 @@ class Route(BaseModel):
     generation: int
     weights: dict[str, int]
     replicas: list[RouteReplica]
+    shadow: ShadowTarget | None = None
+    """The version a share of live requests is mirrored to (its replicas are among
+    ``replicas``; it has no weight)."""
 
 
 class RoutingTable(BaseModel):

@@ -363,6 +363,7 @@ class Store:
                         str(k): int(v) for k, v in (traffic.weights if traffic else {}).items()
                     },
                     replicas=ready[endpoint.id],
+                    shadow=traffic.shadow if traffic is not None and traffic.shadow else None,
                 )
                 for endpoint, traffic in pairs
             ]

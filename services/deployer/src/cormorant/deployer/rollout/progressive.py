@@ -163,7 +163,13 @@ class MetricsReader:
         statuses: list[int] = []
         latencies: list[float] = []
         cursor: str | None = None
-        params: dict[str, Any] = {"since": since.isoformat(), "version": version, "limit": _PAGE}
+        # Live answers only: a shadow version's answers to mirrored requests never judge a step.
+        params: dict[str, Any] = {
+            "since": since.isoformat(),
+            "version": version,
+            "limit": _PAGE,
+            "shadow": "false",
+        }
         for _ in range(_MAX_PAGES):
             if cursor is not None:
                 params["cursor"] = cursor

@@ -38,6 +38,27 @@ class RolloutIn(StrictModel):
     )
 
 
+class ShadowIn(StrictModel):
+    """``POST /api/v1/endpoints/{slug}/shadow``: mirror a share of live requests to a version."""
+
+    version: str = Field(
+        min_length=1, description='The version label, e.g. "2": running, without traffic.'
+    )
+    percent: float = Field(
+        gt=0, le=100, description="Share of live requests mirrored to it, more than 0 up to 100."
+    )
+
+
+class ShadowOut(BaseModel):
+    """``GET /api/v1/endpoints/{slug}/shadow``: the shadow version and its share, if any."""
+
+    slug: str
+    generation: int
+    version: str | None
+    """None when no request is mirrored."""
+    percent: float | None
+
+
 class ReplicaOut(BaseModel):
     """A replica of one version."""
 
@@ -60,7 +81,8 @@ class VersionOut(BaseModel):
     created_at: datetime
     weight: int = 0
     role: str = "inactive"
-    """``stable`` (sets the status, autoscaled), ``canary``, ``retiring`` or ``inactive``."""
+    """``stable`` (sets the status, autoscaled), ``canary``, ``shadow`` (mirrored requests
+    only), ``starting`` (running, no traffic), ``retiring`` or ``inactive``."""
     replicas: list[ReplicaOut] = Field(default_factory=list)
 
 
@@ -79,6 +101,8 @@ class TrafficOut(BaseModel):
     weights: dict[str, int]
     stable: str | None
     canary: str | None
+    shadow: ShadowOut | None = None
+    """The shadow version and its share while live requests are mirrored, else None."""
     versions: list[VersionOut]
     history: list[dict[str, Any]]
     rollouts: list[dict[str, Any]]

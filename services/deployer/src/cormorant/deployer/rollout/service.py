@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from cormorant.common.db.models import RolloutStatus, VersionStatus
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
-from cormorant.common.events import TrafficChanged
+from cormorant.common.events import ShadowTarget, TrafficChanged
 from cormorant.common.tasks import TaskSet
 from cormorant.deployer.endpoints.schemas import EndpointSpec
 from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
@@ -35,6 +35,8 @@ from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.schemas import (
     ReplicaOut,
     RolloutIn,
+    ShadowIn,
+    ShadowOut,
     TrafficOut,
     VersionCreate,
     VersionList,
@@ -214,6 +216,12 @@ class RolloutService:
         async with self.lock(record.id):
             stable, canary = self.canary_runtime(record, version)
             traffic = await self.store.traffic(record.id)
+            if traffic.shadow is not None and traffic.shadow.version == version:
+                raise Conflict(
+                    f"version {version} is {record.slug}'s shadow version; stop the shadow "
+                    f"traffic first (DELETE /api/v1/endpoints/{record.slug}/shadow)",
+                    details={"field": "version", "shadow": version},
+                )
             holder = _other_canary(traffic, stable.version.label, version)
             if holder is not None:
                 raise Conflict(
@@ -299,12 +307,14 @@ class RolloutService:
         async with self.lock(record.id):
             stable = self.require_primary(record)
             retiring = self._retiring.get(record.id, set())
+            traffic = await self.store.traffic(record.id)
+            # The shadow version keeps answering mirrored requests: stop it on its own.
+            shadow = traffic.shadow.version if traffic.shadow is not None else None
             others = [
                 runtime
                 for label, runtime in self.supervisor.others.get(record.id, {}).items()
-                if label not in retiring
+                if label not in retiring and label != shadow
             ]
-            traffic = await self.store.traffic(record.id)
             weights = {stable.version.label: 100}
             # Weights on a version with no runtime (its replicas were stopped by a deployer
             # restart) are still worth resetting.
@@ -380,7 +390,10 @@ class RolloutService:
             if self.handshake is not None:
                 state = await self.store.traffic(record.id)
                 event = TrafficChanged(
-                    endpoint=record.slug, generation=state.generation, weights=state.weights
+                    endpoint=record.slug,
+                    generation=state.generation,
+                    weights=state.weights,
+                    shadow=state.shadow,
                 )
                 await self.handshake.wait(
                     record.slug, generation, [label], nudge=lambda: self.supervisor.publish(event)
@@ -411,9 +424,81 @@ class RolloutService:
             spec=spec.spec if spec is not None else None,
         )
         self.supervisor.publish(
-            TrafficChanged(endpoint=record.slug, generation=state.generation, weights=weights)
+            TrafficChanged(
+                endpoint=record.slug,
+                generation=state.generation,
+                weights=weights,
+                shadow=state.shadow,
+            )
         )
         return state
+
+    # Shadow traffic
+
+    async def shadow(self, slug: str) -> ShadowOut:
+        """The version live requests are mirrored to, and their share."""
+        record = await self._find(slug)
+        return _shadow_out(record, await self.store.traffic(record.id))
+
+    async def start_shadow(self, slug: str, body: ShadowIn) -> ShadowOut:
+        """Mirror ``body.percent`` of live requests to ``body.version`` once its replicas are
+        ready; its answers are logged tagged shadow, never returned to callers."""
+        record = await self._find(slug)
+        if record.kind != "web":
+            raise BadRequest(
+                f"{record.slug} is a {record.kind} endpoint: shadow traffic mirrors web "
+                "requests; deploy the version as a web endpoint to compare it",
+                details={"field": "slug", "kind": record.kind},
+            )
+        async with self.lock(record.id):
+            _, runtime = self.canary_runtime(record, body.version)
+            traffic = await self.store.traffic(record.id)
+            if traffic.weights.get(body.version, 0) > 0:
+                raise Conflict(
+                    f"version {body.version} holds {traffic.weights[body.version]}% of "
+                    f"{record.slug}'s live traffic; a shadow version takes none: roll it back "
+                    "or shadow another version",
+                    details={"field": "version", "weight": traffic.weights[body.version]},
+                )
+            failure = await self.wait_ready(runtime)
+            if failure is not None:
+                raise RolloutFailed(
+                    f"version {body.version} of {record.slug} cannot shadow: {failure}",
+                    details={"field": "version", "reason": failure},
+                )
+            target = ShadowTarget(version=body.version, percent=body.percent)
+            if traffic.shadow != target:
+                state = await self.store.set_shadow(record.id, target, action="shadow")
+                self._publish_state(record, state)
+                traffic = state
+            log.info("%s: mirroring %g%% to version %s", record.slug, body.percent, body.version)
+        return _shadow_out(record, traffic)
+
+    async def stop_shadow(self, slug: str) -> ShadowOut:
+        """Stop mirroring; the shadow version keeps running, without traffic."""
+        record = await self._find(slug)
+        async with self.lock(record.id):
+            traffic = await self.store.traffic(record.id)
+            if traffic.shadow is None:
+                raise Conflict(
+                    f"{record.slug} mirrors no traffic; start with POST "
+                    f"/api/v1/endpoints/{record.slug}/shadow",
+                    details={"slug": record.slug},
+                )
+            state = await self.store.set_shadow(record.id, None, action="shadow-stop")
+            self._publish_state(record, state)
+            log.info("%s: shadow traffic stopped", record.slug)
+        return _shadow_out(record, state)
+
+    def _publish_state(self, record: EndpointRecord, state: TrafficState) -> None:
+        self.supervisor.publish(
+            TrafficChanged(
+                endpoint=record.slug,
+                generation=state.generation,
+                weights=state.weights,
+                shadow=state.shadow,
+            )
+        )
 
     async def _find(self, slug: str) -> EndpointRecord:
         record = await self.endpoints.store.find(slug)
@@ -469,6 +554,8 @@ class RolloutService:
             return "stable"
         if label in self._retiring.get(record.id, set()):
             return "retiring"
+        if traffic.shadow is not None and traffic.shadow.version == label:
+            return "shadow"
         if label in self.supervisor.others.get(record.id, {}):
             return "canary" if traffic.weights.get(label, 0) > 0 else "starting"
         return "inactive"
@@ -514,6 +601,7 @@ class RolloutService:
             weights=traffic.weights,
             stable=stable,
             canary=_other_canary(traffic, stable, None),
+            shadow=_shadow_out(record, traffic) if traffic.shadow is not None else None,
             versions=await self._versions(record, traffic),
             history=await self.store.history(record.id),
             rollouts=await self.store.rollouts(record.id),
@@ -526,3 +614,13 @@ def _other_canary(traffic: TrafficState, stable: str | None, besides: str | None
         if label not in (stable, besides) and weight > 0:
             return label
     return None
+
+
+def _shadow_out(record: EndpointRecord, traffic: TrafficState) -> ShadowOut:
+    shadow = traffic.shadow
+    return ShadowOut(
+        slug=record.slug,
+        generation=traffic.generation,
+        version=shadow.version if shadow is not None else None,
+        percent=shadow.percent if shadow is not None else None,
+    )

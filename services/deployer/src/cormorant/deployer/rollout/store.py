@@ -23,6 +23,7 @@ from cormorant.common.db.models import (
     TrafficChange,
     VersionStatus,
 )
+from cormorant.common.events import ShadowTarget
 from cormorant.deployer.endpoints.schemas import EndpointSpec
 from cormorant.deployer.endpoints.store import (
     LIVE_REPLICA_STATES,
@@ -50,10 +51,11 @@ class VersionRow:
 
 @dataclass(frozen=True, slots=True)
 class TrafficState:
-    """The endpoint's current split."""
+    """The endpoint's current split, and the shadow version live requests are mirrored to."""
 
     generation: int
     weights: dict[str, int]
+    shadow: ShadowTarget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,7 @@ class RolloutStore:
             row = await session.get(Traffic, endpoint_id)
             if row is None:
                 return TrafficState(0, {})
-            return TrafficState(row.generation, {str(k): int(v) for k, v in row.weights.items()})
+            return _state(row)
 
     async def set_traffic(
         self,
@@ -174,7 +176,31 @@ class RolloutStore:
                     .where(Endpoint.id == endpoint_id)
                     .values(spec=spec.model_dump(mode="json"))
                 )
-            return TrafficState(generation, dict(weights))
+            return TrafficState(generation, dict(weights), _shadow(row.shadow))
+
+    async def set_shadow(
+        self, endpoint_id: uuid.UUID, shadow: ShadowTarget | None, *, action: str
+    ) -> TrafficState:
+        """Store the shadow target (None: no mirroring) under the next generation."""
+        async with self.sessions() as session, session.begin():
+            row = await session.get(Traffic, endpoint_id, with_for_update=True)
+            if row is None:
+                row = Traffic(endpoint_id=endpoint_id, generation=0, weights={})
+                session.add(row)
+            row.generation = (row.generation or 0) + 1
+            row.shadow = None if shadow is None else shadow.model_dump()
+            session.add(
+                TrafficChange(
+                    endpoint_id=endpoint_id,
+                    generation=row.generation,
+                    weights=dict(row.weights),
+                    action=action,
+                    reason=None
+                    if shadow is None
+                    else f"mirror {shadow.percent:g}% to version {shadow.version}",
+                )
+            )
+            return _state(row)
 
     async def history(self, endpoint_id: uuid.UUID, limit: int = 50) -> list[dict[str, Any]]:
         """The latest traffic changes, newest first."""
@@ -311,3 +337,12 @@ class RolloutStore:
                 }
                 for rollout, number in rows
             ]
+
+
+def _state(row: Traffic) -> TrafficState:
+    weights = {str(k): int(v) for k, v in row.weights.items()}
+    return TrafficState(row.generation, weights, _shadow(row.shadow))
+
+
+def _shadow(stored: dict[str, Any] | None) -> ShadowTarget | None:
+    return None if not stored else ShadowTarget.model_validate(stored)

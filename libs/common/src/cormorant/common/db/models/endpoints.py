@@ -150,6 +150,9 @@ class Traffic(Base):
     """``{"<version number>": percent}``, summing to 100."""
     policy: Mapped[JSONObject | None]
     """The progressive-delivery policy in force, if any."""
+    shadow: Mapped[JSONObject | None]
+    """``{"version": "<number>", "percent": p}`` while live requests are mirrored to a shadow
+    version, else NULL."""
     updated_at: Mapped[UpdatedAt]
 
 

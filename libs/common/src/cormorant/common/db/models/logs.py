@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import REAL, BigInteger, Index, PrimaryKeyConstraint, SmallInteger, func
+from sqlalchemy import REAL, BigInteger, Index, PrimaryKeyConstraint, SmallInteger, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import Mapped, mapped_column
@@ -64,6 +64,9 @@ class Prediction(Base):
     ingest_xid: Mapped[str | None] = mapped_column(Xid8(), server_default=func.pg_current_xact_id())
     """The transaction that stored the row: the ingest order feedback loops export by (a
     snapshot tells whether it had committed). NULL for rows stored before revision 0005."""
+    shadow: Mapped[bool] = mapped_column(server_default=text("false"))
+    """A mirrored request's answer by the shadow version (never returned to the caller); its
+    ``request_id`` is the live row's, so the two compare."""
 
 
 class Metric(Base):
