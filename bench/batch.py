@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.batch import start_job
 

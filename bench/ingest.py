@@ -46,7 +46,8 @@ import asyncpg
 from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, insert_predictions, upgrade
 from cormorant.common.events import PredictionLogged
-from cormorant.common.servers import NatsServer, PostgresServer, free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers import NatsServer, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATE = 20_000

@@ -27,7 +27,7 @@ from typing import Any
 
 from rate_load import RateLoad, p99_ms
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.sdk import Client
 
 ROOT = Path(__file__).resolve().parents[1]

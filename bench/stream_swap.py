@@ -25,7 +25,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from cormorant.common.servers import KafkaBroker, free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers import KafkaBroker
 from cormorant.kafka_bridge.testing import (
     create_topics,
     high_watermarks,

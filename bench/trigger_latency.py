@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from cormorant.alerts.testing import smtp_server
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.sdk import Client, Endpoint
 
 ROOT = Path(__file__).resolve().parents[1]

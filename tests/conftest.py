@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from cormorant.common.internal import InternalAuth
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.sdk import Client
 from cormorant.sdk.stackfile import SECRETS_FILE, read_private_json
 

@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.sdk import Endpoint
 from cormorant.sdk.datasets import Datasets
 from tests.conftest import ROOT, Stack

@@ -35,8 +35,8 @@ from cormorant.alerts.app import create_app
 from cormorant.alerts.settings import AlertsSettings
 from cormorant.common.db import asyncpg_dsn
 from cormorant.common.internal import InternalAuth
-from cormorant.common.servers import free_port
-from cormorant.common.testing.waits import eventually as eventually
+from cormorant.common.ports import free_port
+from cormorant.devstack.testing.waits import eventually as eventually
 
 SLUG = "iris"
 """The endpoint the Alerts tests put their triggers on."""

@@ -28,8 +28,8 @@ from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, copy_predictions
 from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.internal import InternalAuth, generate_internal_secret
-from cormorant.common.servers import free_port
-from cormorant.common.testing.waits import eventually
+from cormorant.common.ports import free_port
+from cormorant.devstack.testing.waits import eventually
 from cormorant.predictlog.app import create_app
 from cormorant.predictlog.settings import PredictLogSettings
 

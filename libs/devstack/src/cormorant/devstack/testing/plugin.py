@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cormorant.common.servers import KafkaBroker, NatsServer, PostgresServer
+from cormorant.devstack.servers import KafkaBroker, NatsServer, PostgresServer
 
 
 class ExternalServers(BaseSettings):
