@@ -17,6 +17,7 @@ from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import internal_client
 from cormorant.common.openapi import install_error_documentation
+from cormorant.common.retry import Backoff
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.gateway import console, keys, v2
 from cormorant.gateway.auth import Credentials
@@ -213,13 +214,20 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     return app
 
 
+_RESTART_BACKOFF = Backoff(initial=1.0, cap=30.0)
+"""Between restarts of a background loop that failed: a loop failing at once backs off."""
+
+
 async def _supervised(name: str, run: Callable[..., Awaitable[None]], *args: object) -> None:
     # A bug in one background loop must not take the gateway down through the task group:
     # log it and start the loop again.
+    failures = 0
     while True:
         try:
             await run(*args)
             return
         except Exception:
-            log.exception("%s failed; restarting it", name)
-            await asyncio.sleep(1.0)
+            failures += 1
+            delay = _RESTART_BACKOFF.delay(failures)
+            log.exception("%s failed; restarting it in %.1f s", name, delay)
+            await asyncio.sleep(delay)
