@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -223,11 +224,14 @@ async def _supervised(name: str, run: Callable[..., Awaitable[None]], *args: obj
     # log it and start the loop again.
     failures = 0
     while True:
+        started = time.monotonic()
         try:
             await run(*args)
             return
         except Exception:
-            failures += 1
+            # A loop that ran a while before it failed starts its backoff afresh.
+            ran_a_while = time.monotonic() - started > _RESTART_BACKOFF.cap
+            failures = 1 if ran_a_while else failures + 1
             delay = _RESTART_BACKOFF.delay(failures)
             log.exception("%s failed; restarting it in %.1f s", name, delay)
             await asyncio.sleep(delay)
