@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from worker_overhead import stop
 
 from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, insert_predictions, upgrade
@@ -152,12 +153,7 @@ def drain(env: dict[str, str], port: int, expected: int, log_path: Path) -> dict
             # Scrapes cost the service CPU: a few per second keep the error under 5 %.
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
 
 
 def rows_of(count: int, endpoint_id: uuid.UUID, run: str) -> list[PredictionRow]:

@@ -12,19 +12,18 @@ import httpx
 import pytest
 
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.alerts.testing import SLUG, AlertsProcess, Mailbox, Metrics, eventually
+from cormorant.alerts.testing import (
+    TRIGGERS_PATH,
+    AlertsProcess,
+    Mailbox,
+    Metrics,
+    eventually,
+    trigger_body,
+)
 from cormorant.common.db import asyncpg_dsn
 
-PATH = f"/api/v1/endpoints/{SLUG}/triggers"
-TRIGGER = {
-    "title": "Accuracy dropped",
-    "tag": "accuracy",
-    "comparison": "lt",
-    "value": 0.8,
-    "every": "1s",
-    "min_events": 2,
-    "action": {"email": ["team@example.org"]},
-}
+PATH = TRIGGERS_PATH
+TRIGGER = trigger_body(min_events=2)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from cormorant.common.lifetime import parent_death_hook
 
@@ -55,6 +55,13 @@ class ManagedProcess:
     def is_ready(self) -> bool:
         """An extra readiness probe run after the ready line appeared."""
         return True
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> None:
         """Start the process and block until it is ready or fails."""
