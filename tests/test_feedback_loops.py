@@ -28,7 +28,7 @@ from cormorant.devstack.testing.waits import eventually
 from cormorant.sdk import Endpoint
 from cormorant.sdk.datasets import Datasets
 from tests.conftest import ROOT, Stack, running_stack
-from tests.test_prediction_log import _load, _restarted, deploy_echo
+from tests.test_prediction_log import _load, _logged_at_least, _restarted, deploy_echo
 
 N = 10_000
 DATASET = "echo-feedback"
@@ -146,13 +146,7 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
         db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
         try:
             endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
-
-            async def all_logged() -> bool:
-                count = await db.fetchval(
-                    "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
-                )
-                return bool(count >= N)
-
+            all_logged = _logged_at_least(db, endpoint_id, N)
             await eventually(all_logged, within=60 + N / 1000, what=f"{N} rows logged")
             # Then every row has been exported once a run has started after the last commit.
             logged_by = await db.fetchval("SELECT now()")

@@ -128,6 +128,20 @@ async def _load(
     return request_ids
 
 
+def _logged_at_least(
+    db: asyncpg.Connection, endpoint_id: object, n: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check: the predictions table holds at least ``n`` rows of the endpoint."""
+
+    async def check() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
+        )
+        return bool(count >= n)
+
+    return check
+
+
 async def _drained(stack: Stack) -> Callable[[], Awaitable[bool]]:
     """True once predictlog's durable consumer has nothing pending or unacknowledged."""
     nats_url = stack.described()["nats_url"]
@@ -186,13 +200,7 @@ def predict_across_kills(stack: Stack, echo: Endpoint, n: int) -> Counted:
         db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
         try:
             endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
-
-            async def all_rows() -> bool:
-                count = await db.fetchval(
-                    "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
-                )
-                return bool(count >= n)
-
+            all_rows = _logged_at_least(db, endpoint_id, n)
             await eventually(all_rows, within=60 + n / 1000, what=f"{n} rows")
             await eventually(await _drained(stack), within=30, what="the ingest to drain")
             rows = await db.fetchval(

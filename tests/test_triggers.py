@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from cormorant.alerts.testing import Mailbox, smtp_server, webhook_receiver
+from cormorant.alerts.testing import Mailbox, evaluation_held, smtp_server, webhook_receiver
 from cormorant.alerts.triggers.webhook import verify
 from cormorant.common.db import asyncpg_dsn
 from cormorant.devstack.testing.waits import eventually
@@ -229,22 +229,9 @@ async def test_killed_mid_evaluation_and_in_flight_fires_once(
 
         await eventually(stored, within=60, what="the value stored")
         mail.hold()  # the delivery after the restart will be in flight
-        blocker = conn.transaction()
-        await blocker.start()
-        await conn.execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
-
-        async def evaluating() -> bool:
-            # The evaluator is the one user of metrics waiting for this lock: predictlog
-            # would only wait with a new value to store, and no prediction is made now.
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'metrics'::regclass"
-            )
-            return bool(waiting)
-
-        await eventually(evaluating, within=60, what="an evaluation waiting on the values")
-        first = alerts_pid(own_stack)
-        os.kill(first, signal.SIGKILL)
-        await blocker.rollback()
+        async with evaluation_held(conn, within=60):
+            first = alerts_pid(own_stack)
+            os.kill(first, signal.SIGKILL)
     finally:
         await conn.close()
     await restarted(own_stack, first)
