@@ -30,6 +30,7 @@ from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
 from cormorant.common.internal import generate_internal_secret
 from cormorant.common.lifetime import REPLICA_RECORDS, stop_recorded
 from cormorant.common.ports import port_open
+from cormorant.common.retry import Backoff
 from cormorant.common.settings import CommonSettings
 from cormorant.devstack.servers import ManagedProcess, NatsServer, PostgresServer
 from cormorant.devstack.servers.postgres import generate_password
@@ -48,6 +49,8 @@ log = logging.getLogger("cormorant.stack")
 
 # Seconds the deployer gets to stop: a replica's stop_timeout_s (35 s) and its drain.
 _DEPLOYER_STOP_S = 60
+_RESTART_BACKOFF = Backoff(initial=0.5, cap=30.0)
+"""Between a service's exit and its restart, growing with its restarts."""
 
 
 class StackError(RuntimeError):
@@ -412,7 +415,7 @@ class Supervisor:
                 now = time.monotonic()
                 if svc.next_start == 0.0:
                     code = svc.proc.returncode if svc.proc else None
-                    backoff = min(30.0, 0.5 * 2**svc.restarts)
+                    backoff = _RESTART_BACKOFF.delay(svc.restarts + 1)
                     log.warning(
                         "%s exited (code %s); restart in %.1fs", svc.spec.name, code, backoff
                     )
