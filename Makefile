@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/common libs/sdk services/worker services/gateway services/deployer \
+PACKAGES := libs/common libs/sdk libs/devstack services/worker services/gateway services/deployer \
             services/predictlog services/feedback services/alerts services/kafka-bridge \
             services/batch
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -38,7 +38,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src libs/sdk/src $(addsuffix /src,$(filter services/%,$(PACKAGES)))
+	$(BIN)/mypy libs/common/src libs/sdk/src libs/devstack/src $(addsuffix /src,$(filter services/%,$(PACKAGES)))
 
 format: install
 	$(BIN)/ruff check --fix .

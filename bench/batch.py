@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,21 +30,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from cormorant.common.servers import free_port
+from cormorant.devstack.testing.running import running_stack
 from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.batch import start_job
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 BATCH_MODEL = "def predict(rows):\n    return [row[0] for row in rows]\n"
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``cormorant`` command against the bench's stack."""
-    return subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
 
 
 def load(path: Path) -> Callable[..., Any]:
@@ -169,17 +156,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cormorant-bench-batch-") as tmp:
         work = Path(tmp)
-        env = {**os.environ, "CORMORANT_DATA_DIR": str(work / "data")}
-        for name in SERVICES:
-            env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
-        env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
-        env["CORMORANT_BATCH_IDLE_TIMEOUT_S"] = "600"
-        up = cli(env, "up", "--no-example")
-        if up.returncode != 0:
-            raise SystemExit(up.stdout + up.stderr)
-        try:
-            info = json.loads((work / "data" / "stack.json").read_text())
-            client = Client(info["services"]["gateway"]["url"], info["admin_key"])
+        settings = {"CORMORANT_BATCH_IDLE_TIMEOUT_S": "600"}
+        with running_stack(work / "data", settings, cwd=ROOT) as stack:
+            client = stack.client()
             source = work / "numbers.csv"
             source.write_text("x\n" + "".join(f"{i}.5\n" for i in range(args.rows)))
             anchor = max(
@@ -236,8 +215,6 @@ def main() -> None:
             cold, breakdown = cold_start(
                 client, sklearn2, small.job["input_file"], "bench", work / "data"
             )
-        finally:
-            cli(env, "down")
 
     ratio = warm["rows_per_s"] / anchor
     print(f"rows: {args.rows:,}, replicas: {args.replicas}")

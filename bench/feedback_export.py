@@ -44,7 +44,7 @@ import asyncpg
 import psutil
 
 from cormorant.common.db import PredictionRow, asyncpg_dsn, insert_predictions, upgrade
-from cormorant.common.servers import PostgresServer
+from cormorant.devstack.servers import PostgresServer
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 50.0

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 # Same helpers as the worker bench (this folder is on sys.path when a bench runs).
-from worker_overhead import free_port, wait_healthy
+from worker_overhead import free_port, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -69,12 +69,7 @@ def process(command: Sequence[str], health: str, env: dict[str, str]) -> Iterato
         wait_healthy(health, proc)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @contextmanager
@@ -189,7 +184,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
-    from cormorant.common.servers import NatsServer, PostgresServer
+    from cormorant.devstack.servers import NatsServer, PostgresServer
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         data = Path(tmp)

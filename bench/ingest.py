@@ -42,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from worker_overhead import stop
 
 from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, insert_predictions, upgrade
 from cormorant.common.events import PredictionLogged
-from cormorant.common.servers import NatsServer, PostgresServer, free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers import NatsServer, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATE = 20_000
@@ -151,12 +153,7 @@ def drain(env: dict[str, str], port: int, expected: int, log_path: Path) -> dict
             # Scrapes cost the service CPU: a few per second keep the error under 5 %.
             time.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
 
 
 def rows_of(count: int, endpoint_id: uuid.UUID, run: str) -> list[PredictionRow]:

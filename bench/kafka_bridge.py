@@ -40,7 +40,7 @@ from typing import Any
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from cormorant.common.servers import KafkaBroker
+from cormorant.devstack.servers import KafkaBroker
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings
 from cormorant.kafka_bridge.testing import (
     BridgeProcess,

@@ -302,7 +302,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
-    from cormorant.common.servers import NatsServer, PostgresServer
+    from cormorant.devstack.servers import NatsServer, PostgresServer
 
     with tempfile.TemporaryDirectory(prefix="logging-bench-") as tmp:
         data = Path(tmp)

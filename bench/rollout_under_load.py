@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -27,20 +25,11 @@ from typing import Any
 
 from rate_load import RateLoad, p99_ms
 
-from cormorant.common.servers import free_port
+from cormorant.devstack.testing.running import running_stack
 from cormorant.sdk import Client
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 RATIO_TARGET = 1.5
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``cormorant`` command against the bench's stack."""
-    return subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
 
 
 def model(root: Path, name: str, body: str) -> Path:
@@ -119,27 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cormorant-rollout-bench-") as tmp:
         work = Path(tmp)
-        data_dir = work / "data"
-        env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir)}
-        for name in ("nats", "postgres", *SERVICES):
-            env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
-        env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
-        up = cli(env, "up", "--no-example")
-        try:
-            if up.returncode != 0:
-                print(up.stdout + up.stderr, file=sys.stderr)
-                return 1
-            info = json.loads((data_dir / "stack.json").read_text())
-            url = info["services"]["gateway"]["url"]
-            client = Client(url, info["admin_key"])
+        with running_stack(work / "data", cwd=ROOT) as stack:
+            url = stack.url
+            client = stack.client()
             created = client.endpoints.create(
                 "bench", str(model(work, "v1", answer("1"))), server={"workers": 1}
             )
             client.endpoints.wait_until_running(created["slug"])
             predict = f"{url}/api/v1/endpoints/{created['slug']}/predict"
             summary = asyncio.run(sequence(client, predict, created["token"], work, args))
-        finally:
-            cli(env, "down")
     print(json.dumps(summary, default=str), file=sys.stderr)
     ratio = summary["p99_sequence_ms"] / max(summary["p99_rest_ms"], 1e-9)
     misses = summary["failed"] or summary["broken_served"] or ratio > RATIO_TARGET

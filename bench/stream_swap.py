@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from cormorant.common.servers import KafkaBroker, free_port
+from cormorant.devstack.servers import KafkaBroker
+from cormorant.devstack.testing.running import running_stack
 from cormorant.kafka_bridge.testing import (
     create_topics,
     high_watermarks,
@@ -38,32 +36,7 @@ from cormorant.sdk.streams import Streams
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "tests" / "models" / "stream"
-SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 CHUNK = 1_000
-
-
-def start_stack(data_dir: Path) -> tuple[dict[str, str], dict[str, object]]:
-    """``cormorant up`` on free ports in ``data_dir``; its environment and stack file."""
-    env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir), "CORMORANT_LOG_LEVEL": "WARNING"}
-    for name in SERVICES:
-        env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
-    env["CORMORANT_STACK_GATEWAY_GRPC_PORT"] = str(free_port())
-    up = subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if up.returncode != 0:
-        raise SystemExit(f"the stack did not start:\n{up.stdout}{up.stderr}")
-    info: dict[str, object] = json.loads((data_dir / "stack.json").read_text())
-    return env, info
-
-
-def stop_stack(env: dict[str, str]) -> None:
-    """``cormorant down``."""
-    subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "down"],
-        env=env, cwd=ROOT, capture_output=True, timeout=300,
-    )  # fmt: skip
 
 
 async def output_size(bootstrap: str, topic: str) -> int:
@@ -152,14 +125,14 @@ def main() -> None:
         data_dir = Path(tmp) / "data"
         broker = KafkaBroker(Path(tmp))
         broker.start()
-        env, info = start_stack(data_dir)
+        settings = {"CORMORANT_LOG_LEVEL": "WARNING"}
         try:
-            services = info["services"]
-            assert isinstance(services, dict)
-            with Client(services["gateway"]["url"], str(info["admin_key"])) as client:
+            with (
+                running_stack(data_dir, settings, cwd=ROOT, timeout=300) as stack,
+                stack.client() as client,
+            ):
                 print(asyncio.run(run(args, broker.bootstrap_servers, client)), flush=True)
         finally:
-            stop_stack(env)
             broker.stop()
 
 

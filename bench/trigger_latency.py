@@ -15,22 +15,17 @@ it (≤ 1 meets it). Prints e.g.::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from cormorant.alerts.testing import smtp_server
-from cormorant.common.servers import free_port
-from cormorant.sdk import Client, Endpoint
+from cormorant.devstack.testing.running import running_stack
+from cormorant.sdk import Endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = ("nats", "postgres", "deployer", "predictlog", "feedback", "alerts", "gateway")
 PREDICT = """\
 from cormorant.sdk import Endpoint
 
@@ -39,30 +34,6 @@ def predict(accuracy):
     Endpoint().log_metric("accuracy", float(accuracy))
     return accuracy
 """
-
-
-def start_stack(data_dir: Path, smtp_port: int) -> tuple[dict[str, str], dict[str, object]]:
-    """``cormorant up`` on free ports in ``data_dir``; its environment and stack file."""
-    env = {**os.environ, "CORMORANT_DATA_DIR": str(data_dir), "CORMORANT_LOG_LEVEL": "WARNING"}
-    for name in SERVICES:
-        env[f"CORMORANT_STACK_{name.upper()}_PORT"] = str(free_port())
-    env["CORMORANT_ALERTS_SMTP_PORT"] = str(smtp_port)
-    up = subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if up.returncode != 0:
-        raise SystemExit(f"the stack did not start:\n{up.stdout}{up.stderr}")
-    info: dict[str, object] = json.loads((data_dir / "stack.json").read_text())
-    return env, info
-
-
-def stop_stack(env: dict[str, str]) -> None:
-    """``cormorant down``."""
-    subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "down"],
-        env=env, cwd=ROOT, capture_output=True, timeout=300,
-    )  # fmt: skip
 
 
 def main() -> None:
@@ -77,12 +48,10 @@ def main() -> None:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         (model_dir / "predict.py").write_text(PREDICT)
-        env, info = start_stack(Path(tmp) / "data", port)
-        try:
-            services = info["services"]
-            assert isinstance(services, dict)
-            url = str(services["gateway"]["url"])
-            client = Client(url, str(info["admin_key"]))
+        settings = {"CORMORANT_LOG_LEVEL": "WARNING", "CORMORANT_ALERTS_SMTP_PORT": str(port)}
+        with running_stack(Path(tmp) / "data", settings, cwd=ROOT, timeout=300) as stack:
+            url = stack.url
+            client = stack.client()
             created = client.endpoints.create("latency", str(model_dir), server={"workers": 1})
             client.endpoints.wait_until_running(created["slug"])
             model = Endpoint(created["slug"], token=created["token"], url=url)
@@ -104,8 +73,6 @@ def main() -> None:
                     time.sleep(0.01)  # polling the mailbox, 10 ms resolution
                 latencies.append(mailbox.arrived[seen] - sent)
             client.close()
-        finally:
-            stop_stack(env)
     worst = max(latencies)
     print(
         f"trigger_latency: every {args.every} s, {args.rounds} rounds: median "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cormorant.common.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 TARGET = 0.8
 SRC_PATHS = [ROOT / "libs/common/src", ROOT / "libs/sdk/src", ROOT / "services/worker/src"]
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM, SIGKILL after ``timeout`` s; return once the process exited."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def child_env() -> dict[str, str]:
@@ -75,12 +79,7 @@ def serving(command: Sequence[str], port: int) -> Iterator[str]:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
         yield f"http://127.0.0.1:{port}/predict"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def load(url: str, args: argparse.Namespace, duration: float) -> dict[str, Any]:

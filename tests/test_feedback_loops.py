@@ -23,18 +23,12 @@ import asyncpg
 import httpx
 import pytest
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.testing.waits import eventually
 from cormorant.sdk import Endpoint
 from cormorant.sdk.datasets import Datasets
-from tests.conftest import ROOT, Stack
-from tests.test_prediction_log import (
-    _load,
-    _restarted,
-    _stack_file,
-    _until,
-    deploy_echo,
-    running_stack,
-)
+from tests.conftest import ROOT, Stack, running_stack
+from tests.test_prediction_log import _load, _logged_at_least, _restarted, deploy_echo
 
 N = 10_000
 DATASET = "echo-feedback"
@@ -43,17 +37,15 @@ DATASET = "echo-feedback"
 @pytest.fixture(scope="module")
 def feedback_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack whose feedback service allows a 2 s schedule and looks for due loops often."""
-    with pytest.MonkeyPatch.context() as patch:
-        # Read by the services the stack starts (they inherit the environment).
-        patch.setenv("CORMORANT_FEEDBACK_MIN_EVERY_S", "1")
-        patch.setenv("CORMORANT_FEEDBACK_POLL_INTERVAL_S", "0.2")
-        with running_stack(tmp_path_factory.mktemp("feedbackstack") / "data") as stack:
-            yield stack
+    settings = {"CORMORANT_FEEDBACK_MIN_EVERY_S": "1", "CORMORANT_FEEDBACK_POLL_INTERVAL_S": "0.2"}
+    data_dir = tmp_path_factory.mktemp("feedbackstack") / "data"
+    with running_stack(data_dir, settings, cwd=ROOT) as stack:
+        yield stack
 
 
 def _second_replica(stack: Stack) -> tuple[subprocess.Popen[bytes], str]:
     """Another feedback service on the same database and dataset storage."""
-    info = _stack_file(stack)
+    info = stack.described()
     port = free_port()
     env = {
         **stack.env,
@@ -76,7 +68,7 @@ def _kill_feedback(stack: Stack, killed: list[int]) -> Callable[[], None]:
     def kill_when_up() -> None:
         while True:
             try:
-                pid = _stack_file(stack)["services"]["feedback"]["pid"]
+                pid = stack.described()["services"]["feedback"]["pid"]
             except (json.JSONDecodeError, KeyError):  # the file is being rewritten
                 pid = None
             if pid is not None and pid not in killed:
@@ -140,28 +132,22 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
             except httpx.HTTPError:
                 return False
 
-        await _until(replica_ready, within=60, what="the second feedback replica")
+        await eventually(replica_ready, within=60, what="the second feedback replica")
         ids = await _load(
             stack, echo,
             {N // 3: _kill_feedback(stack, killed), 2 * N // 3: _kill_feedback(stack, killed)},
             N,
         )  # fmt: skip
-        await _until(_both_killed(killed), within=60, what="two kills")
-        await _until(
+        await eventually(_both_killed(killed), within=60, what="two kills")
+        await eventually(
             _restarted(stack, "services", "feedback", killed[-1]),
             within=60, what="feedback restarted",
         )  # fmt: skip
         db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
         try:
             endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
-
-            async def all_logged() -> bool:
-                count = await db.fetchval(
-                    "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
-                )
-                return bool(count >= N)
-
-            await _until(all_logged, within=60 + N / 1000, what=f"{N} rows logged")
+            all_logged = _logged_at_least(db, endpoint_id, N)
+            await eventually(all_logged, within=60 + N / 1000, what=f"{N} rows logged")
             # Then every row has been exported once a run has started after the last commit.
             logged_by = await db.fetchval("SELECT now()")
 
@@ -175,7 +161,7 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
                     )
                 )
 
-            await _until(exported_after_last_row, within=60, what="a run after the last row")
+            await eventually(exported_after_last_row, within=60, what="a run after the last row")
             runs = await db.fetch(
                 "SELECT status, rows FROM feedback_runs WHERE loop_id = $1", loop_id
             )

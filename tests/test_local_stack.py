@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from tests.conftest import processes_under
 
 SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")

@@ -6,7 +6,6 @@ agree with the rows, and the CLI's CSV export re-imports with every row, formula
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
 import os
@@ -15,11 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,8 +25,9 @@ import nats
 import pytest
 
 from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.devstack.testing.waits import eventually
 from cormorant.sdk import Endpoint
-from tests.conftest import ROOT, Stack, stack_environment
+from tests.conftest import ROOT, Stack, running_stack
 
 N = 20_000
 CONCURRENCY = 32
@@ -37,35 +35,6 @@ FORMULA = "=1+1"
 ECHO = ROOT / "tests" / "models" / "echo"
 # A spreadsheet runs a cell starting with one of these (OWASP CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\x00")
-
-
-def _stack_file(stack: Stack) -> dict[str, Any]:
-    info: dict[str, Any] = json.loads((stack.data_dir / "stack.json").read_text())
-    return info
-
-
-@contextlib.contextmanager
-def running_stack(data_dir: Path) -> Iterator[Stack]:
-    """``cormorant up --no-example`` on free ports with its data in ``data_dir``; down after."""
-    env = stack_environment(data_dir)
-    up = subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        info = json.loads((data_dir / "stack.json").read_text())
-        env["CORMORANT_URL"] = info["services"]["gateway"]["url"]
-        env["CORMORANT_API_KEY"] = info["admin_key"]
-        yield Stack(
-            info["services"]["gateway"]["url"], info["admin_key"], env, data_dir,
-            info["database_url"],
-        )  # fmt: skip
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "cormorant.sdk.cli", "down"],
-            env=env, cwd=ROOT, capture_output=True, timeout=240,
-        )  # fmt: skip
 
 
 def deploy_echo(stack: Stack) -> Endpoint:
@@ -80,7 +49,7 @@ def deploy_echo(stack: Stack) -> Endpoint:
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of this module's own: its services get killed, which no other test should see."""
-    with running_stack(tmp_path_factory.mktemp("logstack") / "data") as stack:
+    with running_stack(tmp_path_factory.mktemp("logstack") / "data", cwd=ROOT) as stack:
         yield stack
 
 
@@ -90,26 +59,19 @@ def echo(own_stack: Stack) -> Endpoint:
     return deploy_echo(own_stack)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)  # polling a readiness condition, not waiting for a guess
-
-
 def _restarted(stack: Stack, kind: str, name: str, old_pid: int) -> Callable[[], Awaitable[bool]]:
     """True once the supervisor has started ``name`` again under a new pid."""
 
     async def check() -> bool:
         try:
-            pid = _stack_file(stack)[kind][name]["pid"]
+            pid = stack.described()[kind][name]["pid"]
         except (json.JSONDecodeError, KeyError):  # the file is being rewritten
             return False
         if pid == old_pid or pid is None:
             return False
         if kind == "servers":
             return True
-        url = _stack_file(stack)["services"][name]["url"]
+        url = stack.described()["services"][name]["url"]
         try:
             async with httpx.AsyncClient() as http:
                 return (await http.get(url + "/healthz", timeout=1.0)).status_code == 200
@@ -166,9 +128,23 @@ async def _load(
     return request_ids
 
 
+def _logged_at_least(
+    db: asyncpg.Connection, endpoint_id: object, n: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check: the predictions table holds at least ``n`` rows of the endpoint."""
+
+    async def check() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
+        )
+        return bool(count >= n)
+
+    return check
+
+
 async def _drained(stack: Stack) -> Callable[[], Awaitable[bool]]:
     """True once predictlog's durable consumer has nothing pending or unacknowledged."""
-    nats_url = _stack_file(stack)["nats_url"]
+    nats_url = stack.described()["nats_url"]
 
     async def check() -> bool:
         try:
@@ -197,7 +173,7 @@ def predict_across_kills(stack: Stack, echo: Endpoint, n: int) -> Counted:
 
     def kill(kind: str, name: str) -> Callable[[], None]:
         def action() -> None:
-            pid = _stack_file(stack)[kind][name]["pid"]
+            pid = stack.described()[kind][name]["pid"]
             killed[name] = pid
             os.kill(pid, signal.SIGKILL)
 
@@ -214,25 +190,19 @@ def predict_across_kills(stack: Stack, echo: Endpoint, n: int) -> Counted:
         )
         assert set(killed) == {"predictlog", "nats"}
         # Both come back by themselves: the supervisor restarts what exits.
-        await _until(
+        await eventually(
             _restarted(stack, "services", "predictlog", killed["predictlog"]),
             within=60, what="predictlog restarted",
         )  # fmt: skip
-        await _until(
+        await eventually(
             _restarted(stack, "servers", "nats", killed["nats"]), within=60, what="nats restarted"
         )
         db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
         try:
             endpoint_id = await db.fetchval("SELECT id FROM endpoints WHERE slug = $1", echo.slug)
-
-            async def all_rows() -> bool:
-                count = await db.fetchval(
-                    "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
-                )
-                return bool(count >= n)
-
-            await _until(all_rows, within=60 + n / 1000, what=f"{n} rows")
-            await _until(await _drained(stack), within=30, what="the ingest to drain")
+            all_rows = _logged_at_least(db, endpoint_id, n)
+            await eventually(all_rows, within=60 + n / 1000, what=f"{n} rows")
+            await eventually(await _drained(stack), within=30, what="the ingest to drain")
             rows = await db.fetchval(
                 "SELECT count(*) FROM predictions WHERE endpoint_id = $1", endpoint_id
             )

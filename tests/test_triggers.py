@@ -6,14 +6,11 @@ in flight, the alerts service loses no firing and doubles none; the CLI drives i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +18,21 @@ import asyncpg
 import httpx
 import pytest
 
-from cormorant.alerts.testing import Mailbox, smtp_server, webhook_receiver
+from cormorant.alerts.testing import Mailbox, evaluation_held, smtp_server, webhook_receiver
 from cormorant.alerts.triggers.webhook import verify
 from cormorant.common.db import asyncpg_dsn
+from cormorant.devstack.testing.waits import eventually
 from cormorant.sdk import Client, Endpoint
-from tests.conftest import ROOT, Stack, stack_environment
+from tests import test_flows as flows
+from tests.conftest import ROOT, Stack, running_stack
 from tests.test_flows import RATE, TRAIN
 
 sys.path.insert(0, str(ROOT / "bench"))
 
 from rate_load import RateLoad
 
-RETRAIN_FLOW = """\
-name: retrain-iris
-tasks:
-  - name: train
-    type: exec
-    command: python train.py out/model
-  - name: ship
-    type: deploy
-    endpoint: iris retrained
-    source: out/model
-    server: {workers: 1}
-    policy:
-      steps: [50, 100]
-      interval: 2s
-      checks:
-        - {metric: error_rate, max: 0.05}
-"""
+# The flows test's retrain flow, its endpoint named apart from the one that test creates.
+RETRAIN_FLOW = flows.RETRAIN_FLOW.replace("endpoint: iris flow", "endpoint: iris retrained")
 
 PREDICT = """\
 from cormorant.sdk import Endpoint
@@ -73,40 +57,18 @@ def mail(mail_server: tuple[Mailbox, int]) -> Mailbox:
     return mail_server[0]
 
 
-@contextlib.contextmanager
-def running_stack(data_dir: Path, smtp_port: int) -> Iterator[Stack]:
-    """``cormorant up --no-example`` on free ports, e-mail to ``smtp_port``; down after."""
-    env = stack_environment(data_dir)
-    env["CORMORANT_ALERTS_SMTP_PORT"] = str(smtp_port)
-    env["CORMORANT_ALERTS_EVALUATION_TICK_S"] = "0.1"
-    env["CORMORANT_ALERTS_RETRY_BACKOFF_S"] = "0.2"
-    up = subprocess.run(
-        [sys.executable, "-m", "cormorant.sdk.cli", "up", "--no-example"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        info = json.loads((data_dir / "stack.json").read_text())
-        env["CORMORANT_URL"] = info["services"]["gateway"]["url"]
-        env["CORMORANT_API_KEY"] = info["admin_key"]
-        yield Stack(
-            info["services"]["gateway"]["url"], info["admin_key"], env, data_dir,
-            info["database_url"],
-        )  # fmt: skip
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "cormorant.sdk.cli", "down"],
-            env=env, cwd=ROOT, capture_output=True, timeout=240,
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def own_stack(
     tmp_path_factory: pytest.TempPathFactory, mail_server: tuple[Mailbox, int]
 ) -> Iterator[Stack]:
     """A stack of this module's own, its e-mail going to the module's SMTP server."""
-    port = mail_server[1]
-    with running_stack(tmp_path_factory.mktemp("triggerstack") / "data", port) as stack:
+    settings = {
+        "CORMORANT_ALERTS_SMTP_PORT": str(mail_server[1]),
+        "CORMORANT_ALERTS_EVALUATION_TICK_S": "0.1",
+        "CORMORANT_ALERTS_RETRY_BACKOFF_S": "0.2",
+    }
+    data_dir = tmp_path_factory.mktemp("triggerstack") / "data"
+    with running_stack(data_dir, settings, cwd=ROOT) as stack:
         yield stack
 
 
@@ -120,14 +82,6 @@ def model(own_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Endpoin
     slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
     token = result.stdout.split("(shown once):", 1)[1].split()[0]
     return Endpoint(slug, token=token, url=own_stack.url, api_key=own_stack.admin_key)
-
-
-async def until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
-    """Return once ``check()`` holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)  # polling a condition, not waiting for a guess
 
 
 def create(stack: Stack, slug: str, *args: str) -> dict[str, Any]:
@@ -152,7 +106,7 @@ async def drift(client: Client, model: Endpoint, trigger_id: str, values: list[f
             last = state["last_evaluation"]
             return bool(state["evaluations"] > start and last.get("new_values"))
 
-        await until(seen, within=60, what=f"an evaluation that read {value}")
+        await eventually(seen, within=60, what=f"an evaluation that read {value}")
 
 
 def firings(client: Client, trigger_id: str) -> list[dict[str, Any]]:
@@ -167,7 +121,7 @@ async def delivered(client: Client, trigger_id: str) -> None:
         found = firings(client, trigger_id)
         return bool(found) and found[0]["status"] == "delivered"
 
-    await until(done, within=60, what="the firing delivered")
+    await eventually(done, within=60, what="the firing delivered")
 
 
 async def test_accuracy_drift_emails_once(own_stack: Stack, model: Endpoint, mail: Mailbox) -> None:
@@ -223,8 +177,7 @@ async def test_webhook_receiver_gets_one_signed_post(own_stack: Stack, model: En
 
 def alerts_pid(stack: Stack) -> int:
     """The alerts service's pid, from the stack file."""
-    info = json.loads((stack.data_dir / "stack.json").read_text())
-    return int(info["services"]["alerts"]["pid"])
+    return int(stack.described()["services"]["alerts"]["pid"])
 
 
 async def restarted(stack: Stack, old_pid: int) -> None:
@@ -248,7 +201,7 @@ async def restarted(stack: Stack, old_pid: int) -> None:
             return False
         return answer.status_code == 200
 
-    await until(up, within=120, what="alerts restarted")
+    await eventually(up, within=120, what="alerts restarted")
 
 
 async def test_killed_mid_evaluation_and_in_flight_fires_once(
@@ -274,24 +227,11 @@ async def test_killed_mid_evaluation_and_in_flight_fires_once(
             )
             return bool(count)
 
-        await until(stored, within=60, what="the value stored")
+        await eventually(stored, within=60, what="the value stored")
         mail.hold()  # the delivery after the restart will be in flight
-        blocker = conn.transaction()
-        await blocker.start()
-        await conn.execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
-
-        async def evaluating() -> bool:
-            # The evaluator is the one user of metrics waiting for this lock: predictlog
-            # would only wait with a new value to store, and no prediction is made now.
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'metrics'::regclass"
-            )
-            return bool(waiting)
-
-        await until(evaluating, within=60, what="an evaluation waiting on the values")
-        first = alerts_pid(own_stack)
-        os.kill(first, signal.SIGKILL)
-        await blocker.rollback()
+        async with evaluation_held(conn, within=60):
+            first = alerts_pid(own_stack)
+            os.kill(first, signal.SIGKILL)
     finally:
         await conn.close()
     await restarted(own_stack, first)
@@ -299,7 +239,7 @@ async def test_killed_mid_evaluation_and_in_flight_fires_once(
     async def in_flight() -> bool:
         return mail.in_flight == 1
 
-    await until(in_flight, within=60, what="the e-mail in flight")
+    await eventually(in_flight, within=60, what="the e-mail in flight")
     [firing] = firings(client, tid)
     second = alerts_pid(own_stack)
     os.kill(second, signal.SIGKILL)
@@ -352,7 +292,7 @@ async def test_flow_trigger_retrains_and_rolls_out_while_serving(
             run = client.flows.get_run("retrain-iris", run_id)
             return bool(run["status"] in ("succeeded", "failed", "cancelled"))
 
-        await until(finished, within=240, what="the flow run the trigger started")
+        await eventually(finished, within=240, what="the flow run the trigger started")
     finally:
         load.stop()
         await runner

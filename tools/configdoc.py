@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings
 
 SETTINGS_CLASSES = [
     ("Shared by every service", "cormorant.common.settings:CommonSettings"),
-    ("Local stack (`cormorant up`)", "cormorant.sdk.stack:StackSettings"),
+    ("Local stack (`cormorant up`)", "cormorant.devstack.stack:StackSettings"),
     ("Worker (model server of each replica)", "cormorant.worker.settings:WorkerSettings"),
     ("Gateway", "cormorant.gateway.settings:GatewaySettings"),
     ("Deployer", "cormorant.deployer.settings:DeployerSettings"),
@@ -23,7 +23,7 @@ SETTINGS_CLASSES = [
     ("Alerts", "cormorant.alerts.settings:AlertsSettings"),
     ("Batch jobs", "cormorant.batch.settings:BatchSettings"),
     ("Kafka bridge", "cormorant.kafka_bridge.settings:KafkaBridgeSettings"),
-    ("Test fixtures", "cormorant.common.testing.plugin:ExternalServers"),
+    ("Test fixtures", "cormorant.devstack.testing.plugin:ExternalServers"),
 ]
 
 HEADER = """# Configuration

@@ -46,9 +46,9 @@ from cormorant.common.events import (
     MetricLogged,
     PredictionLogged,
 )
-from cormorant.common.servers import NatsServer
 from cormorant.common.telemetry import new_registry
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.servers import NatsServer
+from cormorant.devstack.testing.waits import eventually
 
 
 def prediction(i: int, *, endpoint: str = "iris") -> PredictionLogged:

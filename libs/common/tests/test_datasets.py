@@ -18,16 +18,8 @@ from cormorant.common.datasets import (
     DatasetStore,
     parse_reference,
 )
-from cormorant.common.db import create_engine, session_factory, upgrade
+from cormorant.common.db import session_factory
 from cormorant.common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
-from cormorant.common.db import create_engine, session_factory, upgrade
+from cormorant.common.db import session_factory
 from cormorant.common.db.models import (
     PREFIX_LENGTH,
     ActionKind,
@@ -44,14 +43,6 @@ from cormorant.common.db.models import (
 )
 
 DIGEST = "ab" * 32
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

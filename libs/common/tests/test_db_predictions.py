@@ -18,23 +18,13 @@ from cormorant.common.db import (
     PredictionRow,
     asyncpg_dsn,
     copy_predictions,
-    create_engine,
     drop_prediction_partitions_before,
     ensure_prediction_partitions,
     insert_predictions,
-    upgrade,
 )
 from cormorant.common.db.partitions import daily_partitions
 
 ENDPOINT = uuid.UUID("00000000-0000-0000-0000-000000000001")
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from cormorant.alerts.testing import (
     webhook_receiver,
 )
 from cormorant.common.internal import generate_internal_secret
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 
 
 @pytest.fixture

@@ -7,24 +7,14 @@ from typing import Any
 import httpx
 import pytest
 
-from cormorant.alerts.testing import SLUG, Metrics, eventually
+from cormorant.alerts.testing import SLUG, TRIGGERS_PATH, Metrics, eventually, trigger_body
 
-PATH = f"/api/v1/endpoints/{SLUG}/triggers"
+PATH = TRIGGERS_PATH
 
 
 def body(**changes: Any) -> dict[str, Any]:
-    """A valid trigger, with ``changes``."""
-    return {
-        "title": "Accuracy dropped",
-        "severity": "critical",
-        "tag": "accuracy",
-        "comparison": "lt",
-        "value": 0.8,
-        "every": "1m",
-        "min_events": 3,
-        "action": {"email": ["team@example.org"]},
-        **changes,
-    }
+    """A valid trigger evaluated every minute, with ``changes``."""
+    return trigger_body(**{"every": "1m", **changes})
 
 
 async def test_create_show_list_update_delete(client: httpx.AsyncClient, metrics: Metrics) -> None:

@@ -13,12 +13,14 @@ from sqlalchemy import text
 from cormorant.alerts.settings import AlertsSettings
 from cormorant.alerts.testing import (
     SLUG,
+    TRIGGERS_PATH,
     Mailbox,
     Metrics,
     WebhookReceiver,
     eventually,
     running,
 )
+from cormorant.alerts.testing import trigger_body as trigger
 from cormorant.alerts.triggers.evaluator import Evaluator
 from cormorant.alerts.triggers.metrics import TriggerMetrics
 from cormorant.alerts.triggers.webhook import verify
@@ -26,22 +28,7 @@ from cormorant.common.db import create_engine, session_factory
 from cormorant.common.events import AlertFired, decode
 from cormorant.common.telemetry import new_registry
 
-PATH = f"/api/v1/endpoints/{SLUG}/triggers"
-
-
-def trigger(**changes: Any) -> dict[str, Any]:
-    """Accuracy under 0.8, evaluated every second, three values to fire."""
-    return {
-        "title": "Accuracy dropped",
-        "severity": "critical",
-        "tag": "accuracy",
-        "comparison": "lt",
-        "value": 0.8,
-        "every": "1s",
-        "min_events": 3,
-        "action": {"email": ["team@example.org"]},
-        **changes,
-    }
+PATH = TRIGGERS_PATH
 
 
 async def evaluations(client: httpx.AsyncClient, trigger_id: str) -> int:

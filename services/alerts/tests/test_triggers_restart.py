@@ -12,19 +12,19 @@ import httpx
 import pytest
 
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.alerts.testing import SLUG, AlertsProcess, Mailbox, Metrics, eventually
+from cormorant.alerts.testing import (
+    TRIGGERS_PATH,
+    AlertsProcess,
+    Mailbox,
+    Metrics,
+    evaluation_held,
+    eventually,
+    trigger_body,
+)
 from cormorant.common.db import asyncpg_dsn
 
-PATH = f"/api/v1/endpoints/{SLUG}/triggers"
-TRIGGER = {
-    "title": "Accuracy dropped",
-    "tag": "accuracy",
-    "comparison": "lt",
-    "value": 0.8,
-    "every": "1s",
-    "min_events": 2,
-    "action": {"email": ["team@example.org"]},
-}
+PATH = TRIGGERS_PATH
+TRIGGER = trigger_body(min_events=2)
 
 
 @pytest.fixture
@@ -76,21 +76,8 @@ async def test_killed_mid_evaluation(
     await metrics.log("accuracy", 0.5, 0.4)
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     try:
-        blocker = conn.transaction()
-        await blocker.start()
-        # The evaluator's read of the values now waits: it is mid-evaluation.
-        await conn.execute("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE")
-
-        async def evaluating() -> bool:
-            # Only the evaluator reads the metrics: a lock request waiting on them is its.
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'metrics'::regclass"
-            )
-            return bool(waiting)
-
-        await eventually(evaluating, within=30, what="the evaluation waiting on the values")
-        alerts.kill()
-        await blocker.rollback()
+        async with evaluation_held(conn, within=30):
+            alerts.kill()
     finally:
         await conn.close()
     assert mailbox.messages == []

@@ -10,9 +10,16 @@ import pytest
 from pydantic import SecretStr
 
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.alerts.testing import SLUG, Mailbox, Metrics, eventually, running, smtp_server
+from cormorant.alerts.testing import (
+    TRIGGERS_PATH,
+    Mailbox,
+    Metrics,
+    eventually,
+    running,
+    smtp_server,
+)
 
-PATH = f"/api/v1/endpoints/{SLUG}/triggers"
+PATH = TRIGGERS_PATH
 TRIGGER = {
     "title": "Latency up",
     "tag": "latency",

@@ -15,8 +15,8 @@ from cormorant.batch.testing import BatchHarness
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.internal import generate_internal_secret
-from cormorant.common.servers import free_port
-from cormorant.sdk.stack import ServiceProcess, ServiceSpec
+from cormorant.common.ports import free_port
+from cormorant.devstack.stack import ServiceProcess, ServiceSpec
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import httpx
 import nats
 
 from cormorant.common.events import decode
-from cormorant.common.testing.waits import eventually
 from cormorant.deployer.testing import DeployerHarness, pid_gone, worker_processes
+from cormorant.devstack.testing.waits import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 WORKERS_1 = {"workers": 1}

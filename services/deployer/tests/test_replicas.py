@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (

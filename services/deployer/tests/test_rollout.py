@@ -10,8 +10,8 @@ import httpx
 import nats
 
 from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery, GenerationReport
-from cormorant.common.testing.waits import eventually
 from cormorant.deployer.testing import DeployerHarness
+from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}
 

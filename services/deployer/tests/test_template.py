@@ -14,7 +14,6 @@ import httpx
 import psutil
 import pytest
 
-from cormorant.common.testing.waits import eventually
 from cormorant.deployer.fleet.runtime.local import LocalRuntime
 from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.settings import DeployerSettings
@@ -24,6 +23,7 @@ from cormorant.deployer.testing import (
     running_deployer,
     worker_processes,
 )
+from cormorant.devstack.testing.waits import eventually
 
 FORKED = "forked from the worker template"
 EXITS_AT_START = """

@@ -10,8 +10,8 @@ import nats
 from cormorant.common.auth import hash_token
 from cormorant.common.db import asyncpg_dsn
 from cormorant.common.events import EndpointChanged, decode
-from cormorant.common.testing.waits import eventually
 from cormorant.deployer.testing import DeployerHarness
+from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}
 

@@ -45,7 +45,7 @@ from cormorant.common.db.models import (
 )
 from cormorant.common.events import Event
 from cormorant.common.internal import RequireInternal, generate_internal_secret
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
 

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from cormorant.common import bus
 from cormorant.common.events import PredictionLogged
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually
 from cormorant.kafka_bridge.consume import BatchConsumer
 from cormorant.kafka_bridge.replica import Phase, Replica
 from cormorant.kafka_bridge.settings import KafkaBridgeSettings

@@ -16,8 +16,8 @@ from cormorant.common import bus
 from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM
 from cormorant.common.db import upgrade
 from cormorant.common.events import MSG_ID_HEADER, MetricLogged
-from cormorant.common.servers import NatsServer, PostgresServer
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.servers import NatsServer, PostgresServer
+from cormorant.devstack.testing.waits import eventually
 from cormorant.predictlog.testing import (
     LogKit,
     ServiceProcess,

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from cormorant.common.bus import decode_all
 from cormorant.common.events import MetricLogged
 from cormorant.common.predictor import Predictor
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from cormorant.common.servers import free_port
+from cormorant.common.ports import free_port
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import psutil
 import typer
 from rich.table import Table
 
+from cormorant.common.settings import CommonSettings
 from cormorant.sdk import cli_batch, cli_datasets, cli_feedback, cli_rollout, cli_triggers
 from cormorant.sdk.cli_output import api_call, console, err, key_values, source_arg
 from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
-from cormorant.sdk.stack import StackSettings
 from cormorant.sdk.stackfile import (
     PID_FILE,
     read_private_json,
@@ -34,7 +34,26 @@ app = typer.Typer(help="Cormorant: serve Python predict functions.", no_args_is_
 
 
 def _data_dir() -> Path:
-    return StackSettings().data_dir.absolute()
+    return CommonSettings().data_dir.absolute()
+
+
+DEVSTACK_MODULE = "cormorant.devstack.stack"
+"""The local stack's supervisor: in the private ``cormorant-devstack`` package, which brings the
+server binaries (NATS, PostgreSQL, a Kafka broker) an SDK install has no use for."""
+
+
+def _require_devstack() -> None:
+    """Exit with how to install the local stack when ``cormorant-devstack`` is absent."""
+    try:
+        import cormorant.devstack  # noqa: F401
+    except ModuleNotFoundError as exc:
+        err.print(
+            "[red]`cormorant up` needs the local dev stack (package cormorant-devstack), "
+            "which is not installed.[/red] From a Cormorant checkout run `make install`, or "
+            "`pip install -e libs/devstack`.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
 
 
 def _health(url: str) -> str:
@@ -88,9 +107,10 @@ def up(
             if example:
                 _ensure_example(data_dir, stack)
         return
+    _require_devstack()
     _stop_leftovers(data_dir, "an earlier run had left running")
     if foreground:
-        from cormorant.sdk.stack import main as supervise
+        from cormorant.devstack.stack import main as supervise
 
         supervise()
         return
@@ -102,7 +122,7 @@ def up(
     started = time.monotonic()
     with open(logs / "supervisor.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cormorant.sdk.stack"],
+            [sys.executable, "-m", DEVSTACK_MODULE],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -55,32 +55,6 @@ def write_private_json(path: Path, content: dict[str, Any]) -> Path:
     return path
 
 
-def stack_secrets(data_dir: Path) -> dict[str, str]:
-    """The stack's secrets, generated the first time and kept after (mode 0600): the internal
-    credential of its services, and the PostgreSQL superuser's and application role's
-    passwords (the embedded cluster keeps them, so they must outlive a restart)."""
-    from cormorant.common.internal import generate_internal_secret
-    from cormorant.common.servers.postgres import generate_password
-
-    makers = {
-        "internal_secret": generate_internal_secret,
-        "postgres_superuser_password": generate_password,
-        "postgres_password": generate_password,
-    }
-    path = data_dir / SECRETS_FILE
-    found = read_private_json(path) or {}
-    secrets = {name: str(found[name]) for name in makers if isinstance(found.get(name), str)}
-    if len(secrets) < len(makers):
-        secrets = {name: secrets.get(name) or make() for name, make in makers.items()}
-        write_private_json(path, {**found, **secrets})
-    token = data_dir / INTERNAL_SECRET_FILE
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets["internal_secret"])
-    os.chmod(token, 0o600)
-    return secrets
-
-
 def read_stack_file(data_dir: Path) -> dict[str, Any] | None:
     """The stack file's content, or None when the stack never started here."""
     return read_private_json(data_dir / STACK_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -17,6 +18,7 @@ from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import internal_client
 from cormorant.common.openapi import install_error_documentation
+from cormorant.common.retry import Backoff
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
 from cormorant.gateway import console, keys, v2
 from cormorant.gateway.auth import Credentials
@@ -223,13 +225,23 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     return app
 
 
+_RESTART_BACKOFF = Backoff(initial=1.0, cap=30.0)
+"""Between restarts of a background loop that failed: a loop failing at once backs off."""
+
+
 async def _supervised(name: str, run: Callable[..., Awaitable[None]], *args: object) -> None:
     # A bug in one background loop must not take the gateway down through the task group:
     # log it and start the loop again.
+    failures = 0
     while True:
+        started = time.monotonic()
         try:
             await run(*args)
             return
         except Exception:
-            log.exception("%s failed; restarting it", name)
-            await asyncio.sleep(1.0)
+            # A loop that ran a while before it failed starts its backoff afresh.
+            ran_a_while = time.monotonic() - started > _RESTART_BACKOFF.cap
+            failures = 1 if ran_a_while else failures + 1
+            delay = _RESTART_BACKOFF.delay(failures)
+            log.exception("%s failed; restarting it in %.1f s", name, delay)
+            await asyncio.sleep(delay)

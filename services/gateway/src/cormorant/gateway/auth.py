@@ -25,6 +25,7 @@ from cormorant.common.auth import hash_token
 from cormorant.common.db.models import AdminKey, Endpoint, EndpointToken
 from cormorant.common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from cormorant.common.events import EndpointChanged
+from cormorant.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +149,17 @@ class Credentials:
 
     async def refresh_forever(self, interval_s: float) -> None:
         """Reload every credential now and every ``interval_s``; retry soon after a failure."""
-        backoff = 0.5
+        backoff = Backoff(initial=0.5, cap=interval_s)
+        failures = 0
         while True:
             try:
                 await self.load_all()
             except (SQLAlchemyError, OSError, ServiceUnavailable) as exc:
                 log.warning("credentials not loaded from the database: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, interval_s)
+                failures += 1
+                await asyncio.sleep(backoff.delay(failures))
                 continue
-            backoff = 0.5
+            failures = 0
             await asyncio.sleep(interval_s)
 
     def remember(self, principal: Principal) -> None:

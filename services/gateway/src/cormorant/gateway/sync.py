@@ -32,6 +32,7 @@ from cormorant.common.events import (
     decode,
 )
 from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery
+from cormorant.common.retry import Backoff
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.metrics import GatewayMetrics
 from cormorant.gateway.routing import RouteInfo, RoutingSnapshot, RoutingTable
@@ -43,7 +44,8 @@ SUBJECTS = (
     ReplicaChanged.subject_filter(),
     TrafficChanged.subject_filter(),
 )
-_MAX_BACKOFF_S = 2.0
+_RELOAD_BACKOFF = Backoff(initial=0.1, cap=2.0)
+"""Between failed loads: the deployer is restarting or not up yet."""
 
 
 class RoutingSync:
@@ -77,14 +79,14 @@ class RoutingSync:
 
     async def run(self) -> None:
         """Serve reload requests until cancelled; failed loads are retried with backoff."""
-        backoff = 0.1
+        failures = 0
         while True:
             self._wake.clear()
             if await self._sync():
-                backoff = 0.1
+                failures = 0
             else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                failures += 1
+                await asyncio.sleep(_RELOAD_BACKOFF.delay(failures))
                 continue
             if self._full_due or self._slugs:
                 continue

@@ -33,6 +33,7 @@ from cormorant.common.predictor import (
     JSONValue,
     Predictor,
 )
+from cormorant.common.retry import Backoff
 
 # Longest error message carried in a dead-letter header: enough for a traceback's last line.
 MAX_ERROR_CHARS: Final = 1_000
@@ -84,7 +85,7 @@ class BatchPredictor:
             temp_dir=predictor.temp_dir,
         )
         self.tries = tries
-        self.backoff = backoff
+        self._backoff = Backoff(backoff, cap=backoff * 2**tries)
 
     def predict_all(self, values: Sequence[bytes | None]) -> list[Outcome]:
         """One outcome per value, in order."""
@@ -102,8 +103,7 @@ class BatchPredictor:
                 payload, output = self._attempt(value)
             except FunctionRaised as exc:
                 if attempt < self.tries:
-                    if self.backoff:
-                        time.sleep(self.backoff * 2 ** (attempt - 1))
+                    time.sleep(self._backoff.delay(attempt))
                     continue
                 return _failed(
                     exc.exception_type, exc.exception_message, exc.stage, started, attempt

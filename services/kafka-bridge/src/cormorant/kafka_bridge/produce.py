@@ -28,6 +28,8 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
+from cormorant.common.retry import Backoff
+
 log = logging.getLogger(__name__)
 
 SOURCE_TOPIC: Final = "cormorant-source-topic"
@@ -135,7 +137,8 @@ class BatchProducer:
         pending = list(range(len(records)))
         alone: set[int] = set()
         refused: list[tuple[int, BaseException]] = []
-        backoff = self.retry_backoff
+        backoff = Backoff(self.retry_backoff, self.max_backoff)
+        failures = 0
         while pending:
             retry: list[int] = []
             split: list[int] = []
@@ -157,11 +160,12 @@ class BatchProducer:
             alone.update(split)
             if retry:
                 self.resent += len(retry)
+                failures += 1
+                delay = backoff.delay(failures)
                 log.warning(
-                    "producing %d record(s) failed; sending again in %.1f s", len(retry), backoff
+                    "producing %d record(s) failed; sending again in %.1f s", len(retry), delay
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await asyncio.sleep(delay)
             pending = sorted(retry + split)
         return refused
 

@@ -25,8 +25,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cormorant.common.servers import ManagedProcess, free_port
-from cormorant.common.testing.waits import eventually
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers import ManagedProcess
+from cormorant.devstack.testing.waits import eventually
 
 
 class BridgeProcess(ManagedProcess):

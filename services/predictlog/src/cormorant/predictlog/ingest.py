@@ -44,6 +44,7 @@ from cormorant.common.events import (
     PredictionLogged,
     decode,
 )
+from cormorant.common.retry import Backoff
 from cormorant.common.telemetry import extract_context
 from cormorant.predictlog import database
 from cormorant.predictlog.database import (
@@ -181,8 +182,7 @@ class StreamIngest(Generic[Row]):
         self._fetch_wait = settings.fetch_timeout_s
         self._ack_wait = settings.ack_wait_s
         self._max_deliver = settings.max_deliver
-        self._retry_backoff = retry_backoff
-        self._max_retry_backoff = max_retry_backoff
+        self._backoff = Backoff(retry_backoff, max_retry_backoff)
         self._config = ConsumerConfig(
             name=durable,
             durable_name=durable,
@@ -267,7 +267,7 @@ class StreamIngest(Generic[Row]):
                     if pull is not None:
                         await pull.close()
                         pull = None
-                    await self._pause(self._delay(failures))
+                    await self._pause(self._backoff.delay(failures))
                     continue
                 failures = 0
                 await self._handle(msgs)
@@ -474,7 +474,7 @@ class StreamIngest(Generic[Row]):
                         exc,
                     )
                 await self.close()
-                await self._pause(self._delay(failures))
+                await self._pause(self._backoff.delay(failures))
                 if self._stopping.is_set():
                     raise _Abandoned from exc
 
@@ -553,9 +553,6 @@ class StreamIngest(Generic[Row]):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
-
-    def _delay(self, failures: int) -> float:
-        return min(self._max_retry_backoff, self._retry_backoff * 2.0 ** (failures - 1))
 
 
 class PredictionIngest(StreamIngest[PredictionRow]):

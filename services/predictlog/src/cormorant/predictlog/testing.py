@@ -8,10 +8,6 @@ Waits poll with deadlines; nothing here sleeps for a fixed time. Requires the
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -28,8 +24,7 @@ from cormorant.common import bus
 from cormorant.common.db import PredictionRow, asyncpg_dsn, copy_predictions
 from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.internal import InternalAuth, generate_internal_secret
-from cormorant.common.servers import free_port
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.service import ServiceUnderTest
 from cormorant.predictlog.app import create_app
 from cormorant.predictlog.settings import PredictLogSettings
 
@@ -205,86 +200,24 @@ async def running(settings: PredictLogSettings) -> AsyncIterator[httpx.AsyncClie
             yield http
 
 
-class ServiceProcess:
+class ServiceProcess(ServiceUnderTest):
     """``python -m cormorant.predictlog`` as a real process, killable like a crash."""
 
     def __init__(self, nats_url: str, database_url: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
         self.internal_secret = generate_internal_secret()
-        self.env = {
-            **os.environ,
+        env = {
             "CORMORANT_INTERNAL_SECRET": self.internal_secret,
             "CORMORANT_NATS_URL": nats_url,
             "CORMORANT_DATABASE_URL": database_url,
-            "CORMORANT_PREDICTLOG_PORT": str(self.port),
             "CORMORANT_PREDICTLOG_ACK_WAIT_S": "2",
             "CORMORANT_PREDICTLOG_FETCH_TIMEOUT_S": "0.5",
-            "CORMORANT_LOG_JSON": "false",
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("predictlog", env, log_path)
 
     @property
     def auth(self) -> InternalAuth:
         """The internal credential its API asks for."""
         return InternalAuth(self.internal_secret)
-
-    @property
-    def pid(self) -> int:
-        """PID of the running process."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def spawn(self) -> None:
-        """Start the process without waiting for it."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cormorant.predictlog"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    async def start(self, within: float = 60.0) -> None:
-        """Start the process and wait until its /healthz answers 200."""
-        self.spawn()
-        assert self.proc is not None
-        proc = self.proc
-
-        async def healthy() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"predictlog exited with {proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                async with httpx.AsyncClient(timeout=1.0) as http:
-                    return (await http.get(f"{self.url}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(healthy, within=within, what="predictlog healthy", every=0.1)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the process's output."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def sample(exposition: str, name: str, **labels: str) -> float:

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 from sqlalchemy.pool import NullPool
 
+from cormorant.common.retry import Backoff
+
 # A service holds a few long-lived connections and bursts a little above them; a stale
 # connection (database restart, idle timeout in a proxy) is caught by the pre-ping
 # instead of failing the first request that draws it.
@@ -66,7 +68,8 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 async def wait_for_database(url: str | URL, timeout: float = 30.0) -> None:  # noqa: ASYNC109
     """Return once ``url`` accepts a query; raise ``TimeoutError`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    delay = 0.05
+    backoff = Backoff(initial=0.05, cap=1.0)
+    failures = 0
     engine = create_engine(url, poolclass=NullPool)
     # The last attempt is usually cut short by the deadline: the error before it says why.
     last_error: BaseException | None = None
@@ -89,8 +92,8 @@ async def wait_for_database(url: str | URL, timeout: float = 30.0) -> None:  # n
                 raise TimeoutError(
                     f"database not ready after {timeout:g} s: {cause}"
                 ) from last_error
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 1.0)
+            failures += 1
+            await asyncio.sleep(min(backoff.delay(failures), remaining))
     finally:
         await engine.dispose()
 

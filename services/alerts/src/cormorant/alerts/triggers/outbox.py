@@ -33,6 +33,7 @@ from cormorant.common.db.models import (
     TriggerFiring,
 )
 from cormorant.common.events import AlertFired
+from cormorant.common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class Outbox:
             if firing.status is not FiringStatus.PENDING and not firing.announced:
                 firing.next_attempt_at = now + timedelta(seconds=ANNOUNCE_RETRY_S)
             elif firing.status is FiringStatus.PENDING:
-                delay = min(self.backoff_max, self.backoff * 2 ** max(0, firing.attempts - 1))
+                backoff = Backoff(self.backoff, self.backoff_max)
+                delay = backoff.delay(max(1, firing.attempts))
                 firing.next_attempt_at = now + timedelta(seconds=delay)
             if firing.status is FiringStatus.DELIVERED:
                 firing.delivered_at = now

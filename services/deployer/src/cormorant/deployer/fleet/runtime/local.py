@@ -45,8 +45,8 @@ import psutil
 
 from cormorant.common import lifetime, sandbox
 from cormorant.common.errors import CormorantError
+from cormorant.common.ports import free_port
 from cormorant.common.sandbox import Identity, Limits, PrivateDir, UidPool
-from cormorant.common.servers import free_port
 from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.fleet.runtime import (
     REFUSED_EXIT_CODE,

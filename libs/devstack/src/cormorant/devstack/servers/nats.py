@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cormorant.common.servers.process import ManagedProcess, free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers.process import ManagedProcess
 
 
 def nats_server_binary() -> str:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from cormorant.common.servers.process import ManagedProcess, free_port, port_open
+from cormorant.common.ports import free_port, port_open
+from cormorant.devstack.servers.process import ManagedProcess
 
 
 def tansu_binary() -> str:

@@ -1,6 +1,6 @@
 """The local stack's supervisor: NATS, PostgreSQL and every service on one machine.
 
-``cormorant up`` starts this module in the background (``python -m cormorant.sdk.stack``);
+``cormorant up`` starts this module in the background (``python -m cormorant.devstack.stack``);
 it starts the servers, runs migrations, starts the services, restarts any that crash, and
 on SIGTERM stops everything it started, in reverse order, and the replicas the deployer left.
 Every process it starts gets SIGTERM from the kernel if the supervisor dies (even by SIGKILL);
@@ -27,14 +27,20 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
+from cormorant.common.internal import generate_internal_secret
 from cormorant.common.lifetime import REPLICA_RECORDS, stop_recorded
-from cormorant.common.servers import ManagedProcess, NatsServer, PostgresServer
-from cormorant.common.servers.process import port_open
+from cormorant.common.ports import port_open
+from cormorant.common.retry import Backoff
 from cormorant.common.settings import CommonSettings
+from cormorant.devstack.servers import ManagedProcess, NatsServer, PostgresServer
+from cormorant.devstack.servers.postgres import generate_password
 from cormorant.sdk.stackfile import (
+    INTERNAL_SECRET_FILE,
     PID_FILE,
+    SECRETS_FILE,
+    read_private_json,
     read_stack_file,
-    stack_secrets,
+    write_private_json,
     write_stack_file,
     write_supervisor_pid,
 )
@@ -43,6 +49,8 @@ log = logging.getLogger("cormorant.stack")
 
 # Seconds the deployer gets to stop: a replica's stop_timeout_s (35 s) and its drain.
 _DEPLOYER_STOP_S = 60
+_RESTART_BACKOFF = Backoff(initial=0.5, cap=30.0)
+"""Between a service's exit and its restart, growing with its restarts."""
 
 
 class StackError(RuntimeError):
@@ -217,6 +225,29 @@ def _identity(process: ManagedProcess) -> dict[str, Any]:
     return {"cmdline": list(process.command()), "stop_signal": int(process.stop_signal)}
 
 
+def stack_secrets(data_dir: Path) -> dict[str, str]:
+    """The stack's secrets, generated the first time and kept after (mode 0600): the internal
+    credential of its services, and the PostgreSQL superuser's and application role's
+    passwords (the embedded cluster keeps them, so they must outlive a restart)."""
+    makers = {
+        "internal_secret": generate_internal_secret,
+        "postgres_superuser_password": generate_password,
+        "postgres_password": generate_password,
+    }
+    path = data_dir / SECRETS_FILE
+    found = read_private_json(path) or {}
+    secrets = {name: str(found[name]) for name in makers if isinstance(found.get(name), str)}
+    if len(secrets) < len(makers):
+        secrets = {name: secrets.get(name) or make() for name, make in makers.items()}
+        write_private_json(path, {**found, **secrets})
+    token = data_dir / INTERNAL_SECRET_FILE
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets["internal_secret"])
+    os.chmod(token, 0o600)
+    return secrets
+
+
 async def _prepare_database(url: str, existing_key: str | None) -> str:
     """Migrate the database and make sure a bootstrap admin key exists; return the key."""
     from sqlalchemy import select
@@ -384,7 +415,7 @@ class Supervisor:
                 now = time.monotonic()
                 if svc.next_start == 0.0:
                     code = svc.proc.returncode if svc.proc else None
-                    backoff = min(30.0, 0.5 * 2**svc.restarts)
+                    backoff = _RESTART_BACKOFF.delay(svc.restarts + 1)
                     log.warning(
                         "%s exited (code %s); restart in %.1fs", svc.spec.name, code, backoff
                     )

