@@ -205,7 +205,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args()
 
-    from cormorant.common.servers import NatsServer, PostgresServer
+    from cormorant.devstack.servers import NatsServer, PostgresServer
 
     with tempfile.TemporaryDirectory(prefix="shadow-bench-") as tmp:
         data = Path(tmp)

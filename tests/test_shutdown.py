@@ -21,10 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cormorant.devstack.testing.running import stack_environment
 from cormorant.kafka_bridge.testing import create_topics
 from cormorant.sdk import Client, CormorantAPIError, Endpoint
 from cormorant.sdk.streams import Streams
-from tests.conftest import ROOT, processes_under, stack_environment
+from tests.conftest import ROOT, processes_under
 
 MODELS = ROOT / "tests" / "models"
 REPLICA_MODULES = ("cormorant.worker", "cormorant.kafka_bridge")

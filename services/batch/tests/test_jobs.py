@@ -12,7 +12,7 @@ from cormorant.batch.testing import BatchHarness
 from cormorant.common.bus import close, connect
 from cormorant.common.datasets import DatasetStore
 from cormorant.common.events import BatchJobChanged, decode
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually
 
 SLOW_MODEL = """\
 import time

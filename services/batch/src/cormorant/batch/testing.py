@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 from cormorant.batch.app import create_app
 from cormorant.batch.settings import BatchSettings
 from cormorant.common.internal import InternalAuth, internal_client
-from cormorant.common.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually
 
 
 class BatchHarness:
