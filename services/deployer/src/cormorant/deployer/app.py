@@ -24,6 +24,7 @@ from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import demand as demand_api
 from cormorant.deployer.api import endpoints as endpoints_api
+from cormorant.deployer.api import manifests as manifests_api
 from cormorant.deployer.api import rollout as rollout_api
 from cormorant.deployer.api import streams as streams_api
 from cormorant.deployer.api.deps import DeployerState
@@ -31,6 +32,9 @@ from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet.demand import Demands
+from cormorant.deployer.fleet.kubernetes.client import Cluster, connect
+from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
+from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
 from cormorant.deployer.fleet.local import LocalFleet, local_runtime
 from cormorant.deployer.fleet.runtime.local import prepare_sandbox
 from cormorant.deployer.rollout.handshake import GatewayHandshake
@@ -79,15 +83,29 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             )
             await archives.prepare()
             snapshots = SnapshotStore(data_dir, archives)
-            fleet = LocalFleet(
-                settings=resolved,
-                store=store,
-                snapshots=snapshots,
-                publisher=publisher,
-                http=http,
-                runtime=local_runtime(resolved, contained),
-                registry=registry,
-            )
+            fleet: LocalFleet
+            if resolved.fleet == "kubernetes":
+                cluster = Cluster(await connect(resolved), ClusterConfig.of(resolved))
+                fleet = KubernetesFleet(
+                    settings=resolved,
+                    store=store,
+                    snapshots=snapshots,
+                    publisher=publisher,
+                    http=http,
+                    cluster=cluster,
+                    runtime=local_runtime(resolved, contained),
+                    registry=registry,
+                )
+            else:
+                fleet = LocalFleet(
+                    settings=resolved,
+                    store=store,
+                    snapshots=snapshots,
+                    publisher=publisher,
+                    http=http,
+                    runtime=local_runtime(resolved, contained),
+                    registry=registry,
+                )
             # Closed before the HTTP client, the bus and the database (last in, first out).
             stack.push_async_callback(fleet.close)
             await fleet.start(nc)
@@ -139,4 +157,5 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     app.include_router(rollout_api.router)
     app.include_router(streams_api.router)
     app.include_router(demand_api.router)
+    app.include_router(manifests_api.router)
     return app

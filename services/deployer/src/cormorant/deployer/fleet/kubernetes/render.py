@@ -14,10 +14,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cormorant.common.errors import Conflict
+from cormorant.deployer.endpoints.service import EndpointNotFound
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig, Manifest, manifests
 from cormorant.deployer.fleet.replica import EndpointRuntime
+from cormorant.deployer.fleet.supervisor import Supervisor
 
 
 class ManifestsOut(BaseModel):
@@ -59,3 +62,31 @@ def runtime_manifests(
 def render_yaml(objects: Iterable[Manifest]) -> str:
     """``objects`` as a multi-document YAML stream (``kubectl apply -f -`` reads it)."""
     return yaml.safe_dump_all(list(objects), sort_keys=False, default_flow_style=False)
+
+
+def render(
+    supervisor: Supervisor,
+    snapshots: SnapshotStore,
+    config: ClusterConfig,
+    slug: str | None = None,
+) -> ManifestsOut:
+    """The manifests of endpoint ``slug`` (every version it runs), or of every endpoint."""
+    primaries = sorted(
+        (e for e in supervisor.endpoints.values() if not e.deleted), key=lambda e: e.slug
+    )
+    if slug is not None:
+        primaries = [e for e in primaries if e.slug == slug]
+        if not primaries:
+            raise EndpointNotFound(slug)
+    runtimes: list[EndpointRuntime] = []
+    for primary in primaries:
+        runtimes.append(primary)
+        others = supervisor.others.get(primary.id, {})
+        runtimes += [others[label] for label in sorted(others, key=lambda v: (len(v), v))]
+    try:
+        objects = runtime_manifests(runtimes, snapshots, config)
+    except ValueError as exc:  # a stored stream spec without its kafka section
+        raise Conflict(f"cannot render the manifests: {exc}") from exc
+    return ManifestsOut(
+        endpoints=[e.slug for e in primaries], objects=objects, yaml=render_yaml(objects)
+    )

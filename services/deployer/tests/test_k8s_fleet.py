@@ -1,0 +1,298 @@
+"""The kubernetes fleet driven through the deployer's API against a recorded Kubernetes API.
+
+No Kubernetes API server can run here: ``RecordedCluster`` (``fleet/kubernetes/testing.py``)
+stands in for a cluster. It is a real HTTP server that the real kubernetes-asyncio client talks
+to; it checks each call (server-side apply with the field manager, delete, list, watch), keeps
+the objects, runs pods for each Deployment and replays what a kubelet reports (a pod becoming
+ready, crashing, being evicted). NATS and PostgreSQL are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cormorant.common.testing.waits import eventually
+from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
+from cormorant.deployer.fleet.kubernetes.testing import RecordedCluster
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.deployer.testing import DeployerHarness, running_deployer
+
+NAMESPACE = "models"
+
+
+def model(tmp_path: Path, name: str, answer: str) -> Path:
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / "predict.py").write_text(f"def predict(x):\n    return {answer!r}\n")
+    return directory
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[RecordedCluster]:
+    recorded = RecordedCluster(NAMESPACE)
+    await recorded.start()
+    try:
+        yield recorded
+    finally:
+        await recorded.close()
+
+
+@pytest.fixture
+async def deployer(
+    deployer_settings: DeployerSettings, cluster: RecordedCluster, tmp_path: Path
+) -> AsyncIterator[DeployerHarness]:
+    """A deployer whose fleet is the recorded cluster's namespace."""
+    settings = deployer_settings.model_copy(
+        update={
+            "fleet": "kubernetes",
+            "k8s_namespace": NAMESPACE,
+            "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
+            "k8s_image": "registry.test/cormorant:1",
+        }
+    )
+    async with running_deployer(settings) as harness:
+        fleet = harness.state["fleet"]
+        assert isinstance(fleet, KubernetesFleet)
+        await eventually(fleet.watching.is_set, what="the pod watch")
+        yield harness
+
+
+async def pods(cluster: RecordedCluster, deployment: str, count: int) -> list[str]:
+    """The Deployment's pods once there are ``count``."""
+
+    def check() -> tuple[list[str]] | None:
+        found = cluster.pods_of(deployment)
+        return (found,) if len(found) == count else None  # truthy even with no pods
+
+    [found] = await eventually(check, what=f"{count} pod(s) of {deployment}")
+    return found
+
+
+async def routed(deployer: DeployerHarness, slug: str) -> dict[str, str]:
+    """Version of each routed replica, by URL."""
+    return {r["url"]: r["version"] for r in (await deployer.route(slug))["replicas"]}
+
+
+async def routes_to(deployer: DeployerHarness, slug: str, expected: dict[str, str]) -> None:
+    async def check() -> bool:
+        return await routed(deployer, slug) == expected
+
+    await eventually(check, what=f"{slug} routed to {expected}")
+
+
+def applied_bodies(cluster: RecordedCluster, kind: str, name: str) -> list[dict[str, Any]]:
+    return [
+        c.body
+        for c in cluster.calls
+        if c.verb == "apply" and c.body and c.body["kind"] == kind
+        and c.body["metadata"]["name"] == name
+    ]  # fmt: skip
+
+
+async def test_rollout_canary_and_rollback_on_the_cluster(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """A web endpoint becomes a Deployment with its Service, PDB and HPA; it routes to its pod
+    once the pod is ready. A version beside it is a second Deployment at a fixed count; a 25 %
+    canary, a crash of its pod (no longer routed, then back), a rollback (the canary's objects
+    deleted), a second canary promoted (the old version's objects deleted, the HPA moves to the
+    new one), then the endpoint deleted: every object gone."""
+    client = deployer.client
+    observed = deployer.state["fleet"].observe()
+    created = await deployer.create(
+        name="shop", source=str(model(tmp_path, "v1", "one")), replicas={"min": 1, "max": 3}
+    )
+    slug = created["slug"]
+    assert created["status"] == "deploying"
+    v1 = f"{slug}-v1"
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+        assert cluster.applied(kind) == [v1], kind
+    # Every write was a server-side apply by the deployer; nothing was refused.
+    writes = [c for c in cluster.calls if c.verb not in ("list", "watch")]
+    assert all(c.query["fieldManager"] == "cormorant-deployer" for c in writes)
+    assert all(c.query["force"].lower() == "true" for c in writes)
+    assert {c.status for c in writes} <= {200, 201}
+    [deployment] = applied_bodies(cluster, "Deployment", v1)
+    [worker] = deployment["spec"]["template"]["spec"]["containers"]
+    assert worker["image"] == "registry.test/cormorant:1"
+    assert "replicas" not in deployment["spec"]  # the HPA's business
+
+    [pod1] = await pods(cluster, v1, 1)
+    assert await routed(deployer, slug) == {}
+    ip1 = cluster.ready(pod1)
+    endpoint = await deployer.wait_running(slug)
+    assert endpoint["replicas"]["ready"] == 1
+    await routes_to(deployer, slug, {f"http://{ip1}:8080": "1"})
+
+    # A second version: its own Deployment, one pod, no HPA, no traffic.
+    added = await client.post(
+        f"/api/v1/endpoints/{slug}/versions", json={"source": str(model(tmp_path, "v2", "two"))}
+    )
+    assert added.status_code == 201, added.text
+    v2 = f"{slug}-v2"
+    assert cluster.applied("Deployment") == [v1, v2]
+    assert cluster.applied("HorizontalPodAutoscaler") == [v1]
+    assert applied_bodies(cluster, "Deployment", v2)[-1]["spec"]["replicas"] == 1
+    [pod2] = await pods(cluster, v2, 1)
+    ip2 = cluster.ready(pod2)
+    both = {f"http://{ip1}:8080": "1", f"http://{ip2}:8080": "2"}
+    await routes_to(deployer, slug, both)
+
+    canary = await client.post(
+        f"/api/v1/endpoints/{slug}/rollout", json={"version": "2", "percent": 25}
+    )
+    assert canary.status_code == 200, canary.text
+    assert (await deployer.route(slug))["weights"] == {"1": 75, "2": 25}
+
+    # The canary's container crashes: no longer routed, an event says why; back once ready.
+    cluster.crash(pod2, exit_code=3)
+    await routes_to(deployer, slug, {f"http://{ip1}:8080": "1"})
+    events = (await deployer.get(slug))["events"]
+    [crash] = [e for e in events if e["state"] == "crashed"]
+    assert "exited with code 3" in crash["reason"]
+    assert "CrashLoopBackOff" in crash["reason"]
+    assert crash["version"] == "2"
+    cluster.ready(pod2)
+    await routes_to(deployer, slug, both)
+
+    back = await client.post(f"/api/v1/endpoints/{slug}/rollback")
+    assert back.status_code == 200, back.text
+    assert back.json()["weights"] == {"1": 100}
+
+    def v2_gone() -> bool:
+        return v2 not in cluster.applied("Deployment") and not cluster.pods_of(v2)
+
+    await eventually(v2_gone, what="v2's objects deleted")
+    assert cluster.applied("Service") == [v1]
+    await routes_to(deployer, slug, {f"http://{ip1}:8080": "1"})
+    deletes = {c.path for c in cluster.calls if c.verb == "delete" and c.status == 200}
+    assert f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{v2}" in deletes
+    assert f"/api/v1/namespaces/{NAMESPACE}/services/{v2}" in deletes
+    assert f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/{v2}" in deletes
+
+    # A third version, promoted: it gets the HPA, v1's objects go once it retires.
+    third = await client.post(
+        f"/api/v1/endpoints/{slug}/versions", json={"source": str(model(tmp_path, "v3", "three"))}
+    )
+    assert third.status_code == 201, third.text
+    v3 = f"{slug}-v3"
+    [pod3] = await pods(cluster, v3, 1)
+    ip3 = cluster.ready(pod3)
+    await routes_to(deployer, slug, {f"http://{ip1}:8080": "1", f"http://{ip3}:8080": "3"})
+    half = await client.post(
+        f"/api/v1/endpoints/{slug}/rollout", json={"version": "3", "percent": 50}
+    )
+    assert half.json()["weights"] == {"1": 50, "3": 50}
+    promoted = await client.post(f"/api/v1/endpoints/{slug}/promote")
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["weights"] == {"3": 100}
+    await eventually(lambda: cluster.applied("Deployment") == [v3], what="v1 retired")
+    assert cluster.applied("HorizontalPodAutoscaler") == [v3]
+    assert "replicas" not in applied_bodies(cluster, "Deployment", v3)[-1]["spec"]
+    await routes_to(deployer, slug, {f"http://{ip3}:8080": "3"})
+    assert (await deployer.wait_running(slug))["version"] == "3"
+
+    deleted = await client.delete(f"/api/v1/endpoints/{slug}")
+    assert deleted.status_code == 200, deleted.text
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+        assert cluster.applied(kind) == [], kind
+    assert cluster.pods == {}
+
+    # observe() reported the canary's replica as a local fleet reports a process's life.
+    states: list[str] = []
+    while states[-1:] != ["stopped"]:
+        event = await asyncio.wait_for(anext(observed), timeout=10)
+        if event.version == "2":
+            states.append(event.state)
+    await observed.aclose()
+    assert states == ["starting", "ready", "crashed", "starting", "ready", "draining", "stopped"]
+
+
+async def test_an_evicted_pod_is_a_killed_replica_replaced_by_a_new_one(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """Eviction: the replica is reported crashed (killed) and stopped, the Deployment's new
+    pod is a new replica, routed once ready."""
+    slug = (await deployer.create(name="ev", source=str(model(tmp_path, "v1", "one"))))["slug"]
+    [first] = await pods(cluster, f"{slug}-v1", 1)
+    cluster.ready(first)
+    await deployer.wait_running(slug)
+    [old] = (await deployer.route(slug))["replicas"]
+
+    cluster.evict(first)
+    [second] = await pods(cluster, f"{slug}-v1", 1)
+    assert second != first
+    await routes_to(deployer, slug, {})
+    endpoint = await deployer.get(slug)
+    [evicted] = [e for e in endpoint["events"] if e["state"] == "crashed"]
+    assert evicted["replica_id"] == old["id"]
+    assert evicted["cause"] == "killed"
+    assert "evicted" in evicted["reason"]
+    assert "low on resource" in evicted["reason"]
+    ip = cluster.ready(second)
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
+    [new] = (await deployer.route(slug))["replicas"]
+    assert new["id"] != old["id"]
+
+
+async def test_a_batch_endpoint_rests_at_zero_and_scales_on_demand(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """A batch endpoint's Deployment is at 0 replicas; the batch service's demand raises it,
+    and it goes back to 0 once the demand lapses."""
+    created = await deployer.create(
+        name="nightly", kind="batch", source=str(model(tmp_path, "v1", "one")),
+        replicas={"max": 2},
+    )  # fmt: skip
+    slug = created["slug"]
+    name = f"{slug}-v1"
+    assert applied_bodies(cluster, "Deployment", name)[-1]["spec"]["replicas"] == 0
+    assert cluster.applied("HorizontalPodAutoscaler") == []
+    assert cluster.pods_of(name) == []
+    assert (await deployer.get(slug))["status"] == "idle"
+
+    demand = await deployer.client.put(
+        f"/internal/endpoints/{slug}/demand", json={"replicas": 5, "ttl_s": 1.5}
+    )
+    assert demand.status_code == 200, demand.text
+    assert demand.json()["desired"] == 2  # clamped to replicas.max
+    assert applied_bodies(cluster, "Deployment", name)[-1]["spec"]["replicas"] == 2
+    ips = [cluster.ready(pod) for pod in await pods(cluster, name, 2)]
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1" for ip in ips})
+
+    await pods(cluster, name, 0)
+    assert applied_bodies(cluster, "Deployment", name)[-1]["spec"]["replicas"] == 0
+    await routes_to(deployer, slug, {})
+    await deployer.wait_for(slug, lambda e: e["status"] == "idle", what="idle again")
+
+
+async def test_manifests_route_prints_what_the_fleet_applied(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """``GET /api/v1/endpoints/{slug}/manifests`` renders exactly the objects the fleet
+    applied; ``GET /api/v1/manifests`` every endpoint's; an unknown slug is a 404 saying
+    where to look."""
+    slug = (await deployer.create(name="mf", source=str(model(tmp_path, "v1", "one"))))["slug"]
+    other = (await deployer.create(name="other", source=str(model(tmp_path, "o", "x"))))["slug"]
+    answer = await deployer.client.get(f"/api/v1/endpoints/{slug}/manifests")
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    assert document["endpoints"] == [slug]
+    assert list(yaml.safe_load_all(document["yaml"])) == document["objects"]
+    for obj in document["objects"]:
+        sent = applied_bodies(cluster, obj["kind"], obj["metadata"]["name"])
+        assert sent[-1] == obj, obj["kind"]
+
+    everything = (await deployer.client.get("/api/v1/manifests")).json()
+    assert everything["endpoints"] == sorted([slug, other])
+    assert len(everything["objects"]) == 2 * len(document["objects"])
+
+    missing = await deployer.client.get("/api/v1/endpoints/nope/manifests")
+    assert missing.status_code == 404
+    assert "GET /api/v1/endpoints" in missing.json()["error"]["message"]
