@@ -128,7 +128,10 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             internal = await stack.enter_async_context(internal_client(resolved))
             reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
+            if not isinstance(fleet, KubernetesFleet):
+                # A stream swap hands the group over between local processes; on a cluster
+                # a stream endpoint takes new code as a new endpoint (400 says so).
+                rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
             await rollouts.recover()
             demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
             demands.recover()
