@@ -10,12 +10,14 @@ ready, crashing, being evicted). NATS and PostgreSQL are real.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cormorant.common.testing.waits import eventually
 from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
@@ -296,3 +298,58 @@ async def test_manifests_route_prints_what_the_fleet_applied(
     missing = await deployer.client.get("/api/v1/endpoints/nope/manifests")
     assert missing.status_code == 404
     assert "GET /api/v1/endpoints" in missing.json()["error"]["message"]
+
+
+async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A stream endpoint (topics checked against a real broker) becomes a kafka-bridge
+    Deployment and a KEDA ScaledObject (a custom object) capped at the input partitions; new
+    code on a cluster is a new endpoint (a 400 says so); deleting it deletes both."""
+    tag = uuid.uuid4().hex[:8]
+    source, output = f"in-{tag}", f"out-{tag}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(source, 3, 1), NewTopic(output, 1, 1)])
+    finally:
+        await admin.close()
+    directory = tmp_path / "stream"
+    directory.mkdir()
+    (directory / "predict.py").write_text("def predict(value):\n    return len(value)\n")
+    created = await deployer.create(
+        name="clicks", kind="stream", source=str(directory), replicas={"min": 1, "max": 3},
+        kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [source],
+               "output_topic": output},
+    )  # fmt: skip
+    slug = created["slug"]
+    name = f"{slug}-v1"
+    assert cluster.applied("Deployment") == [name]
+    assert cluster.applied("ScaledObject") == [name]
+    assert cluster.applied("Service") == []
+    assert cluster.applied("HorizontalPodAutoscaler") == []
+    [scaled] = applied_bodies(cluster, "ScaledObject", name)
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 3)
+    assert [t["metadata"]["topic"] for t in scaled["spec"]["triggers"]] == [source]
+    [bridge] = applied_bodies(cluster, "Deployment", name)[-1]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert bridge["name"] == "kafka-bridge"
+    assert f"--input-topic {source} --output-topic {output}" in " ".join(bridge["command"])
+
+    [pod] = await pods(cluster, name, 1)
+    cluster.ready(pod)
+    await deployer.wait_running(slug)
+
+    refused = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions", json={"source": str(directory)}
+    )
+    assert refused.status_code == 400, refused.text
+    assert "deploy the new code as a new endpoint" in refused.json()["error"]["message"]
+
+    deleted = await deployer.client.delete(f"/api/v1/endpoints/{slug}")
+    assert deleted.status_code == 200, deleted.text
+    assert cluster.applied("ScaledObject") == []
+    assert cluster.applied("Deployment") == []
+    custom = f"/apis/keda.sh/v1alpha1/namespaces/{NAMESPACE}/scaledobjects/{name}"
+    assert [c.verb for c in cluster.calls if c.path == custom] == ["apply", "delete"]
