@@ -56,6 +56,7 @@ async def deployer(
             "k8s_namespace": NAMESPACE,
             "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
             "k8s_image": "registry.test/cormorant:1",
+            "reconcile_interval_s": 0.5,
         }
     )
     async with running_deployer(settings) as harness:
@@ -353,3 +354,55 @@ async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
     assert cluster.applied("Deployment") == []
     custom = f"/apis/keda.sh/v1alpha1/namespaces/{NAMESPACE}/scaledobjects/{name}"
     assert [c.verb for c in cluster.calls if c.path == custom] == ["apply", "delete"]
+
+
+async def test_a_refused_apply_is_the_endpoints_failure_until_the_reconcile_succeeds(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """The API refuses the HPA (RBAC): the endpoint is created (its token shown) and failed
+    with a reason naming the object and what to check; once allowed, the reconcile applies it
+    and the endpoint runs."""
+    cluster.refusals["HorizontalPodAutoscaler"] = 403
+    created = await deployer.create(name="rbac", source=str(model(tmp_path, "v1", "one")))
+    assert created["token"]
+    slug = created["slug"]
+    failed = await deployer.wait_for(slug, lambda e: e["status"] == "failed", what="failed")
+    assert "HorizontalPodAutoscaler" in failed["reason"]
+    assert "forbidden" in failed["reason"]
+    assert "RBAC" in failed["reason"]
+
+    del cluster.refusals["HorizontalPodAutoscaler"]
+    await eventually(lambda: cluster.applied("HorizontalPodAutoscaler") == [f"{slug}-v1"],
+                     what="the HPA applied by the reconcile")  # fmt: skip
+    [pod] = await pods(cluster, f"{slug}-v1", 1)
+    cluster.ready(pod)
+    assert (await deployer.wait_running(slug))["reason"] is None
+
+
+async def test_pods_deleted_while_the_watch_was_down_are_found_on_the_next_listing(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """The API server goes away (watch ended, lists failing); a pod is deleted meanwhile. When
+    it is back the fleet lists again: the gone pod's replica stops, its replacement is a new
+    replica."""
+    slug = (await deployer.create(name="dark", source=str(model(tmp_path, "v1", "one"))))["slug"]
+    [first] = await pods(cluster, f"{slug}-v1", 1)
+    ip = cluster.ready(first)
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
+    [old] = (await deployer.route(slug))["replicas"]
+
+    cluster.go_dark()
+    cluster.delete_pod(first)
+    [second] = await pods(cluster, f"{slug}-v1", 1)
+    cluster.come_back()
+    await routes_to(deployer, slug, {})
+    stopped = await deployer.wait_for(
+        slug,
+        lambda e: any(
+            ev["replica_id"] == old["id"] and ev["state"] == "stopped" for ev in e["events"]
+        ),
+        what="the deleted pod's replica stopped",
+    )
+    assert stopped["status"] == "deploying"
+    ip2 = cluster.ready(second)
+    await routes_to(deployer, slug, {f"http://{ip2}:8080": "1"})

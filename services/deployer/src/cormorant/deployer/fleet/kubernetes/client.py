@@ -8,13 +8,16 @@ watched from the list's resource version, and listed again after the watch break
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from cormorant.common.errors import ServiceUnavailable
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes.manifests import (
     MANAGER,
@@ -45,6 +48,50 @@ _TYPED: dict[str, tuple[type[Any], str]] = {
 VERSION_KINDS = ("ScaledObject", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service",
                  "Deployment", "Secret")  # fmt: skip
 """What one version may run as, in the order it is deleted (scalers before their target)."""
+
+
+class ClusterError(ServiceUnavailable):
+    """The Kubernetes API refused a call or could not be reached."""
+
+    code = "cluster_error"
+
+
+def _refusal(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"{exc.status} {message or exc.reason}"
+
+
+class _Missing(Exception):
+    """The object to delete was not there."""
+
+
+async def _call(
+    what: str, namespace: str, call: Awaitable[Any], *, missing_ok: bool = False
+) -> Any:
+    """Await ``call``; a refusal or an unreachable server as a ``ClusterError`` naming
+    ``what`` and what to check (a 404 as ``_Missing`` when ``missing_ok``)."""
+    try:
+        return await call
+    except ApiException as exc:
+        if exc.status == 404 and missing_ok:
+            raise _Missing(what) from exc
+        hint = ""
+        if exc.status in (401, 403):
+            hint = " (check the deployer's RBAC there)"
+        elif exc.status == 404:
+            hint = " (is the resource's API installed, e.g. KEDA for stream endpoints?)"
+        raise ClusterError(
+            f"the Kubernetes API refused to {what} in namespace {namespace!r}: "
+            f"{_refusal(exc)}{hint}"
+        ) from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"the Kubernetes API could not be reached to {what}: {exc}; check the deployer's "
+            "kubeconfig or in-cluster credentials"
+        ) from exc
 
 
 async def connect(settings: DeployerSettings) -> client.ApiClient:
@@ -89,30 +136,30 @@ class Cluster:
                                    "_content_type": APPLY}  # fmt: skip
         if kind in _CUSTOM:
             group, version, plural = _CUSTOM[kind]
-            await client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+            call = client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
                 group, version, self.namespace, plural, name, manifest, **options
             )
-            return
-        api_class, noun = _TYPED[kind]
-        patch = getattr(api_class(self.api), f"patch_namespaced_{noun}")
-        await patch(name, self.namespace, manifest, **options)
+        else:
+            api_class, noun = _TYPED[kind]
+            patch = getattr(api_class(self.api), f"patch_namespaced_{noun}")
+            call = patch(name, self.namespace, manifest, **options)
+        await _call(f"apply {kind} {name}", self.namespace, call)
 
     async def delete(self, kind: str, name: str) -> bool:
         """Delete one object (its pods go with a Deployment); False if there was none."""
+        if kind in _CUSTOM:
+            group, version, plural = _CUSTOM[kind]
+            call = client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+                group, version, self.namespace, plural, name
+            )
+        else:
+            api_class, noun = _TYPED[kind]
+            remove = getattr(api_class(self.api), f"delete_namespaced_{noun}")
+            call = remove(name, self.namespace, propagation_policy="Background")
         try:
-            if kind in _CUSTOM:
-                group, version, plural = _CUSTOM[kind]
-                await client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
-                    group, version, self.namespace, plural, name
-                )
-            else:
-                api_class, noun = _TYPED[kind]
-                remove = getattr(api_class(self.api), f"delete_namespaced_{noun}")
-                await remove(name, self.namespace, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+            await _call(f"delete {kind} {name}", self.namespace, call, missing_ok=True)
+        except _Missing:
+            return False
         return True
 
     async def delete_version(self, slug: str, version: str) -> None:

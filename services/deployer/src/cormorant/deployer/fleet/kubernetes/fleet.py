@@ -27,7 +27,7 @@ from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.autoscale import Autoscaler
-from cormorant.deployer.fleet.kubernetes.client import Cluster
+from cormorant.deployer.fleet.kubernetes.client import Cluster, ClusterError
 from cormorant.deployer.fleet.kubernetes.manifests import MANAGER
 from cormorant.deployer.fleet.kubernetes.render import placement_of_runtime
 from cormorant.deployer.fleet.kubernetes.watch import PodView, crash_cause, pod_view
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGER}"
 _WATCH_BACKOFF = Backoff(initial=0.5, cap=15.0)
+CLUSTER_FAILURE = "the Kubernetes API"
+"""How a ``ClusterError`` message begins (``client.py``): such a failure clears once an apply
+succeeds."""
 
 
 class PodReplica(ReplicaRunner):
@@ -145,11 +148,24 @@ class ClusterSupervisor(Supervisor):
         return placement_of_runtime(endpoint, archive)
 
     async def converge(self, endpoint: EndpointRuntime) -> None:
-        """Apply the version's objects with its desired count (idempotent)."""
+        """Apply the version's objects with its desired count (idempotent). A refusal is
+        the endpoint's failure (shown while no pod serves) until an apply succeeds: the
+        reconcile loop applies again."""
         async with endpoint.lock:
             if endpoint.deleted:
                 return
-            await self.cluster.apply_placement(self.placement(endpoint))
+            before = endpoint.failure
+            try:
+                await self.cluster.apply_placement(self.placement(endpoint))
+            except ClusterError as exc:
+                log.warning("%s: %s", endpoint.slug, exc)
+                endpoint.failure = exc.message
+            else:
+                if endpoint.failure is not None and endpoint.failure.startswith(CLUSTER_FAILURE):
+                    endpoint.failure = None
+            changed = endpoint.failure != before
+        if changed:
+            await self.refresh(endpoint)
 
     async def remove(self, endpoint: EndpointRuntime) -> None:
         """Delete every version's objects of a deleted endpoint, wait for its pods to go."""

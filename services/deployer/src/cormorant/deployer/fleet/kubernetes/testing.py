@@ -78,6 +78,10 @@ class RecordedCluster:
         self._watchers: set[_Watcher] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.refusals: dict[str, int] = {}
+        """Kinds whose apply is refused, with the status (e.g. 403: RBAC)."""
+        self.dark = False
+        """The pod list and watch answer 503 (an API server restarting)."""
 
     # Serving
 
@@ -140,6 +144,9 @@ class RecordedCluster:
             return self._record(request, request.method, query, body, answer)
         plural, name = rest[2], rest[3] if len(rest) > 3 else None
         if (group_version, plural) == ("v1", "pods") and request.method == "GET" and not name:
+            if self.dark:
+                answer = _status(503, "ServiceUnavailable", "the API server is restarting")
+                return self._record(request, "list", query, body, answer)
             if query.get("watch") in ("true", "1", "True"):
                 return await self._watch(request, query)
             return self._record(request, "list", query, body, self._list(query))
@@ -168,6 +175,11 @@ class RecordedCluster:
         self, kind: str, group_version: str, name: str, request: web.Request,
         query: dict[str, str], body: dict[str, Any] | None,
     ) -> web.Response:  # fmt: skip
+        if kind in self.refusals:
+            code = self.refusals[kind]
+            message = (f'{kind.lower()}s "{name}" is forbidden: User "deployer" cannot '
+                       f'patch resource in namespace "{self.namespace}"')  # fmt: skip
+            return _status(code, "Forbidden", message)
         if request.content_type != APPLY:
             return _status(415, "UnsupportedMediaType",
                            f"expected {APPLY}, got {request.content_type}")  # fmt: skip
@@ -365,6 +377,21 @@ class RecordedCluster:
         self._emit("MODIFIED", pod)
         self.pods.pop(pod_name)
         self._emit("DELETED", pod)
+        self._control()
+
+    def go_dark(self) -> None:
+        """End every watch; pod lists and watches fail until ``come_back``."""
+        self.dark = True
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(None)
+
+    def come_back(self) -> None:
+        """Answer pod lists and watches again."""
+        self.dark = False
+
+    def delete_pod(self, pod_name: str) -> None:
+        """Someone deletes the pod (``kubectl delete pod``); the Deployment starts another."""
+        self._terminate(self.pods[pod_name])
         self._control()
 
     def applied(self, kind: str) -> list[str]:
