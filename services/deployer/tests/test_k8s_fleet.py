@@ -406,3 +406,22 @@ async def test_pods_deleted_while_the_watch_was_down_are_found_on_the_next_listi
     assert stopped["status"] == "deploying"
     ip2 = cluster.ready(second)
     await routes_to(deployer, slug, {f"http://{ip2}:8080": "1"})
+
+
+async def test_a_restarted_deployer_finds_the_serving_pods_again(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """Pods keep serving while the deployer restarts; its first listing routes to them again
+    without touching the Deployment's count."""
+    slug = (await deployer.create(name="keep", source=str(model(tmp_path, "v1", "one"))))["slug"]
+    [pod] = await pods(cluster, f"{slug}-v1", 1)
+    ip = cluster.ready(pod)
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
+
+    await deployer.restart()
+    fleet = deployer.state["fleet"]
+    assert isinstance(fleet, KubernetesFleet)
+    await eventually(fleet.watching.is_set, what="the pod watch")
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
+    assert cluster.pods_of(f"{slug}-v1") == [pod]
+    assert (await deployer.wait_running(slug))["replicas"]["ready"] == 1
