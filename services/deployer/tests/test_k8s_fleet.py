@@ -425,3 +425,43 @@ async def test_a_restarted_deployer_finds_the_serving_pods_again(
     await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
     assert cluster.pods_of(f"{slug}-v1") == [pod]
     assert (await deployer.wait_running(slug))["replicas"]["ready"] == 1
+
+
+async def test_a_promoted_canary_keeps_its_pods_while_its_hpa_takes_over(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """Promotion moves the replica count from the deployer to the new version's HPA: the
+    count is handed over first (server-side apply by another field manager), so the apply
+    that leaves it out does not reset it to 1 and stop a serving pod."""
+    slug = (
+        await deployer.create(
+            name="handover", source=str(model(tmp_path, "v1", "one")),
+            replicas={"min": 2, "max": 4},
+        )
+    )["slug"]  # fmt: skip
+    for pod in await pods(cluster, f"{slug}-v1", 2):
+        cluster.ready(pod)
+    await deployer.wait_running(slug, ready=2)
+    added = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions", json={"source": str(model(tmp_path, "v2", "two"))}
+    )
+    assert added.status_code == 201, added.text
+    v2 = f"{slug}-v2"
+    canary_pods = await pods(cluster, v2, 2)
+    for pod in canary_pods:
+        cluster.ready(pod)
+    await eventually(lambda: len(cluster.pods_of(v2)) == 2, what="v2's pods")
+    rolled = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/rollout", json={"version": "2", "percent": 50}
+    )
+    assert rolled.status_code == 200, rolled.text
+
+    promoted = await deployer.client.post(f"/api/v1/endpoints/{slug}/promote")
+    assert promoted.status_code == 200, promoted.text
+    await eventually(lambda: cluster.applied("Deployment") == [v2], what="v1 retired")
+    assert cluster.applied("HorizontalPodAutoscaler") == [v2]
+    assert cluster.pods_of(v2) == canary_pods
+    assert cluster.objects[("Deployment", v2)]["spec"]["replicas"] == 2
+    assert cluster.replica_owners[v2] == "cormorant-handover"
+    handovers = [c for c in cluster.calls if c.query.get("fieldManager") == "cormorant-handover"]
+    assert [c.body["spec"] for c in handovers if c.body] == [{"replicas": 2}]

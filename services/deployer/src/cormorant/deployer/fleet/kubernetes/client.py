@@ -33,6 +33,9 @@ from cormorant.deployer.settings import DeployerSettings
 log = logging.getLogger(__name__)
 
 APPLY = "application/apply-patch+yaml"
+HANDOVER = "cormorant-handover"
+"""The field manager that takes a Deployment's replica count over when an HPA starts
+scaling it (Kubernetes' documented handover: the count is kept rather than reset to 1)."""
 WATCH_TIMEOUT_S = 300
 """The API server ends a pod watch after this long; it is then resumed."""
 
@@ -144,6 +147,22 @@ class Cluster:
             patch = getattr(api_class(self.api), f"patch_namespaced_{noun}")
             call = patch(name, self.namespace, manifest, **options)
         await _call(f"apply {kind} {name}", self.namespace, call)
+
+    async def hand_over_replicas(self, name: str, replicas: int) -> None:
+        """Give Deployment ``name``'s replica count (at ``replicas``) to another field manager,
+        so that the next apply, which leaves the count to an HPA, keeps it."""
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {"replicas": replicas},
+        }
+        options: dict[str, Any] = {"field_manager": HANDOVER, "force": True,
+                                   "_content_type": APPLY}  # fmt: skip
+        call = client.AppsV1Api(self.api).patch_namespaced_deployment(
+            name, self.namespace, body, **options
+        )
+        await _call(f"hand Deployment {name}'s replicas over", self.namespace, call)
 
     async def delete(self, kind: str, name: str) -> bool:
         """Delete one object (its pods go with a Deployment); False if there was none."""

@@ -28,7 +28,7 @@ from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.kubernetes.client import Cluster, ClusterError
-from cormorant.deployer.fleet.kubernetes.manifests import MANAGER
+from cormorant.deployer.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
 from cormorant.deployer.fleet.kubernetes.render import placement_of_runtime
 from cormorant.deployer.fleet.kubernetes.watch import PodView, crash_cause, pod_view
 from cormorant.deployer.fleet.local import LocalFleet, _Observed, local_runtime
@@ -141,6 +141,8 @@ class ClusterSupervisor(Supervisor):
         self.cluster = cluster
         self.pods: dict[str, PodReplica] = {}
         """The replica following each pod, by pod uid."""
+        self.fixed: set[tuple[uuid.UUID, str]] = set()
+        """Versions last applied with a replica count of the deployer's (endpoint id, label)."""
 
     def placement(self, endpoint: EndpointRuntime) -> Placement:
         """What ``endpoint``'s version runs as now."""
@@ -155,8 +157,17 @@ class ClusterSupervisor(Supervisor):
             if endpoint.deleted:
                 return
             before = endpoint.failure
+            placement = self.placement(endpoint)
+            fixed = (endpoint.id, endpoint.version.label)
             try:
-                await self.cluster.apply_placement(self.placement(endpoint))
+                if hpa_managed(placement) and fixed in self.fixed:
+                    # A promoted canary: its count goes to the HPA without dropping to 1.
+                    name = object_name(endpoint.slug, endpoint.version.label)
+                    await self.cluster.hand_over_replicas(name, max(1, endpoint.desired))
+                    self.fixed.discard(fixed)
+                await self.cluster.apply_placement(placement)
+                if not hpa_managed(placement):
+                    self.fixed.add(fixed)
             except ClusterError as exc:
                 log.warning("%s: %s", endpoint.slug, exc)
                 endpoint.failure = exc.message

@@ -82,6 +82,8 @@ class RecordedCluster:
         """Kinds whose apply is refused, with the status (e.g. 403: RBAC)."""
         self.dark = False
         """The pod list and watch answer 503 (an API server restarting)."""
+        self.replica_owners: dict[str, str] = {}
+        """The field manager of each Deployment's ``spec.replicas``."""
 
     # Serving
 
@@ -194,6 +196,11 @@ class RecordedCluster:
             return _status(400, "BadRequest", "the body's name or namespace is not the path's")
         key = (kind, name)
         created = key not in self.objects
+        manager = query["fieldManager"]
+        if kind == "Deployment":
+            if not created and "template" not in (body.get("spec") or {}):
+                return self._apply_replicas(name, manager, body)
+            body = self._own_replicas(name, manager, body)
         stored = copy.deepcopy(body)
         stored["metadata"]["uid"] = (
             (self.objects.get(key) or {}).get("metadata", {}).get("uid", str(uuid.uuid4()))
@@ -204,11 +211,40 @@ class RecordedCluster:
         self._control()
         return web.json_response(stored, status=201 if created else 200)
 
+    def _own_replicas(self, name: str, manager: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of ``spec.replicas``: set, it is the manager's; left out by the
+        manager that owned it, it is removed and defaults to 1; owned by another manager (a
+        handover, an HPA), it keeps its value."""
+        previous = (self.objects.get(("Deployment", name)) or {}).get("spec", {})
+        owner = self.replica_owners.get(name)
+        if "replicas" in body["spec"]:
+            self.replica_owners[name] = manager
+        elif "replicas" in previous and owner == manager:
+            body = copy.deepcopy(body)
+            body["spec"]["replicas"] = 1
+            self.replica_owners.pop(name)
+        elif "replicas" in previous:
+            body = copy.deepcopy(body)
+            body["spec"]["replicas"] = previous["replicas"]
+        return body
+
+    def _apply_replicas(self, name: str, manager: str, body: dict[str, Any]) -> web.Response:
+        """A partial apply of an existing Deployment: only its ``spec.replicas`` (a handover
+        of the field to another manager)."""
+        stored = self.objects[("Deployment", name)]
+        if "replicas" in body["spec"]:
+            stored["spec"]["replicas"] = body["spec"]["replicas"]
+            self.replica_owners[name] = manager
+        stored["metadata"]["resourceVersion"] = str(next(self._version))
+        self._control()
+        return web.json_response(stored)
+
     def _delete(self, kind: str, name: str) -> web.Response:
         found = self.objects.pop((kind, name), None)
         if found is None:
             return _status(404, "NotFound", f'{kind.lower()}s "{name}" not found')
         if kind == "Deployment":
+            self.replica_owners.pop(name, None)
             for pod in [p for p in self.pods.values() if self._owner(p) == name]:
                 self._terminate(pod)
         self._control()
