@@ -1,6 +1,6 @@
 """The objects ``KubernetesFleet`` applies, per kind of endpoint, validated offline against the
-Kubernetes 1.30 schemas ``kubernetes-validate`` ships (KEDA's ``ScaledObject`` is a CRD those
-schemas lack: its fields are asserted here instead)."""
+Kubernetes 1.30 (and the latest) schemas ``kubernetes-validate`` ships (KEDA's ``ScaledObject``
+is a CRD those schemas lack: its fields are asserted here instead)."""
 
 from __future__ import annotations
 
@@ -85,14 +85,15 @@ def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {obj["kind"]: obj for obj in objects}
 
 
+@pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("kind", ["web", "batch", "stream"])
-def test_every_object_validates_against_the_kubernetes_schemas(kind: str) -> None:
+def test_every_object_validates_against_the_kubernetes_schemas(kind: str, version: str) -> None:
     objects = manifests(placement_of(kind, replicas=0 if kind == "batch" else 1), CONFIG)
     checked = 0
     for obj in objects:
         if obj["kind"] == "ScaledObject":
             continue
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
     assert checked == len(objects) - (kind == "stream") >= 2
     # The printed YAML is the same objects.
