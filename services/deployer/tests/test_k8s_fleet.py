@@ -412,10 +412,15 @@ async def test_a_restarted_deployer_finds_the_serving_pods_again(
     deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
 ) -> None:
     """Pods keep serving while the deployer restarts; its first listing routes to them again
-    without touching the Deployment's count."""
+    without touching the Deployment's count, and a container restart from before is not
+    reported again as a crash."""
     slug = (await deployer.create(name="keep", source=str(model(tmp_path, "v1", "one"))))["slug"]
     [pod] = await pods(cluster, f"{slug}-v1", 1)
     ip = cluster.ready(pod)
+    await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
+    cluster.crash(pod)
+    await routes_to(deployer, slug, {})
+    cluster.ready(pod)
     await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
 
     await deployer.restart()
@@ -424,7 +429,10 @@ async def test_a_restarted_deployer_finds_the_serving_pods_again(
     await eventually(fleet.watching.is_set, what="the pod watch")
     await routes_to(deployer, slug, {f"http://{ip}:8080": "1"})
     assert cluster.pods_of(f"{slug}-v1") == [pod]
-    assert (await deployer.wait_running(slug))["replicas"]["ready"] == 1
+    endpoint = await deployer.wait_running(slug)
+    assert endpoint["replicas"]["ready"] == 1
+    assert [e["state"] for e in endpoint["events"]] == ["starting", "ready"]
+    assert endpoint["restarts"] == 1
 
 
 async def test_a_promoted_canary_keeps_its_pods_while_its_hpa_takes_over(

@@ -55,6 +55,9 @@ class PodReplica(ReplicaRunner):
         view: PodView,
     ) -> None:  # fmt: skip
         super().__init__(supervisor, endpoint, replica_id)
+        # Restarts before this deployer saw the pod (it restarted) are neither new crashes
+        # nor this replica row's: the previous row counted them.
+        self.seen_restarts = view.restarts
         self.uid = view.uid
         self.pod = view.name
         self.view = view
@@ -112,13 +115,14 @@ class PodReplica(ReplicaRunner):
             if self.state == "ready":
                 await self._record("draining")
             return False
-        if view.restarts > self.restarts:
-            self.restarts = view.restarts
+        if view.restarts > self.seen_restarts:
+            self.restarts += view.restarts - self.seen_restarts
+            self.seen_restarts = view.restarts
             reason = f"pod {view.name}: container {view.crash or 'exited'}"
             if view.waiting == "CrashLoopBackOff":
                 reason += "; restarted with back-off (CrashLoopBackOff)"
             await self._crashed(Failure(reason, cause=crash_cause(view)))
-            await self.sup.write_replica(self.id, restarts=view.restarts)
+            await self.sup.write_replica(self.id, restarts=self.restarts)
         serving = view.ready and view.ip is not None
         if serving and self.state != "ready":
             if self.state == "crashed":
