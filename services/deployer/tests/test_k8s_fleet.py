@@ -473,3 +473,21 @@ async def test_a_promoted_canary_keeps_its_pods_while_its_hpa_takes_over(
     assert cluster.replica_owners[v2] == "cormorant-handover"
     handovers = [c for c in cluster.calls if c.query.get("fieldManager") == "cormorant-handover"]
     assert [c.body["spec"] for c in handovers if c.body] == [{"replicas": 2}]
+
+
+async def test_a_pod_crash_looping_before_it_serves_fails_the_endpoint_with_why(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """A container that keeps exiting before its first ready probe marks the endpoint failed
+    after ``max_start_failures`` crashes, with the exit code; once it serves, it runs."""
+    slug = (await deployer.create(name="loop", source=str(model(tmp_path, "v1", "one"))))["slug"]
+    [pod] = await pods(cluster, f"{slug}-v1", 1)
+    for _ in range(deployer.settings.max_start_failures):
+        cluster.crash(pod, exit_code=2, reason="Error")
+    failed = await deployer.wait_for(slug, lambda e: e["status"] == "failed", what="failed")
+    assert "crashed 3 times in a row before becoming ready" in failed["reason"]
+    assert "exited with code 2" in failed["reason"]
+    assert failed["restarts"] == 3
+    cluster.ready(pod)
+    running = await deployer.wait_running(slug)
+    assert running["reason"] is None
