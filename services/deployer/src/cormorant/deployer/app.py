@@ -32,8 +32,6 @@ from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet.demand import Demands
-from cormorant.deployer.fleet.kubernetes.client import Cluster, connect
-from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
 from cormorant.deployer.fleet.local import LocalFleet, local_runtime
 from cormorant.deployer.fleet.runtime.local import prepare_sandbox
@@ -85,6 +83,10 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             snapshots = SnapshotStore(data_dir, archives)
             fleet: LocalFleet
             if resolved.fleet == "kubernetes":
+                # Imported here: the Kubernetes client takes a second to import.
+                from cormorant.deployer.fleet.kubernetes.client import Cluster, connect
+                from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
+
                 cluster = Cluster(await connect(resolved), ClusterConfig.of(resolved))
                 fleet = KubernetesFleet(
                     settings=resolved,
@@ -128,7 +130,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             internal = await stack.enter_async_context(internal_client(resolved))
             reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            if not isinstance(fleet, KubernetesFleet):
+            if resolved.fleet == "local":
                 # A stream swap hands the group over between local processes; on a cluster
                 # a stream endpoint takes new code as a new endpoint (400 says so).
                 rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
