@@ -55,7 +55,7 @@ async def deployer(
             "fleet": "kubernetes",
             "k8s_namespace": NAMESPACE,
             "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
-            "k8s_image": "registry.test/cormorant:1",
+            "k8s_image": "images.test/cormorant:1",
             "reconcile_interval_s": 0.5,
         }
     )
@@ -124,7 +124,7 @@ async def test_rollout_canary_and_rollback_on_the_cluster(
     # The last apply (the reconcile loop re-applies the same objects every 0.5 s here).
     deployment = applied_bodies(cluster, "Deployment", v1)[-1]
     [worker] = deployment["spec"]["template"]["spec"]["containers"]
-    assert worker["image"] == "registry.test/cormorant:1"
+    assert worker["image"] == "images.test/cormorant:1"
     assert "replicas" not in deployment["spec"]  # the HPA's business
 
     [pod1] = await pods(cluster, v1, 1)
