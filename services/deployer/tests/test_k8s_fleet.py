@@ -494,3 +494,17 @@ async def test_a_pod_crash_looping_before_it_serves_fails_the_endpoint_with_why(
     cluster.ready(pod)
     running = await deployer.wait_running(slug)
     assert running["reason"] is None
+
+
+async def test_a_failing_code_fetch_is_reported_like_a_crash(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path
+) -> None:
+    """The init container cannot fetch the version's archive (e.g. an archives store the pods
+    cannot reach): the endpoint fails with a reason naming the init container."""
+    slug = (await deployer.create(name="nofetch", source=str(model(tmp_path, "v1", "a"))))["slug"]
+    [pod] = await pods(cluster, f"{slug}-v1", 1)
+    for _ in range(deployer.settings.max_start_failures):
+        cluster.fail_fetch(pod)
+    failed = await deployer.wait_for(slug, lambda e: e["status"] == "failed", what="failed")
+    assert "exited with code 1 (Error) in the init container fetch-code" in failed["reason"]
+    assert await routed(deployer, slug) == {}

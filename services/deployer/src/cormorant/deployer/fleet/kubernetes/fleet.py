@@ -121,8 +121,9 @@ class PodReplica(ReplicaRunner):
             reason = f"pod {view.name}: container {view.crash or 'exited'}"
             if view.waiting == "CrashLoopBackOff":
                 reason += "; restarted with back-off (CrashLoopBackOff)"
-            await self._crashed(Failure(reason, cause=crash_cause(view)))
+            # The count first: whoever sees the crash (or the failure it implies) sees it.
             await self.sup.write_replica(self.id, restarts=self.restarts)
+            await self._crashed(Failure(reason, cause=crash_cause(view)))
         serving = view.ready and view.ip is not None
         if serving and self.state != "ready":
             if self.state == "crashed":

@@ -405,6 +405,28 @@ class RecordedCluster:
         self._set_ready(pod, False)
         self._emit("MODIFIED", pod)
 
+    def fail_fetch(self, pod_name: str, *, exit_code: int = 1) -> None:
+        """The pod's init container (fetching the code) exits; the kubelet retries it."""
+        pod = self.pods[pod_name]
+        init = pod["spec"]["initContainers"][0]
+        statuses = pod["status"].setdefault(
+            "initContainerStatuses",
+            [
+                {
+                    "name": init["name"],
+                    "image": init["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                }
+            ],
+        )
+        statuses[0]["restartCount"] += 1
+        statuses[0]["lastState"] = {"terminated": {"exitCode": exit_code, "reason": "Error"}}
+        statuses[0]["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
+        pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+        self._emit("MODIFIED", pod)
+
     def evict(self, pod_name: str, message: str = "The node was low on resource: memory.") -> None:
         """The kubelet evicts the pod; the Deployment starts another."""
         pod = self.pods[pod_name]

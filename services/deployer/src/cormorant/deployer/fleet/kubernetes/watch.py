@@ -50,10 +50,20 @@ def pod_view(event_type: str, pod: dict[str, Any]) -> PodView | None:
     status = pod.get("status") or {}
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    container = _replica_container(status.get("containerStatuses") or [])
-    restarts = int(container.get("restartCount", 0)) if container else 0
-    state = (container or {}).get("state") or {}
-    last = ((container or {}).get("lastState") or {}).get("terminated")
+    container = _replica_container(status.get("containerStatuses") or []) or {}
+    # The init container fetching the code crashes like the replica would (a missing archive).
+    fetch: dict[str, Any] = next(iter(status.get("initContainerStatuses") or []), {})
+    restarts = 0
+    crash: str | None = None
+    waiting: str | None = None
+    for part, where in ((fetch, " in the init container fetch-code"), (container, "")):
+        restarts += int(part.get("restartCount", 0))
+        terminated = (part.get("lastState") or {}).get("terminated")
+        if part.get("restartCount") and terminated:
+            crash = _ended(terminated) + where
+        reason = ((part.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason and waiting != "CrashLoopBackOff":
+            waiting = reason
     evicted = None
     if status.get("reason") == "Evicted":
         evicted = status.get("message") or "evicted by the kubelet"
@@ -65,8 +75,8 @@ def pod_view(event_type: str, pod: dict[str, Any]) -> PodView | None:
         ip=status.get("podIP"),
         ready=ready and event_type != "DELETED",
         restarts=restarts,
-        crash=_ended(last) if last else None,
-        waiting=(state.get("waiting") or {}).get("reason"),
+        crash=crash,
+        waiting=waiting,
         terminating=bool(metadata.get("deletionTimestamp")),
         gone=event_type == "DELETED",
         evicted=evicted,
