@@ -312,6 +312,13 @@ class KubernetesFleet(LocalFleet):
 
     async def start(self, nc: Client) -> None:
         """Apply every endpoint's objects, then follow their pods."""
+        archives = self.settings.resolved_archives_url()
+        if "://" not in archives or archives.startswith("file://"):
+            log.warning(
+                "archives are stored at %s, a path of this machine: pods cannot fetch code "
+                "from it; set CORMORANT_ARCHIVES_URL to an object store (s3://...)",
+                archives,
+            )
         self.runtime.open()
         await self.pods.load()
         self.pods.spawn(self._follow_pods(), name="pod-watch")
