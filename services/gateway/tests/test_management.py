@@ -83,6 +83,8 @@ def test_paths_go_to_their_owners() -> None:
     """Each /api/v1 path is owned by one service."""
     assert owner("/api/v1/endpoints") == "deployer"
     assert owner("/api/v1/endpoints/demo/rollout") == "deployer"
+    assert owner("/api/v1/endpoints/demo/manifests") == "deployer"
+    assert owner("/api/v1/manifests") == "deployer"
     assert owner("/api/v1/endpoints/demo/logs") == "predictlog"
     assert owner("/api/v1/endpoints/demo/logs.csv") == "predictlog"
     assert owner("/api/v1/endpoints/demo/feedback-loops") == "feedback"

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cormorant.common.settings import CommonSettings
 from cormorant.sdk import cli_batch, cli_datasets, cli_feedback, cli_rollout, cli_triggers
+from cormorant.sdk.cli_k8s import k8s_app
 from cormorant.sdk.cli_output import api_call, console, err, key_values, source_arg
 from cormorant.sdk.cli_stream import stream_app
 from cormorant.sdk.client import Client, CormorantAPIError, Endpoint, NotConfigured
@@ -255,6 +256,7 @@ cli_datasets.register(app)
 cli_feedback.register(app)
 cli_triggers.register(app)
 app.add_typer(stream_app, name="stream")
+app.add_typer(k8s_app, name="k8s")
 
 
 def _endpoint_table(endpoints: list[dict[str, Any]]) -> Table:

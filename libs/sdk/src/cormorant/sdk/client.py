@@ -118,6 +118,13 @@ class Endpoints:
         result = self._client.request("POST", f"/api/v1/endpoints/{slug}/token")
         return str(result["token"])
 
+    def manifests(self, slug: str | None = None) -> dict[str, Any]:
+        """The Kubernetes objects of endpoint ``slug`` (of every endpoint without one): the
+        answer's ``objects`` as JSON and ``yaml`` as one YAML stream."""
+        path = f"/api/v1/endpoints/{slug}/manifests" if slug else "/api/v1/manifests"
+        result: dict[str, Any] = self._client.request("GET", path)
+        return result
+
     def wait_until_running(self, slug: str, timeout: float = 120.0) -> dict[str, Any]:
         """Poll until the endpoint serves; raise if it fails or the time is up."""
         deadline = time.monotonic() + timeout

@@ -24,6 +24,7 @@ from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.deployer.api import demand as demand_api
 from cormorant.deployer.api import endpoints as endpoints_api
+from cormorant.deployer.api import manifests as manifests_api
 from cormorant.deployer.api import rollout as rollout_api
 from cormorant.deployer.api import streams as streams_api
 from cormorant.deployer.api import usage as usage_api
@@ -32,6 +33,7 @@ from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet.demand import Demands
+from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
 from cormorant.deployer.fleet.local import LocalFleet, local_runtime
 from cormorant.deployer.fleet.runtime.local import prepare_sandbox
 from cormorant.deployer.rollout.handshake import GatewayHandshake
@@ -80,15 +82,33 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             )
             await archives.prepare()
             snapshots = SnapshotStore(data_dir, archives)
-            fleet = LocalFleet(
-                settings=resolved,
-                store=store,
-                snapshots=snapshots,
-                publisher=publisher,
-                http=http,
-                runtime=local_runtime(resolved, contained),
-                registry=registry,
-            )
+            fleet: LocalFleet
+            if resolved.fleet == "kubernetes":
+                # Imported here: the Kubernetes client takes a second to import.
+                from cormorant.deployer.fleet.kubernetes.client import Cluster, connect
+                from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
+
+                cluster = Cluster(await connect(resolved), ClusterConfig.of(resolved))
+                fleet = KubernetesFleet(
+                    settings=resolved,
+                    store=store,
+                    snapshots=snapshots,
+                    publisher=publisher,
+                    http=http,
+                    cluster=cluster,
+                    runtime=local_runtime(resolved, contained),
+                    registry=registry,
+                )
+            else:
+                fleet = LocalFleet(
+                    settings=resolved,
+                    store=store,
+                    snapshots=snapshots,
+                    publisher=publisher,
+                    http=http,
+                    runtime=local_runtime(resolved, contained),
+                    registry=registry,
+                )
             # Closed before the HTTP client, the bus and the database (last in, first out).
             stack.push_async_callback(fleet.close)
             await fleet.start(nc)
@@ -111,7 +131,10 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             internal = await stack.enter_async_context(internal_client(resolved))
             reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
+            if resolved.fleet == "local":
+                # A stream swap hands the group over between local processes; on a cluster
+                # a stream endpoint takes new code as a new endpoint (400 says so).
+                rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
             await rollouts.recover()
             demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
             demands.recover()
@@ -141,4 +164,5 @@ def create_app(settings: DeployerSettings) -> FastAPI:
     app.include_router(streams_api.router)
     app.include_router(demand_api.router)
     app.include_router(usage_api.router)
+    app.include_router(manifests_api.router)
     return app

@@ -40,6 +40,37 @@ class DeployerSettings(ServiceSettings):
     runtime: Literal["local"] = "local"
     """Where replicas run: ``local`` worker processes on this machine."""
 
+    fleet: Literal["local", "kubernetes"] = "local"
+    """Who runs the replicas: ``local`` worker processes on this machine, or ``kubernetes``
+    (a Deployment, Service, PodDisruptionBudget and HPA or KEDA ``ScaledObject`` per endpoint
+    version, in ``k8s_namespace``)."""
+
+    k8s_namespace: str = "cormorant"
+    """Namespace of the endpoints' Kubernetes objects (the deployer's RBAC is limited to it)."""
+
+    k8s_kubeconfig: Path | None = None
+    """Kubeconfig file the kubernetes fleet connects with; unset: the pod's service account
+    (in-cluster credentials)."""
+
+    k8s_image: str = "cormorant:latest"
+    """Image of every replica pod (and of its init container fetching the version's code)."""
+
+    k8s_replica_port: int = Field(default=8080, ge=1, le=65535)
+    """Port a replica pod serves ``/predict``, ``/healthz`` and ``/metrics`` on."""
+
+    k8s_run_as_user: int = Field(default=10001, ge=1)
+    """Non-root uid (and gid) replica pods run as."""
+
+    k8s_cpu_request: str = "250m"
+    """CPU each replica pod requests (the HPA's CPU utilisation is relative to it)."""
+
+    k8s_cpu_target_percent: int = Field(default=70, ge=1, le=100)
+    """CPU utilisation a web endpoint's HPA aims for, beside the in-flight requests target."""
+
+    k8s_archives_secret: str | None = None
+    """Secret whose variables (e.g. ``AWS_ACCESS_KEY_ID``) the init container fetching a
+    version's archive gets, for an ``s3://`` archives store; never given to the worker."""
+
     archives_url: str | None = Field(
         default=None, validation_alias=AliasChoices("archives_url", "CORMORANT_ARCHIVES_URL")
     )

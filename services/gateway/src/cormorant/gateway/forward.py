@@ -54,6 +54,8 @@ def owner(path: str) -> str | None:
         if part in PREDICTLOG_PARTS:
             return "predictlog"
         return _ENDPOINT_PARTS.get(part, "deployer")
+    if head == "manifests":
+        return "deployer"
     if head in ("datasets", "feedback-loops"):
         return "feedback"
     if head in ("triggers", "flows"):
