@@ -53,6 +53,18 @@ async def test_migrate_records_the_admin_key_once(database_url: str) -> None:
     assert await recorded_keys(database_url) == [hash_token(KEY)]
 
 
+async def test_migrate_records_the_alerts_key_beside_the_admin_key(database_url: str) -> None:
+    migrate = load_migrate()
+    alerts = "cmk_" + "alerts" * 5
+    outcome = await migrate.migrate(database_url, KEY, timeout=30, alerts_key=alerts)
+    assert outcome == "migrated; admin key recorded; alerts key recorded"
+    assert sorted(await recorded_keys(database_url)) == sorted(
+        [hash_token(KEY), hash_token(alerts)]
+    )
+    with pytest.raises(SystemExit, match="alerts key must differ"):
+        await migrate.migrate(database_url, KEY, timeout=30, alerts_key=KEY)
+
+
 async def test_migrate_without_a_key_only_migrates(database_url: str) -> None:
     migrate = load_migrate()
     assert await migrate.migrate(database_url, None, timeout=30) == "migrated; no admin key given"

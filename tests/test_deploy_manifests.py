@@ -54,6 +54,7 @@ EXTERNAL_SECRETS = {
     "cormorant-internal": {"secret", "console-secret"},
     "cormorant-database": {"url"},
     "cormorant-admin-key": {"key"},
+    "cormorant-alerts-key": {"key"},
 }
 """The Secrets prod expects to be made outside the repository (prod's kustomization says so)."""
 
@@ -425,12 +426,53 @@ def test_migration_job_records_the_admin_key_from_its_secret(overlay: str) -> No
     job = find(rendered(overlay), "Job", "cormorant-migrate")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    command, option, key_file = container["args"]
-    assert (command, option) == ("migrate", "--admin-key-file")
-    (mount,) = [m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == "cormorant-admin-key"
-    assert key_file.rsplit("/", 1)[1] in EXTERNAL_SECRETS["cormorant-admin-key"]
+    command, *options = container["args"]
+    assert command == "migrate"
+    files = dict(zip(options[::2], options[1::2], strict=True))
+    for option, secret in [
+        ("--admin-key-file", "cormorant-admin-key"),
+        ("--alerts-key-file", "cormorant-alerts-key"),
+    ]:
+        key_file = files[option]
+        (mount,) = [
+            m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")
+        ]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == secret, option
+        assert key_file.rsplit("/", 1)[1] in EXTERNAL_SECRETS[secret]
+
+
+SHARED_SECRETS = {"CORMORANT_DATABASE_URL", "CORMORANT_INTERNAL_SECRET"}
+SERVICE_SECRETS = {
+    name: SHARED_SECRETS
+    | {
+        "gateway": {"CORMORANT_GATEWAY_CONSOLE_SECRET"},
+        "alerts": {"CORMORANT_ALERTS_API_KEY"},
+    }.get(name, set())
+    for name in SERVICES
+}
+"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
+find the admin key in its parent's environment)."""
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_each_service_gets_only_its_own_secrets(overlay: str) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-config")["data"]
+    assert not {k for k in config if "SECRET" in k or "KEY" in k or "PASSWORD" in k}
+    for name in SERVICES:
+        pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert set(refs) == SERVICE_SECRETS[name], name
+    alerts = find(manifests, "Deployment", "cormorant-alerts")["spec"]["template"]["spec"]
+    (container,) = alerts["containers"]
+    (key,) = [e for e in container["env"] if e["name"] == "CORMORANT_ALERTS_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "cormorant-alerts-key", "not the admin key"
 
 
 # --- Containers ---------------------------------------------------------------------------
@@ -478,6 +520,37 @@ def test_compose_runs_the_stack_in_dependency_order() -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     published = [name for name, s in services.items() if s.get("ports")]
     assert published == ["gateway"], "only the gateway is published on the host"
+
+
+def test_compose_gives_each_service_only_its_own_secrets() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        held = {k for k, v in environment.items() if "${" in str(v) and k.startswith("CORMORANT_")}
+        assert held == SERVICE_SECRETS[name] - {"CORMORANT_GATEWAY_CONSOLE_SECRET"}, name
+    assert "CORMORANT_ADMIN_KEY" not in str(services["alerts"]["environment"])
+    assert "${CORMORANT_ALERTS_KEY" in services["alerts"]["environment"]["CORMORANT_ALERTS_API_KEY"]
+    assert services["migrate"]["secrets"] == ["admin_key", "alerts_key"]
+
+
+def test_compose_deployer_can_give_replicas_their_own_uid() -> None:
+    services = compose()["services"]
+    deployer = services["deployer"]
+    # Root, so the sandbox switches each replica to its own uid; only the capabilities it uses.
+    assert deployer["user"] == "0:0"
+    assert deployer["cap_drop"] == ["ALL"]
+    assert set(deployer["cap_add"]) == {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "KILL",
+        "SETGID",
+        "SETUID",
+    }
+    assert "no-new-privileges:true" in deployer["security_opt"]
+    for name in SERVICES.keys() - {"deployer"}:
+        assert "user" not in services[name], f"{name} runs as the image's uid 10001"
+        assert "cap_add" not in services[name], name
 
 
 def hadolint() -> str | None:
