@@ -395,6 +395,47 @@ def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
             assert not container["image"].endswith(":latest"), container["image"]
 
 
+SIZE_UNITS = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
+}  # fmt: skip
+"""Kubernetes' binary suffixes, and NATS' (which counts KB, MB, GB in powers of 1024)."""
+
+
+def size_bytes(size: str) -> int:
+    """``2Gi`` or ``1536MB`` in bytes."""
+    return int(size[:-2]) * SIZE_UNITS[size[-2:]]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_jetstream_file_store_fits_its_volume(overlay: str) -> None:
+    nats = find(rendered(overlay), "StatefulSet", "cormorant-nats")
+    config = find(rendered(overlay), "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
+    (line,) = [
+        line.split(":", 1)[1].strip() for line in config.splitlines() if "max_file_store" in line
+    ]
+    env = {
+        e["name"]: e.get("value") for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    limit = env[line.removeprefix("$")] if line.startswith("$") else line
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    volume = claim["spec"]["resources"]["requests"]["storage"]
+    # JetStream cannot see its volume's size: past it, writes fail instead of limits applying.
+    assert size_bytes(limit) < size_bytes(volume), (limit, volume)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_autoscaled_and_singleton_deployments_keep_their_count(overlay: str) -> None:
+    manifests = rendered(overlay)
+    for hpa in (m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"):
+        target = find(manifests, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], "every apply would undo the HPA's scaling"
+    deployer = find(manifests, "Deployment", "cormorant-deployer")
+    # No leader election: a rolling update would run two deployers at once.
+    assert deployer["spec"]["replicas"] == 1
+    assert deployer["spec"]["strategy"] == {"type": "Recreate"}
+
+
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_monitors_select_existing_ports_and_dashboards_ship(overlay: str) -> None:
     manifests = rendered(overlay)
