@@ -79,3 +79,12 @@ def test_an_unusable_admin_key_file_is_refused_with_how_to_make_one(
     path.write_text(content)
     with pytest.raises(SystemExit, match=r"starts with 'cmk_'.*openssl rand"):
         load_migrate().read_key(path)
+
+
+def test_a_published_placeholder_key_needs_a_throwaway_cluster(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("cmk_dev-only-admin-key-change-me\n")
+    migrate = load_migrate()
+    with pytest.raises(SystemExit, match=r"published placeholder.*--throwaway-cluster"):
+        migrate.read_key(path)
+    assert migrate.read_key(path, throwaway=True) == "cmk_dev-only-admin-key-change-me"

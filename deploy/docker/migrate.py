@@ -26,6 +26,9 @@ from cormorant.common.settings import CommonSettings
 MIN_KEY_LENGTH = 24
 """Shortest admin key accepted: the prefix and enough random characters to resist guessing."""
 
+PLACEHOLDER = "change-me"
+"""Marks the dev overlay's published keys: anyone who reads the repository knows them."""
+
 
 async def migrate(
     url: str,
@@ -61,13 +64,21 @@ async def migrate(
     return "; ".join(outcomes)
 
 
-def read_key(path: Path) -> str:
-    """The admin key in ``path``, refused with a message when it is unusable."""
+def read_key(path: Path, *, throwaway: bool = False) -> str:
+    """The admin key in ``path``, refused with a message when it is unusable, or a published
+    placeholder on a cluster not declared ``throwaway``."""
     key = path.read_text().strip()
+    example = f"{ADMIN_KEY_PREFIX}$(openssl rand -hex 24)"
     if not key.startswith(ADMIN_KEY_PREFIX) or len(key) < MIN_KEY_LENGTH:
         raise SystemExit(
             f"{path}: an admin key starts with {ADMIN_KEY_PREFIX!r} and has at least "
-            f"{MIN_KEY_LENGTH} characters, e.g. {ADMIN_KEY_PREFIX}$(openssl rand -hex 24)"
+            f"{MIN_KEY_LENGTH} characters, e.g. {example}"
+        )
+    if PLACEHOLDER in key and not throwaway:
+        raise SystemExit(
+            f"{path}: this admin key is a published placeholder ({PLACEHOLDER!r}); set a "
+            f"random one, e.g. {example}, or pass --throwaway-cluster on a disposable dev "
+            "cluster nobody else can reach"
         )
     return key
 
@@ -81,10 +92,18 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="file holding the alerts service's own admin key (CORMORANT_ALERTS_API_KEY)",
     )
+    parser.add_argument(
+        "--throwaway-cluster",
+        action="store_true",
+        help=f"accept keys containing {PLACEHOLDER!r} (the dev overlay's; never elsewhere)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the DB")
     args = parser.parse_args(argv)
-    key = read_key(args.admin_key_file) if args.admin_key_file else None
-    alerts_key = read_key(args.alerts_key_file) if args.alerts_key_file else None
+    throwaway: bool = args.throwaway_cluster
+    key = read_key(args.admin_key_file, throwaway=throwaway) if args.admin_key_file else None
+    alerts_key = (
+        read_key(args.alerts_key_file, throwaway=throwaway) if args.alerts_key_file else None
+    )
     url = CommonSettings().database_url
     outcome = asyncio.run(migrate(url, key, timeout=args.timeout, alerts_key=alerts_key))
     print(outcome, file=sys.stderr)
