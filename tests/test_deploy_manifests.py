@@ -15,9 +15,11 @@ that match our Services, ports that exist). The container tests run with a Docke
 from __future__ import annotations
 
 import base64
+import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from tests.kustomize_render import Manifest, load_documents, render
 
@@ -694,3 +698,89 @@ def test_every_setting_the_manifests_and_compose_name_exists() -> None:
     named = {name for name in named if name.startswith("CORMORANT_")}
     assert "CORMORANT_GATEWAY_DEPLOYER_URL" in named
     assert named - documented_variables() - NOT_YET_DOCUMENTED == set()
+
+
+SETTINGS_CLASSES = {
+    "gateway": "cormorant.gateway.settings:GatewaySettings",
+    "deployer": "cormorant.deployer.settings:DeployerSettings",
+    "predictlog": "cormorant.predictlog.settings:PredictLogSettings",
+    "feedback": "cormorant.feedback.settings:FeedbackSettings",
+    "alerts": "cormorant.alerts.settings:AlertsSettings",
+    "batch": "cormorant.batch.settings:BatchSettings",
+}
+STUB_SECRET = "cmk_stub-secret-for-the-settings-check"
+"""What a secret reference or an unset Compose variable stands for: only its shape matters."""
+
+
+def container_environment(manifests: tuple[Manifest, ...], name: str) -> dict[str, str]:
+    """A service container's environment as the kubelet gives it (secrets stubbed)."""
+    deployment = find(manifests, "Deployment", f"cormorant-{name}")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env |= find(manifests, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for variable in container.get("env", []):
+        if "value" in variable:
+            value = variable["value"]
+            # The kubelet expands $(NAME) of a variable defined before this one.
+            for known, known_value in env.items():
+                value = value.replace(f"$({known})", known_value)
+            env[variable["name"]] = value
+        elif "secretKeyRef" in variable["valueFrom"]:
+            env[variable["name"]] = STUB_SECRET
+        else:  # fieldRef: the pod's name or namespace
+            path = variable["valueFrom"]["fieldRef"]["fieldPath"]
+            fields = {"metadata.name": f"{deployment['metadata']['name']}-7d9f-x2x",
+                      "metadata.namespace": deployment["metadata"]["namespace"]}  # fmt: skip
+            env[variable["name"]] = fields[path]
+    return env
+
+
+def compose_environment(name: str) -> dict[str, str]:
+    """A Compose service's environment, ``${VAR:?…}`` stubbed."""
+    environment = compose()["services"][name]["environment"]
+    return {
+        key: re.sub(r"\$\{[^}]*\}", STUB_SECRET.removeprefix("cmk_"), str(value))
+        for key, value in environment.items()
+    }
+
+
+def build_settings(
+    monkeypatch: pytest.MonkeyPatch, service: str, env: dict[str, str]
+) -> BaseSettings:
+    """``service``'s settings class built from ``env`` alone, as the service would at start."""
+    for variable in list(os.environ):
+        if variable.startswith("CORMORANT_"):
+            monkeypatch.delenv(variable)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    module, _, attribute = SETTINGS_CLASSES[service].partition(":")
+    settings_class: type[BaseSettings] = getattr(importlib.import_module(module), attribute)
+    return settings_class()
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_service_accepts_its_rendered_settings(
+    monkeypatch: pytest.MonkeyPatch, overlay: str, service: str
+) -> None:
+    # Names alone are not enough: a bad value (a runtime the deployer lacks) fails at start.
+    env = container_environment(rendered(overlay), service)
+    settings = build_settings(monkeypatch, service, env)
+    assert settings.model_dump()["port"] == SERVICES[service]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_compose_service_accepts_its_settings(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    settings = build_settings(monkeypatch, service, compose_environment(service))
+    assert settings.model_dump()["port"] == SERVICES[service]
+
+
+def test_the_settings_check_catches_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = container_environment(rendered("dev"), "deployer")
+    env["CORMORANT_DEPLOYER_RUNTIME"] = "kubernetes"
+    with pytest.raises(ValidationError, match="runtime"):
+        build_settings(monkeypatch, "deployer", env)
