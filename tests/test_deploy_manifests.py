@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import importlib
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -262,6 +263,7 @@ class Pod:
     labels: dict[str, str]
     namespace: str
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    ip: str = "10.244.1.23"
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -320,6 +322,52 @@ def allowed(manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int
             ):
                 return True
     return False
+
+
+def egress_peer_matches(peer: dict[str, Any], target: Pod, policy_namespace: str) -> bool:
+    """Whether a NetworkPolicy ``to`` peer admits ``target`` (a pod, or an address as a pod
+    without labels)."""
+    if "ipBlock" in peer:
+        address = ipaddress.ip_address(target.ip)
+        block = peer["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    return peer_matches(peer, target, policy_namespace)
+
+
+def egress_allowed(
+    manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int, protocol: str = "TCP"
+) -> bool:
+    """Whether ``source`` may open ``port`` on ``target`` under the egress policies."""
+    policies = [
+        m
+        for m in manifests
+        if m["kind"] == "NetworkPolicy"
+        and m["metadata"]["namespace"] == source.namespace
+        and "Egress" in m["spec"]["policyTypes"]
+        and selects(m["spec"]["podSelector"], source.labels)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = rule.get("ports")
+            port_ok = not ports or any(
+                p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports
+            )
+            peers = rule.get("to")
+            namespace = policy["metadata"]["namespace"]
+            if port_ok and (
+                not peers or any(egress_peer_matches(p, target, namespace) for p in peers)
+            ):
+                return True
+    return False
+
+
+def address(ip: str) -> Pod:
+    """A destination outside the cluster's pods (a node, a cloud service, the internet)."""
+    return Pod({}, "", ip=ip)
 
 
 def component(name: str, namespace: str) -> Pod:
@@ -382,6 +430,41 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         assert allowed(manifests, component("predictlog", ns), postgres, 5432)
         assert allowed(manifests, component("migrate", ns), postgres, 5432)
         assert not allowed(manifests, replica(ns), postgres, 5432), "user code reads no database"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> None:
+    manifests = rendered(overlay)
+    ns = OVERLAYS[overlay]
+    source = replica(ns)
+    dns = Pod(
+        {"k8s-app": "kube-dns"}, "kube-system", {"kubernetes.io/metadata.name": "kube-system"}
+    )
+    nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}, ns)
+    minio = Pod({"cormorant.dev/blob-store": "true"}, "storage", {"name": "storage"})
+    assert egress_allowed(manifests, source, dns, 53, "UDP")
+    assert egress_allowed(manifests, source, dns, 53, "TCP")
+    assert egress_allowed(manifests, source, nats, 4222)
+    assert egress_allowed(manifests, source, address("203.0.113.9"), 9092), "Kafka brokers"
+    assert egress_allowed(manifests, source, minio, 9000)
+
+    metadata = address("169.254.169.254")
+    for port in (80, 443, 9092):
+        assert not egress_allowed(manifests, source, metadata, port), port
+    # The API server: the kubernetes Service's address and a typical endpoint behind it.
+    for api in (address("10.96.0.1"), address("172.18.0.2")):
+        for port in (443, 6443):
+            assert not egress_allowed(manifests, source, api, port)
+    assert not egress_allowed(manifests, source, address("198.51.100.7"), 443), "the internet"
+    assert not egress_allowed(manifests, source, nats, 6222), "NATS routes"
+    for name, port in SERVICES.items():
+        assert not egress_allowed(manifests, source, component(name, ns), port), name
+    postgres = Pod(
+        {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/component": "postgres"}, ns
+    )
+    assert not egress_allowed(manifests, source, postgres, 5432)
+    # The platform's own services are not fenced by it.
+    assert egress_allowed(manifests, component("deployer", ns), address("10.96.0.1"), 443)
 
 
 def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
