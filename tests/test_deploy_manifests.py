@@ -38,6 +38,7 @@ from kubernetes_validate.utils import latest_version
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from cormorant.common.servers.nats import nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,7 @@ EXTERNAL_SECRETS = {
     "cormorant-database": {"url"},
     "cormorant-admin-key": {"key"},
     "cormorant-alerts-key": {"key"},
+    "cormorant-nats": {"platform-password", "replica-password"},
 }
 """The Secrets prod expects to be made outside the repository (prod's kustomization says so)."""
 
@@ -467,6 +469,71 @@ def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> 
     assert egress_allowed(manifests, component("deployer", ns), address("10.96.0.1"), 443)
 
 
+REPLICA_PUBLISH = [
+    "cormorant.predictions.>",
+    "cormorant.metrics.>",
+    "$JS.API.STREAM.INFO.CORMORANT_PREDICTIONS",
+    "$JS.API.STREAM.INFO.CORMORANT_METRICS",
+]
+"""What the replica user may publish, as cormorant.common.servers.nats.REPLICA_PUBLISH (issue 13,
+branch contain) gives the local stack's NATS: compare with it once merged."""
+
+
+def nats_users(config: str) -> list[dict[str, Any]]:
+    """The users of nats.conf's ``authorization`` block (JSON but for ``$VARIABLE`` values)."""
+    block = config.split("authorization {", 1)[1].split("\n}\n", 1)[0]
+    quoted = re.sub(r":\s*\$([A-Z_]+)", r': "$\1"', block)
+    users: list[dict[str, Any]] = json.loads("{" + quoted + "}")["users"]
+    return users
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_nats_takes_passwords_and_fences_the_replica_user(overlay: str, tmp_path: Path) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
+    platform, replica_user = nats_users(config)
+    assert platform == {"user": "cormorant", "password": "$NATS_PLATFORM_PASSWORD"}
+    assert replica_user["user"] == "replica"
+    assert replica_user["password"] == "$NATS_REPLICA_PASSWORD"
+    assert replica_user["permissions"] == {
+        "publish": {"allow": REPLICA_PUBLISH},
+        "subscribe": {"allow": ["_REPLICA_INBOX.>"]},
+    }
+    nats = find(manifests, "StatefulSet", "cormorant-nats")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in nats["containers"][0]["env"]}
+    for variable, key in [
+        ("NATS_PLATFORM_PASSWORD", "platform-password"),
+        ("NATS_REPLICA_PASSWORD", "replica-password"),
+    ]:
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "cormorant-nats", "key": key}
+    # The real server accepts the file, the variables filled as the container's env would.
+    path = tmp_path / "nats.conf"
+    path.write_text(config.replace("/data", str(tmp_path)).replace("/var/run/nats", str(tmp_path)))
+    variables = {
+        "POD_NAME": "cormorant-nats-0",
+        "NATS_PLATFORM_PASSWORD": "platform-pw",
+        "NATS_REPLICA_PASSWORD": "replica-pw",
+        "JETSTREAM_MAX_FILE_STORE": env["JETSTREAM_MAX_FILE_STORE"]["value"],
+    }
+    result = subprocess.run(
+        [nats_server_binary(), "-c", str(path), "-t"],
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Services connect as the platform user, replicas (through the deployer) as theirs.
+    for name in SERVICES:
+        service_env = container_environment(manifests, name)
+        assert service_env["CORMORANT_NATS_URL"] == (
+            f"nats://cormorant:{STUB_SECRET}@cormorant-nats:4222"
+        ), name
+    deployer_env = container_environment(manifests, "deployer")
+    replica_url = deployer_env["CORMORANT_DEPLOYER_REPLICA_NATS_URL"]
+    assert replica_url == f"nats://replica:{STUB_SECRET}@cormorant-nats:4222"
+
+
 def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
     manifests = rendered("prod")
     service = find(manifests, "Service", "cormorant-gateway")
@@ -582,6 +649,9 @@ SERVICE_SECRETS = {
     }.get(name, set())
     for name in SERVICES
 }
+NATS_SECRETS = {"NATS_PASSWORD"}
+"""On Kubernetes every service also holds the NATS platform user's password (Compose's NATS
+takes none); the deployer the replica user's too, to hand to replicas."""
 """The secrets each service uses, hence all it may hold (a replica of the deployer's must not
 find the admin key in its parent's environment)."""
 
@@ -599,7 +669,8 @@ def test_each_service_gets_only_its_own_secrets(overlay: str) -> None:
             for e in container["env"]
             if "secretKeyRef" in e.get("valueFrom", {})
         }
-        assert set(refs) == SERVICE_SECRETS[name], name
+        replica_password = {"NATS_REPLICA_PASSWORD"} if name == "deployer" else set()
+        assert set(refs) == SERVICE_SECRETS[name] | NATS_SECRETS | replica_password, name
     alerts = find(manifests, "Deployment", "cormorant-alerts")["spec"]["template"]["spec"]
     (container,) = alerts["containers"]
     (key,) = [e for e in container["env"] if e["name"] == "CORMORANT_ALERTS_API_KEY"]
@@ -752,9 +823,11 @@ NOT_YET_DOCUMENTED = {
     "CORMORANT_DEPLOYER_FLEET",
     "CORMORANT_DEPLOYER_K8S_NAMESPACE",
     "CORMORANT_DEPLOYER_K8S_IMAGE",
+    "CORMORANT_DEPLOYER_REPLICA_NATS_URL",
 }
-"""The deployer's KubernetesFleet settings (issue 18, branch k8sfleet): drop them from here once
-that branch merges and docs/configuration.md lists them."""
+"""The deployer's KubernetesFleet settings (issue 18, branch k8sfleet) and the replicas' NATS
+user (issue 13, branch contain): drop them from here once those branches merge and
+docs/configuration.md lists them."""
 
 
 def documented_variables() -> set[str]:
