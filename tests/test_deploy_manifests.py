@@ -44,6 +44,10 @@ from tests.kustomize_render import Manifest, load_documents, render
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = {"dev": "cormorant-dev", "prod": "cormorant"}
+REPLICA_NAMESPACES = {"dev": "cormorant-dev-replicas", "prod": "cormorant-replicas"}
+"""Where each overlay's replicas run: never the platform's namespace, whose Secrets they could
+mount."""
+REPLICA_NAMESPACE_KINDS = {"Role", "RoleBinding", "NetworkPolicy"}
 SERVICES = {
     "gateway": 8080,
     "deployer": 8081,
@@ -110,9 +114,16 @@ def test_overlay_renders_to_valid_objects_in_its_namespace(overlay: str) -> None
     manifests = rendered(overlay)
     keys = [(m["kind"], m["metadata"]["name"]) for m in manifests]
     assert len(keys) == len(set(keys)), f"duplicate objects in {overlay}"
+    namespaces = {m["metadata"]["name"] for m in manifests if m["kind"] == "Namespace"}
+    assert namespaces == {OVERLAYS[overlay], REPLICA_NAMESPACES[overlay]}
     for manifest in manifests:
         validate(manifest, f"overlays/{overlay}")
-        if manifest["kind"] != "Namespace":
+        if manifest["kind"] == "Namespace":
+            continue
+        if manifest["metadata"]["namespace"] == REPLICA_NAMESPACES[overlay]:
+            # Only what fences the replicas: no Secret, no platform workload.
+            assert manifest["kind"] in REPLICA_NAMESPACE_KINDS, manifest["kind"]
+        else:
             assert manifest["metadata"]["namespace"] == OVERLAYS[overlay], keys
     for name in SERVICES:
         deployment = find(manifests, "Deployment", f"cormorant-{name}")
@@ -214,20 +225,28 @@ def test_services_run_their_module_non_root_with_healthz_probes(overlay: str) ->
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_deployer_may_manage_only_its_own_namespace(overlay: str) -> None:
+def test_deployer_manages_replicas_only_in_their_own_namespace(overlay: str) -> None:
     manifests = rendered(overlay)
+    platform, replicas = OVERLAYS[overlay], REPLICA_NAMESPACES[overlay]
     kinds = {m["kind"] for m in manifests}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    # Nothing in the platform's namespace is granted: the deployer reads none of its Secrets.
+    assert not [
+        m
+        for m in manifests
+        if m["kind"] in {"Role", "RoleBinding"} and m["metadata"]["namespace"] == platform
+    ]
     role = find(manifests, "Role", "cormorant-deployer")
     binding = find(manifests, "RoleBinding", "cormorant-deployer")
-    assert role["metadata"]["namespace"] == OVERLAYS[overlay]
+    assert role["metadata"]["namespace"] == replicas
+    assert binding["metadata"]["namespace"] == replicas
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
         "name": "cormorant-deployer",
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": OVERLAYS[overlay]}
+        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": platform}
     ]
     deployer = find(manifests, "Deployment", "cormorant-deployer")["spec"]["template"]["spec"]
     assert deployer["serviceAccountName"] == "cormorant-deployer"
@@ -241,15 +260,16 @@ def test_deployer_may_manage_only_its_own_namespace(overlay: str) -> None:
     for managed in [
         ("apps", "deployments"),
         ("", "services"),
+        ("", "secrets"),
         ("policy", "poddisruptionbudgets"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("keda.sh", "scaledobjects"),
     ]:
         assert granted[managed] == manage, managed
     assert granted[("", "pods")] == {"get", "list", "watch"}
-    assert ("", "secrets") not in granted, "the deployer never reads the platform's secrets"
     config = find(manifests, "ConfigMap", "cormorant-config")["data"]
     assert config["CORMORANT_DEPLOYER_FLEET"] == "kubernetes"
+    assert config["CORMORANT_DEPLOYER_K8S_NAMESPACE"] == replicas, "replicas out of the platform's"
     (container,) = deployer["containers"]
     assert config["CORMORANT_DEPLOYER_K8S_IMAGE"] == container["image"], "replicas run our image"
     # Every other service runs without a Kubernetes API token.
@@ -303,8 +323,18 @@ def port_matches(rule_ports: list[dict[str, Any]] | None, port: int, name: str) 
     return not rule_ports or any(p["port"] in (port, name) for p in rule_ports)
 
 
+def in_cluster(manifests: tuple[Manifest, ...], pod: Pod) -> Pod:
+    """``pod`` with its namespace's labels: the automatic name label and the rendered ones."""
+    labels = {"kubernetes.io/metadata.name": pod.namespace} if pod.namespace else {}
+    for manifest in manifests:
+        if manifest["kind"] == "Namespace" and manifest["metadata"]["name"] == pod.namespace:
+            labels |= manifest["metadata"].get("labels", {})
+    return Pod(pod.labels, pod.namespace, labels | pod.namespace_labels, pod.ip)
+
+
 def allowed(manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int) -> bool:
     """Whether ingress from ``source`` to ``target`` on ``port`` is admitted (port name http)."""
+    source, target = in_cluster(manifests, source), in_cluster(manifests, target)
     policies = [
         m
         for m in manifests
@@ -342,6 +372,7 @@ def egress_allowed(
     manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int, protocol: str = "TCP"
 ) -> bool:
     """Whether ``source`` may open ``port`` on ``target`` under the egress policies."""
+    source, target = in_cluster(manifests, source), in_cluster(manifests, target)
     policies = [
         m
         for m in manifests
@@ -390,6 +421,7 @@ def replica(namespace: str) -> Pod:
 def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: str) -> None:
     manifests = rendered(overlay)
     ns = OVERLAYS[overlay]
+    replicas = REPLICA_NAMESPACES[overlay]
     outsider = Pod({"app": "anything"}, "elsewhere")
     neighbour = Pod({"app": "anything"}, ns)
     replica_port = 39123
@@ -402,28 +434,31 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         target = component(name, ns)
         assert not allowed(manifests, outsider, target, port), name
         assert not allowed(manifests, neighbour, target, port), name
-        assert not allowed(manifests, replica(ns), target, port), name
+        assert not allowed(manifests, replica(replicas), target, port), name
         assert allowed(manifests, component("gateway", ns), target, port), name
         assert allowed(manifests, component("batch", ns), target, port), name
 
+    target = replica(replicas)
     for caller in ("gateway", "deployer", "batch"):
-        assert allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
+        assert allowed(manifests, component(caller, ns), target, replica_port), caller
     for caller in ("predictlog", "feedback", "alerts"):
-        assert not allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
-    assert not allowed(manifests, replica(ns), replica(ns), replica_port)
-    assert not allowed(manifests, outsider, replica(ns), replica_port)
-    assert not allowed(manifests, neighbour, replica(ns), replica_port)
-    assert not allowed(manifests, component("gateway", "elsewhere"), replica(ns), replica_port)
+        assert not allowed(manifests, component(caller, ns), target, replica_port), caller
+    assert not allowed(manifests, replica(replicas), target, replica_port)
+    assert not allowed(manifests, outsider, target, replica_port)
+    assert not allowed(manifests, neighbour, target, replica_port)
+    assert not allowed(manifests, Pod({"app": "anything"}, replicas), target, replica_port)
+    assert not allowed(manifests, component("gateway", "elsewhere"), target, replica_port)
 
     nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}, ns)
-    assert allowed(manifests, replica(ns), nats, 4222), "replicas publish prediction logs"
+    assert allowed(manifests, replica(replicas), nats, 4222), "replicas publish prediction logs"
+    assert not allowed(manifests, replica("elsewhere"), nats, 4222)
     assert not allowed(manifests, outsider, nats, 4222)
     assert allowed(manifests, nats, nats, 6222)
 
     prometheus = Pod(
         {"app.kubernetes.io/name": "prometheus"}, "monitoring", {"cormorant.dev/monitoring": "true"}
     )
-    assert allowed(manifests, prometheus, replica(ns), replica_port)
+    assert allowed(manifests, prometheus, target, replica_port)
     assert allowed(manifests, prometheus, component("deployer", ns), 8081)
     if overlay == "dev":
         postgres = Pod(
@@ -431,14 +466,16 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         )
         assert allowed(manifests, component("predictlog", ns), postgres, 5432)
         assert allowed(manifests, component("migrate", ns), postgres, 5432)
-        assert not allowed(manifests, replica(ns), postgres, 5432), "user code reads no database"
+        assert not allowed(manifests, replica(replicas), postgres, 5432), (
+            "no database for user code"
+        )
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> None:
     manifests = rendered(overlay)
     ns = OVERLAYS[overlay]
-    source = replica(ns)
+    source = replica(REPLICA_NAMESPACES[overlay])
     dns = Pod(
         {"k8s-app": "kube-dns"}, "kube-system", {"kubernetes.io/metadata.name": "kube-system"}
     )
@@ -459,6 +496,7 @@ def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> 
             assert not egress_allowed(manifests, source, api, port)
     assert not egress_allowed(manifests, source, address("198.51.100.7"), 443), "the internet"
     assert not egress_allowed(manifests, source, nats, 6222), "NATS routes"
+    assert not egress_allowed(manifests, source, source, 8080), "another replica"
     for name, port in SERVICES.items():
         assert not egress_allowed(manifests, source, component(name, ns), port), name
     postgres = Pod(
@@ -531,7 +569,8 @@ def test_nats_takes_passwords_and_fences_the_replica_user(overlay: str, tmp_path
         ), name
     deployer_env = container_environment(manifests, "deployer")
     replica_url = deployer_env["CORMORANT_DEPLOYER_REPLICA_NATS_URL"]
-    assert replica_url == f"nats://replica:{STUB_SECRET}@cormorant-nats:4222"
+    nats_host = f"cormorant-nats.{OVERLAYS[overlay]}.svc"
+    assert replica_url == f"nats://replica:{STUB_SECRET}@{nats_host}:4222", "from their namespace"
 
 
 def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
