@@ -53,6 +53,18 @@ async def test_migrate_records_the_admin_key_once(database_url: str) -> None:
     assert await recorded_keys(database_url) == [hash_token(KEY)]
 
 
+async def test_migrate_records_the_alerts_key_beside_the_admin_key(database_url: str) -> None:
+    migrate = load_migrate()
+    alerts = "cmk_" + "alerts" * 5
+    outcome = await migrate.migrate(database_url, KEY, timeout=30, alerts_key=alerts)
+    assert outcome == "migrated; admin key recorded; alerts key recorded"
+    assert sorted(await recorded_keys(database_url)) == sorted(
+        [hash_token(KEY), hash_token(alerts)]
+    )
+    with pytest.raises(SystemExit, match="alerts key must differ"):
+        await migrate.migrate(database_url, KEY, timeout=30, alerts_key=KEY)
+
+
 async def test_migrate_without_a_key_only_migrates(database_url: str) -> None:
     migrate = load_migrate()
     assert await migrate.migrate(database_url, None, timeout=30) == "migrated; no admin key given"
@@ -67,3 +79,12 @@ def test_an_unusable_admin_key_file_is_refused_with_how_to_make_one(
     path.write_text(content)
     with pytest.raises(SystemExit, match=r"starts with 'cmk_'.*openssl rand"):
         load_migrate().read_key(path)
+
+
+def test_a_published_placeholder_key_needs_a_throwaway_cluster(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("cmk_dev-only-admin-key-change-me\n")
+    migrate = load_migrate()
+    with pytest.raises(SystemExit, match=r"published placeholder.*--throwaway-cluster"):
+        migrate.read_key(path)
+    assert migrate.read_key(path, throwaway=True) == "cmk_dev-only-admin-key-change-me"

@@ -15,9 +15,12 @@ that match our Services, ports that exist). The container tests run with a Docke
 from __future__ import annotations
 
 import base64
+import importlib
 import importlib.util
+import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,12 +35,19 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
+from cormorant.common.servers.nats import nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = {"dev": "cormorant-dev", "prod": "cormorant"}
+REPLICA_NAMESPACES = {"dev": "cormorant-dev-replicas", "prod": "cormorant-replicas"}
+"""Where each overlay's replicas run: never the platform's namespace, whose Secrets they could
+mount."""
+REPLICA_NAMESPACE_KINDS = {"Role", "RoleBinding", "NetworkPolicy"}
 SERVICES = {
     "gateway": 8080,
     "deployer": 8081,
@@ -54,6 +64,8 @@ EXTERNAL_SECRETS = {
     "cormorant-internal": {"secret", "console-secret"},
     "cormorant-database": {"url"},
     "cormorant-admin-key": {"key"},
+    "cormorant-alerts-key": {"key"},
+    "cormorant-nats": {"platform-password", "replica-password"},
 }
 """The Secrets prod expects to be made outside the repository (prod's kustomization says so)."""
 
@@ -102,9 +114,16 @@ def test_overlay_renders_to_valid_objects_in_its_namespace(overlay: str) -> None
     manifests = rendered(overlay)
     keys = [(m["kind"], m["metadata"]["name"]) for m in manifests]
     assert len(keys) == len(set(keys)), f"duplicate objects in {overlay}"
+    namespaces = {m["metadata"]["name"] for m in manifests if m["kind"] == "Namespace"}
+    assert namespaces == {OVERLAYS[overlay], REPLICA_NAMESPACES[overlay]}
     for manifest in manifests:
         validate(manifest, f"overlays/{overlay}")
-        if manifest["kind"] != "Namespace":
+        if manifest["kind"] == "Namespace":
+            continue
+        if manifest["metadata"]["namespace"] == REPLICA_NAMESPACES[overlay]:
+            # Only what fences the replicas: no Secret, no platform workload.
+            assert manifest["kind"] in REPLICA_NAMESPACE_KINDS, manifest["kind"]
+        else:
             assert manifest["metadata"]["namespace"] == OVERLAYS[overlay], keys
     for name in SERVICES:
         deployment = find(manifests, "Deployment", f"cormorant-{name}")
@@ -206,20 +225,28 @@ def test_services_run_their_module_non_root_with_healthz_probes(overlay: str) ->
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_deployer_may_manage_only_its_own_namespace(overlay: str) -> None:
+def test_deployer_manages_replicas_only_in_their_own_namespace(overlay: str) -> None:
     manifests = rendered(overlay)
+    platform, replicas = OVERLAYS[overlay], REPLICA_NAMESPACES[overlay]
     kinds = {m["kind"] for m in manifests}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    # Nothing in the platform's namespace is granted: the deployer reads none of its Secrets.
+    assert not [
+        m
+        for m in manifests
+        if m["kind"] in {"Role", "RoleBinding"} and m["metadata"]["namespace"] == platform
+    ]
     role = find(manifests, "Role", "cormorant-deployer")
     binding = find(manifests, "RoleBinding", "cormorant-deployer")
-    assert role["metadata"]["namespace"] == OVERLAYS[overlay]
+    assert role["metadata"]["namespace"] == replicas
+    assert binding["metadata"]["namespace"] == replicas
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
         "name": "cormorant-deployer",
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": OVERLAYS[overlay]}
+        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": platform}
     ]
     deployer = find(manifests, "Deployment", "cormorant-deployer")["spec"]["template"]["spec"]
     assert deployer["serviceAccountName"] == "cormorant-deployer"
@@ -233,13 +260,18 @@ def test_deployer_may_manage_only_its_own_namespace(overlay: str) -> None:
     for managed in [
         ("apps", "deployments"),
         ("", "services"),
+        ("", "secrets"),
         ("policy", "poddisruptionbudgets"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("keda.sh", "scaledobjects"),
     ]:
         assert granted[managed] == manage, managed
     assert granted[("", "pods")] == {"get", "list", "watch"}
-    assert ("", "secrets") not in granted, "the deployer never reads the platform's secrets"
+    config = find(manifests, "ConfigMap", "cormorant-config")["data"]
+    assert config["CORMORANT_DEPLOYER_FLEET"] == "kubernetes"
+    assert config["CORMORANT_DEPLOYER_K8S_NAMESPACE"] == replicas, "replicas out of the platform's"
+    (container,) = deployer["containers"]
+    assert config["CORMORANT_DEPLOYER_K8S_IMAGE"] == container["image"], "replicas run our image"
     # Every other service runs without a Kubernetes API token.
     for name in SERVICES.keys() - {"deployer"}:
         pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
@@ -253,6 +285,7 @@ class Pod:
     labels: dict[str, str]
     namespace: str
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    ip: str = "10.244.1.23"
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -290,8 +323,18 @@ def port_matches(rule_ports: list[dict[str, Any]] | None, port: int, name: str) 
     return not rule_ports or any(p["port"] in (port, name) for p in rule_ports)
 
 
+def in_cluster(manifests: tuple[Manifest, ...], pod: Pod) -> Pod:
+    """``pod`` with its namespace's labels: the automatic name label and the rendered ones."""
+    labels = {"kubernetes.io/metadata.name": pod.namespace} if pod.namespace else {}
+    for manifest in manifests:
+        if manifest["kind"] == "Namespace" and manifest["metadata"]["name"] == pod.namespace:
+            labels |= manifest["metadata"].get("labels", {})
+    return Pod(pod.labels, pod.namespace, labels | pod.namespace_labels, pod.ip)
+
+
 def allowed(manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int) -> bool:
     """Whether ingress from ``source`` to ``target`` on ``port`` is admitted (port name http)."""
+    source, target = in_cluster(manifests, source), in_cluster(manifests, target)
     policies = [
         m
         for m in manifests
@@ -313,6 +356,53 @@ def allowed(manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int
     return False
 
 
+def egress_peer_matches(peer: dict[str, Any], target: Pod, policy_namespace: str) -> bool:
+    """Whether a NetworkPolicy ``to`` peer admits ``target`` (a pod, or an address as a pod
+    without labels)."""
+    if "ipBlock" in peer:
+        address = ipaddress.ip_address(target.ip)
+        block = peer["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    return peer_matches(peer, target, policy_namespace)
+
+
+def egress_allowed(
+    manifests: tuple[Manifest, ...], source: Pod, target: Pod, port: int, protocol: str = "TCP"
+) -> bool:
+    """Whether ``source`` may open ``port`` on ``target`` under the egress policies."""
+    source, target = in_cluster(manifests, source), in_cluster(manifests, target)
+    policies = [
+        m
+        for m in manifests
+        if m["kind"] == "NetworkPolicy"
+        and m["metadata"]["namespace"] == source.namespace
+        and "Egress" in m["spec"]["policyTypes"]
+        and selects(m["spec"]["podSelector"], source.labels)
+    ]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            ports = rule.get("ports")
+            port_ok = not ports or any(
+                p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports
+            )
+            peers = rule.get("to")
+            namespace = policy["metadata"]["namespace"]
+            if port_ok and (
+                not peers or any(egress_peer_matches(p, target, namespace) for p in peers)
+            ):
+                return True
+    return False
+
+
+def address(ip: str) -> Pod:
+    """A destination outside the cluster's pods (a node, a cloud service, the internet)."""
+    return Pod({}, "", ip=ip)
+
+
 def component(name: str, namespace: str) -> Pod:
     """A pod of one of our components."""
     return Pod(
@@ -331,6 +421,7 @@ def replica(namespace: str) -> Pod:
 def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: str) -> None:
     manifests = rendered(overlay)
     ns = OVERLAYS[overlay]
+    replicas = REPLICA_NAMESPACES[overlay]
     outsider = Pod({"app": "anything"}, "elsewhere")
     neighbour = Pod({"app": "anything"}, ns)
     replica_port = 39123
@@ -343,28 +434,31 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         target = component(name, ns)
         assert not allowed(manifests, outsider, target, port), name
         assert not allowed(manifests, neighbour, target, port), name
-        assert not allowed(manifests, replica(ns), target, port), name
+        assert not allowed(manifests, replica(replicas), target, port), name
         assert allowed(manifests, component("gateway", ns), target, port), name
         assert allowed(manifests, component("batch", ns), target, port), name
 
+    target = replica(replicas)
     for caller in ("gateway", "deployer", "batch"):
-        assert allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
+        assert allowed(manifests, component(caller, ns), target, replica_port), caller
     for caller in ("predictlog", "feedback", "alerts"):
-        assert not allowed(manifests, component(caller, ns), replica(ns), replica_port), caller
-    assert not allowed(manifests, replica(ns), replica(ns), replica_port)
-    assert not allowed(manifests, outsider, replica(ns), replica_port)
-    assert not allowed(manifests, neighbour, replica(ns), replica_port)
-    assert not allowed(manifests, component("gateway", "elsewhere"), replica(ns), replica_port)
+        assert not allowed(manifests, component(caller, ns), target, replica_port), caller
+    assert not allowed(manifests, replica(replicas), target, replica_port)
+    assert not allowed(manifests, outsider, target, replica_port)
+    assert not allowed(manifests, neighbour, target, replica_port)
+    assert not allowed(manifests, Pod({"app": "anything"}, replicas), target, replica_port)
+    assert not allowed(manifests, component("gateway", "elsewhere"), target, replica_port)
 
     nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}, ns)
-    assert allowed(manifests, replica(ns), nats, 4222), "replicas publish prediction logs"
+    assert allowed(manifests, replica(replicas), nats, 4222), "replicas publish prediction logs"
+    assert not allowed(manifests, replica("elsewhere"), nats, 4222)
     assert not allowed(manifests, outsider, nats, 4222)
     assert allowed(manifests, nats, nats, 6222)
 
     prometheus = Pod(
         {"app.kubernetes.io/name": "prometheus"}, "monitoring", {"cormorant.dev/monitoring": "true"}
     )
-    assert allowed(manifests, prometheus, replica(ns), replica_port)
+    assert allowed(manifests, prometheus, target, replica_port)
     assert allowed(manifests, prometheus, component("deployer", ns), 8081)
     if overlay == "dev":
         postgres = Pod(
@@ -372,7 +466,111 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         )
         assert allowed(manifests, component("predictlog", ns), postgres, 5432)
         assert allowed(manifests, component("migrate", ns), postgres, 5432)
-        assert not allowed(manifests, replica(ns), postgres, 5432), "user code reads no database"
+        assert not allowed(manifests, replica(replicas), postgres, 5432), (
+            "no database for user code"
+        )
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> None:
+    manifests = rendered(overlay)
+    ns = OVERLAYS[overlay]
+    source = replica(REPLICA_NAMESPACES[overlay])
+    dns = Pod(
+        {"k8s-app": "kube-dns"}, "kube-system", {"kubernetes.io/metadata.name": "kube-system"}
+    )
+    nats = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "nats"}, ns)
+    minio = Pod({"cormorant.dev/blob-store": "true"}, "storage", {"name": "storage"})
+    assert egress_allowed(manifests, source, dns, 53, "UDP")
+    assert egress_allowed(manifests, source, dns, 53, "TCP")
+    assert egress_allowed(manifests, source, nats, 4222)
+    assert egress_allowed(manifests, source, address("203.0.113.9"), 9092), "Kafka brokers"
+    assert egress_allowed(manifests, source, minio, 9000)
+
+    metadata = address("169.254.169.254")
+    for port in (80, 443, 9092):
+        assert not egress_allowed(manifests, source, metadata, port), port
+    # The API server: the kubernetes Service's address and a typical endpoint behind it.
+    for api in (address("10.96.0.1"), address("172.18.0.2")):
+        for port in (443, 6443):
+            assert not egress_allowed(manifests, source, api, port)
+    assert not egress_allowed(manifests, source, address("198.51.100.7"), 443), "the internet"
+    assert not egress_allowed(manifests, source, nats, 6222), "NATS routes"
+    assert not egress_allowed(manifests, source, source, 8080), "another replica"
+    for name, port in SERVICES.items():
+        assert not egress_allowed(manifests, source, component(name, ns), port), name
+    postgres = Pod(
+        {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/component": "postgres"}, ns
+    )
+    assert not egress_allowed(manifests, source, postgres, 5432)
+    # The platform's own services are not fenced by it.
+    assert egress_allowed(manifests, component("deployer", ns), address("10.96.0.1"), 443)
+
+
+REPLICA_PUBLISH = [
+    "cormorant.predictions.>",
+    "cormorant.metrics.>",
+    "$JS.API.STREAM.INFO.CORMORANT_PREDICTIONS",
+    "$JS.API.STREAM.INFO.CORMORANT_METRICS",
+]
+"""What the replica user may publish, as cormorant.common.servers.nats.REPLICA_PUBLISH (issue 13,
+branch contain) gives the local stack's NATS: compare with it once merged."""
+
+
+def nats_users(config: str) -> list[dict[str, Any]]:
+    """The users of nats.conf's ``authorization`` block (JSON but for ``$VARIABLE`` values)."""
+    block = config.split("authorization {", 1)[1].split("\n}\n", 1)[0]
+    quoted = re.sub(r":\s*\$([A-Z_]+)", r': "$\1"', block)
+    users: list[dict[str, Any]] = json.loads("{" + quoted + "}")["users"]
+    return users
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_nats_takes_passwords_and_fences_the_replica_user(overlay: str, tmp_path: Path) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
+    platform, replica_user = nats_users(config)
+    assert platform == {"user": "cormorant", "password": "$NATS_PLATFORM_PASSWORD"}
+    assert replica_user["user"] == "replica"
+    assert replica_user["password"] == "$NATS_REPLICA_PASSWORD"
+    assert replica_user["permissions"] == {
+        "publish": {"allow": REPLICA_PUBLISH},
+        "subscribe": {"allow": ["_REPLICA_INBOX.>"]},
+    }
+    nats = find(manifests, "StatefulSet", "cormorant-nats")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in nats["containers"][0]["env"]}
+    for variable, key in [
+        ("NATS_PLATFORM_PASSWORD", "platform-password"),
+        ("NATS_REPLICA_PASSWORD", "replica-password"),
+    ]:
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "cormorant-nats", "key": key}
+    # The real server accepts the file, the variables filled as the container's env would.
+    path = tmp_path / "nats.conf"
+    path.write_text(config.replace("/data", str(tmp_path)).replace("/var/run/nats", str(tmp_path)))
+    variables = {
+        "POD_NAME": "cormorant-nats-0",
+        "NATS_PLATFORM_PASSWORD": "platform-pw",
+        "NATS_REPLICA_PASSWORD": "replica-pw",
+        "JETSTREAM_MAX_FILE_STORE": env["JETSTREAM_MAX_FILE_STORE"]["value"],
+    }
+    result = subprocess.run(
+        [nats_server_binary(), "-c", str(path), "-t"],
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Services connect as the platform user, replicas (through the deployer) as theirs.
+    for name in SERVICES:
+        service_env = container_environment(manifests, name)
+        assert service_env["CORMORANT_NATS_URL"] == (
+            f"nats://cormorant:{STUB_SECRET}@cormorant-nats:4222"
+        ), name
+    deployer_env = container_environment(manifests, "deployer")
+    replica_url = deployer_env["CORMORANT_DEPLOYER_REPLICA_NATS_URL"]
+    nats_host = f"cormorant-nats.{OVERLAYS[overlay]}.svc"
+    assert replica_url == f"nats://replica:{STUB_SECRET}@{nats_host}:4222", "from their namespace"
 
 
 def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
@@ -388,6 +586,47 @@ def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
     for _, pod in pod_specs(manifests):
         for container in pod["containers"]:
             assert not container["image"].endswith(":latest"), container["image"]
+
+
+SIZE_UNITS = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
+}  # fmt: skip
+"""Kubernetes' binary suffixes, and NATS' (which counts KB, MB, GB in powers of 1024)."""
+
+
+def size_bytes(size: str) -> int:
+    """``2Gi`` or ``1536MB`` in bytes."""
+    return int(size[:-2]) * SIZE_UNITS[size[-2:]]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_jetstream_file_store_fits_its_volume(overlay: str) -> None:
+    nats = find(rendered(overlay), "StatefulSet", "cormorant-nats")
+    config = find(rendered(overlay), "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
+    (line,) = [
+        line.split(":", 1)[1].strip() for line in config.splitlines() if "max_file_store" in line
+    ]
+    env = {
+        e["name"]: e.get("value") for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    limit = env[line.removeprefix("$")] if line.startswith("$") else line
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    volume = claim["spec"]["resources"]["requests"]["storage"]
+    # JetStream cannot see its volume's size: past it, writes fail instead of limits applying.
+    assert size_bytes(limit) < size_bytes(volume), (limit, volume)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_autoscaled_and_singleton_deployments_keep_their_count(overlay: str) -> None:
+    manifests = rendered(overlay)
+    for hpa in (m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"):
+        target = find(manifests, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
+        assert "replicas" not in target["spec"], "every apply would undo the HPA's scaling"
+    deployer = find(manifests, "Deployment", "cormorant-deployer")
+    # No leader election: a rolling update would run two deployers at once.
+    assert deployer["spec"]["replicas"] == 1
+    assert deployer["spec"]["strategy"] == {"type": "Recreate"}
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -421,12 +660,60 @@ def test_migration_job_records_the_admin_key_from_its_secret(overlay: str) -> No
     job = find(rendered(overlay), "Job", "cormorant-migrate")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    command, option, key_file = container["args"]
-    assert (command, option) == ("migrate", "--admin-key-file")
-    (mount,) = [m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == "cormorant-admin-key"
-    assert key_file.rsplit("/", 1)[1] in EXTERNAL_SECRETS["cormorant-admin-key"]
+    command, *options = container["args"]
+    assert command == "migrate"
+    # Only dev's placeholder keys may be recorded: migrate refuses them without this flag.
+    assert ("--throwaway-cluster" in options) == (overlay == "dev")
+    options = [o for o in options if o != "--throwaway-cluster"]
+    files = dict(zip(options[::2], options[1::2], strict=True))
+    for option, secret in [
+        ("--admin-key-file", "cormorant-admin-key"),
+        ("--alerts-key-file", "cormorant-alerts-key"),
+    ]:
+        key_file = files[option]
+        (mount,) = [
+            m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")
+        ]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == secret, option
+        assert key_file.rsplit("/", 1)[1] in EXTERNAL_SECRETS[secret]
+
+
+SHARED_SECRETS = {"CORMORANT_DATABASE_URL", "CORMORANT_INTERNAL_SECRET"}
+SERVICE_SECRETS = {
+    name: SHARED_SECRETS
+    | {
+        "gateway": {"CORMORANT_GATEWAY_CONSOLE_SECRET"},
+        "alerts": {"CORMORANT_ALERTS_API_KEY"},
+    }.get(name, set())
+    for name in SERVICES
+}
+NATS_SECRETS = {"NATS_PASSWORD"}
+"""On Kubernetes every service also holds the NATS platform user's password (Compose's NATS
+takes none); the deployer the replica user's too, to hand to replicas."""
+"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
+find the admin key in its parent's environment)."""
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_each_service_gets_only_its_own_secrets(overlay: str) -> None:
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-config")["data"]
+    assert not {k for k in config if "SECRET" in k or "KEY" in k or "PASSWORD" in k}
+    for name in SERVICES:
+        pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        replica_password = {"NATS_REPLICA_PASSWORD"} if name == "deployer" else set()
+        assert set(refs) == SERVICE_SECRETS[name] | NATS_SECRETS | replica_password, name
+    alerts = find(manifests, "Deployment", "cormorant-alerts")["spec"]["template"]["spec"]
+    (container,) = alerts["containers"]
+    (key,) = [e for e in container["env"] if e["name"] == "CORMORANT_ALERTS_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "cormorant-alerts-key", "not the admin key"
 
 
 # --- Containers ---------------------------------------------------------------------------
@@ -474,6 +761,37 @@ def test_compose_runs_the_stack_in_dependency_order() -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     published = [name for name, s in services.items() if s.get("ports")]
     assert published == ["gateway"], "only the gateway is published on the host"
+
+
+def test_compose_gives_each_service_only_its_own_secrets() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        environment = services[name]["environment"]
+        held = {k for k, v in environment.items() if "${" in str(v) and k.startswith("CORMORANT_")}
+        assert held == SERVICE_SECRETS[name] - {"CORMORANT_GATEWAY_CONSOLE_SECRET"}, name
+    assert "CORMORANT_ADMIN_KEY" not in str(services["alerts"]["environment"])
+    assert "${CORMORANT_ALERTS_KEY" in services["alerts"]["environment"]["CORMORANT_ALERTS_API_KEY"]
+    assert services["migrate"]["secrets"] == ["admin_key", "alerts_key"]
+
+
+def test_compose_deployer_can_give_replicas_their_own_uid() -> None:
+    services = compose()["services"]
+    deployer = services["deployer"]
+    # Root, so the sandbox switches each replica to its own uid; only the capabilities it uses.
+    assert deployer["user"] == "0:0"
+    assert deployer["cap_drop"] == ["ALL"]
+    assert set(deployer["cap_add"]) == {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "KILL",
+        "SETGID",
+        "SETUID",
+    }
+    assert "no-new-privileges:true" in deployer["security_opt"]
+    for name in SERVICES.keys() - {"deployer"}:
+        assert "user" not in services[name], f"{name} runs as the image's uid 10001"
+        assert "cap_add" not in services[name], name
 
 
 def hadolint() -> str | None:
@@ -540,8 +858,15 @@ def test_image_runs_every_entry_point_as_a_non_root_user() -> None:
 
 # --- Settings named in the manifests ------------------------------------------------------
 
-NOT_YET_DOCUMENTED = {"CORMORANT_DEPLOYER_KUBERNETES_NAMESPACE"}
-"""Named for the deployer's KubernetesFleet (issue 18, part A), whose settings land separately."""
+NOT_YET_DOCUMENTED = {
+    "CORMORANT_DEPLOYER_FLEET",
+    "CORMORANT_DEPLOYER_K8S_NAMESPACE",
+    "CORMORANT_DEPLOYER_K8S_IMAGE",
+    "CORMORANT_DEPLOYER_REPLICA_NATS_URL",
+}
+"""The deployer's KubernetesFleet settings (issue 18, branch k8sfleet) and the replicas' NATS
+user (issue 13, branch contain): drop them from here once those branches merge and
+docs/configuration.md lists them."""
 
 
 def documented_variables() -> set[str]:
@@ -568,3 +893,89 @@ def test_every_setting_the_manifests_and_compose_name_exists() -> None:
     named = {name for name in named if name.startswith("CORMORANT_")}
     assert "CORMORANT_GATEWAY_DEPLOYER_URL" in named
     assert named - documented_variables() - NOT_YET_DOCUMENTED == set()
+
+
+SETTINGS_CLASSES = {
+    "gateway": "cormorant.gateway.settings:GatewaySettings",
+    "deployer": "cormorant.deployer.settings:DeployerSettings",
+    "predictlog": "cormorant.predictlog.settings:PredictLogSettings",
+    "feedback": "cormorant.feedback.settings:FeedbackSettings",
+    "alerts": "cormorant.alerts.settings:AlertsSettings",
+    "batch": "cormorant.batch.settings:BatchSettings",
+}
+STUB_SECRET = "cmk_stub-secret-for-the-settings-check"
+"""What a secret reference or an unset Compose variable stands for: only its shape matters."""
+
+
+def container_environment(manifests: tuple[Manifest, ...], name: str) -> dict[str, str]:
+    """A service container's environment as the kubelet gives it (secrets stubbed)."""
+    deployment = find(manifests, "Deployment", f"cormorant-{name}")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env |= find(manifests, "ConfigMap", source["configMapRef"]["name"])["data"]
+    for variable in container.get("env", []):
+        if "value" in variable:
+            value = variable["value"]
+            # The kubelet expands $(NAME) of a variable defined before this one.
+            for known, known_value in env.items():
+                value = value.replace(f"$({known})", known_value)
+            env[variable["name"]] = value
+        elif "secretKeyRef" in variable["valueFrom"]:
+            env[variable["name"]] = STUB_SECRET
+        else:  # fieldRef: the pod's name or namespace
+            path = variable["valueFrom"]["fieldRef"]["fieldPath"]
+            fields = {"metadata.name": f"{deployment['metadata']['name']}-7d9f-x2x",
+                      "metadata.namespace": deployment["metadata"]["namespace"]}  # fmt: skip
+            env[variable["name"]] = fields[path]
+    return env
+
+
+def compose_environment(name: str) -> dict[str, str]:
+    """A Compose service's environment, ``${VAR:?…}`` stubbed."""
+    environment = compose()["services"][name]["environment"]
+    return {
+        key: re.sub(r"\$\{[^}]*\}", STUB_SECRET.removeprefix("cmk_"), str(value))
+        for key, value in environment.items()
+    }
+
+
+def build_settings(
+    monkeypatch: pytest.MonkeyPatch, service: str, env: dict[str, str]
+) -> BaseSettings:
+    """``service``'s settings class built from ``env`` alone, as the service would at start."""
+    for variable in list(os.environ):
+        if variable.startswith("CORMORANT_"):
+            monkeypatch.delenv(variable)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    module, _, attribute = SETTINGS_CLASSES[service].partition(":")
+    settings_class: type[BaseSettings] = getattr(importlib.import_module(module), attribute)
+    return settings_class()
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_service_accepts_its_rendered_settings(
+    monkeypatch: pytest.MonkeyPatch, overlay: str, service: str
+) -> None:
+    # Names alone are not enough: a bad value (a runtime the deployer lacks) fails at start.
+    env = container_environment(rendered(overlay), service)
+    settings = build_settings(monkeypatch, service, env)
+    assert settings.model_dump()["port"] == SERVICES[service]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_compose_service_accepts_its_settings(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    settings = build_settings(monkeypatch, service, compose_environment(service))
+    assert settings.model_dump()["port"] == SERVICES[service]
+
+
+def test_the_settings_check_catches_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = container_environment(rendered("dev"), "deployer")
+    env["CORMORANT_DEPLOYER_RUNTIME"] = "kubernetes"
+    with pytest.raises(ValidationError, match="runtime"):
+        build_settings(monkeypatch, "deployer", env)
