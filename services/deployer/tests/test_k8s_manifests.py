@@ -227,3 +227,48 @@ def test_the_init_container_refuses_an_archive_escaping_its_directory(
     assert fetch.main([str(archive), str(tmp_path / "model")]) == 1
     assert not (tmp_path / "outside.txt").exists()
     assert "cannot fetch the code archive" in capsys.readouterr().err
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _replica_selectors() -> list[tuple[str, dict[str, str]]]:
+    """Every label selector in the platform manifests that is meant for replica pods."""
+    found = []
+    files = [
+        REPO / "deploy/k8s/base/servicemonitors.yaml",
+        REPO / "deploy/k8s/base/networkpolicies.yaml",
+    ]
+    files += sorted((REPO / "deploy/k8s/overlays").glob("*/replicas.yaml"))
+    for path in files:
+        for obj in yaml.safe_load_all(path.read_text()):
+            if not obj:
+                continue
+            spec = obj.get("spec", {})
+            selectors = [spec.get("podSelector", {}), spec.get("selector", {})]
+            for rule in spec.get("ingress", []) + spec.get("egress", []):
+                for peer in rule.get("from", []) + rule.get("to", []):
+                    selectors.append(peer.get("podSelector", {}))
+            for selector in selectors:
+                labels = selector.get("matchLabels", {})
+                if labels.get("app.kubernetes.io/name") == "cormorant-replica" or (
+                    path.name == "replicas.yaml"
+                    and obj["kind"] == "NetworkPolicy"
+                    and labels
+                    and selector is spec.get("podSelector")
+                ):
+                    found.append((f"{path.name}:{obj['metadata']['name']}", labels))
+    return found
+
+
+@pytest.mark.parametrize("kind", ["web", "stream"])
+def test_the_platform_policies_select_the_pods_the_fleet_makes(kind: str) -> None:
+    """The NetworkPolicies and the PodMonitor in deploy/k8s fence and scrape exactly the pods
+    this fleet labels: a renamed label would leave replicas open and unscraped."""
+    pod_labels = by_kind(manifests(placement_of(kind), CONFIG))["Deployment"]["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    selectors = _replica_selectors()
+    assert len(selectors) >= 5
+    for where, labels in selectors:
+        assert labels.items() <= pod_labels.items(), where
