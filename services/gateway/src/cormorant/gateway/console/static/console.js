@@ -1184,7 +1184,9 @@
     const slug = enc(endpoint.slug);
     const replicas = h("div", { id: "replicas" });
     const events = h("div", { id: "replica-events" });
-    // The previous reading of each replica: CPU use is the CPU time spent between two reads.
+    // The previous reading of each replica's processes, by pid: CPU use is the CPU time each
+    // process spent between two reads, summed. Per pid, because a worker that restarted in
+    // between takes its CPU time with it (a replica-wide difference would go negative).
     let previous = {};
     const mb = (bytes) => (bytes == null ? "—" : `${fmt(bytes / 1048576)} MB`);
     async function load() {
@@ -1193,9 +1195,15 @@
         const now = Date.parse(u.read_at);
         const cpu = (r) => {
           const before = previous[r.id];
-          if (r.cpu_seconds == null) return "—";
+          if (!r.processes.length) return "—";
           if (!before || now <= before.at) return "measuring…";
-          return `${fmt((100 * (r.cpu_seconds - before.cpu)) / ((now - before.at) / 1000))} %`;
+          let spent = 0;
+          for (const p of r.processes) {
+            const then = before.cpu[p.pid];
+            // A process new since the last read is counted from the next one on.
+            if (then != null && p.cpu_seconds != null && p.cpu_seconds >= then) spent += p.cpu_seconds - then;
+          }
+          return `${fmt((100 * spent) / ((now - before.at) / 1000))} %`;
         };
         replicas.replaceChildren(u.replicas.length
           ? table("Ready replicas and what each uses", ["Replica", "Version", "CPU (% of a core)", "Memory", "Open files", "Network"],
@@ -1206,7 +1214,7 @@
                 h("td", {}, r.open_fds ?? "—"),
                 h("td", {}, "Grafana (on Kubernetes)"))))
           : h("p", {}, "No ready replicas (a batch endpoint scales to zero between jobs)."));
-        previous = Object.fromEntries(u.replicas.filter((r) => r.cpu_seconds != null).map((r) => [r.id, { cpu: r.cpu_seconds, at: now }]));
+        previous = Object.fromEntries(u.replicas.map((r) => [r.id, { cpu: Object.fromEntries(r.processes.map((p) => [p.pid, p.cpu_seconds])), at: now }]));
         redraw(events, e.events, () => e.events.length
           ? table("Replica events, newest first", ["Time", "Replica", "Version", "State", "Why"],
               [...e.events].reverse().map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
