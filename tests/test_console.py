@@ -102,7 +102,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def echo_endpoint(stack: Stack) -> tuple[str, str]:
     """An endpoint answering with its input, deployed with the CLI: its slug and token."""
-    result = stack.cli("deploy", str(ECHO), "--name", "console-echo", "--server", "workers=1")
+    result = stack.cli("deploy", str(ECHO), "--name", "console-echo", "--server", "workers=2")
     assert result.returncode == 0, result.stdout + result.stderr
     slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
     token = result.stdout.split("(shown once):", 1)[1].split()[0]
