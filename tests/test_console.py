@@ -23,6 +23,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     Locator,
     Page,
+    Request,
     expect,
     sync_playwright,
 )
@@ -130,6 +131,11 @@ def watch_errors(page: Page, refused: tuple[str, ...] = ()) -> list[str]:
     page.on("console", on_console)
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
     return errors
+
+
+def is_create(request: Request) -> bool:
+    """Whether ``request`` is the console's create-endpoint call."""
+    return request.method == "POST" and request.url.endswith("/api/v1/endpoints")
 
 
 def log_in(page: Page, stack: Stack) -> None:
@@ -501,7 +507,7 @@ def test_console_on_a_phone(
         viewport={"width": width, "height": height}, is_mobile=True, has_touch=True
     )
     page = context.new_page()
-    errors = watch_errors(page)
+    errors = watch_errors(page, refused=("/api/v1/endpoints",))
     log_in(page, stack)
     expect(page.get_by_role("link", name="console-echo")).to_be_visible()
     assert fits_width(page)
@@ -531,6 +537,23 @@ def test_console_on_a_phone(
     assert fits_width(page)
     assert unlabelled(page) == []
     page.screenshot(path=shots / "phone-new-stream.png", full_page=True)
+    # A blank security box sends no security (a rerun keeps the original's masked secrets);
+    # a filled one sends its pairs. The output topic's name is refused before any broker is
+    # asked, so nothing is created.
+    page.get_by_label("Name", exact=True).fill("console-stream")
+    page.get_by_label("Source", exact=True).fill(str(ECHO))
+    page.get_by_label("Input topics").fill("orders")
+    page.get_by_label("Output topic").fill("no spaces")
+    for security, sent_security in (("", None), ("sasl.username=svc", {"sasl.username": "svc"})):
+        page.get_by_label("Security options").fill(security)
+        with page.expect_request(is_create) as sent:
+            page.get_by_role("button", name="Create endpoint").click()
+        expect(field_error(page, "Output topic")).to_contain_text("is not a Kafka topic name")
+        body = sent.value.post_data_json
+        assert body is not None
+        kafka = body["kafka"]
+        assert kafka["input_topics"] == ["orders"]
+        assert kafka.get("security") == sent_security
     page.goto(f"{stack.url}/console#/rerun/{slug}")
     expect(page.get_by_label("Source", exact=True)).to_have_value(str(ECHO))
     assert fits_width(page)

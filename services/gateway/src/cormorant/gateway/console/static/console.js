@@ -592,12 +592,15 @@
   // prefix), the rest in the form's general message; focus goes to the first field named.
   function showErrors(fields, general, error) {
     clearErrors(fields, general);
-    const parts = error.field ? [error.message] : error.message.split("; ");
+    // The API may name a section (details.field "kafka") while its message names the fields
+    // within it ("kafka.output_topic: ..."): then the message's more precise names win.
+    const whole = error.field && !error.message.startsWith(`${error.field}.`);
+    const parts = whole ? [error.message] : error.message.split("; ");
     const unplaced = [];
     let first = null;
     for (const part of parts) {
       const match = /^([A-Za-z_][\w.\[\]-]*): ([\s\S]*)$/.exec(part);
-      let name = error.field || (match ? match[1] : "");
+      let name = whole ? error.field : match ? match[1] : error.field || "";
       while (name && !fields[name]) name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "";
       if (!name) {
         unplaced.push(part);
@@ -721,8 +724,10 @@
         b.kafka = {
           input_topics: kc["kafka.input_topics"].value.split(",").map((t) => t.trim()).filter(Boolean),
           output_topic: kc["kafka.output_topic"].value.trim(),
-          security: pairs(kc["kafka.security"].value, "kafka.security", false),
         };
+        // Left blank, a rerun keeps the original's security options (secrets come back masked,
+        // so the form cannot show them); a new endpoint has none.
+        if (kc["kafka.security"].value.trim()) b.kafka.security = pairs(kc["kafka.security"].value, "kafka.security", false);
         if (kc["kafka.bootstrap_servers"].value.trim()) b.kafka.bootstrap_servers = kc["kafka.bootstrap_servers"].value.trim();
         if (kc["kafka.dlq_topic"].value.trim()) b.kafka.dlq_topic = kc["kafka.dlq_topic"].value.trim();
       }
