@@ -560,3 +560,49 @@ def test_console_on_a_phone(
     page.screenshot(path=shots / "phone-rerun.png", full_page=True)
     context.close()
     assert errors == []
+
+
+def test_a_slow_api_never_piles_polls_up(
+    stack: Stack, browser: Browser, echo_endpoint: tuple[str, str]
+) -> None:
+    """With every answer slower than the Predictions tab's 1 s poll, one call is in flight at
+    a time: the next is sent only once the previous one settled."""
+    slug, _ = echo_endpoint
+    width, height = VIEWPORTS["desktop"]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    errors = watch_errors(page)
+    log_in(page, stack)
+
+    def polled(request: Request) -> bool:
+        return request.method == "GET" and request.url.endswith(f"/endpoints/{slug}/batch-jobs")
+
+    in_flight: list[int] = []
+
+    def sent(request: Request) -> None:
+        if polled(request):
+            in_flight.append(in_flight[-1] + 1 if in_flight else 1)
+
+    def settled(request: Request) -> None:
+        if polled(request):
+            in_flight.append(in_flight[-1] - 1)
+
+    page.on("request", sent)
+    page.on("requestfinished", settled)
+    page.on("requestfailed", settled)
+    # Chromium delays every answer by 2.5 s, more than twice the poll's interval.
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {
+        "offline": False,
+        "latency": 2500,
+        "downloadThroughput": -1,
+        "uploadThroughput": -1,
+    }
+    cdp.send("Network.emulateNetworkConditions", conditions)
+    page.goto(f"{stack.url}/console#/endpoints/{slug}/predictions")
+    for _ in range(3):
+        page.wait_for_event("requestfinished", predicate=polled, timeout=30_000)
+    assert max(in_flight) == 1, in_flight
+    context.close()
+    assert errors == []

@@ -15,7 +15,8 @@
     ["feedback", "Feedback loop"],
     ["monitoring", "Monitoring"],
   ];
-  let timers = [];
+  // Every poll of the view on screen, stopped when it changes.
+  let polls = [];
   // The endpoint page on screen ({slug, tabs, panel}): a tab change redraws only its panel.
   let shown = null;
   const tokens = {};
@@ -80,8 +81,27 @@
   const s = (tag, attrs = {}, ...children) => h(tag, { ...attrs, svg: true }, ...children);
 
   function stopTimers() {
-    for (const id of timers) clearInterval(id);
-    timers = [];
+    for (const stop of polls) stop();
+    polls = [];
+  }
+
+  // Calls fn every ms while `within` is on the page: the next call is scheduled only once the
+  // previous one settled, so a slow API never piles calls up. Returns its stop function;
+  // stopTimers (any view change) stops it too.
+  function poll(fn, ms, within) {
+    let id = null;
+    let stopped = false;
+    const tick = () => {
+      if (stopped || !within.isConnected) return;
+      id = setTimeout(() => Promise.resolve().then(fn).finally(tick), ms);
+    };
+    const stop = () => {
+      stopped = true;
+      clearTimeout(id);
+    };
+    polls.push(stop);
+    tick();
+    return stop;
   }
 
   function show(...nodes) {
@@ -317,7 +337,7 @@
         h("span", { id: "metric-help", class: "help" }, "A key logged with log_metric, e.g. accuracy.")),
       charts);
     await draw();
-    if (panel.isConnected) timers.push(setInterval(draw, 10000));
+    poll(draw, 10000, panel);
   }
 
   // An SVG line chart of points {t, ...}; one line per [key, label].
@@ -420,9 +440,8 @@
     };
     let following = null;
     follow.addEventListener("change", () => {
-      if (following !== null) clearInterval(following);
-      following = follow.checked ? setInterval(load, 2000) : null;
-      if (following !== null) timers.push(following);
+      if (following !== null) following();
+      following = follow.checked ? poll(load, 2000, panel) : null;
     });
     panel.append(
       h("h2", {}, "Logs"),
@@ -946,7 +965,7 @@
         field(f, "log_predictions", "Also log every row's prediction", c.log_predictions),
         submit));
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 1000));
+    poll(load, 1000, panel);
   }
 
   // ---- Continual Learning (triggers) ----------------------------------------------------
@@ -1065,7 +1084,7 @@
       h("div", { class: "row" }, h("button", { type: "button", onclick: () => { clearErrors(f, general); dialog.showModal(); } }, "New alert")),
       status, list, firings, dialog);
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Feedback loop --------------------------------------------------------------------
@@ -1181,7 +1200,7 @@
         field(f, "format", "Format", format),
         submit));
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Monitoring -----------------------------------------------------------------------
@@ -1242,7 +1261,7 @@
       replicas,
       h("h3", {}, "Replica events"), events);
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Flows ----------------------------------------------------------------------------
@@ -1293,7 +1312,7 @@
     } }, "Start a run");
     view(h("p", {}, h("a", { href: "#/flows" }, "← Flows")), heading, h("div", { class: "row" }, start), status, h("h2", {}, "Runs"), runs);
     await load();
-    if (runs.isConnected) timers.push(setInterval(load, 2000));
+    poll(load, 2000, runs);
   }
 
   // ---- Datasets -------------------------------------------------------------------------
