@@ -596,6 +596,26 @@
   const select = (attrs, options, chosen) =>
     h("select", attrs, options.map(([value, text]) => h("option", { value, selected: value === chosen }, text)));
 
+  // A form's submit handler: its errors cleared and its submit button disabled while `send`
+  // runs; a refusal (the API's, or one `send` throws) shown beside the fields it names, after
+  // `failed` (if given) tidied up what `send` had shown.
+  function submitForm(fields, general, send, failed = null) {
+    return async (event) => {
+      event.preventDefault();
+      clearErrors(fields, general);
+      const buttons = event.currentTarget.querySelectorAll('button[type="submit"]');
+      for (const button of buttons) button.disabled = true;
+      try {
+        await send();
+      } catch (error) {
+        if (failed) failed(error);
+        showErrors(fields, general, error);
+      } finally {
+        for (const button of buttons) button.disabled = false;
+      }
+    };
+  }
+
   function clearErrors(fields, general) {
     for (const { control, slot, described } of Object.values(fields)) {
       slot.hidden = true;
@@ -755,34 +775,23 @@
       return Object.fromEntries(Object.entries(b).filter(([key]) => touched.has(key)));
     }
 
-    async function send(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      submit.disabled = true;
-      try {
-        const payload = body();
-        general.textContent = "";
-        result.replaceChildren(h("p", { role: "status" }, fromSlug ? "Starting the rerun…" : "Creating the endpoint: its replicas start…"));
-        const created = fromSlug
-          ? await api("POST", `/endpoints/${enc(fromSlug)}/rerun`, payload)
-          : await api("POST", "/endpoints", payload);
-        // Kept in this page's memory only, for its Try it box.
-        tokens[created.slug] = created.token;
-        const tokenCode = h("code", { id: "new-token" }, created.token);
-        result.replaceChildren(h("section", { class: "try", "aria-labelledby": "created-heading" },
-          h("h2", { id: "created-heading", tabindex: "-1" }, `Endpoint ${created.slug} created`),
-          h("p", {}, "Its token, shown this once (the platform keeps only its hash):"),
-          h("p", {}, tokenCode),
-          h("p", {}, h("a", { href: `#/endpoints/${enc(created.slug)}` }, `Open ${created.name}`),
-            " (this page keeps the token for its Try it box until you reload).")));
-        result.querySelector("h2").focus();
-      } catch (error) {
-        result.replaceChildren();
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+    const send = submitForm(f, general, async () => {
+      const payload = body();
+      result.replaceChildren(h("p", { role: "status" }, fromSlug ? "Starting the rerun…" : "Creating the endpoint: its replicas start…"));
+      const created = fromSlug
+        ? await api("POST", `/endpoints/${enc(fromSlug)}/rerun`, payload)
+        : await api("POST", "/endpoints", payload);
+      // Kept in this page's memory only, for its Try it box.
+      tokens[created.slug] = created.token;
+      const tokenCode = h("code", { id: "new-token" }, created.token);
+      result.replaceChildren(h("section", { class: "try", "aria-labelledby": "created-heading" },
+        h("h2", { id: "created-heading", tabindex: "-1" }, `Endpoint ${created.slug} created`),
+        h("p", {}, "Its token, shown this once (the platform keeps only its hash):"),
+        h("p", {}, tokenCode),
+        h("p", {}, h("a", { href: `#/endpoints/${enc(created.slug)}` }, `Open ${created.name}`),
+          " (this page keeps the token for its Try it box until you reload).")));
+      result.querySelector("h2").focus();
+    }, () => result.replaceChildren());
 
     view(
       h("p", {}, h("a", { href: from ? `#/endpoints/${enc(from.slug)}` : "#/" }, from ? `← ${from.name}` : "← Endpoints")),
@@ -925,24 +934,14 @@
       log_predictions: h("input", { type: "checkbox" }),
     };
     const submit = h("button", { type: "submit" }, "Start job");
-    async function start(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      submit.disabled = true;
-      try {
-        const job = await api("POST", `/endpoints/${slug}/batch-jobs`, {
-          input_file: c.input_file.value.trim(), output_file: c.output_file.value.trim(),
-          dataset: c.dataset.value.trim(), log_predictions: c.log_predictions.checked,
-        });
-        opened = job.id;
-        general.textContent = "";
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+    const start = submitForm(f, general, async () => {
+      const job = await api("POST", `/endpoints/${slug}/batch-jobs`, {
+        input_file: c.input_file.value.trim(), output_file: c.output_file.value.trim(),
+        dataset: c.dataset.value.trim(), log_predictions: c.log_predictions.checked,
+      });
+      opened = job.id;
+      await load();
+    });
     c.input_file.addEventListener("change", () => {
       // The output goes into the input's dataset unless another is given.
       if (!c.dataset.value) c.dataset.value = c.input_file.value.split(/[@/]/)[0];
@@ -1036,6 +1035,22 @@
     const targetField = field(f, "action", targetLabel.email, c.target);
     c.kind.addEventListener("change", () => { targetField.querySelector("label").textContent = targetLabel[c.kind.value]; });
     const submit = h("button", { type: "submit" }, "Create alert");
+    // `dialog` is drawn below: this runs only once it is open.
+    const create = submitForm(f, general, async () => {
+      const target = c.target.value.trim();
+      const action = c.kind.value === "email" ? { email: target.split(",").map((x) => x.trim()).filter(Boolean) } : { [c.kind.value]: target };
+      const body = {
+        title: c.title.value.trim(), severity: c.severity.value, tag: c.tag.value.trim(),
+        comparison: c.comparison.value, value: c.value.value === "" ? null : Number(c.value.value),
+        every: c.every.value.trim(), min_events: Number(c.min_events.value || 1), action,
+      };
+      if (c.cooldown.value.trim()) body.cooldown = c.cooldown.value.trim();
+      const t = await api("POST", `/endpoints/${slug}/triggers`, body);
+      dialog.close();
+      status.textContent = `Alert ${t.title} created.` + (t.secret ? ` Its webhook signing key, shown once: ${t.secret}` : "") +
+        (t.warnings.length ? ` Note: ${t.warnings.join(" ")}` : "");
+      await load();
+    });
     const dialog = h("dialog", { id: "new-alert", "aria-labelledby": "new-alert-heading" },
       h("form", { onsubmit: create, novalidate: true },
         h("h3", { id: "new-alert-heading" }, "New alert"),
@@ -1053,30 +1068,6 @@
           field(f, "action.kind", "Then", c.kind), targetField),
         h("div", { class: "row" }, submit,
           h("button", { type: "button", class: "quiet", onclick: () => dialog.close() }, "Cancel"))));
-    async function create(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      const target = c.target.value.trim();
-      const action = c.kind.value === "email" ? { email: target.split(",").map((x) => x.trim()).filter(Boolean) } : { [c.kind.value]: target };
-      const body = {
-        title: c.title.value.trim(), severity: c.severity.value, tag: c.tag.value.trim(),
-        comparison: c.comparison.value, value: c.value.value === "" ? null : Number(c.value.value),
-        every: c.every.value.trim(), min_events: Number(c.min_events.value || 1), action,
-      };
-      if (c.cooldown.value.trim()) body.cooldown = c.cooldown.value.trim();
-      submit.disabled = true;
-      try {
-        const t = await api("POST", `/endpoints/${slug}/triggers`, body);
-        dialog.close();
-        status.textContent = `Alert ${t.title} created.` + (t.secret ? ` Its webhook signing key, shown once: ${t.secret}` : "") +
-          (t.warnings.length ? ` Note: ${t.warnings.join(" ")}` : "");
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
 
     panel.append(
       h("h2", {}, "Continual Learning"),
@@ -1163,23 +1154,14 @@
     f["schedule.on.days"] = { control: days[0], slot: h("p", { id: "days-error", class: "error field-error", role: "alert", hidden: true }), described: [] };
     daysBox.append(f["schedule.on.days"].slot);
     const submit = h("button", { type: "submit" }, "Configure");
-    async function create(event) {
-      event.preventDefault();
-      clearErrors(f, general);
+    const create = submitForm(f, general, async () => {
       const chosen = Object.keys(modes).find((k) => modes[k].checked);
       const schedule = chosen === "now" ? { now: true } : chosen === "every" ? { every: every.value.trim() }
         : { on: { days: days.filter((d) => d.checked).map((d) => d.value), time: at.value, timezone: zone.value.trim() } };
-      submit.disabled = true;
-      try {
-        const l = await api("POST", `/endpoints/${slug}/feedback-loops`, { dataset: dataset.value.trim(), schedule, format: format.value });
-        status.textContent = `Feedback loop into ${l.dataset} configured (${describeSchedule(l.schedule)}).`;
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+      const l = await api("POST", `/endpoints/${slug}/feedback-loops`, { dataset: dataset.value.trim(), schedule, format: format.value });
+      status.textContent = `Feedback loop into ${l.dataset} configured (${describeSchedule(l.schedule)}).`;
+      await load();
+    });
 
     panel.append(
       h("h2", {}, "Feedback loop"),
@@ -1326,16 +1308,10 @@
       const general = h("p", { class: "error", role: "alert", tabindex: "-1" });
       const newName = input({ required: true });
       const body = h("div");
-      const create = async (event) => {
-        event.preventDefault();
-        clearErrors(f, general);
-        try {
-          const d = await api("POST", "/datasets", { name: newName.value.trim() });
-          location.hash = `#/datasets/${enc(d.name)}`;
-        } catch (error) {
-          showErrors(f, general, error);
-        }
-      };
+      const create = submitForm(f, general, async () => {
+        const d = await api("POST", "/datasets", { name: newName.value.trim() });
+        location.hash = `#/datasets/${enc(d.name)}`;
+      });
       view(heading, body, h("h2", {}, "New dataset"),
         h("form", { onsubmit: create, novalidate: true }, general, field(f, "name", "Dataset name", newName), h("button", { type: "submit" }, "Create dataset")));
       try {
@@ -1369,26 +1345,16 @@
     const general = h("p", { class: "error", role: "alert", tabindex: "-1" });
     const file = h("input", { type: "file", required: true });
     const path = input({ placeholder: "default: the file's name" });
-    const upload = async (event) => {
-      event.preventDefault();
-      clearErrors(f, general);
-      if (!file.files.length) {
-        showErrors(f, general, new ApiError(400, "file: choose a file to upload", "file"));
-        return;
-      }
+    const upload = submitForm(f, general, async () => {
+      if (!file.files.length) throw new ApiError(400, "file: choose a file to upload", "file");
       const form = new FormData();
       if (path.value.trim()) form.append("path", path.value.trim());
       form.append("file", file.files[0]);
       status.textContent = "Uploading…";
-      try {
-        const v = await api("POST", `/datasets/${enc(name)}/files`, form);
-        status.textContent = `Uploaded: version v${v.version}.`;
-        await load();
-      } catch (error) {
-        status.textContent = "";
-        showErrors(f, general, error);
-      }
-    };
+      const v = await api("POST", `/datasets/${enc(name)}/files`, form);
+      status.textContent = `Uploaded: version v${v.version}.`;
+      await load();
+    }, () => { status.textContent = ""; });
     view(h("p", {}, h("a", { href: "#/datasets" }, "← Datasets")), heading, status, h("h2", {}, "Versions"), versions,
       h("h2", {}, "Upload a file"),
       h("form", { onsubmit: upload, novalidate: true }, general,
