@@ -522,6 +522,10 @@ def test_console_on_a_phone(
     problems = watch_errors(page)
     log_in(page, stack)
     expect(page.get_by_role("link", name="console-echo")).to_be_visible()
+    # Nobody queries this endpoint: its sparkline says so, with no made-up maximum.
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="console-echo"))
+    idle = "0 requests in the last hour, at most 0 a minute"
+    expect(row.get_by_role("img", name=idle, exact=True)).to_be_visible()
     assert fits_width(page)
     page.screenshot(path=shots / "phone-endpoints.png", full_page=True)
     for name in TABS:

@@ -383,10 +383,12 @@
   // A small line of requests per minute for the endpoints list.
   function sparkline(points) {
     const W = 120, H = 28;
-    const max = Math.max(1, ...points.map((p) => p.value));
+    const max = Math.max(0, ...points.map((p) => p.value));
     const total = points.reduce((sum, p) => sum + p.value, 0);
     const step = points.length > 1 ? W / (points.length - 1) : 0;
-    const line = points.map((p, i) => `${(i * step).toFixed(1)},${(H - 2 - (p.value / max) * (H - 4)).toFixed(1)}`).join(" ");
+    // An idle hour draws a flat line at the bottom (no division by a zero maximum).
+    const scale = Math.max(1, max);
+    const line = points.map((p, i) => `${(i * step).toFixed(1)},${(H - 2 - (p.value / scale) * (H - 4)).toFixed(1)}`).join(" ");
     return s("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `${total} request${total === 1 ? "" : "s"} in the last hour, at most ${max} a minute` },
       s("polyline", { points: line, class: "line s0" }));
   }
