@@ -584,7 +584,7 @@ def test_a_slow_api_never_piles_polls_up(
     stack: Stack, browser: Browser, echo_endpoint: tuple[str, str]
 ) -> None:
     """With every answer slower than the Predictions tab's 1 s poll, one call is in flight at
-    a time: the next is sent only once the previous one settled."""
+    a time: the next is sent only once the previous one settled; another tab stops it."""
     slug, _ = echo_endpoint
     width, height = VIEWPORTS["desktop"]
     context = browser.new_context(viewport={"width": width, "height": height})
@@ -595,10 +595,13 @@ def test_a_slow_api_never_piles_polls_up(
     def polled(request: Request) -> bool:
         return request.method == "GET" and request.url.endswith(f"/endpoints/{slug}/batch-jobs")
 
+    # How many polls were in flight after each send and each answer; and the sends.
     in_flight: list[int] = []
+    sends: list[Request] = []
 
     def sent(request: Request) -> None:
         if polled(request):
+            sends.append(request)
             in_flight.append(in_flight[-1] + 1 if in_flight else 1)
 
     def settled(request: Request) -> None:
@@ -622,6 +625,20 @@ def test_a_slow_api_never_piles_polls_up(
     for _ in range(3):
         page.wait_for_event("requestfinished", predicate=polled, timeout=30_000)
     assert max(in_flight) == 1, in_flight
+
+    # Another tab stops the poll: from Monitoring's first read of its usage to its next one
+    # (a 5 s poll), the Predictions tab's 1 s poll sends nothing more.
+    conditions["latency"] = 0
+    cdp.send("Network.emulateNetworkConditions", conditions)
+
+    def usage(request: Request) -> bool:
+        return request.url.endswith(f"/endpoints/{slug}/replicas/usage")
+
+    with page.expect_event("requestfinished", predicate=usage, timeout=30_000):
+        page.get_by_role("tab", name="Monitoring").click()
+    sent_before = len(sends)
+    page.wait_for_event("requestfinished", predicate=usage, timeout=30_000)
+    assert len(sends) == sent_before
     context.close()
     assert problems.errors == []
     assert problems.refusals == []
