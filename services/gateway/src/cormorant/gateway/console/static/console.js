@@ -733,7 +733,9 @@
       field(f, "kafka.input_topics", "Input topics", kc["kafka.input_topics"], "Separated by commas."),
       field(f, "kafka.output_topic", "Output topic", kc["kafka.output_topic"]),
       field(f, "kafka.dlq_topic", "Dead-letter topic", kc["kafka.dlq_topic"], "Empty: <output topic>.dlq."),
-      field(f, "kafka.security", "Security options", kc["kafka.security"], "KEY=VALUE lines (SASL/SSL); secrets are never shown back."));
+      field(f, "kafka.security", "Security options", kc["kafka.security"], from
+        ? "KEY=VALUE lines (SASL/SSL). Blank: the original's are kept (secrets are never shown back)."
+        : "KEY=VALUE lines (SASL/SSL); secrets are never shown back."));
     f.kafka = { control: kc["kafka.input_topics"], slot: f["kafka.input_topics"].slot, described: f["kafka.input_topics"].described };
     c.kind.addEventListener("change", () => { kafka.hidden = c.kind.value !== "stream"; });
     const touched = new Set(from ? ["name"] : []);
