@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from cormorant.deployer.api.usage import SCRAPE_TIMEOUT_S, parse_usage, read_replicas
-from cormorant.deployer.endpoints.schemas import RouteReplica
+from cormorant.common.db.models.endpoints import Replica
+from cormorant.deployer.api.usage import SCRAPE_TIMEOUT_S, parse_usage
 from cormorant.deployer.testing import DeployerHarness
 
 
@@ -94,8 +96,13 @@ async def dripping_replica(requests: list[bytes]) -> AsyncIterator[str]:
         server.close()
 
 
-async def test_a_dripping_replica_is_cut_off_at_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_dripping_replica_is_cut_off_at_the_bound(
+    deployer: DeployerHarness, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A replica that never finishes its answer gets an error, not a hung Monitoring tab."""
+    await deployer.create(name="drip", source=str(model_dir), server={"workers": 1})
+    await deployer.wait_running("drip")
+    [ready] = (await deployer.route("drip"))["replicas"]
     # A proxy from the environment would swallow the request: replicas are reached directly.
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
@@ -103,12 +110,21 @@ async def test_a_dripping_replica_is_cut_off_at_the_bound(monkeypatch: pytest.Mo
         monkeypatch.delenv(name, raising=False)
     requests: list[bytes] = []
     async with dripping_replica(requests) as url:
-        replica = RouteReplica(id="r1", version="1", url=url, state="ready")
+        # The route reads the stored address: point it at the dripping server.
+        store = deployer.state["endpoints"].store
+        async with store.sessions() as session, session.begin():
+            await session.execute(
+                update(Replica).where(Replica.id == uuid.UUID(ready["id"])).values(url=url)
+            )
         # The outer bound only keeps a regression from hanging the suite.
         async with asyncio.timeout(SCRAPE_TIMEOUT_S * 10):
-            [usage] = await read_replicas([replica])
-    assert usage.error == f"its /metrics did not answer in full within {SCRAPE_TIMEOUT_S:g} s"
-    assert usage.processes == []
-    assert usage.cpu_seconds is None
+            response = await deployer.client.get("/api/v1/endpoints/drip/replicas/usage")
+    assert response.status_code == 200, response.text
+    [usage] = response.json()["replicas"]
+    assert usage["id"] == ready["id"]
+    assert usage["error"] == f"its /metrics did not answer in full within {SCRAPE_TIMEOUT_S:g} s"
+    assert usage["processes"] == []
+    assert usage["cpu_seconds"] is None
     [request] = requests
+    assert request.startswith(b"GET /metrics ")
     assert b"accept-encoding: identity" in request.lower()
