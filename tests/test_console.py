@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from playwright.sync_api import (
     ConsoleMessage,
     Locator,
     Page,
+    Request,
     expect,
     sync_playwright,
 )
@@ -102,7 +105,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture(scope="module")
 def echo_endpoint(stack: Stack) -> tuple[str, str]:
     """An endpoint answering with its input, deployed with the CLI: its slug and token."""
-    result = stack.cli("deploy", str(ECHO), "--name", "console-echo", "--server", "workers=1")
+    result = stack.cli("deploy", str(ECHO), "--name", "console-echo", "--server", "workers=2")
     assert result.returncode == 0, result.stdout + result.stderr
     slug = result.stdout.split("Endpoint ", 1)[1].split(" created", 1)[0]
     token = result.stdout.split("(shown once):", 1)[1].split()[0]
@@ -115,21 +118,35 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("console-screenshots", numbered=False)
 
 
-def watch_errors(page: Page, refused: tuple[str, ...] = ()) -> list[str]:
-    """Every console error and uncaught exception of ``page``, as it happens; Chromium's note
-    on a 400 answer is left out for the API paths ending in ``refused`` (refusals on purpose)."""
-    errors: list[str] = []
+@dataclass(slots=True)
+class PageProblems:
+    """What ``page`` reported: console errors and uncaught exceptions, and apart from them
+    each API call the API refused with a 400 (the last segment of its path, in order), so a
+    test counts its deliberate bad submits exactly and any other refusal fails it."""
+
+    errors: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+
+def watch_errors(page: Page) -> PageProblems:
+    """The problems of ``page``, recorded as they happen."""
+    problems = PageProblems()
 
     def on_console(message: ConsoleMessage) -> None:
         url = str(message.location.get("url", ""))
-        if "status of 400" in message.text and url.endswith(refused):
-            return
-        if message.type == "error":
-            errors.append(f"console: {message.text} at {message.location}")
+        if "status of 400" in message.text and "/api/v1/" in url:
+            problems.refusals.append(urlsplit(url).path.rsplit("/", 1)[-1])
+        elif message.type == "error":
+            problems.errors.append(f"console: {message.text} at {message.location}")
 
     page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    return errors
+    page.on("pageerror", lambda exc: problems.errors.append(f"page error: {exc}"))
+    return problems
+
+
+def is_create(request: Request) -> bool:
+    """Whether ``request`` is the console's create-endpoint call."""
+    return request.method == "POST" and request.url.endswith("/api/v1/endpoints")
 
 
 def log_in(page: Page, stack: Stack) -> None:
@@ -206,9 +223,7 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     )
     page = context.new_page()
     # The forms are sent wrong once on purpose: the API's 400s then show beside the fields.
-    errors = watch_errors(
-        page, refused=("/api/v1/endpoints", "/rerun", "/triggers", "/feedback-loops")
-    )
+    problems = watch_errors(page)
     client = stack.client()
     before = {
         service: forwarded(stack, service, status)
@@ -487,7 +502,10 @@ def test_console_in_chromium(stack: Stack, browser: Browser, shots: Path, tmp_pa
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_label("Admin key")).to_be_visible()
     context.close()
-    assert errors == []
+    assert problems.errors == []
+    # Exactly the deliberate bad submits: the new endpoint's source, the empty alert, the
+    # batch rerun's minimum replicas, the feedback loop's interval.
+    assert problems.refusals == ["endpoints", "triggers", "rerun", "feedback-loops"]
 
 
 @pytest.mark.timeout(900)
@@ -501,9 +519,13 @@ def test_console_on_a_phone(
         viewport={"width": width, "height": height}, is_mobile=True, has_touch=True
     )
     page = context.new_page()
-    errors = watch_errors(page)
+    problems = watch_errors(page)
     log_in(page, stack)
     expect(page.get_by_role("link", name="console-echo")).to_be_visible()
+    # Nobody queries this endpoint: its sparkline says so, with no made-up maximum.
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="console-echo"))
+    idle = "0 requests in the last hour, at most 0 a minute"
+    expect(row.get_by_role("img", name=idle, exact=True)).to_be_visible()
     assert fits_width(page)
     page.screenshot(path=shots / "phone-endpoints.png", full_page=True)
     for name in TABS:
@@ -531,9 +553,92 @@ def test_console_on_a_phone(
     assert fits_width(page)
     assert unlabelled(page) == []
     page.screenshot(path=shots / "phone-new-stream.png", full_page=True)
+    # A blank security box sends no security (a rerun keeps the original's masked secrets);
+    # a filled one sends its pairs. The output topic's name is refused before any broker is
+    # asked, so nothing is created.
+    page.get_by_label("Name", exact=True).fill("console-stream")
+    page.get_by_label("Source", exact=True).fill(str(ECHO))
+    page.get_by_label("Input topics").fill("orders")
+    page.get_by_label("Output topic").fill("no spaces")
+    for security, sent_security in (("", None), ("sasl.username=svc", {"sasl.username": "svc"})):
+        page.get_by_label("Security options").fill(security)
+        with page.expect_request(is_create) as sent:
+            page.get_by_role("button", name="Create endpoint").click()
+        expect(field_error(page, "Output topic")).to_contain_text("is not a Kafka topic name")
+        body = sent.value.post_data_json
+        assert body is not None
+        kafka = body["kafka"]
+        assert kafka["input_topics"] == ["orders"]
+        assert kafka.get("security") == sent_security
     page.goto(f"{stack.url}/console#/rerun/{slug}")
     expect(page.get_by_label("Source", exact=True)).to_have_value(str(ECHO))
     assert fits_width(page)
     page.screenshot(path=shots / "phone-rerun.png", full_page=True)
     context.close()
-    assert errors == []
+    assert problems.errors == []
+    # The stream form's two submits with a bad output topic, and nothing else.
+    assert problems.refusals == ["endpoints", "endpoints"]
+
+
+def test_a_slow_api_never_piles_polls_up(
+    stack: Stack, browser: Browser, echo_endpoint: tuple[str, str]
+) -> None:
+    """With every answer slower than the Predictions tab's 1 s poll, one call is in flight at
+    a time: the next is sent only once the previous one settled; another tab stops it."""
+    slug, _ = echo_endpoint
+    width, height = VIEWPORTS["desktop"]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    problems = watch_errors(page)
+    log_in(page, stack)
+
+    def polled(request: Request) -> bool:
+        return request.method == "GET" and request.url.endswith(f"/endpoints/{slug}/batch-jobs")
+
+    # How many polls were in flight after each send and each answer; and the sends.
+    in_flight: list[int] = []
+    sends: list[Request] = []
+
+    def sent(request: Request) -> None:
+        if polled(request):
+            sends.append(request)
+            in_flight.append(in_flight[-1] + 1 if in_flight else 1)
+
+    def settled(request: Request) -> None:
+        if polled(request):
+            in_flight.append(in_flight[-1] - 1)
+
+    page.on("request", sent)
+    page.on("requestfinished", settled)
+    page.on("requestfailed", settled)
+    # Chromium delays every answer by 2.5 s, more than twice the poll's interval.
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {
+        "offline": False,
+        "latency": 2500,
+        "downloadThroughput": -1,
+        "uploadThroughput": -1,
+    }
+    cdp.send("Network.emulateNetworkConditions", conditions)
+    page.goto(f"{stack.url}/console#/endpoints/{slug}/predictions")
+    for _ in range(3):
+        page.wait_for_event("requestfinished", predicate=polled, timeout=30_000)
+    assert max(in_flight) == 1, in_flight
+
+    # Another tab stops the poll: from Monitoring's first read of its usage to its next one
+    # (a 5 s poll), the Predictions tab's 1 s poll sends nothing more.
+    conditions["latency"] = 0
+    cdp.send("Network.emulateNetworkConditions", conditions)
+
+    def usage(request: Request) -> bool:
+        return request.url.endswith(f"/endpoints/{slug}/replicas/usage")
+
+    with page.expect_event("requestfinished", predicate=usage, timeout=30_000):
+        page.get_by_role("tab", name="Monitoring").click()
+    sent_before = len(sends)
+    page.wait_for_event("requestfinished", predicate=usage, timeout=30_000)
+    assert len(sends) == sent_before
+    context.close()
+    assert problems.errors == []
+    assert problems.refusals == []

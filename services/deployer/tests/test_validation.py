@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from cormorant.deployer.endpoints.validation import top_level_names
+from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.deployer.endpoints.validation import changed_request, top_level_names
 from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}
@@ -121,3 +122,39 @@ def test_top_level_names_see_defs_assignments_imports_and_guarded_blocks() -> No
     assert "inner" not in names
     assert star is False
     assert top_level_names(ast.parse("from x import *").body)[1] is True
+
+
+def _stream_spec(tmp_path: Path) -> EndpointSpec:
+    kafka = {
+        "input_topics": ["orders"],
+        "output_topic": "scores",
+        "security": {"sasl.username": "svc", "sasl.password": "hunter2"},
+    }
+    return EndpointSpec(
+        name="fraud", kind="stream", source=str(tmp_path), commit=None, file="predict.py",
+        function="predict", preprocess_file=None, preprocess_function=None, accepts_file=False,
+        env={}, server={}, replicas=ReplicasSpec(min=1, max=1, target=10), timeout_s=60,
+        kafka=kafka,
+    )  # fmt: skip
+
+
+def test_a_rerun_keeps_the_kafka_secrets_it_cannot_resend(tmp_path: Path) -> None:
+    """The API masks secrets, so a rerun's kafka section is merged into the stored one."""
+    spec = _stream_spec(tmp_path)
+    # What the console's Rerun form sends when its security box is left blank.
+    rerun = changed_request(spec, {"kafka": {"input_topics": ["orders"], "output_topic": "v2"}})
+    assert rerun.kafka is not None
+    assert rerun.kafka["output_topic"] == "v2"
+    assert rerun.kafka["security"] == {"sasl.username": "svc", "sasl.password": "hunter2"}
+
+    # The masked answer sent back keeps the secret; a changed key changes.
+    masked = {"security": {"sasl.username": "other", "sasl.password": "***"}}
+    rerun = changed_request(spec, {"kafka": masked})
+    assert rerun.kafka is not None
+    assert rerun.kafka["security"] == {"sasl.username": "other", "sasl.password": "hunter2"}
+    assert rerun.kafka["output_topic"] == "scores"
+
+    # An explicit empty section clears them (a broker without SASL).
+    cleared = changed_request(spec, {"kafka": {"security": {}}})
+    assert cleared.kafka is not None
+    assert cleared.kafka["security"] == {}

@@ -32,6 +32,7 @@ from cormorant.worker.batching import AdaptiveBatcher, batching_config
 from cormorant.worker.infer import direct_runner, install_infer_routes
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.model import ModelState, PredictorFactory
+from cormorant.worker.processes import register_replica_processes
 from cormorant.worker.publishing import replica_events
 from cormorant.worker.server import resolve_server_config
 from cormorant.worker.settings import WorkerSettings
@@ -60,17 +61,21 @@ def create_app(
     *,
     threads: int | None = None,
     registry: CollectorRegistry | None = None,
+    replica_pid: int | None = None,
 ) -> FastAPI:
     """The app of one worker process; the model imports in the background once it starts.
 
     ``predictor`` is a loaded predictor, a factory run off the loop at start-up, or ``None``
     to load what ``settings`` names. ``threads`` (default: the ``threads`` server setting)
-    bounds how many predictions run at once.
+    bounds how many predictions run at once. ``replica_pid`` (the gunicorn master's) adds the
+    figures of every process of the replica to ``/metrics`` (``processes.py``).
     """
     if threads is None:
         threads = resolve_server_config(settings.server, host=settings.host, port=0).threads
     metrics = WorkerMetrics(registry or new_registry())
     metrics.predict_threads.set(threads)
+    if replica_pid is not None:
+        register_replica_processes(metrics.registry, replica_pid)
     loaded = predictor if isinstance(predictor, Predictor) else None
     factory = predictor if callable(predictor) and loaded is None else None
     model = ModelState(metrics, loaded)

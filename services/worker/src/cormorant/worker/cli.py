@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serving %s:%s from %s with %d worker(s) x %d predict thread(s)",
         settings.file, settings.function, settings.source, server.workers, server.threads,
     )  # fmt: skip
-    app = lambda: create_app(settings, threads=server.threads)  # noqa: E731
+    master = os.getpid()
+    app = lambda: create_app(settings, threads=server.threads, replica_pid=master)  # noqa: E731
     GunicornServer(app, options, deaths_fd=settings.deaths_fd).run()
     return 0
 

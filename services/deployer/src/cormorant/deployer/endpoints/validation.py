@@ -23,6 +23,7 @@ from cormorant.deployer.endpoints.schemas import (
     ResourcesSpec,
     ServerValue,
 )
+from cormorant.deployer.streams.spec import MASK
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -94,14 +95,16 @@ def resolve_spec(
 
 
 def changed_request(spec: EndpointSpec, given: dict[str, Any]) -> EndpointCreate:
-    """The create request of ``spec`` with the fields ``given`` changed (``replicas`` and
-    ``resources`` merged into the spec's own); a 400 naming each invalid field."""
+    """The create request of ``spec`` with the fields ``given`` changed (``replicas``,
+    ``resources`` and ``kafka`` merged into the spec's own); a 400 naming each invalid field."""
     fields = spec.to_request()
     for name, value in given.items():
         if name in ("replicas", "resources"):
             # Merged into the spec's own, so a rerun keeps what it does not override.
             if value is not None:
                 fields[name] = {**fields[name], **value}
+        elif name == "kafka" and isinstance(value, dict) and isinstance(fields["kafka"], dict):
+            fields["kafka"] = merged_kafka(fields["kafka"], value)
         else:
             fields[name] = value
     try:
@@ -113,6 +116,21 @@ def changed_request(spec: EndpointSpec, given: dict[str, Any]) -> EndpointCreate
                 for err in exc.errors()
             )
         ) from exc
+
+
+def merged_kafka(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with the keys of ``given``; an absent ``security`` keeps the stored one.
+
+    Secrets come back from the API masked, so a rerun cannot resend them: a security value
+    given as the mask keeps the stored value, and one given as ``{}`` clears them all.
+    """
+    merged = {**stored, **given}
+    security, kept = given.get("security"), stored.get("security")
+    if isinstance(security, dict) and isinstance(kept, dict):
+        merged["security"] = {
+            key: kept.get(key, value) if value == MASK else value for key, value in security.items()
+        }
+    return merged
 
 
 def server_flag_value(value: ServerValue) -> str:

@@ -20,11 +20,12 @@ from starlette.responses import Response
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.console.session import (
     COOKIE,
+    Console,
     ConsoleSessions,
     Session,
+    console_of,
     same_origin,
     served_over_https,
-    sessions_of,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -56,10 +57,14 @@ def _page(body: str, status_code: int = 200) -> Response:
     return Response(body, status_code=status_code, media_type="text/html", headers=SECURITY_HEADERS)
 
 
+def _console(request: Request) -> Console:
+    console = console_of(request)
+    assert console is not None, "the console router is mounted by console.mount"
+    return console
+
+
 def _sessions(request: Request) -> ConsoleSessions:
-    sessions = sessions_of(request)
-    assert sessions is not None, "the console router is mounted by console.mount"
-    return sessions
+    return _console(request).sessions
 
 
 def _current(request: Request) -> Session | None:
@@ -86,7 +91,7 @@ async def console(request: Request) -> Response:
     if session is None:
         return login_page()
     csrf = _sessions(request).csrf_token(session)
-    grafana = request.app.state.console_grafana_url or ""
+    grafana = _console(request).grafana_url or ""
     return _page(
         _template("index.html").substitute(csrf=html.escape(csrf), grafana=html.escape(grafana))
     )

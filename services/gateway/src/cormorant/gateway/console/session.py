@@ -130,10 +130,25 @@ def same_origin(connection: HTTPConnection) -> bool:
     return urlsplit(origin).netloc.lower() == connection.headers.get("host", "").lower()
 
 
+@dataclass(frozen=True, slots=True)
+class Console:
+    """The mounted console: its sessions and what its pages show (one object, typed)."""
+
+    sessions: ConsoleSessions
+    grafana_url: str | None = None
+    """Where the Grafana dashboards are, linked from the Monitoring tab; None: not set up."""
+
+
+def console_of(connection: HTTPConnection) -> Console | None:
+    """The app's console, or None where the console is not mounted."""
+    console = getattr(connection.app.state, "console", None)
+    return console if isinstance(console, Console) else None
+
+
 def sessions_of(connection: HTTPConnection) -> ConsoleSessions | None:
     """The app's console sessions, or None where the console is not mounted."""
-    sessions: ConsoleSessions | None = getattr(connection.app.state, "console_sessions", None)
-    return sessions
+    console = console_of(connection)
+    return None if console is None else console.sessions
 
 
 async def cookie_principal(

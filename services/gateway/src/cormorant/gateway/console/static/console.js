@@ -15,7 +15,8 @@
     ["feedback", "Feedback loop"],
     ["monitoring", "Monitoring"],
   ];
-  let timers = [];
+  // Every poll of the view on screen, stopped when it changes.
+  let polls = [];
   // The endpoint page on screen ({slug, tabs, panel}): a tab change redraws only its panel.
   let shown = null;
   const tokens = {};
@@ -80,8 +81,27 @@
   const s = (tag, attrs = {}, ...children) => h(tag, { ...attrs, svg: true }, ...children);
 
   function stopTimers() {
-    for (const id of timers) clearInterval(id);
-    timers = [];
+    for (const stop of polls) stop();
+    polls = [];
+  }
+
+  // Calls fn every ms while `within` is on the page: the next call is scheduled only once the
+  // previous one settled, so a slow API never piles calls up. Returns its stop function;
+  // stopTimers (any view change) stops it too.
+  function poll(fn, ms, within) {
+    let id = null;
+    let stopped = false;
+    const tick = () => {
+      if (stopped || !within.isConnected) return;
+      id = setTimeout(() => Promise.resolve().then(fn).finally(tick), ms);
+    };
+    const stop = () => {
+      stopped = true;
+      clearTimeout(id);
+    };
+    polls.push(stop);
+    tick();
+    return stop;
   }
 
   function show(...nodes) {
@@ -317,7 +337,7 @@
         h("span", { id: "metric-help", class: "help" }, "A key logged with log_metric, e.g. accuracy.")),
       charts);
     await draw();
-    if (panel.isConnected) timers.push(setInterval(draw, 10000));
+    poll(draw, 10000, panel);
   }
 
   // An SVG line chart of points {t, ...}; one line per [key, label].
@@ -363,10 +383,12 @@
   // A small line of requests per minute for the endpoints list.
   function sparkline(points) {
     const W = 120, H = 28;
-    const max = Math.max(1, ...points.map((p) => p.value));
+    const max = Math.max(0, ...points.map((p) => p.value));
     const total = points.reduce((sum, p) => sum + p.value, 0);
     const step = points.length > 1 ? W / (points.length - 1) : 0;
-    const line = points.map((p, i) => `${(i * step).toFixed(1)},${(H - 2 - (p.value / max) * (H - 4)).toFixed(1)}`).join(" ");
+    // An idle hour draws a flat line at the bottom (no division by a zero maximum).
+    const scale = Math.max(1, max);
+    const line = points.map((p, i) => `${(i * step).toFixed(1)},${(H - 2 - (p.value / scale) * (H - 4)).toFixed(1)}`).join(" ");
     return s("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `${total} request${total === 1 ? "" : "s"} in the last hour, at most ${max} a minute` },
       s("polyline", { points: line, class: "line s0" }));
   }
@@ -420,9 +442,8 @@
     };
     let following = null;
     follow.addEventListener("change", () => {
-      if (following !== null) clearInterval(following);
-      following = follow.checked ? setInterval(load, 2000) : null;
-      if (following !== null) timers.push(following);
+      if (following !== null) following();
+      following = follow.checked ? poll(load, 2000, panel) : null;
     });
     panel.append(
       h("h2", {}, "Logs"),
@@ -577,6 +598,26 @@
   const select = (attrs, options, chosen) =>
     h("select", attrs, options.map(([value, text]) => h("option", { value, selected: value === chosen }, text)));
 
+  // A form's submit handler: its errors cleared and its submit button disabled while `send`
+  // runs; a refusal (the API's, or one `send` throws) shown beside the fields it names, after
+  // `failed` (if given) tidied up what `send` had shown.
+  function submitForm(fields, general, send, failed = null) {
+    return async (event) => {
+      event.preventDefault();
+      clearErrors(fields, general);
+      const buttons = event.currentTarget.querySelectorAll('button[type="submit"]');
+      for (const button of buttons) button.disabled = true;
+      try {
+        await send();
+      } catch (error) {
+        if (failed) failed(error);
+        showErrors(fields, general, error);
+      } finally {
+        for (const button of buttons) button.disabled = false;
+      }
+    };
+  }
+
   function clearErrors(fields, general) {
     for (const { control, slot, described } of Object.values(fields)) {
       slot.hidden = true;
@@ -592,12 +633,15 @@
   // prefix), the rest in the form's general message; focus goes to the first field named.
   function showErrors(fields, general, error) {
     clearErrors(fields, general);
-    const parts = error.field ? [error.message] : error.message.split("; ");
+    // The API may name a section (details.field "kafka") while its message names the fields
+    // within it ("kafka.output_topic: ..."): then the message's more precise names win.
+    const whole = error.field && !error.message.startsWith(`${error.field}.`);
+    const parts = whole ? [error.message] : error.message.split("; ");
     const unplaced = [];
     let first = null;
     for (const part of parts) {
       const match = /^([A-Za-z_][\w.\[\]-]*): ([\s\S]*)$/.exec(part);
-      let name = error.field || (match ? match[1] : "");
+      let name = whole ? error.field : match ? match[1] : error.field || "";
       while (name && !fields[name]) name = name.includes(".") ? name.slice(0, name.lastIndexOf(".")) : "";
       if (!name) {
         unplaced.push(part);
@@ -689,7 +733,9 @@
       field(f, "kafka.input_topics", "Input topics", kc["kafka.input_topics"], "Separated by commas."),
       field(f, "kafka.output_topic", "Output topic", kc["kafka.output_topic"]),
       field(f, "kafka.dlq_topic", "Dead-letter topic", kc["kafka.dlq_topic"], "Empty: <output topic>.dlq."),
-      field(f, "kafka.security", "Security options", kc["kafka.security"], "KEY=VALUE lines (SASL/SSL); secrets are never shown back."));
+      field(f, "kafka.security", "Security options", kc["kafka.security"], from
+        ? "KEY=VALUE lines (SASL/SSL). Blank: the original's are kept (secrets are never shown back)."
+        : "KEY=VALUE lines (SASL/SSL); secrets are never shown back."));
     f.kafka = { control: kc["kafka.input_topics"], slot: f["kafka.input_topics"].slot, described: f["kafka.input_topics"].described };
     c.kind.addEventListener("change", () => { kafka.hidden = c.kind.value !== "stream"; });
     const touched = new Set(from ? ["name"] : []);
@@ -721,8 +767,10 @@
         b.kafka = {
           input_topics: kc["kafka.input_topics"].value.split(",").map((t) => t.trim()).filter(Boolean),
           output_topic: kc["kafka.output_topic"].value.trim(),
-          security: pairs(kc["kafka.security"].value, "kafka.security", false),
         };
+        // Left blank, a rerun keeps the original's security options (secrets come back masked,
+        // so the form cannot show them); a new endpoint has none.
+        if (kc["kafka.security"].value.trim()) b.kafka.security = pairs(kc["kafka.security"].value, "kafka.security", false);
         if (kc["kafka.bootstrap_servers"].value.trim()) b.kafka.bootstrap_servers = kc["kafka.bootstrap_servers"].value.trim();
         if (kc["kafka.dlq_topic"].value.trim()) b.kafka.dlq_topic = kc["kafka.dlq_topic"].value.trim();
       }
@@ -731,34 +779,23 @@
       return Object.fromEntries(Object.entries(b).filter(([key]) => touched.has(key)));
     }
 
-    async function send(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      submit.disabled = true;
-      try {
-        const payload = body();
-        general.textContent = "";
-        result.replaceChildren(h("p", { role: "status" }, fromSlug ? "Starting the rerun…" : "Creating the endpoint: its replicas start…"));
-        const created = fromSlug
-          ? await api("POST", `/endpoints/${enc(fromSlug)}/rerun`, payload)
-          : await api("POST", "/endpoints", payload);
-        // Kept in this page's memory only, for its Try it box.
-        tokens[created.slug] = created.token;
-        const tokenCode = h("code", { id: "new-token" }, created.token);
-        result.replaceChildren(h("section", { class: "try", "aria-labelledby": "created-heading" },
-          h("h2", { id: "created-heading", tabindex: "-1" }, `Endpoint ${created.slug} created`),
-          h("p", {}, "Its token, shown this once (the platform keeps only its hash):"),
-          h("p", {}, tokenCode),
-          h("p", {}, h("a", { href: `#/endpoints/${enc(created.slug)}` }, `Open ${created.name}`),
-            " (this page keeps the token for its Try it box until you reload).")));
-        result.querySelector("h2").focus();
-      } catch (error) {
-        result.replaceChildren();
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+    const send = submitForm(f, general, async () => {
+      const payload = body();
+      result.replaceChildren(h("p", { role: "status" }, fromSlug ? "Starting the rerun…" : "Creating the endpoint: its replicas start…"));
+      const created = fromSlug
+        ? await api("POST", `/endpoints/${enc(fromSlug)}/rerun`, payload)
+        : await api("POST", "/endpoints", payload);
+      // Kept in this page's memory only, for its Try it box.
+      tokens[created.slug] = created.token;
+      const tokenCode = h("code", { id: "new-token" }, created.token);
+      result.replaceChildren(h("section", { class: "try", "aria-labelledby": "created-heading" },
+        h("h2", { id: "created-heading", tabindex: "-1" }, `Endpoint ${created.slug} created`),
+        h("p", {}, "Its token, shown this once (the platform keeps only its hash):"),
+        h("p", {}, tokenCode),
+        h("p", {}, h("a", { href: `#/endpoints/${enc(created.slug)}` }, `Open ${created.name}`),
+          " (this page keeps the token for its Try it box until you reload).")));
+      result.querySelector("h2").focus();
+    }, () => result.replaceChildren());
 
     view(
       h("p", {}, h("a", { href: from ? `#/endpoints/${enc(from.slug)}` : "#/" }, from ? `← ${from.name}` : "← Endpoints")),
@@ -901,24 +938,14 @@
       log_predictions: h("input", { type: "checkbox" }),
     };
     const submit = h("button", { type: "submit" }, "Start job");
-    async function start(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      submit.disabled = true;
-      try {
-        const job = await api("POST", `/endpoints/${slug}/batch-jobs`, {
-          input_file: c.input_file.value.trim(), output_file: c.output_file.value.trim(),
-          dataset: c.dataset.value.trim(), log_predictions: c.log_predictions.checked,
-        });
-        opened = job.id;
-        general.textContent = "";
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+    const start = submitForm(f, general, async () => {
+      const job = await api("POST", `/endpoints/${slug}/batch-jobs`, {
+        input_file: c.input_file.value.trim(), output_file: c.output_file.value.trim(),
+        dataset: c.dataset.value.trim(), log_predictions: c.log_predictions.checked,
+      });
+      opened = job.id;
+      await load();
+    });
     c.input_file.addEventListener("change", () => {
       // The output goes into the input's dataset unless another is given.
       if (!c.dataset.value) c.dataset.value = c.input_file.value.split(/[@/]/)[0];
@@ -941,7 +968,7 @@
         field(f, "log_predictions", "Also log every row's prediction", c.log_predictions),
         submit));
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 1000));
+    poll(load, 1000, panel);
   }
 
   // ---- Continual Learning (triggers) ----------------------------------------------------
@@ -1012,6 +1039,22 @@
     const targetField = field(f, "action", targetLabel.email, c.target);
     c.kind.addEventListener("change", () => { targetField.querySelector("label").textContent = targetLabel[c.kind.value]; });
     const submit = h("button", { type: "submit" }, "Create alert");
+    // `dialog` is drawn below: this runs only once it is open.
+    const create = submitForm(f, general, async () => {
+      const target = c.target.value.trim();
+      const action = c.kind.value === "email" ? { email: target.split(",").map((x) => x.trim()).filter(Boolean) } : { [c.kind.value]: target };
+      const body = {
+        title: c.title.value.trim(), severity: c.severity.value, tag: c.tag.value.trim(),
+        comparison: c.comparison.value, value: c.value.value === "" ? null : Number(c.value.value),
+        every: c.every.value.trim(), min_events: Number(c.min_events.value || 1), action,
+      };
+      if (c.cooldown.value.trim()) body.cooldown = c.cooldown.value.trim();
+      const t = await api("POST", `/endpoints/${slug}/triggers`, body);
+      dialog.close();
+      status.textContent = `Alert ${t.title} created.` + (t.secret ? ` Its webhook signing key, shown once: ${t.secret}` : "") +
+        (t.warnings.length ? ` Note: ${t.warnings.join(" ")}` : "");
+      await load();
+    });
     const dialog = h("dialog", { id: "new-alert", "aria-labelledby": "new-alert-heading" },
       h("form", { onsubmit: create, novalidate: true },
         h("h3", { id: "new-alert-heading" }, "New alert"),
@@ -1029,30 +1072,6 @@
           field(f, "action.kind", "Then", c.kind), targetField),
         h("div", { class: "row" }, submit,
           h("button", { type: "button", class: "quiet", onclick: () => dialog.close() }, "Cancel"))));
-    async function create(event) {
-      event.preventDefault();
-      clearErrors(f, general);
-      const target = c.target.value.trim();
-      const action = c.kind.value === "email" ? { email: target.split(",").map((x) => x.trim()).filter(Boolean) } : { [c.kind.value]: target };
-      const body = {
-        title: c.title.value.trim(), severity: c.severity.value, tag: c.tag.value.trim(),
-        comparison: c.comparison.value, value: c.value.value === "" ? null : Number(c.value.value),
-        every: c.every.value.trim(), min_events: Number(c.min_events.value || 1), action,
-      };
-      if (c.cooldown.value.trim()) body.cooldown = c.cooldown.value.trim();
-      submit.disabled = true;
-      try {
-        const t = await api("POST", `/endpoints/${slug}/triggers`, body);
-        dialog.close();
-        status.textContent = `Alert ${t.title} created.` + (t.secret ? ` Its webhook signing key, shown once: ${t.secret}` : "") +
-          (t.warnings.length ? ` Note: ${t.warnings.join(" ")}` : "");
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
 
     panel.append(
       h("h2", {}, "Continual Learning"),
@@ -1060,7 +1079,7 @@
       h("div", { class: "row" }, h("button", { type: "button", onclick: () => { clearErrors(f, general); dialog.showModal(); } }, "New alert")),
       status, list, firings, dialog);
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Feedback loop --------------------------------------------------------------------
@@ -1139,23 +1158,14 @@
     f["schedule.on.days"] = { control: days[0], slot: h("p", { id: "days-error", class: "error field-error", role: "alert", hidden: true }), described: [] };
     daysBox.append(f["schedule.on.days"].slot);
     const submit = h("button", { type: "submit" }, "Configure");
-    async function create(event) {
-      event.preventDefault();
-      clearErrors(f, general);
+    const create = submitForm(f, general, async () => {
       const chosen = Object.keys(modes).find((k) => modes[k].checked);
       const schedule = chosen === "now" ? { now: true } : chosen === "every" ? { every: every.value.trim() }
         : { on: { days: days.filter((d) => d.checked).map((d) => d.value), time: at.value, timezone: zone.value.trim() } };
-      submit.disabled = true;
-      try {
-        const l = await api("POST", `/endpoints/${slug}/feedback-loops`, { dataset: dataset.value.trim(), schedule, format: format.value });
-        status.textContent = `Feedback loop into ${l.dataset} configured (${describeSchedule(l.schedule)}).`;
-        await load();
-      } catch (error) {
-        showErrors(f, general, error);
-      } finally {
-        submit.disabled = false;
-      }
-    }
+      const l = await api("POST", `/endpoints/${slug}/feedback-loops`, { dataset: dataset.value.trim(), schedule, format: format.value });
+      status.textContent = `Feedback loop into ${l.dataset} configured (${describeSchedule(l.schedule)}).`;
+      await load();
+    });
 
     panel.append(
       h("h2", {}, "Feedback loop"),
@@ -1176,7 +1186,7 @@
         field(f, "format", "Format", format),
         submit));
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Monitoring -----------------------------------------------------------------------
@@ -1184,7 +1194,9 @@
     const slug = enc(endpoint.slug);
     const replicas = h("div", { id: "replicas" });
     const events = h("div", { id: "replica-events" });
-    // The previous reading of each replica: CPU use is the CPU time spent between two reads.
+    // The previous reading of each replica's processes, by pid: CPU use is the CPU time each
+    // process spent between two reads, summed. Per pid, because a worker that restarted in
+    // between takes its CPU time with it (a replica-wide difference would go negative).
     let previous = {};
     const mb = (bytes) => (bytes == null ? "—" : `${fmt(bytes / 1048576)} MB`);
     async function load() {
@@ -1193,9 +1205,15 @@
         const now = Date.parse(u.read_at);
         const cpu = (r) => {
           const before = previous[r.id];
-          if (r.cpu_seconds == null) return "—";
+          if (!r.processes.length) return "—";
           if (!before || now <= before.at) return "measuring…";
-          return `${fmt((100 * (r.cpu_seconds - before.cpu)) / ((now - before.at) / 1000))} %`;
+          let spent = 0;
+          for (const p of r.processes) {
+            const then = before.cpu[p.pid];
+            // A process new since the last read is counted from the next one on.
+            if (then != null && p.cpu_seconds != null && p.cpu_seconds >= then) spent += p.cpu_seconds - then;
+          }
+          return `${fmt((100 * spent) / ((now - before.at) / 1000))} %`;
         };
         replicas.replaceChildren(u.replicas.length
           ? table("Ready replicas and what each uses", ["Replica", "Version", "CPU (% of a core)", "Memory", "Open files", "Network"],
@@ -1206,7 +1224,7 @@
                 h("td", {}, r.open_fds ?? "—"),
                 h("td", {}, "Grafana (on Kubernetes)"))))
           : h("p", {}, "No ready replicas (a batch endpoint scales to zero between jobs)."));
-        previous = Object.fromEntries(u.replicas.filter((r) => r.cpu_seconds != null).map((r) => [r.id, { cpu: r.cpu_seconds, at: now }]));
+        previous = Object.fromEntries(u.replicas.map((r) => [r.id, { cpu: Object.fromEntries(r.processes.map((p) => [p.pid, p.cpu_seconds])), at: now }]));
         redraw(events, e.events, () => e.events.length
           ? table("Replica events, newest first", ["Time", "Replica", "Version", "State", "Why"],
               [...e.events].reverse().map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
@@ -1229,7 +1247,7 @@
       replicas,
       h("h3", {}, "Replica events"), events);
     await load();
-    if (panel.isConnected) timers.push(setInterval(load, 5000));
+    poll(load, 5000, panel);
   }
 
   // ---- Flows ----------------------------------------------------------------------------
@@ -1280,7 +1298,7 @@
     } }, "Start a run");
     view(h("p", {}, h("a", { href: "#/flows" }, "← Flows")), heading, h("div", { class: "row" }, start), status, h("h2", {}, "Runs"), runs);
     await load();
-    if (runs.isConnected) timers.push(setInterval(load, 2000));
+    poll(load, 2000, runs);
   }
 
   // ---- Datasets -------------------------------------------------------------------------
@@ -1294,16 +1312,10 @@
       const general = h("p", { class: "error", role: "alert", tabindex: "-1" });
       const newName = input({ required: true });
       const body = h("div");
-      const create = async (event) => {
-        event.preventDefault();
-        clearErrors(f, general);
-        try {
-          const d = await api("POST", "/datasets", { name: newName.value.trim() });
-          location.hash = `#/datasets/${enc(d.name)}`;
-        } catch (error) {
-          showErrors(f, general, error);
-        }
-      };
+      const create = submitForm(f, general, async () => {
+        const d = await api("POST", "/datasets", { name: newName.value.trim() });
+        location.hash = `#/datasets/${enc(d.name)}`;
+      });
       view(heading, body, h("h2", {}, "New dataset"),
         h("form", { onsubmit: create, novalidate: true }, general, field(f, "name", "Dataset name", newName), h("button", { type: "submit" }, "Create dataset")));
       try {
@@ -1337,26 +1349,16 @@
     const general = h("p", { class: "error", role: "alert", tabindex: "-1" });
     const file = h("input", { type: "file", required: true });
     const path = input({ placeholder: "default: the file's name" });
-    const upload = async (event) => {
-      event.preventDefault();
-      clearErrors(f, general);
-      if (!file.files.length) {
-        showErrors(f, general, new ApiError(400, "file: choose a file to upload", "file"));
-        return;
-      }
+    const upload = submitForm(f, general, async () => {
+      if (!file.files.length) throw new ApiError(400, "file: choose a file to upload", "file");
       const form = new FormData();
       if (path.value.trim()) form.append("path", path.value.trim());
       form.append("file", file.files[0]);
       status.textContent = "Uploading…";
-      try {
-        const v = await api("POST", `/datasets/${enc(name)}/files`, form);
-        status.textContent = `Uploaded: version v${v.version}.`;
-        await load();
-      } catch (error) {
-        status.textContent = "";
-        showErrors(f, general, error);
-      }
-    };
+      const v = await api("POST", `/datasets/${enc(name)}/files`, form);
+      status.textContent = `Uploaded: version v${v.version}.`;
+      await load();
+    }, () => { status.textContent = ""; });
     view(h("p", {}, h("a", { href: "#/datasets" }, "← Datasets")), heading, status, h("h2", {}, "Versions"), versions,
       h("h2", {}, "Upload a file"),
       h("form", { onsubmit: upload, novalidate: true }, general,
