@@ -74,6 +74,11 @@ class WorkerSettings(ServiceSettings):
     """Largest input or output (in bytes of JSON) kept in a prediction's log event; a larger
     one is logged as a short note of its size, so the event still fits in a NATS message."""
 
+    spool_dir: Path | None = None
+    """Directory of the prediction spool: each answered prediction is written there before
+    its answer leaves and kept until JetStream has it, so a killed worker loses none (a
+    worker replays what a dead one left); unset: predictions wait for NATS in memory only."""
+
     publish_metrics: bool = True
     """Publish ``Endpoint().log_metric`` values to NATS when the server is reachable."""
 

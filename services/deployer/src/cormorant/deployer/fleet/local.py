@@ -24,7 +24,7 @@ from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement, ReplicaObserved
 from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox
+from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox, SpoolSink
 from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
 from cormorant.deployer.settings import DeployerSettings
@@ -55,9 +55,15 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
     return env
 
 
-def local_runtime(settings: DeployerSettings, sandbox: Sandbox | None = None) -> LocalRuntime:
+def local_runtime(
+    settings: DeployerSettings,
+    sandbox: Sandbox | None = None,
+    *,
+    spool_sink: SpoolSink | None = None,
+) -> LocalRuntime:
     """The process runtime of ``settings`` (with a warm worker template unless it has none),
-    containing its replicas in ``sandbox`` when given."""
+    containing its replicas in ``sandbox`` when given; a killed replica's spooled predictions
+    are published on ``spool_sink``."""
     environment = replica_environment(settings)
     template_command = settings.template_command()
     return LocalRuntime(
@@ -74,6 +80,7 @@ def local_runtime(settings: DeployerSettings, sandbox: Sandbox | None = None) ->
         else None,
         die_with_deployer=settings.stop_replicas_on_shutdown,
         sandbox=sandbox,
+        spool_sink=spool_sink,
     )
 
 
