@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nats
+import pytest
 
 from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM, spool
@@ -136,3 +137,18 @@ async def test_what_user_code_plants_in_the_spool_is_read_as_hostile(tmp_path: P
         ("ok", "spooled")
     ]
     assert secret.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file of another user takes root")
+async def test_a_hard_link_to_someone_elses_file_is_not_read(tmp_path: Path) -> None:
+    """A segment not owned by the spool directory's owner (a hard link user code made to a
+    file it cannot read itself) is skipped."""
+    foreign = tmp_path / "foreign"
+    foreign.write_text('["leak", 1.0, 0.1, 200, "secret", null, null, null]\n')
+    os.chown(foreign, 12345, 12345)
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    os.link(foreign, directory / "0-1.spool")
+    recorder = Recorder()
+    assert spool.replay(directory, LABELS, recorder, SUBJECT) == 0
+    assert recorder.packs == []

@@ -22,7 +22,8 @@ rows are unique on ``(request_id, received_at)``, ``ON CONFLICT DO NOTHING``): a
 published both by the dead process and by its replayer is stored once.
 
 A spool lives in a directory the replica's user code can write, so its content is hostile:
-a replayer reads regular files only (never through a link), a bounded number of bytes, skips
+a replayer reads regular files only, owned by the directory's owner (never through a link,
+symbolic or hard), a bounded number of bytes, skips
 lines that are not rows, and labels what it publishes with the endpoint and version it knows
 itself, never with anything read from the file.
 """
@@ -180,16 +181,17 @@ def orphans(directory: Path) -> Iterator[Orphan]:
     except OSError:
         return
     try:
+        owner = os.fstat(dir_fd).st_uid
         names = sorted(name for name in os.listdir(dir_fd) if name.endswith(SUFFIX))
         for name in names:
-            orphan = _take(directory, dir_fd, name)
+            orphan = _take(directory, dir_fd, name, owner)
             if orphan is not None:
                 yield orphan
     finally:
         os.close(dir_fd)
 
 
-def _take(directory: Path, dir_fd: int, name: str) -> Orphan | None:
+def _take(directory: Path, dir_fd: int, name: str, owner: int) -> Orphan | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)  # fmt: skip
@@ -197,7 +199,9 @@ def _take(directory: Path, dir_fd: int, name: str) -> Orphan | None:
         return None  # gone (replayed by another), or a link
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        # A writer's own regular file: not a device or pipe, nor a hard link to a file of
+        # someone else (which ``O_NOFOLLOW`` would not catch).
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != owner:
             os.close(fd)
             return None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
