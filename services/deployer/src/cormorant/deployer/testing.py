@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +19,7 @@ import psutil
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from cormorant.common.internal import InternalAuth
+from cormorant.common.internal import REPLICA_KEY_HEADER, InternalAuth, replica_key
 from cormorant.common.testing.waits import eventually
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
@@ -104,6 +104,13 @@ class DeployerHarness:
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
+
+    def replica_headers(self, replica: Mapping[str, Any]) -> dict[str, str]:
+        """The header a replica's port asks of its callers (its key), for a routing
+        document's ``replica``, as the gateway sends it."""
+        secret = self.settings.internal_secret
+        assert secret is not None, "replica keys come from the internal secret"
+        return {REPLICA_KEY_HEADER: replica_key(secret, str(replica["id"]))}
 
     async def route(self, slug: str) -> dict[str, Any]:
         """The endpoint's routing document."""

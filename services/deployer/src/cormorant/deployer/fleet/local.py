@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.events import Event, ReplicaChanged
-from cormorant.common.internal import PLATFORM_SECRET_VARIABLES
+from cormorant.common.internal import PLATFORM_SECRET_VARIABLES, ReplicaKeys
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement, ReplicaObserved
@@ -81,6 +81,7 @@ def local_runtime(
         die_with_deployer=settings.stop_replicas_on_shutdown,
         sandbox=sandbox,
         spool_sink=spool_sink,
+        replica_keys=ReplicaKeys(settings.internal_secret),
     )
 
 

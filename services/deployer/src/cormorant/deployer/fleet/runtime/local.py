@@ -54,6 +54,7 @@ from cormorant.common import lifetime, sandbox
 from cormorant.common.bus import spool as spooling
 from cormorant.common.errors import CormorantError
 from cormorant.common.events import PredictionLogged
+from cormorant.common.internal import REPLICA_KEY_VARIABLE, ReplicaKeys
 from cormorant.common.sandbox import Identity, Limits, PrivateDir, UidPool
 from cormorant.common.servers import free_port
 from cormorant.common.web import REPLICA_ENV
@@ -199,8 +200,10 @@ class LocalRuntime:
         die_with_deployer: bool = False,
         sandbox: Sandbox | None = None,
         spool_sink: SpoolSink | None = None,
+        replica_keys: ReplicaKeys | None = None,
     ) -> None:
         self.command = list(command)
+        self.replica_keys = replica_keys
         self.spool_sink = spool_sink
         self.spools = data_dir / "run" / "spool"
         self.sandbox = sandbox
@@ -643,6 +646,10 @@ class LocalRuntime:
             own.update(launch.bridge.environment())
         else:
             own.update(launch.worker_settings())
+            key = self.replica_keys(launch.replica_id) if self.replica_keys else None
+            if key is not None:
+                # Its own key only: what the gateway and batch present to this replica.
+                own[REPLICA_KEY_VARIABLE] = key
             located = self._spool_of(launch)
             if located is not None and (self.sandbox is None or private is not None):
                 own["CORMORANT_WORKER_SPOOL_DIR"] = str(located[0])
