@@ -383,6 +383,7 @@ async def test_a_killed_workers_answered_predictions_are_published_by_the_next(
     assert len(spooled(tmp_path)) == 1
     app = create_app(worker_settings(nats_url, spool_dir=tmp_path), Predictor(model), threads=1)
     async with serve(app):
+        await wait_until_connected(app)
         events = await read_logged(nats_url, 3)
         await eventually(lambda: not spooled(tmp_path), within=10, what="an empty spool")
     assert sorted(e.request_id for e in events) == ["dead-0", "dead-1", "dead-2"]

@@ -63,6 +63,30 @@ def _post(url, headers):
         return {"status": None, "error": type(exc).__name__}
 
 
+def _nats():
+    import asyncio
+
+    import nats
+
+    async def attempt():
+        refused = []
+
+        async def on_error(exc):
+            refused.append(str(exc))
+
+        nc = await nats.connect(
+            os.environ["CORMORANT_NATS_URL"], error_cb=on_error, allow_reconnect=False
+        )
+        await nc.publish("cormorant.replica.forged", b"{}")
+        await nc.subscribe("cormorant.>")
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        await nc.close()
+        return refused
+
+    return asyncio.run(attempt())
+
+
 def predict(action, arg=None):
     """Run ``action`` (with ``arg``) and say how it went."""
     if action == "read":
@@ -93,6 +117,8 @@ def predict(action, arg=None):
             pass
     if action == "exit":
         os._exit(1)
+    if action == "nats":  # a platform event published, events subscribed: what is refused
+        return _nats()
     if action == "post":  # arg: [url, headers]
         return _post(arg[0], arg[1])
     return action

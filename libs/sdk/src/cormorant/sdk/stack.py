@@ -29,6 +29,7 @@ from pydantic_settings import SettingsConfigDict
 from cormorant.common.auth import ADMIN_KEY_PREFIX, generate_token, hash_token
 from cormorant.common.lifetime import REPLICA_RECORDS, stop_recorded
 from cormorant.common.servers import ManagedProcess, NatsServer, PostgresServer
+from cormorant.common.servers.nats import NatsUsers
 from cormorant.common.servers.process import port_open
 from cormorant.common.settings import CommonSettings
 from cormorant.sdk.stackfile import (
@@ -305,7 +306,12 @@ class Supervisor:
         settings = self.settings
         secrets = stack_secrets(self.data_dir)
         internal = secrets["internal_secret"]
-        nats = NatsServer(self.data_dir / "nats", host=settings.host, port=settings.nats_port)
+        nats = NatsServer(
+            self.data_dir / "nats",
+            host=settings.host,
+            port=settings.nats_port,
+            users=NatsUsers(secrets["nats_password"], secrets["nats_replica_password"]),
+        )
         nats.parent_death_signal = signal.SIGTERM
         if settings.database_url is not None:
             return Stack(settings, self.data_dir, nats, None, settings.database_url, internal)
@@ -340,6 +346,8 @@ class Supervisor:
             # `make down` leaves no process: the deployer stops its replicas when it stops,
             # and the kernel ends them if it dies (its restart starts them again).
             "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
+            # Replicas publish predictions and metrics as a user that may do nothing else.
+            "CORMORANT_DEPLOYER_REPLICA_NATS_URL": nats.replica_url,
         }
         # The gateway forwards the management API to the services that own it.
         for spec in service_specs(settings)[:-1]:

@@ -57,15 +57,19 @@ def write_private_json(path: Path, content: dict[str, Any]) -> Path:
 
 def stack_secrets(data_dir: Path) -> dict[str, str]:
     """The stack's secrets, generated the first time and kept after (mode 0600): the internal
-    credential of its services, and the PostgreSQL superuser's and application role's
-    passwords (the embedded cluster keeps them, so they must outlive a restart)."""
+    credential of its services, the PostgreSQL superuser's and application role's passwords
+    (the embedded cluster keeps them, so they must outlive a restart), and the NATS platform
+    and replica users' passwords."""
     from cormorant.common.internal import generate_internal_secret
+    from cormorant.common.servers.nats import generate_nats_password
     from cormorant.common.servers.postgres import generate_password
 
     makers = {
         "internal_secret": generate_internal_secret,
         "postgres_superuser_password": generate_password,
         "postgres_password": generate_password,
+        "nats_password": generate_nats_password,
+        "nats_replica_password": generate_nats_password,
     }
     path = data_dir / SECRETS_FILE
     found = read_private_json(path) or {}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cormorant.common.sandbox import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
@@ -143,6 +143,10 @@ class DeployerSettings(ServiceSettings):
     directory with only its own code, an environment without platform settings, its
     endpoint's ``resources`` limits and ``no_new_privs``. Off: replicas run as this service,
     in its environment (for development only)."""
+
+    replica_nats_url: SecretStr | None = None
+    """The NATS URL replicas connect with, as a user that may only publish predictions and
+    metrics (``cormorant up`` sets it); unset: the services' own ``nats_url``."""
 
     sandbox_dir: Path | None = None
     """Where replicas' private directories are made (unset: beside the data directory, named

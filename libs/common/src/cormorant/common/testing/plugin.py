@@ -15,6 +15,7 @@ import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cormorant.common.servers import KafkaBroker, NatsServer, PostgresServer
+from cormorant.common.servers.nats import NatsUsers, generate_nats_password
 
 
 class ExternalServers(BaseSettings):
@@ -38,10 +39,16 @@ def external_servers() -> ExternalServers:
     return ExternalServers()
 
 
+def fresh_nats_users() -> NatsUsers:
+    """Fresh passwords for a test's nats-server."""
+    return NatsUsers(generate_nats_password(), generate_nats_password())
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own (it may kill and restart it)."""
-    server = NatsServer(tmp_path / "nats")
+    """A nats-server of this test's own (it may kill and restart it), taking passwords as
+    the stack's does: ``url`` is the platform user's, ``replica_url`` the replica user's."""
+    server = NatsServer(tmp_path / "nats", users=fresh_nats_users())
     server.start()
     try:
         yield server
@@ -51,11 +58,12 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def nats_url(external_servers: ExternalServers, tmp_path: Path) -> Iterator[str]:
-    """URL of a NATS server with JetStream: the external one, or a fresh one per test."""
+    """URL of a NATS server with JetStream: the external one, or a fresh one per test (as the
+    platform user of a server that takes passwords, as the stack's does)."""
     if external_servers.nats_url:
         yield external_servers.nats_url
         return
-    server = NatsServer(tmp_path / "nats")
+    server = NatsServer(tmp_path / "nats", users=fresh_nats_users())
     server.start()
     try:
         yield server.url

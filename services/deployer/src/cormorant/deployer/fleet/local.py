@@ -47,7 +47,11 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
             if not k.startswith("CORMORANT_DEPLOYER_") and k not in PLATFORM_SECRET_VARIABLES
         }
         env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
-    env["CORMORANT_NATS_URL"] = settings.nats_url
+    # As the replica user where the stack has one: predictions and metrics, nothing else.
+    replica_url = settings.replica_nats_url
+    env["CORMORANT_NATS_URL"] = (
+        replica_url.get_secret_value() if replica_url is not None else settings.nats_url
+    )
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
     env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
     if settings.otlp_endpoint:
