@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -356,3 +357,34 @@ async def test_a_killed_replicas_spooled_predictions_are_published_before_its_di
 
     ids = await eventually(published, within=30, what="the spooled predictions published")
     assert sorted(ids) == [f"dead-{i}" for i in range(4)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="replicas get uids of their own only as root")
+async def test_replica_directories_live_under_a_root_owned_root_outside_the_home(
+    deployer: DeployerHarness, model_dir: Path, tmp_path: Path
+) -> None:
+    """By default a stack run as root keeps its replicas' private directories under
+    ``sandbox_root`` (root's, 0711, one subdirectory per stack): the directories holding the
+    data directory (a home, say) are not opened to other users for them."""
+    settings = deployer.settings
+    assert settings.sandbox_dir is None
+    await deployer.create(name="rooted", source=str(model_dir), server=WORKERS_1)
+    await deployer.wait_running("rooted")
+    directory = settings.resolved_sandbox_dir()
+    assert directory.is_relative_to(settings.sandbox_root)
+    assert not directory.is_relative_to(tmp_path)
+    for path in (directory, *directory.parents):
+        if path == settings.sandbox_root.parent:
+            break
+        info = os.stat(path)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o711), path
+    [replica] = (await deployer.route("rooted"))["replicas"]
+    private = directory / replica["id"]
+    assert marker_in(private, replica_pid(str(settings.data_dir), "rooted"))
+    # The test's own directory (where the data directory is, as a home would be) stays closed.
+    assert not os.stat(tmp_path).st_mode & stat.S_IXOTH
+
+
+def marker_in(private: Path, pid: int) -> bool:
+    """Whether the replica ``pid`` runs from its private directory ``private``."""
+    return psutil.Process(pid).cwd().startswith(str(private))

@@ -167,7 +167,14 @@ def _prepare_directories(directory: Path, data_dir: Path) -> bool:
     """Close the data directory to replicas, open the interpreter's path to them; False if
     replicas cannot get uids of their own here (this process is not root)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    created = [path for path in (directory, *directory.parents) if not path.exists()]
     directory.mkdir(parents=True, exist_ok=True)
+    if sandbox.can_switch_user():
+        # Made here (under /var/lib by default): root's, traversable by replicas' uids but
+        # not listable, like every private directory's parent.
+        for path in created:
+            os.chown(path, 0, 0)
+            os.chmod(path, 0o711)
     if directory.resolve().is_relative_to(data_dir.resolve()):
         raise CormorantError(
             f"the sandbox directory {directory} lies inside the data directory {data_dir}, "
