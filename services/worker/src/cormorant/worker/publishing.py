@@ -278,14 +278,16 @@ class ReplicaEvents:
         publisher = self.publisher
         settle = segment.settle if segment is not None else None
         for pack in packs.packs:
-            # A pack not queued keeps its segment (and its lock) until this process ends:
-            # the next worker publishes it.
             if publisher is not None and publisher.publish_pack(
                 self._subject, pack, on_settled=settle
             ):
                 published += pack.count
             else:
+                # Dropped (the buffer is full: NATS has been away for long): given up on
+                # disk too, or a long outage would fill the disk with what no one publishes.
                 dropped += pack.count
+                if settle is not None:
+                    settle(pack.count)
         if published:
             self._prediction_published.inc(published)
         if dropped:
