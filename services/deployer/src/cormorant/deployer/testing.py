@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -197,7 +198,8 @@ def pid_gone(pid: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_deployer(settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
-    """A started deployer; once it stops, every replica it started is killed."""
+    """A started deployer; once it stops, every replica it started is killed and their
+    private directories (outside the test's directory, as root) removed."""
     harness = DeployerHarness(settings)
     try:
         await harness.start()
@@ -207,3 +209,4 @@ async def running_deployer(settings: DeployerSettings) -> AsyncIterator[Deployer
             await harness.stop()
         finally:
             kill_workers(str(settings.data_dir))
+            shutil.rmtree(settings.resolved_sandbox_dir(), ignore_errors=True)

@@ -318,6 +318,10 @@ class LocalRuntime:
             await asyncio.gather(*(self.stop(h, grace_s=_CLOSE_GRACE_S) for h in handles))
         if self.template is not None:
             await self.template.close()
+        if self.sandbox is not None:
+            # The stack's directory under the shared root, once no replica is left in it.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.sandbox.directory)
 
     async def start(self, launch: ReplicaLaunch) -> ReplicaHandle:
         """Start the worker on a free port, its output appended to the replica's log."""
