@@ -12,6 +12,7 @@ from nats.errors import NoServersError
 
 from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.common.bus.replica import shown
 from cormorant.common.events import PredictionLogged, ReplicaChanged
 from cormorant.common.servers import NatsServer
 from cormorant.common.servers.nats import REPLICA_INBOX
@@ -86,3 +87,10 @@ async def test_no_password_no_connection(nats_server: NatsServer) -> None:
         await nats.connect(
             anonymous, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2
         )
+
+
+def test_a_nats_url_is_logged_without_its_password() -> None:
+    """Replicas log where they publish: the password never reaches their log."""
+    assert shown("nats://replica:s3cret@127.0.0.1:4222,nats://h2:4223") == (
+        "nats://replica:***@127.0.0.1:4222,nats://h2:4223"
+    )

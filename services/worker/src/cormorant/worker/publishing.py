@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
 from cormorant.common.bus import Pack
+from cormorant.common.bus.replica import shown
 from cormorant.common.bus.spool import Labels, Segment, SpoolWriter, replay
 from cormorant.common.events import InvalidSubjectToken, MetricLogged, PredictionLogged
 from cormorant.worker.metrics import WorkerMetrics
@@ -334,7 +335,7 @@ class ReplicaEvents:
         while not await bus.reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
             if delay == 1.0:
                 log.warning("NATS at %s is not reachable: predictions and metrics are not "
-                            "published until it is", self.settings.nats_url)  # fmt: skip
+                            "published until it is", shown(self.settings.nats_url))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
         try:
@@ -345,7 +346,7 @@ class ReplicaEvents:
             log.warning("events will not be published: %s: %s", type(exc).__name__, exc)
             return
         self.publisher = publisher
-        log.info("publishing predictions and metrics to %s", self.settings.nats_url)
+        log.info("publishing predictions and metrics to %s", shown(self.settings.nats_url))
         if self._spool is not None:
             self.replay_spool()
 

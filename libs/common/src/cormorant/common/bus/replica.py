@@ -18,6 +18,18 @@ from cormorant.common.bus.streams import METRICS_STREAM, PREDICTIONS_STREAM, ens
 from cormorant.common.servers.nats import REPLICA_INBOX
 
 
+def shown(url: str) -> str:
+    """A NATS URL fit for a log line: each server's password masked."""
+    parts = []
+    for server in url.split(","):
+        split = urlsplit(server.strip())
+        if split.password:
+            netloc = f"{split.username}:***@{split.hostname}:{split.port}"
+            server = split._replace(netloc=netloc).geturl()
+        parts.append(server.strip())
+    return ",".join(parts)
+
+
 async def reachable(url: str, seconds: float) -> bool:
     """Whether anything accepts TCP on the first server of ``url`` (fails fast when not)."""
     first = url.split(",")[0].strip()
