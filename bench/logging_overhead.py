@@ -21,6 +21,8 @@ from a small HTTP app in this process (``gateway_overhead.routing_source``).
 3. Rows: once the ingest has caught up, the rows stored against the predictions the logging
    pair answered.
 
+The logging worker spools each prediction to disk before answering, as the deployer runs
+replicas (``CORMORANT_WORKER_SPOOL_DIR``); ``--no-spool`` leaves that out.
 ``--no-ingest`` leaves predictlog out (NATS still stores the events) and says so. Prints::
 
     logging_overhead: on 3,900 req/s, off 4,200 req/s, ratio 0.93 (target >= 0.90; BentoML console logging 0.85); p50 +0.21 ms at half load (target <= 0.5 ms); 118,000 rows logged
@@ -107,10 +109,15 @@ def start_pair(
         "--endpoint", harness.SLUG, "--version", harness.VERSION, "--port", str(worker_port),
         f"--server=workers={args.workers}", f"--server=threads={args.threads}",
     ]  # fmt: skip
-    worker_env = harness.child_env(
-        CORMORANT_NATS_URL=nats_url, CORMORANT_WORKER_LOG_PREDICTIONS=flag
-    )
+    spool: dict[str, str] = {}
     with ExitStack() as stack:
+        if logging and not args.no_spool:
+            # As the deployer runs replicas: each answer spooled to disk before it leaves.
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-spool-"))
+            spool["CORMORANT_WORKER_SPOOL_DIR"] = directory
+        worker_env = harness.child_env(
+            CORMORANT_NATS_URL=nats_url, CORMORANT_WORKER_LOG_PREDICTIONS=flag, **spool
+        )
         before = children()
         stack.enter_context(harness.process(worker, f"{worker_url}/healthz", worker_env))
         worker_pids = sorted(children() - before)
@@ -299,6 +306,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="the saturation run's")
     parser.add_argument("--paced-connections", type=int, default=16, help="the half load's")
     parser.add_argument("--no-ingest", action="store_true", help="run without predictlog")
+    parser.add_argument(
+        "--no-spool", action="store_true", help="the logging worker spools nothing to disk"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 

@@ -38,6 +38,7 @@ from kubernetes_validate.utils import latest_version
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from cormorant.common.bus.users import PLATFORM_USER, REPLICA_INBOX, REPLICA_PUBLISH, REPLICA_USER
 from cormorant.devstack.servers.nats import nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
@@ -512,16 +513,6 @@ def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> 
     assert egress_allowed(manifests, component("deployer", ns), address("10.96.0.1"), 443)
 
 
-REPLICA_PUBLISH = [
-    "cormorant.predictions.>",
-    "cormorant.metrics.>",
-    "$JS.API.STREAM.INFO.CORMORANT_PREDICTIONS",
-    "$JS.API.STREAM.INFO.CORMORANT_METRICS",
-]
-"""What the replica user may publish, as cormorant.devstack.servers.nats.REPLICA_PUBLISH (issue 13,
-branch contain) gives the local stack's NATS: compare with it once merged."""
-
-
 def nats_users(config: str) -> list[dict[str, Any]]:
     """The users of nats.conf's ``authorization`` block (JSON but for ``$VARIABLE`` values)."""
     block = config.split("authorization {", 1)[1].split("\n}\n", 1)[0]
@@ -535,12 +526,13 @@ def test_nats_takes_passwords_and_fences_the_replica_user(overlay: str, tmp_path
     manifests = rendered(overlay)
     config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
     platform, replica_user = nats_users(config)
-    assert platform == {"user": "cormorant", "password": "$NATS_PLATFORM_PASSWORD"}
-    assert replica_user["user"] == "replica"
+    # The same users and permissions as the local stack's nats-server (cormorant.common.bus.users).
+    assert platform == {"user": PLATFORM_USER, "password": "$NATS_PLATFORM_PASSWORD"}
+    assert replica_user["user"] == REPLICA_USER
     assert replica_user["password"] == "$NATS_REPLICA_PASSWORD"
     assert replica_user["permissions"] == {
-        "publish": {"allow": REPLICA_PUBLISH},
-        "subscribe": {"allow": ["_REPLICA_INBOX.>"]},
+        "publish": {"allow": list(REPLICA_PUBLISH)},
+        "subscribe": {"allow": [f"{REPLICA_INBOX}.>"]},
     }
     nats = find(manifests, "StatefulSet", "cormorant-nats")["spec"]["template"]["spec"]
     env = {e["name"]: e for e in nats["containers"][0]["env"]}
@@ -863,13 +855,6 @@ def test_image_runs_every_entry_point_as_a_non_root_user() -> None:
 
 # --- Settings named in the manifests ------------------------------------------------------
 
-NOT_YET_DOCUMENTED = {
-    "CORMORANT_DEPLOYER_REPLICA_NATS_URL",
-}
-"""The deployer's KubernetesFleet settings (issue 18, branch k8sfleet) and the replicas' NATS
-user (issue 13, branch contain): drop them from here once those branches merge and
-docs/configuration.md lists them."""
-
 
 def documented_variables() -> set[str]:
     """Every CORMORANT_* variable docs/configuration.md lists (generated from the settings)."""
@@ -894,7 +879,7 @@ def test_every_setting_the_manifests_and_compose_name_exists() -> None:
         named |= set(service.get("environment", {}))
     named = {name for name in named if name.startswith("CORMORANT_")}
     assert "CORMORANT_GATEWAY_DEPLOYER_URL" in named
-    assert named - documented_variables() - NOT_YET_DOCUMENTED == set()
+    assert named - documented_variables() == set()
 
 
 SETTINGS_CLASSES = {

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from cormorant.common.sandbox import DEFAULT_OPEN_FILES
+from cormorant.deployer.settings import DeployerSettings
 from tests.conftest import ROOT, Stack
 from tests.test_replicas import Load, wait_for
 from tests.test_web_endpoints import deploy
@@ -79,7 +80,7 @@ def test_hostile_predict_is_contained_and_its_neighbour_never_fails(stack: Stack
     assert shown["resources"]["max_processes"] == MAX_PROCESSES
     calm_view = client.endpoints.get(calm)
     calm_replica = next(e["replica_id"] for e in calm_view["events"] if e["state"] == "ready")
-    replicas_dir = stack.data_dir.parent / f"{stack.data_dir.name}-replicas"
+    replicas_dir = DeployerSettings(data_dir=stack.data_dir).resolved_sandbox_dir()
 
     with Load(stack, calm, calm_token, clients=2, seconds="steady") as load:
         # Files of the platform and of other endpoints.

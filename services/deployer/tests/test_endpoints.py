@@ -18,9 +18,11 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 WORKERS_1 = {"workers": 1}
 
 
-async def predict(url: str, value: Any) -> Any:
+async def predict(url: str, value: Any, headers: dict[str, str]) -> Any:
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{url}/predict", json={"input_params": value})
+        response = await client.post(
+            f"{url}/predict", json={"input_params": value}, headers=headers
+        )
     assert response.status_code == 200, response.text
     return response.json()["prediction"]
 
@@ -67,7 +69,7 @@ async def test_create_from_directory_deploys_then_runs_and_answers(
         [replica] = route["replicas"]
         assert replica["state"] == "ready"
         assert replica["version"] == "1"
-        answer = await predict(replica["url"], [5.1, 1.4, 0.2])
+        answer = await predict(replica["url"], [5.1, 1.4, 0.2], deployer.replica_headers(replica))
         assert answer["species"] == "setosa"
 
         table = (await deployer.client.get("/internal/routing")).json()
@@ -195,8 +197,8 @@ async def test_request_in_flight_when_the_endpoint_is_deleted_still_gets_its_ans
     )
     await deployer.create(name="slow", source=str(source), server=WORKERS_1)
     await deployer.wait_running("slow")
-    url = (await deployer.route("slow"))["replicas"][0]["url"]
-    in_flight = asyncio.create_task(predict(url, 1.5))
+    replica = (await deployer.route("slow"))["replicas"][0]
+    in_flight = asyncio.create_task(predict(replica["url"], 1.5, deployer.replica_headers(replica)))
     await eventually(lambda: _async(started.exists()), what="the prediction started")
 
     response = await deployer.client.delete("/api/v1/endpoints/slow")

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import nats
+import psutil
 import pytest
 
+from cormorant.common import bus
+from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.common.events import PredictionLogged
 from cormorant.common.ports import free_port
+from cormorant.devstack.testing.waits import eventually
 from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
@@ -275,3 +283,108 @@ async def test_the_fleet_reports_each_replica_change_as_it_happens(
     assert seen[1].url.startswith("http://127.0.0.1:")
     route = await deployer.route(created["slug"])
     assert [r["id"] for r in route["replicas"]] == [seen[1].replica_id]
+
+
+def spool_and_die(directory: Path, count: int) -> None:
+    """A worker's stand-in: spools ``count`` answered predictions, then is SIGKILLed (under
+    the uid of the replica that owns ``directory``, as its workers run)."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cormorant.common.bus.spool import SpoolWriter\n"
+        "writer = SpoolWriter(Path(sys.argv[1]))\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    writer.append((f'dead-{i}', 1700000000.5, 0.001, 200, i, i * 2, None, None))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    # Contained replicas run under a uid (and gid) of their own; otherwise under ours.
+    owner = directory.stat().st_uid if os.geteuid() == 0 else None
+    died = subprocess.run(
+        [sys.executable, "-c", code, str(directory), str(count)],
+        user=owner, group=owner, extra_groups=[] if owner is not None else None,
+        cwd="/", check=False,
+    )  # fmt: skip
+    assert died.returncode == -signal.SIGKILL
+
+
+async def logged_request_ids(nats_url: str, slug: str, prefix: str) -> list[str]:
+    """Request ids starting with ``prefix`` in the predictions stream for ``slug``."""
+    nc = await bus.connect(nats_url, name="spool-reader")
+    found: list[str] = []
+    try:
+        sub = await nc.jetstream().pull_subscribe(
+            PredictionLogged.subject_filter(slug), stream=PREDICTIONS_STREAM
+        )
+        while True:
+            try:
+                messages = await sub.fetch(10, timeout=1)
+            except nats.errors.TimeoutError:
+                break
+            for msg in messages:
+                for event in bus.decode_all(msg.data, msg.headers):
+                    if isinstance(event, PredictionLogged) and event.request_id.startswith(prefix):
+                        found.append(event.request_id)
+    finally:
+        await bus.close(nc)
+    return found
+
+
+async def test_a_killed_replicas_spooled_predictions_are_published_before_its_dir_goes(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """Predictions a replica's workers answered but had not published when the whole replica
+    was killed are published by the deployer (once) as it replaces the replica."""
+    await deployer.create(name="spooler", source=str(model_dir), server=WORKERS_1)
+    await deployer.wait_running("spooler")
+    marker = str(deployer.settings.data_dir)
+    pid = replica_pid(marker, "spooler")
+    directory = Path(psutil.Process(pid).environ()["CORMORANT_WORKER_SPOOL_DIR"])
+    assert directory.is_relative_to(deployer.settings.resolved_sandbox_dir())
+    spool_and_die(directory, 4)
+
+    os.killpg(pid, signal.SIGKILL)
+
+    await deployer.wait_for(
+        "spooler",
+        lambda e: e["restarts"] == 1 and e["replicas"]["ready"] == 1,
+        what="restarted and ready",
+    )
+    nats_url = deployer.settings.nats_url
+
+    async def published() -> list[str] | None:
+        ids = await logged_request_ids(nats_url, "spooler", "dead-")
+        return ids if len(ids) >= 4 else None
+
+    ids = await eventually(published, within=30, what="the spooled predictions published")
+    assert sorted(ids) == [f"dead-{i}" for i in range(4)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="replicas get uids of their own only as root")
+async def test_replica_directories_live_under_a_root_owned_root_outside_the_home(
+    deployer: DeployerHarness, model_dir: Path, tmp_path: Path
+) -> None:
+    """By default a stack run as root keeps its replicas' private directories under
+    ``sandbox_root`` (root's, 0711, one subdirectory per stack): the directories holding the
+    data directory (a home, say) are not opened to other users for them."""
+    settings = deployer.settings
+    assert settings.sandbox_dir is None
+    await deployer.create(name="rooted", source=str(model_dir), server=WORKERS_1)
+    await deployer.wait_running("rooted")
+    directory = settings.resolved_sandbox_dir()
+    assert directory.is_relative_to(settings.sandbox_root)
+    assert not directory.is_relative_to(tmp_path)
+    for path in (directory, *directory.parents):
+        if path == settings.sandbox_root.parent:
+            break
+        info = os.stat(path)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o711), path
+    [replica] = (await deployer.route("rooted"))["replicas"]
+    private = directory / replica["id"]
+    assert marker_in(private, replica_pid(str(settings.data_dir), "rooted"))
+    # The test's own directory (where the data directory is, as a home would be) stays closed.
+    assert not os.stat(tmp_path).st_mode & stat.S_IXOTH
+
+
+def marker_in(private: Path, pid: int) -> bool:
+    """Whether the replica ``pid`` runs from its private directory ``private``."""
+    return psutil.Process(pid).cwd().startswith(str(private))

@@ -23,9 +23,9 @@ def model(tmp_path: Path, name: str, answer: str) -> Path:
     return directory
 
 
-async def answer_of(url: str) -> Any:
+async def answer_of(url: str, headers: dict[str, str]) -> Any:
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{url}/predict", json={"input_params": 1})
+        response = await client.post(f"{url}/predict", json={"input_params": 1}, headers=headers)
     assert response.status_code == 200, response.text
     return response.json()["prediction"]
 
@@ -110,7 +110,7 @@ async def test_version_canary_promote_then_rollback_with_bad_input_refused(
     assert promoted["stable"] == "2"
     await eventually(lambda: _truthy(ready_versions(deployer, slug), {"2"}), what="v1 gone")
     [replica] = (await deployer.route(slug))["replicas"]
-    assert await answer_of(replica["url"]) == "two"
+    assert await answer_of(replica["url"], deployer.replica_headers(replica)) == "two"
     endpoint = await deployer.wait_running(slug)
     assert endpoint["version"] == "2"
     retired = await eventually(lambda: _status(deployer, slug, "1", "retired"), what="v1 retired")

@@ -94,9 +94,15 @@ def group(pid: int) -> list[int]:
     return members
 
 
-async def predict(url: str, value: Any) -> Any:
+async def predict(deployer: DeployerHarness, slug: str, value: Any) -> Any:
+    """``value`` predicted by the endpoint's first replica, called as the gateway calls it."""
+    routed = (await deployer.route(slug))["replicas"][0]
     async with httpx.AsyncClient() as client:
-        response = await client.post(f"{url}/predict", json={"input_params": value})
+        response = await client.post(
+            f"{routed['url']}/predict",
+            json={"input_params": value},
+            headers=deployer.replica_headers(routed),
+        )
     assert response.status_code == 200, response.text
     return response.json()["prediction"]
 
@@ -126,8 +132,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
         name="warm", source=str(model_dir), server={"workers": 2}, env={"FLAG": "on"}
     )
     await deployer.wait_running("warm")
-    url = (await deployer.route("warm"))["replicas"][0]["url"]
-    assert await predict(url, 21) == {"answer": "v1", "double": 42, "flag": "on"}
+    assert await predict(deployer, "warm", 21) == {"answer": "v1", "double": 42, "flag": "on"}
     process = replica(deployer, "warm")
     assert process.ppid() == template_pid(template)
     assert "--port" in process.cmdline()
@@ -141,7 +146,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
     after = await deployer.wait_running("warm")
     assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
     assert replica(deployer, "warm").pid == process.pid
-    assert await predict(url, 2) == {"answer": "v1", "double": 4, "flag": "on"}
+    assert await predict(deployer, "warm", 2) == {"answer": "v1", "double": 4, "flag": "on"}
 
     response = await deployer.client.delete("/api/v1/endpoints/warm")
     assert response.status_code in (200, 202, 204), response.text
@@ -212,8 +217,7 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
         return template.ready and template_pid(template) != old
 
     await eventually(replaced, within=120, what="a new worker template")
-    url = (await deployer.route("orphan"))["replicas"][0]["url"]
-    assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": None}
+    assert await predict(deployer, "orphan", 1) == {"answer": "v1", "double": 2, "flag": None}
 
     reason = await kill_and_await_restart(deployer, "orphan", first.pid)
     assert reason.startswith("exited; log tail:"), reason  # its exit code died with its parent
@@ -231,8 +235,7 @@ async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
         env={"OMP_NUM_THREADS": "1", "FLAG": "x"},
     )  # fmt: skip
     await deployer.wait_running("threads")
-    url = (await deployer.route("threads"))["replicas"][0]["url"]
-    assert await predict(url, 1) == {"answer": "v1", "double": 2, "flag": "x"}
+    assert await predict(deployer, "threads", 1) == {"answer": "v1", "double": 2, "flag": "x"}
     assert replica(deployer, "threads").ppid() == os.getpid()
     assert FORKED not in replica_log(deployer, "threads")
 
@@ -248,8 +251,7 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
         assert runtime.template is None
         await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
         await deployer.wait_running("plain")
-        url = (await deployer.route("plain"))["replicas"][0]["url"]
-        assert await predict(url, 4) == {"answer": "v1", "double": 8, "flag": None}
+        assert await predict(deployer, "plain", 4) == {"answer": "v1", "double": 8, "flag": None}
         assert replica(deployer, "plain").ppid() == os.getpid()
         assert FORKED not in replica_log(deployer, "plain")
 

@@ -21,10 +21,12 @@ WORKERS_1 = {"workers": 1}
 
 
 async def predict(harness: DeployerHarness, slug: str, value: Any) -> Any:
-    route = await harness.route(slug)
+    replica = (await harness.route(slug))["replicas"][0]
     async with httpx.AsyncClient() as client:
         response = await client.post(
-            f"{route['replicas'][0]['url']}/predict", json={"input_params": value}
+            f"{replica['url']}/predict",
+            json={"input_params": value},
+            headers=harness.replica_headers(replica),
         )
     assert response.status_code == 200, response.text
     return response.json()["prediction"]

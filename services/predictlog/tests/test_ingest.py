@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from cormorant.common import bus
-from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM
+from cormorant.common.bus import METRICS_STREAM, PREDICTIONS_STREAM, spool
 from cormorant.common.db import upgrade
 from cormorant.common.events import MSG_ID_HEADER, MetricLogged
 from cormorant.devstack.servers import NatsServer, PostgresServer
@@ -296,3 +296,39 @@ async def test_nothing_is_lost_while_postgresql_restarts(nats_url: str) -> None:
     finally:
         postgres.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+async def test_predictions_replayed_from_a_spool_are_stored_once(
+    client: httpx.AsyncClient, kit: LogKit, tmp_path: Path
+) -> None:
+    """A dead worker's spool replayed after some of its rows were published already (in
+    other packs, under other ``Nats-Msg-Id``s): each prediction is one row, keyed on its
+    request id and received-at time."""
+    events = [kit.prediction(i) for i in range(40)]
+    await kit.publish(events[:25])
+    await kit.wait_rows(25, within=30)
+    writer = spool.SpoolWriter(tmp_path)
+    for e in events[10:]:
+        writer.append(
+            (e.request_id, e.received_at.timestamp(), e.latency_ms / 1000, e.status, e.input,
+             e.output, e.error, e.trace_id)
+        )  # fmt: skip
+    writer.close()  # its writer is gone: an orphan
+    nc = await bus.connect(kit.nats_url, name="replayer")
+    try:
+        publisher = bus.BatchedPublisher(nc, name="replayer")
+        await publisher.start()
+        labels = spool.Labels(events[0].endpoint, None, events[0].version)
+        assert spool.replay(tmp_path, labels, publisher, events[0].subject) == 30
+        assert await publisher.flush(30)
+        await publisher.stop()
+    finally:
+        await bus.close(nc)
+    await kit.wait_rows(40, within=30)
+
+    async def drained() -> bool:
+        text = (await client.get("/metrics")).text
+        return sample(text, "cormorant_predictlog_consumer_pending", stream=PREDICTIONS_STREAM) == 0
+
+    await eventually(drained, within=30, what="the consumer drained")
+    assert await kit.counts() == (40, 40)

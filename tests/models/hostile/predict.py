@@ -1,8 +1,11 @@
 """A hostile model: each action tries something a contained replica must not get away with."""
 
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 
 
 def _attempt(call):
@@ -48,6 +51,42 @@ def _fork(count):
     return {"forked": len(children), "error": error}
 
 
+def _post(url, headers):
+    body = json.dumps({"input_params": 1}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {"status": response.status}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code}
+    except OSError as exc:
+        return {"status": None, "error": type(exc).__name__}
+
+
+def _nats():
+    import asyncio
+
+    import nats
+
+    async def attempt():
+        refused = []
+
+        async def on_error(exc):
+            refused.append(str(exc))
+
+        nc = await nats.connect(
+            os.environ["CORMORANT_NATS_URL"], error_cb=on_error, allow_reconnect=False
+        )
+        await nc.publish("cormorant.replica.forged", b"{}")
+        await nc.subscribe("cormorant.>")
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        await nc.close()
+        return refused
+
+    return asyncio.run(attempt())
+
+
 def predict(action, arg=None):
     """Run ``action`` (with ``arg``) and say how it went."""
     if action == "read":
@@ -78,4 +117,8 @@ def predict(action, arg=None):
             pass
     if action == "exit":
         os._exit(1)
+    if action == "nats":  # a platform event published, events subscribed: what is refused
+        return _nats()
+    if action == "post":  # arg: [url, headers]
+        return _post(arg[0], arg[1])
     return action

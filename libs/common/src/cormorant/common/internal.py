@@ -5,6 +5,12 @@ with ``Authorization: Bearer <internal secret>``; the gateway checks admin keys 
 tokens, then adds it. ``create_service_app`` installs the check on every app, so a new route or
 a new service cannot forget it; ``InternalAuth`` is the one way a client adds it. Replicas never
 receive the secret: the deployer's calls to a replica go out without it.
+
+A replica's own port answers only the platform too: each replica has a **replica key**
+(``replica_key``), an HMAC of its id under the internal secret. The deployer hands it to that
+replica alone (its ``CORMORANT_WORKER_REPLICA_KEY``); the gateway and the batch service, which
+hold the secret, compute it for the replica they call and send it as ``Cormorant-Replica-Key``.
+Nothing stores or transports it, and a replica cannot work out another's from its own.
 """
 
 from __future__ import annotations
@@ -27,6 +33,39 @@ PLATFORM_SECRET_VARIABLES = frozenset({"CORMORANT_INTERNAL_SECRET", "CORMORANT_D
 """Variables a service holds that must never reach a replica's environment (user code)."""
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 """Paths every service answers without the credential: probes and the Prometheus scrape."""
+REPLICA_KEY_PREFIX = "cmr_"
+REPLICA_KEY_HEADER = "cormorant-replica-key"
+"""The header a replica's callers carry its key in."""
+REPLICA_KEY_VARIABLE = "CORMORANT_WORKER_REPLICA_KEY"
+"""The replica's own key, in its environment (the worker's ``replica_key`` setting)."""
+
+
+def replica_key(secret: SecretStr | str, replica_id: str) -> str:
+    """The key of replica ``replica_id``: an HMAC-SHA-256 of its id under the internal secret."""
+    digest = hmac.new(
+        _secret_value(secret).encode(), b"cormorant-replica-key\n" + replica_id.encode(), "sha256"
+    )
+    return REPLICA_KEY_PREFIX + digest.hexdigest()
+
+
+class ReplicaKeys:
+    """Replica keys of the replicas a service calls, computed once each (an HMAC is ~1 µs)."""
+
+    def __init__(self, secret: SecretStr | str | None, *, limit: int = 10_000) -> None:
+        self._secret = _secret_value(secret) if secret else None
+        self._keys: dict[str, str] = {}
+        self._limit = limit
+
+    def __call__(self, replica_id: str) -> str | None:
+        """The key of ``replica_id``; None without a secret (replicas then take no key)."""
+        if self._secret is None:
+            return None
+        key = self._keys.get(replica_id)
+        if key is None:
+            if len(self._keys) >= self._limit:
+                self._keys.clear()  # replicas come and go; keep the cache bounded
+            key = self._keys[replica_id] = replica_key(self._secret, replica_id)
+        return key
 
 
 def generate_internal_secret() -> str:
@@ -60,6 +99,18 @@ def internal_client(settings: CommonSettings, **options: Any) -> httpx.AsyncClie
 
 def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
+
+
+class ReplicaKeyCheck:
+    """A replica's check of the key its callers present (constant time: digests of equal
+    length, so not even the length leaks)."""
+
+    def __init__(self, key: SecretStr | str) -> None:
+        self._expected = _digest(_secret_value(key).encode())
+
+    def allowed(self, presented: bytes | None) -> bool:
+        """Whether ``presented`` (the header's value) is this replica's key."""
+        return presented is not None and hmac.compare_digest(_digest(presented), self._expected)
 
 
 class RequireInternal:

@@ -33,6 +33,7 @@ from cormorant.common.ports import port_open
 from cormorant.common.retry import Backoff
 from cormorant.common.settings import CommonSettings
 from cormorant.devstack.servers import ManagedProcess, NatsServer, PostgresServer
+from cormorant.devstack.servers.nats import NatsUsers, generate_nats_password
 from cormorant.devstack.servers.postgres import generate_password
 from cormorant.sdk.stackfile import (
     INTERNAL_SECRET_FILE,
@@ -227,12 +228,15 @@ def _identity(process: ManagedProcess) -> dict[str, Any]:
 
 def stack_secrets(data_dir: Path) -> dict[str, str]:
     """The stack's secrets, generated the first time and kept after (mode 0600): the internal
-    credential of its services, and the PostgreSQL superuser's and application role's
-    passwords (the embedded cluster keeps them, so they must outlive a restart)."""
+    credential of its services, the PostgreSQL superuser's and application role's passwords
+    (the embedded cluster keeps them, so they must outlive a restart), and the NATS platform
+    and replica users' passwords."""
     makers = {
         "internal_secret": generate_internal_secret,
         "postgres_superuser_password": generate_password,
         "postgres_password": generate_password,
+        "nats_password": generate_nats_password,
+        "nats_replica_password": generate_nats_password,
     }
     path = data_dir / SECRETS_FILE
     found = read_private_json(path) or {}
@@ -336,7 +340,12 @@ class Supervisor:
         settings = self.settings
         secrets = stack_secrets(self.data_dir)
         internal = secrets["internal_secret"]
-        nats = NatsServer(self.data_dir / "nats", host=settings.host, port=settings.nats_port)
+        nats = NatsServer(
+            self.data_dir / "nats",
+            host=settings.host,
+            port=settings.nats_port,
+            users=NatsUsers(secrets["nats_password"], secrets["nats_replica_password"]),
+        )
         nats.parent_death_signal = signal.SIGTERM
         if settings.database_url is not None:
             return Stack(settings, self.data_dir, nats, None, settings.database_url, internal)
@@ -371,6 +380,8 @@ class Supervisor:
             # `make down` leaves no process: the deployer stops its replicas when it stops,
             # and the kernel ends them if it dies (its restart starts them again).
             "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
+            # Replicas publish predictions and metrics as a user that may do nothing else.
+            "CORMORANT_DEPLOYER_REPLICA_NATS_URL": nats.replica_url,
         }
         # The gateway forwards the management API to the services that own it.
         for spec in service_specs(settings)[:-1]:

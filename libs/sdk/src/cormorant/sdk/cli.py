@@ -66,7 +66,7 @@ def _health(url: str) -> str:
 
 
 def _without_password(url: str | None) -> str | None:
-    """A database URL fit for a terminal: the password masked (the stack file holds it)."""
+    """A database or NATS URL fit for a terminal: the password masked (the stack file holds it)."""
     if not url:
         return url
     from sqlalchemy.engine import make_url
@@ -82,7 +82,7 @@ def _print_stack(stack: dict[str, Any]) -> None:
     for name, info in stack.get("services", {}).items():
         table.add_row(name, info["url"], _health(info["url"]))
     console.print(table)
-    console.print(f"NATS:       {stack.get('nats_url')}")
+    console.print(f"NATS:       {_without_password(stack.get('nats_url'))}")
     console.print(f"PostgreSQL: {_without_password(stack.get('database_url'))}")
     console.print(f"Admin key:  {stack.get('admin_key')}")
     console.print(f"Stack file: {Path(stack.get('data_dir', '.')) / 'stack.json'}")

@@ -55,7 +55,7 @@ from cormorant.common.errors import (
     ServiceUnavailable,
 )
 from cormorant.common.events import BatchJobChanged, BatchJobStatus
-from cormorant.common.internal import InternalAuth
+from cormorant.common.internal import REPLICA_KEY_HEADER, InternalAuth, ReplicaKeys
 from cormorant.common.predictor.arrow_rows import (
     ARROW_STREAM,
     decode_results,
@@ -155,6 +155,8 @@ class BatchService:
         publisher: BatchedPublisher,
     ) -> None:
         self.settings = settings
+        self.replica_keys = ReplicaKeys(settings.internal_secret)
+        """Each replica's key, sent with every chunk (its port refuses calls without it)."""
         self.sessions = sessions
         self.capacity = capacity
         self.datasets = datasets
@@ -464,6 +466,9 @@ class BatchService:
                 await held.wait_ready(self.settings.ready_timeout_s)
                 continue
             replica_id, url = replicas[next(turn) % len(replicas)]
+            key = self.replica_keys(replica_id)
+            if key is not None:
+                headers[REPLICA_KEY_HEADER] = key
             try:
                 response = await self.http.post(
                     url + _BATCH_PATH, content=body, headers=headers, timeout=target.timeout_s

@@ -96,7 +96,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                     publisher=publisher,
                     http=http,
                     cluster=cluster,
-                    runtime=local_runtime(resolved, contained),
+                    runtime=local_runtime(resolved, contained, spool_sink=publisher),
                     registry=registry,
                 )
             else:
@@ -106,7 +106,7 @@ def create_app(settings: DeployerSettings) -> FastAPI:
                     snapshots=snapshots,
                     publisher=publisher,
                     http=http,
-                    runtime=local_runtime(resolved, contained),
+                    runtime=local_runtime(resolved, contained, spool_sink=publisher),
                     registry=registry,
                 )
             # Closed before the HTTP client, the bus and the database (last in, first out).

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from cormorant.common.sandbox import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
@@ -175,10 +176,21 @@ class DeployerSettings(ServiceSettings):
     endpoint's ``resources`` limits and ``no_new_privs``. Off: replicas run as this service,
     in its environment (for development only)."""
 
+    replica_nats_url: SecretStr | None = None
+    """The NATS URL replicas connect with, as a user that may only publish predictions and
+    metrics (``cormorant up`` sets it); unset: the services' own ``nats_url``."""
+
     sandbox_dir: Path | None = None
-    """Where replicas' private directories are made (unset: beside the data directory, named
-    like it with ``-replicas`` added). It must lie outside the data directory, which replicas
-    cannot enter; its parents are opened for traversal."""
+    """Where replicas' private directories are made. Unset: under ``sandbox_root`` when this
+    service runs as root, else beside the data directory (named like it with ``-replicas``
+    added). It must lie outside the data directory, which replicas cannot enter; its parents
+    are opened for traversal."""
+
+    sandbox_root: Path = Path("/var/lib/cormorant/replicas")
+    """Where a stack run as root keeps its replicas' private directories by default: a
+    root-owned 0711 directory outside any home (so no home directory has to let other users
+    traverse it), one subdirectory per stack: the path it would have beside the data
+    directory, mirrored under this one (``<root>/home/me/app/.cormorant-replicas``)."""
 
     sandbox_uid_base: int = Field(default=DEFAULT_UID_BASE, ge=1000)
     """First of the uids given to replicas, one each (they need no passwd entry)."""
@@ -232,7 +244,12 @@ class DeployerSettings(ServiceSettings):
         if self.sandbox_dir is not None:
             return self.sandbox_dir
         data_dir = self.data_dir.resolve()
-        return data_dir.parent / f"{data_dir.name}-replicas"
+        beside = data_dir.parent / f"{data_dir.name}-replicas"
+        if os.geteuid() == 0:
+            # One per stack (several share a machine: a developer's, the tests'), at the path
+            # it would have beside the data directory, mirrored under the root.
+            return self.sandbox_root / beside.relative_to(beside.anchor)
+        return beside
 
     def template_command(self) -> list[str] | None:
         """The worker template's command, or None when replicas start as fresh processes."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -19,11 +20,11 @@ import psutil
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from cormorant.common.internal import InternalAuth
+from cormorant.common.internal import REPLICA_KEY_HEADER, InternalAuth, replica_key
+from cormorant.devstack.testing.waits import eventually
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.devstack.testing.waits import eventually
 
 BASE_URL = "http://deployer"
 
@@ -104,6 +105,13 @@ class DeployerHarness:
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
+
+    def replica_headers(self, replica: Mapping[str, Any]) -> dict[str, str]:
+        """The header a replica's port asks of its callers (its key), for a routing
+        document's ``replica``, as the gateway sends it."""
+        secret = self.settings.internal_secret
+        assert secret is not None, "replica keys come from the internal secret"
+        return {REPLICA_KEY_HEADER: replica_key(secret, str(replica["id"]))}
 
     async def route(self, slug: str) -> dict[str, Any]:
         """The endpoint's routing document."""
@@ -190,7 +198,8 @@ def pid_gone(pid: int) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_deployer(settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
-    """A started deployer; once it stops, every replica it started is killed."""
+    """A started deployer; once it stops, every replica it started is killed and their
+    private directories (outside the test's directory, as root) removed."""
     harness = DeployerHarness(settings)
     try:
         await harness.start()
@@ -200,3 +209,4 @@ async def running_deployer(settings: DeployerSettings) -> AsyncIterator[Deployer
             await harness.stop()
         finally:
             kill_workers(str(settings.data_dir))
+            shutil.rmtree(settings.resolved_sandbox_dir(), ignore_errors=True)

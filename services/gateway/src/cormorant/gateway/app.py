@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
-from cormorant.common.internal import internal_client
+from cormorant.common.internal import ReplicaKeys, internal_client
 from cormorant.common.openapi import install_error_documentation
 from cormorant.common.retry import Backoff
 from cormorant.common.telemetry import metrics_response, new_registry, setup_tracing
@@ -86,6 +86,7 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
         connect_attempts=settings.connect_attempts,
         replica_cooldown_s=settings.replica_cooldown_s,
         prediction_log=prediction_log,
+        replica_keys=ReplicaKeys(settings.internal_secret),
     )
     mirror = ShadowMirror(
         predict_path,

@@ -14,6 +14,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from cormorant.common.errors import CormorantError
+from cormorant.common.internal import ReplicaKeys
 from cormorant.common.telemetry import extract_context, inject_context
 from cormorant.gateway.auth import Credentials
 from cormorant.gateway.errors import (
@@ -99,8 +100,11 @@ class PredictPath:
         replica_cooldown_s: float = 2.0,
         tracer: trace.Tracer | None = None,
         prediction_log: PredictionLog | None = None,
+        replica_keys: ReplicaKeys | None = None,
     ) -> None:
         self.table = table
+        self.replica_keys = replica_keys
+        """Each replica's key, sent with every request to it (its port refuses others)."""
         self.credentials = credentials
         self.metrics = metrics
         self.prediction_log = prediction_log or PredictionLog(metrics, enabled=False, max_bytes=0)
@@ -170,6 +174,10 @@ class PredictPath:
             raise
         if not shadow:
             route.requests += 1
+        keys = self.replica_keys
+        key = keys(replica.id) if keys is not None else None
+        if key is not None:
+            extra += b"cormorant-replica-key: %s\r\n" % key.encode("latin-1")
         head = (
             b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
             b"x-request-id: %s\r\n%s\r\n"

@@ -21,6 +21,7 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
+from cormorant.common.bus.replica import shown
 from cormorant.common.events import MetricLogged, PredictionLogged
 from cormorant.common.predictor import JSONValue
 from cormorant.kafka_bridge.metrics import BridgeMetrics
@@ -124,7 +125,7 @@ class PredictionLog:
         settings = self.settings
         if not await bus.reachable(settings.nats_url, settings.nats_connect_timeout):
             log.warning("NATS at %s is not reachable: predictions will not be logged",
-                        settings.nats_url)  # fmt: skip
+                        shown(settings.nats_url))  # fmt: skip
             return
         try:
             self.publisher = await self._resources.enter_async_context(
@@ -133,7 +134,7 @@ class PredictionLog:
         except Exception as exc:
             log.warning("predictions will not be logged: %s: %s", type(exc).__name__, exc)
             return
-        log.info("logging predictions to %s", settings.nats_url)
+        log.info("logging predictions to %s", shown(settings.nats_url))
 
 
 def logged_input(value: bytes | None) -> str | None:

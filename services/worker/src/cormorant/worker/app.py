@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from cormorant.common.errors import error_response, install_error_handlers
+from cormorant.common.internal import OPEN_PATHS, REPLICA_KEY_HEADER, ReplicaKeyCheck
 from cormorant.common.predictor import (
     PredictContext,
     Predictor,
@@ -42,17 +43,42 @@ TITLE = "cormorant-worker"
 
 
 class WorkerApp(FastAPI):
-    """FastAPI, with ``/predict`` answered before any of FastAPI's own layers run."""
+    """FastAPI, with ``/predict`` answered before any of FastAPI's own layers run, and every
+    route but the probes closed to callers without the replica's key."""
 
     predict: PredictHandler | None = None
     """Set when ``/predict`` skips FastAPI's layers (when the replica traces nothing)."""
+    replica_key: ReplicaKeyCheck | None = None
+    """Set when callers must present the replica's key (as the deployer runs replicas)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Hand ``/predict`` to its raw handler; everything else to FastAPI."""
-        if self.predict is not None and scope["type"] == "http" and scope["path"] == PREDICT_PATH:
-            await answer_predict(self.predict, scope, receive, send)
-            return
+        """Refuse a call without the key; hand ``/predict`` to its raw handler; everything
+        else to FastAPI."""
+        if scope["type"] == "http":
+            key = self.replica_key
+            if key is not None and scope["path"] not in OPEN_PATHS:
+                presented = None
+                for name, value in scope["headers"]:
+                    if name == _KEY_HEADER:
+                        presented = value
+                        break
+                if not key.allowed(presented):
+                    await _KEY_REQUIRED(scope, receive, send)
+                    return
+            if self.predict is not None and scope["path"] == PREDICT_PATH:
+                await answer_predict(self.predict, scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+
+_KEY_HEADER = REPLICA_KEY_HEADER.encode("latin-1")
+_KEY_REQUIRED = error_response(
+    401,
+    "replica_key_required",
+    "this is a replica's own port: it answers only Cormorant's gateway and batch service, "
+    "which carry the replica's key; call the gateway's /api/v1/endpoints/{slug}/predict with "
+    "the endpoint's token instead",
+)
 
 
 def create_app(
@@ -131,6 +157,8 @@ def create_app(
 
     # Not create_service_app: this class answers predict first (as the gateway's does).
     app = WorkerApp(title=TITLE, version="0.1.0", lifespan=lifespan)
+    if settings.replica_key is not None:
+        app.replica_key = ReplicaKeyCheck(settings.replica_key)
     install_error_handlers(app)
 
     identity = replica_identity()

@@ -16,8 +16,11 @@ of CPU per message stored and delivered (goroutine wake-ups, mostly). Logging co
 45-60 µs per prediction with one event per message every 5 ms, about 10 µs with line packs of
 1,024 built event by event, and 2-3 µs with column packs (``bench/logging_overhead.py``). The
 events stay in memory a little longer: they are handed over (and flushed) when the replica
-stops, lost only if it is killed. Each event keeps its own trace context, taken from the
-request's span when the replica traces.
+stops. With a spool (``spool_dir``, which the deployer sets for every replica), each
+prediction is also written to disk before its answer leaves and kept there until JetStream
+acknowledged it, so a worker killed meanwhile loses none: the next worker process (or the
+deployer, for a replica it removes) publishes what it left (``bus.spool``). Each event keeps
+its own trace context, taken from the request's span when the replica traces.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from prometheus_client import CollectorRegistry
 
 from cormorant.common import bus
 from cormorant.common.bus import Pack
+from cormorant.common.bus.replica import shown
+from cormorant.common.bus.spool import Labels, Segment, SpoolWriter, replay
 from cormorant.common.events import InvalidSubjectToken, MetricLogged, PredictionLogged
 from cormorant.worker.metrics import WorkerMetrics
 from cormorant.worker.settings import WorkerSettings
@@ -116,6 +121,12 @@ class ReplicaEvents:
         self._endpoint_id = settings.endpoint_id
         self._version = settings.version
         self._subject = f"{PredictionLogged.subject_prefix}.{settings.endpoint}"
+        self._spool: SpoolWriter | None = None
+        if settings.spool_dir is not None and self.log_predictions:
+            try:
+                self._spool = SpoolWriter(settings.spool_dir)
+            except OSError as exc:
+                log.warning("predictions are not spooled to %s: %s", settings.spool_dir, exc)
 
     async def __aenter__(self) -> ReplicaEvents:
         self._loop = asyncio.get_running_loop()
@@ -130,10 +141,13 @@ class ReplicaEvents:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        # The last predictions go to the publisher, which flushes them as it stops.
+        # The last predictions go to the publisher, which flushes them as it stops; what it
+        # could not publish stays in the spool for the next worker.
         self._hand_over()
         self.publisher = None
         await self._resources.aclose()
+        if self._spool is not None:
+            self._spool.close()
 
     def prediction(
         self,
@@ -161,6 +175,12 @@ class ReplicaEvents:
         # None rather than an empty dict: a tuple of plain values leaves the garbage
         # collector's care at its first pass, instead of being traced until it is sent.
         context = _span_context() if self._traced else None
+        if self._spool is not None:
+            # On disk before the answer leaves: a kill from now on loses nothing.
+            self._spool.append(
+                (request_id, received_at, latency_s, status, input_value, output, error,
+                 trace_id)
+            )  # fmt: skip
         pending = self._pending
         size += _EVENT_BYTES
         pending.append(
@@ -187,6 +207,7 @@ class ReplicaEvents:
             self._handover = None
         pending, self._pending = self._pending, []
         size, self._pending_bytes = self._pending_bytes, 0
+        segment = self._spool.seal() if self._spool is not None else None
         if not pending:
             return
         publisher = self.publisher
@@ -201,7 +222,7 @@ class ReplicaEvents:
             packed.left_out += left_out
             if pack is not None:
                 packed.packs.append(pack)
-        self.publish_packs(packed)
+        self.publish_packs(packed, segment)
 
     def _columns(self, pending: list[_Pending], occurred_at: datetime) -> bus.PredictionColumns:
         (request_ids, received, latencies, statuses, inputs, outputs, errors, trace_ids,
@@ -248,18 +269,26 @@ class ReplicaEvents:
                 packs.append(pack)
         return RowPacks(packs, left_out)
 
-    def publish_packs(self, packs: RowPacks) -> None:
-        """Queue packs of predictions on the publisher; call on the loop thread."""
+    def publish_packs(self, packs: RowPacks, segment: Segment | None = None) -> None:
+        """Queue packs of predictions on the publisher; call on the loop thread. ``segment``
+        (the spool's rows of these packs) is deleted once every pack is acknowledged."""
         for request_id, reason in packs.left_out[:10]:
             log.warning("prediction %s not logged: %s", request_id, reason)
         dropped = len(packs.left_out)
         published = 0
         publisher = self.publisher
+        settle = segment.settle if segment is not None else None
         for pack in packs.packs:
-            if publisher is not None and publisher.publish_pack(self._subject, pack):
+            if publisher is not None and publisher.publish_pack(
+                self._subject, pack, on_settled=settle
+            ):
                 published += pack.count
             else:
+                # Dropped (the buffer is full: NATS has been away for long): given up on
+                # disk too, or a long outage would fill the disk with what no one publishes.
                 dropped += pack.count
+                if settle is not None:
+                    settle(pack.count)
         if published:
             self._prediction_published.inc(published)
         if dropped:
@@ -306,7 +335,7 @@ class ReplicaEvents:
         while not await bus.reachable(self.settings.nats_url, self.settings.nats_connect_timeout):
             if delay == 1.0:
                 log.warning("NATS at %s is not reachable: predictions and metrics are not "
-                            "published until it is", self.settings.nats_url)  # fmt: skip
+                            "published until it is", shown(self.settings.nats_url))  # fmt: skip
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
         try:
@@ -317,7 +346,24 @@ class ReplicaEvents:
             log.warning("events will not be published: %s: %s", type(exc).__name__, exc)
             return
         self.publisher = publisher
-        log.info("publishing predictions and metrics to %s", self.settings.nats_url)
+        log.info("publishing predictions and metrics to %s", shown(self.settings.nats_url))
+        if self._spool is not None:
+            self.replay_spool()
+
+    def replay_spool(self) -> int:
+        """Publish what dead workers of this replica left in the spool; the rows queued."""
+        publisher = self.publisher
+        if self._spool is None or publisher is None:
+            return 0
+        labels = Labels(self._endpoint, self._endpoint_id, self._version)
+        try:
+            queued = replay(self._spool.directory, labels, publisher, self._subject)
+        except OSError as exc:
+            log.warning("the prediction spool %s was not replayed: %s", self._spool.directory, exc)
+            return 0
+        if queued:
+            self._prediction_published.inc(queued)
+        return queued
 
 
 def replica_events(settings: WorkerSettings, metrics: WorkerMetrics) -> ReplicaEvents:

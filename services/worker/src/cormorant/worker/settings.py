@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.predictor import DEFAULT_MAX_FILE_BYTES, PredictorSpec
@@ -73,6 +73,17 @@ class WorkerSettings(ServiceSettings):
     log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, gt=0)
     """Largest input or output (in bytes of JSON) kept in a prediction's log event; a larger
     one is logged as a short note of its size, so the event still fits in a NATS message."""
+
+    replica_key: SecretStr | None = None
+    """The key every caller must present in ``Cormorant-Replica-Key`` (the deployer gives each
+    replica its own; the gateway and the batch service compute it): without it every route
+    but ``/healthz`` and ``/metrics`` answers 401. Unset: the port answers anyone (a worker
+    run by hand)."""
+
+    spool_dir: Path | None = None
+    """Directory of the prediction spool: each answered prediction is written there before
+    its answer leaves and kept until JetStream has it, so a killed worker loses none (a
+    worker replays what a dead one left); unset: predictions wait for NATS in memory only."""
 
     publish_metrics: bool = True
     """Publish ``Endpoint().log_metric`` values to NATS when the server is reachable."""

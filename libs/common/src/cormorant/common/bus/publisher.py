@@ -72,6 +72,8 @@ class _Outgoing:
     """A producer-built pack's smaller packs, sent instead should it be refused."""
     packed: bool = False
     """Built by its producer (``publish_pack``): sent as it is, never packed with others."""
+    on_settled: Callable[[int], None] | None = None
+    """Told how many of its events are done with: acknowledged, or refused for good."""
 
 
 def _add_context(headers: dict[str, str], context: Mapping[str, str] | None) -> None:
@@ -223,15 +225,23 @@ class BatchedPublisher:
         self._enqueue(_Outgoing(subject, payload, headers, event_type, event_id))
         return True
 
-    def publish_pack(self, subject: str, pack: packing.Pack) -> bool:
+    def publish_pack(
+        self,
+        subject: str,
+        pack: packing.Pack,
+        *,
+        on_settled: Callable[[int], None] | None = None,
+    ) -> bool:
         """Queue a pack its producer built; False and ``pack.count`` drops if it cannot be.
 
         It leaves as it is, in one message, with its own headers; should the server refuse
-        it as too large, ``pack.split`` gives the packs sent instead.
+        it as too large, ``pack.split`` gives the packs sent instead. ``on_settled(count)``
+        is called (on the loop) as its events are acknowledged or refused for good, never
+        for events left unpublished when the publisher stops (their producer may keep them).
         """
         if self._refuses(pack.count):
             return False
-        self._enqueue(self._outgoing(subject, pack))
+        self._enqueue(self._outgoing(subject, pack, on_settled))
         return True
 
     @property
@@ -310,7 +320,9 @@ class BatchedPublisher:
         return _Outgoing(event.subject, event.encode(), headers, event.event_type, event.event_id)
 
     @staticmethod
-    def _outgoing(subject: str, pack: packing.Pack) -> _Outgoing:
+    def _outgoing(
+        subject: str, pack: packing.Pack, on_settled: Callable[[int], None] | None = None
+    ) -> _Outgoing:
         return _Outgoing(
             subject,
             pack.payload,
@@ -320,6 +332,7 @@ class BatchedPublisher:
             count=pack.count,
             split=pack.split,
             packed=True,
+            on_settled=on_settled,
         )
 
     def _offer(self, item: _Outgoing) -> None:
@@ -484,7 +497,7 @@ class BatchedPublisher:
             return
         count = item.count
         if item.split is not None:
-            parts = [self._outgoing(item.subject, pack) for pack in item.split()]
+            parts = [self._outgoing(item.subject, pack, item.on_settled) for pack in item.split()]
             self._retry.extend(parts)
             self._wakeup.set()
             # What the smaller packs leave out (an event too large alone) is dropped here.
@@ -493,6 +506,8 @@ class BatchedPublisher:
                 return
         self._settled(count)
         self._drop(count, "rejected", detail)
+        if item.on_settled is not None:
+            item.on_settled(count)
 
     async def _on_ack(self, msg: Msg) -> None:
         item = self._sent(msg.subject[len(self._reply_prefix) :])
@@ -516,6 +531,8 @@ class BatchedPublisher:
                 stats.duplicates += item.count
             self._backoff_level = 0
             self._settled(item.count)
+            if item.on_settled is not None:
+                item.on_settled(item.count)
         elif error.get("code") == 400:
             # A bad request (message too large for the stream...) fails the same way forever.
             self._refused(item, f"{error.get('description')} on {item.subject}")

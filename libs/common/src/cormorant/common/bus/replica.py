@@ -8,11 +8,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.bus.connection import close, connect
 from cormorant.common.bus.publisher import PACK_EVENTS, BatchedPublisher
-from cormorant.common.bus.streams import ensure_streams
+from cormorant.common.bus.streams import METRICS_STREAM, PREDICTIONS_STREAM, ensure_streams
+from cormorant.common.bus.users import REPLICA_INBOX
+
+
+def shown(url: str) -> str:
+    """A NATS URL fit for a log line: each server's password masked."""
+    parts = []
+    for server in url.split(","):
+        split = urlsplit(server.strip())
+        if split.password:
+            netloc = f"{split.username}:***@{split.hostname}:{split.port}"
+            server = split._replace(netloc=netloc).geturl()
+        parts.append(server.strip())
+    return ",".join(parts)
 
 
 async def reachable(url: str, seconds: float) -> bool:
@@ -48,10 +63,11 @@ async def replica_publisher(
     metrics only, whose streams are read through ``unpack``.
     """
     # connect() waits for a server forever; a replica must not, it serves without NATS.
+    # Its replies come on the one inbox prefix its NATS user may subscribe to.
     async with asyncio.timeout(connect_timeout):
-        client = await connect(url, name=client_name)
+        client = await connect(url, name=client_name, inbox_prefix=REPLICA_INBOX)
     try:
-        await ensure_streams(client.jetstream())
+        await _streams_exist(client.jetstream())
         publisher = BatchedPublisher(
             client, name=publisher_name, registry=registry, max_pack=max_pack
         )
@@ -62,3 +78,13 @@ async def replica_publisher(
             await publisher.stop()
     finally:
         await close(client)
+
+
+async def _streams_exist(js: JetStreamContext) -> None:
+    """Make sure the streams exist: looked up (all a replica's NATS user may do, once the
+    platform made them), created only where they are missing (a worker run on its own)."""
+    try:
+        for name in (PREDICTIONS_STREAM, METRICS_STREAM):
+            await js.stream_info(name)
+    except NotFoundError:
+        await ensure_streams(js)

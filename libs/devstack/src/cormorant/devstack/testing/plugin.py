@@ -15,6 +15,7 @@ import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cormorant.devstack.servers import KafkaBroker, NatsServer, PostgresServer
+from cormorant.devstack.servers.nats import NatsUsers, generate_nats_password
 
 
 class ExternalServers(BaseSettings):
@@ -38,20 +39,27 @@ def external_servers() -> ExternalServers:
     return ExternalServers()
 
 
+def fresh_nats_users() -> NatsUsers:
+    """Fresh passwords for a test's nats-server."""
+    return NatsUsers(generate_nats_password(), generate_nats_password())
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server of this test's own (it may kill and restart it)."""
-    with NatsServer(tmp_path / "nats") as server:
+    """A nats-server of this test's own (it may kill and restart it), taking passwords as
+    the stack's does: ``url`` is the platform user's, ``replica_url`` the replica user's."""
+    with NatsServer(tmp_path / "nats", users=fresh_nats_users()) as server:
         yield server
 
 
 @pytest.fixture
 def nats_url(external_servers: ExternalServers, tmp_path: Path) -> Iterator[str]:
-    """URL of a NATS server with JetStream: the external one, or a fresh one per test."""
+    """URL of a NATS server with JetStream: the external one, or a fresh one per test (as the
+    platform user of a server that takes passwords, as the stack's does)."""
     if external_servers.nats_url:
         yield external_servers.nats_url
         return
-    with NatsServer(tmp_path / "nats") as server:
+    with NatsServer(tmp_path / "nats", users=fresh_nats_users()) as server:
         yield server.url
 
 

@@ -18,13 +18,13 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.events import Event, ReplicaChanged
-from cormorant.common.internal import PLATFORM_SECRET_VARIABLES
+from cormorant.common.internal import PLATFORM_SECRET_VARIABLES, ReplicaKeys
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Placement, ReplicaObserved
 from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox
+from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox, SpoolSink
 from cormorant.deployer.fleet.runtime.template import WorkerTemplate
 from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
 from cormorant.deployer.settings import DeployerSettings
@@ -47,7 +47,11 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
             if not k.startswith("CORMORANT_DEPLOYER_") and k not in PLATFORM_SECRET_VARIABLES
         }
         env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
-    env["CORMORANT_NATS_URL"] = settings.nats_url
+    # As the replica user where the stack has one: predictions and metrics, nothing else.
+    replica_url = settings.replica_nats_url
+    env["CORMORANT_NATS_URL"] = (
+        replica_url.get_secret_value() if replica_url is not None else settings.nats_url
+    )
     env["CORMORANT_LOG_LEVEL"] = settings.log_level
     env["CORMORANT_LOG_JSON"] = "true" if settings.log_json else "false"
     if settings.otlp_endpoint:
@@ -55,9 +59,15 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
     return env
 
 
-def local_runtime(settings: DeployerSettings, sandbox: Sandbox | None = None) -> LocalRuntime:
+def local_runtime(
+    settings: DeployerSettings,
+    sandbox: Sandbox | None = None,
+    *,
+    spool_sink: SpoolSink | None = None,
+) -> LocalRuntime:
     """The process runtime of ``settings`` (with a warm worker template unless it has none),
-    containing its replicas in ``sandbox`` when given."""
+    containing its replicas in ``sandbox`` when given; a killed replica's spooled predictions
+    are published on ``spool_sink``."""
     environment = replica_environment(settings)
     template_command = settings.template_command()
     return LocalRuntime(
@@ -74,6 +84,8 @@ def local_runtime(settings: DeployerSettings, sandbox: Sandbox | None = None) ->
         else None,
         die_with_deployer=settings.stop_replicas_on_shutdown,
         sandbox=sandbox,
+        spool_sink=spool_sink,
+        replica_keys=ReplicaKeys(settings.internal_secret),
     )
 
 

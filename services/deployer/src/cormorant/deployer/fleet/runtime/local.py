@@ -20,6 +20,11 @@ with an environment of its own settings only and its endpoint's limits; stopping
 every process left under its uid, wherever it moved. Its gunicorn master reports each worker
 that dies to a ``.deaths`` file next to the replica's log, through a descriptor the workers
 do not keep (``deaths``).
+
+A worker replica spools each answered prediction until JetStream has it (``bus.spool``), in
+``spool/`` of its scratch directory (``<data>/run/spool/<replica>`` uncontained); a replica
+this runtime kills is replayed from there, on the deployer's own publisher, before its
+directory is deleted: predictions its clients got answers for are logged all the same.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,12 +45,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import psutil
 
 from cormorant.common import lifetime, sandbox
+from cormorant.common.bus import spool as spooling
 from cormorant.common.errors import CormorantError
+from cormorant.common.events import PredictionLogged
+from cormorant.common.internal import REPLICA_KEY_VARIABLE, ReplicaKeys
 from cormorant.common.ports import free_port
 from cormorant.common.sandbox import Identity, Limits, PrivateDir, UidPool
 from cormorant.common.web import REPLICA_ENV
@@ -68,6 +78,10 @@ log = logging.getLogger(__name__)
 _TAIL_LINES = 20
 _TAIL_CHARS = 2000
 _POLL_S = 0.05
+SPOOL_DIR = "spool"
+"""A worker replica's prediction spool, in its scratch directory."""
+_SPOOL_FLUSH_S = 5.0
+"""How long a kill waits for JetStream to ack a dead replica's spooled predictions."""
 # What a replica still running when the runtime closes gets (its runner normally stopped it).
 _CLOSE_GRACE_S = 10.0
 # Variables that libraries read once, when imported: a replica that sets one must import them
@@ -102,6 +116,16 @@ class _Process:
     """Its own uid, when contained under one."""
     deaths_offset: int = 0
     """How much of its ``.deaths`` file was read."""
+    spool: tuple[Path, spooling.Labels] | None = None
+    """Its prediction spool and what its predictions are, for a worker replica."""
+
+
+class SpoolSink(spooling.PackSink, Protocol):
+    """Where a killed replica's spooled predictions are published (a ``BatchedPublisher``)."""
+
+    async def flush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait (up to ``timeout`` s) until everything queued is acknowledged."""
+        ...
 
 
 _PROBE = "import cormorant.worker"
@@ -143,7 +167,14 @@ def _prepare_directories(directory: Path, data_dir: Path) -> bool:
     """Close the data directory to replicas, open the interpreter's path to them; False if
     replicas cannot get uids of their own here (this process is not root)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    created = [path for path in (directory, *directory.parents) if not path.exists()]
     directory.mkdir(parents=True, exist_ok=True)
+    if sandbox.can_switch_user():
+        # Made here (under /var/lib by default): root's, traversable by replicas' uids but
+        # not listable, like every private directory's parent.
+        for path in created:
+            os.chown(path, 0, 0)
+            os.chmod(path, 0o711)
     if directory.resolve().is_relative_to(data_dir.resolve()):
         raise CormorantError(
             f"the sandbox directory {directory} lies inside the data directory {data_dir}, "
@@ -175,8 +206,13 @@ class LocalRuntime:
         template: WorkerTemplate | None = None,
         die_with_deployer: bool = False,
         sandbox: Sandbox | None = None,
+        spool_sink: SpoolSink | None = None,
+        replica_keys: ReplicaKeys | None = None,
     ) -> None:
         self.command = list(command)
+        self.replica_keys = replica_keys
+        self.spool_sink = spool_sink
+        self.spools = data_dir / "run" / "spool"
         self.sandbox = sandbox
         self.template = template
         self.die_with_deployer = die_with_deployer
@@ -282,6 +318,10 @@ class LocalRuntime:
             await asyncio.gather(*(self.stop(h, grace_s=_CLOSE_GRACE_S) for h in handles))
         if self.template is not None:
             await self.template.close()
+        if self.sandbox is not None:
+            # The stack's directory under the shared root, once no replica is left in it.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.sandbox.directory)
 
     async def start(self, launch: ReplicaLaunch) -> ReplicaHandle:
         """Start the worker on a free port, its output appended to the replica's log."""
@@ -316,6 +356,7 @@ class LocalRuntime:
                 self._procs[launch.replica_id] = _Process(
                     pid, None, log_path, offset, generation, _uid(identity), _size(deaths)
                 )
+                self._procs[launch.replica_id].spool = self._spool_of(launch)
                 self._record(launch, pid, argv)
                 return self._handle(launch, port, pid)
         else:
@@ -427,6 +468,7 @@ class LocalRuntime:
         self._procs[launch.replica_id] = _Process(
             popen.pid, popen, log_path, offset, uid=_uid(identity), deaths_offset=_size(deaths)
         )
+        self._procs[launch.replica_id].spool = self._spool_of(launch)
         self._record(launch, popen.pid, argv)
         return self._handle(launch, port, popen.pid)
 
@@ -462,6 +504,7 @@ class LocalRuntime:
         self._procs[launch.replica_id] = _Process(
             pid, None, log_path, offset, uid=uid, deaths_offset=_size(self.deaths_path(launch))
         )
+        self._procs[launch.replica_id].spool = self._spool_of(launch)
         self._record(launch, pid, lifetime.shown_cmdline(cmdline))
         return ReplicaHandle(launch.replica_id, url, host or self.host, pid, adopted=True)
 
@@ -534,11 +577,45 @@ class LocalRuntime:
         if proc.uid is not None:
             # What left the process group (a daemonised child) still runs under its uid.
             await asyncio.to_thread(_kill_uid, proc.uid)
+        await self._replay_spool(proc)
         if self.sandbox is not None:
             await asyncio.to_thread(
                 sandbox.remove_private_dir, self.sandbox.directory, handle.replica_id
             )
         self._uids.pop(handle.replica_id, None)
+
+    async def _replay_spool(self, proc: _Process) -> None:
+        """Publish what the (dead) replica's workers spooled but JetStream did not ack."""
+        if proc.spool is None:
+            return
+        directory, labels = proc.spool
+        sink = self.spool_sink
+        if sink is not None:
+            subject = f"{PredictionLogged.subject_prefix}.{labels.endpoint}"
+            try:
+                queued = spooling.replay(directory, labels, sink, subject)
+            except OSError as exc:
+                log.warning("the prediction spool %s was not replayed: %s", directory, exc)
+                queued = 0
+            if queued:
+                log.info("replica of %s: %d spooled prediction(s) published", labels.endpoint,
+                         queued)  # fmt: skip
+                if not await sink.flush(_SPOOL_FLUSH_S):
+                    log.warning("spooled predictions of %s still wait for JetStream; they "
+                                "stay queued in the deployer", labels.endpoint)  # fmt: skip
+        if self.sandbox is None:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    def _spool_of(self, launch: ReplicaLaunch) -> tuple[Path, spooling.Labels] | None:
+        """Where a worker replica spools its predictions (None for a stream replica)."""
+        if launch.bridge is not None:
+            return None
+        if self.sandbox is not None:
+            private = PrivateDir.at(self.sandbox.directory / launch.replica_id)
+            directory = private.scratch / SPOOL_DIR
+        else:
+            directory = self.spools / launch.replica_id
+        return directory, spooling.Labels(launch.endpoint, None, launch.version)
 
     def _parent_death_signal(self) -> int | None:
         return signal.SIGTERM if self.die_with_deployer else None
@@ -580,6 +657,13 @@ class LocalRuntime:
             own.update(launch.bridge.environment())
         else:
             own.update(launch.worker_settings())
+            key = self.replica_keys(launch.replica_id) if self.replica_keys else None
+            if key is not None:
+                # Its own key only: what the gateway and batch present to this replica.
+                own[REPLICA_KEY_VARIABLE] = key
+            located = self._spool_of(launch)
+            if located is not None and (self.sandbox is None or private is not None):
+                own["CORMORANT_WORKER_SPOOL_DIR"] = str(located[0])
         if self.sandbox is None:
             return own
         # Only its own settings: nothing else of this process's environment.
