@@ -20,10 +20,12 @@ from cormorant.deployer.endpoints.store import VersionRecord
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes import fetch
 from cormorant.deployer.fleet.kubernetes.manifests import (
+    REPLICA_NATS_SECRET,
     ClusterConfig,
     kafka_secret,
     manifests,
     object_name,
+    replica_nats_secret,
 )
 from cormorant.deployer.fleet.kubernetes.render import render_yaml
 from cormorant.deployer.settings import DeployerSettings
@@ -195,6 +197,30 @@ def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda_on_lag() -> None:
     assert [t["metadata"]["topic"] for t in spec["triggers"]] == ["clicks", "views"]
     assert {t["type"] for t in spec["triggers"]} == {"kafka"}
     assert spec["triggers"][0]["metadata"]["lagThreshold"] == "4"
+
+
+@pytest.mark.parametrize("kind", ["web", "stream"])
+@pytest.mark.parametrize("replica_url", [None, "nats://replica:r3pl1ca@nats.platform.svc:4222"])
+def test_replicas_get_the_replica_user_never_the_platform_password(
+    kind: str, replica_url: str | None
+) -> None:
+    """A pod's NATS URL comes from a Secret; the platform's password appears nowhere a model
+    runs, whether or not the deployer knows the replica user's URL."""
+    settings = DeployerSettings(
+        nats_url="nats://cormorant:pl4tf0rm@nats.platform.svc:4222",
+        replica_nats_url=replica_url,
+        k8s_namespace="models",
+    )
+    config = ClusterConfig.of(settings)
+    objects = manifests(placement_of(kind), config)
+    assert "pl4tf0rm" not in yaml.safe_dump_all(objects)
+    [container] = by_kind(objects)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    [nats] = [v for v in container["env"] if v["name"] == "CORMORANT_NATS_URL"]
+    assert nats["valueFrom"]["secretKeyRef"] == {"name": REPLICA_NATS_SECRET, "key": "url"}
+    secret = replica_nats_secret(config)
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert secret["metadata"]["namespace"] == "models"
+    assert secret["stringData"]["url"] == (replica_url or "nats://nats.platform.svc:4222")
 
 
 def test_long_slugs_make_valid_unique_names() -> None:

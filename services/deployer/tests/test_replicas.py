@@ -20,7 +20,6 @@ from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM
 from cormorant.common.events import PredictionLogged
 from cormorant.common.ports import free_port
-from cormorant.devstack.testing.waits import eventually
 from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.testing import (
@@ -29,6 +28,7 @@ from cormorant.deployer.testing import (
     running_deployer,
     worker_processes,
 )
+from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}
 CRASHING_WORKER = """

@@ -21,10 +21,10 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from cormorant.common.internal import REPLICA_KEY_HEADER, InternalAuth, replica_key
-from cormorant.devstack.testing.waits import eventually
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
 from cormorant.deployer.settings import DeployerSettings
+from cormorant.devstack.testing.waits import eventually
 
 BASE_URL = "http://deployer"
 

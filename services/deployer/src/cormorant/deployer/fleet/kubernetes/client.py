@@ -27,6 +27,7 @@ from cormorant.deployer.fleet.kubernetes.manifests import (
     kafka_secret,
     manifests,
     object_name,
+    replica_nats_secret,
 )
 from cormorant.deployer.settings import DeployerSettings
 
@@ -126,7 +127,8 @@ class Cluster:
         """Apply every object of ``placement``; drop the HPA a version no longer scales by
         (a stable version that became a retiring one)."""
         secret = kafka_secret(placement, self.config)
-        for manifest in [*([secret] if secret else []), *manifests(placement, self.config)]:
+        secrets = [replica_nats_secret(self.config), *([secret] if secret else [])]
+        for manifest in [*secrets, *manifests(placement, self.config)]:
             await self.apply(manifest)
         if placement.kind == "web" and not hpa_managed(placement):
             name = object_name(placement.endpoint, placement.version.label)

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.fleet import Placement
@@ -53,7 +54,9 @@ class ClusterConfig:
     cpu_request: str
     cpu_target_percent: int
     archives_secret: str | None
-    nats_url: str
+    replica_nats_url: str
+    """The NATS URL replicas connect with (the replica user's): it reaches the pods through
+    the ``REPLICA_NATS_SECRET`` Secret, never as a literal in a Deployment."""
     log_level: str
     log_json: bool
     otlp_endpoint: str | None
@@ -74,7 +77,7 @@ class ClusterConfig:
             cpu_request=settings.k8s_cpu_request,
             cpu_target_percent=settings.k8s_cpu_target_percent,
             archives_secret=settings.k8s_archives_secret,
-            nats_url=settings.nats_url,
+            replica_nats_url=_replica_nats_url(settings),
             log_level=settings.log_level,
             log_json=settings.log_json,
             otlp_endpoint=settings.otlp_endpoint,
@@ -227,6 +230,44 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+REPLICA_NATS_SECRET = "cormorant-replica-nats"
+"""The Secret in the replicas' namespace holding the replica user's NATS URL (key ``url``)."""
+
+
+def _replica_nats_url(settings: DeployerSettings) -> str:
+    """The replica user's URL; without one, the services' URL with its credentials dropped,
+    so the platform's password never reaches a pod (a server that takes passwords then
+    refuses the replicas' logging, loudly, rather than trusting user code with its own)."""
+    if settings.replica_nats_url is not None:
+        return settings.replica_nats_url.get_secret_value()
+    servers = []
+    for server in settings.nats_url.split(","):
+        split = urlsplit(server.strip())
+        if split.password or split.username:
+            split = split._replace(netloc=split.netloc.rsplit("@", 1)[1])
+        servers.append(split.geturl())
+    return ",".join(servers)
+
+
+def replica_nats_secret(config: ClusterConfig) -> Manifest:
+    """The Secret every replica pod reads its NATS URL from; never printed by
+    ``cormorant k8s manifests``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": REPLICA_NATS_SECRET,
+            "namespace": config.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": MANAGER,
+                "app.kubernetes.io/part-of": "cormorant",
+            },
+        },
+        "type": "Opaque",
+        "stringData": {"url": config.replica_nats_url},
+    }
+
+
 def _replica_container(placement: Placement, config: ClusterConfig, drain: int) -> Manifest:
     spec = placement.spec
     launch = launch_of(
@@ -239,7 +280,6 @@ def _replica_container(placement: Placement, config: ClusterConfig, drain: int) 
     )
     everywhere = "0.0.0.0"
     env: dict[str, str] = {
-        "CORMORANT_NATS_URL": config.nats_url,
         "CORMORANT_LOG_LEVEL": config.log_level,
         "CORMORANT_LOG_JSON": "true" if config.log_json else "false",
     }
@@ -260,6 +300,12 @@ def _replica_container(placement: Placement, config: ClusterConfig, drain: int) 
     # The replica's id is its pod's name (local replicas get one from the deployer).
     variables.append(
         {"name": REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    )
+    variables.append(
+        {
+            "name": "CORMORANT_NATS_URL",
+            "valueFrom": {"secretKeyRef": {"name": REPLICA_NATS_SECRET, "key": "url"}},
+        }
     )
     if launch.bridge is not None and launch.bridge.security:
         variables.append(
