@@ -13,9 +13,9 @@ from nats.errors import NoServersError
 from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM
 from cormorant.common.bus.replica import shown
+from cormorant.common.bus.users import REPLICA_INBOX
 from cormorant.common.events import PredictionLogged, ReplicaChanged
 from cormorant.devstack.servers import NatsServer
-from cormorant.common.bus.users import REPLICA_INBOX
 
 
 async def test_a_replicas_user_cannot_publish_or_read_platform_events(
