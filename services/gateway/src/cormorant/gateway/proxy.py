@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
@@ -32,6 +32,10 @@ from cormorant.gateway.prediction_log import PredictionLog
 from cormorant.gateway.routing import Replica, Route, RoutingTable
 from cormorant.gateway.upstream import ConnectFailed, Connection, UpstreamBroken, UpstreamTimedOut
 
+if TYPE_CHECKING:
+    # Only the type: shadow.py builds on this module, the app sets ``PredictPath.mirror``.
+    from cormorant.gateway.shadow import ShadowMirror
+
 # Answer headers that describe the hop, not the answer; the gateway's server writes its own.
 _HOP_HEADERS = frozenset(
     {
@@ -47,23 +51,6 @@ _HOP_HEADERS = frozenset(
 _STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
 SHADOW_HEADER_LINE = b"x-cormorant-shadow: 1\r\n"
 """Marks a mirrored request to a shadow replica (the worker then does not log it)."""
-
-
-class Mirror(Protocol):
-    """Takes copies of answered live requests for a route's shadow version (``shadow.py``)."""
-
-    def offer(
-        self,
-        route: Route,
-        body: bytes,
-        request_id: bytes,
-        *,
-        content_type: bytes = b"application/json",
-        suffix: bytes = b"",
-        trace_headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        """Queue a copy of the request if the route mirrors it; never waits, never raises."""
-        ...
 
 
 @dataclass(slots=True)
@@ -109,7 +96,7 @@ class PredictPath:
         self.metrics = metrics
         self.prediction_log = prediction_log or PredictionLog(metrics, enabled=False, max_bytes=0)
         """Where the transports log the requests that no worker answered."""
-        self.mirror: Mirror | None = None
+        self.mirror: ShadowMirror | None = None
         """Where the transports hand answered requests for shadow traffic, once set."""
         self._attempts = connect_attempts
         self._cooldown_s = replica_cooldown_s
