@@ -4,9 +4,6 @@ and what user code could plant in the directory is read as hostile."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +14,11 @@ from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM, spool
 from cormorant.common.bus.packing import Pack
 from cormorant.common.events import PredictionLogged
+from cormorant.devstack.testing.spooling import (
+    DEAD_WRITER_RECEIVED_AT,
+    spool_and_die,
+    spool_segments,
+)
 
 LABELS = spool.Labels("spooled", None, "3")
 SUBJECT = f"{PredictionLogged.subject_prefix}.spooled"
@@ -39,33 +41,13 @@ class Recorder:
         return True
 
 
-def segments(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.endswith(spool.SUFFIX))
-
-
-def write_and_die(directory: Path, count: int) -> None:
-    """A process that spools ``count`` rows and is SIGKILLed before it publishes any."""
-    code = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from cormorant.common.bus.spool import SpoolWriter\n"
-        "writer = SpoolWriter(Path(sys.argv[1]))\n"
-        "for i in range(int(sys.argv[2])):\n"
-        "    writer.append((f'req-{i}', 1700000000.25 + i, 0.002, 200, [i, 'x'], {'y': i},"
-        " None, None))\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(directory), str(count)], check=False)
-    assert done.returncode == -signal.SIGKILL
-
-
 async def test_a_killed_writers_rows_are_published_and_the_segment_deleted_once_acked(
     nats_url: str, tmp_path: Path
 ) -> None:
     """SIGKILL after the writes: every row reaches JetStream with the replayer's labels, and
     the segment is gone once the acks came back."""
-    write_and_die(tmp_path, 5)
-    assert len(segments(tmp_path)) == 1
+    spool_and_die(tmp_path, 5)
+    assert len(spool_segments(tmp_path)) == 1
     nc = await bus.connect(nats_url, name="spool-test")
     try:
         await bus.ensure_streams(nc.jetstream())
@@ -76,7 +58,7 @@ async def test_a_killed_writers_rows_are_published_and_the_segment_deleted_once_
         await publisher.stop()
     finally:
         await bus.close(nc)
-    assert segments(tmp_path) == []
+    assert spool_segments(tmp_path) == []
 
     reader = await nats.connect(nats_url)
     try:
@@ -85,12 +67,12 @@ async def test_a_killed_writers_rows_are_published_and_the_segment_deleted_once_
     finally:
         await reader.close()
     events = bus.decode_all(msg.data, msg.headers)
-    assert [e.request_id for e in events] == [f"req-{i}" for i in range(5)]
+    assert [e.request_id for e in events] == [f"dead-{i}" for i in range(5)]
     assert all(isinstance(e, PredictionLogged) for e in events)
     logged = [e for e in events if isinstance(e, PredictionLogged)]
     assert {(e.endpoint, e.version) for e in logged} == {("spooled", "3")}
     assert logged[2].input == [2, "x"]
-    assert logged[2].received_at.timestamp() == 1_700_000_002.25
+    assert logged[2].received_at.timestamp() == DEAD_WRITER_RECEIVED_AT + 2
 
 
 async def test_a_live_writers_segments_are_never_replayed(tmp_path: Path) -> None:
@@ -102,16 +84,16 @@ async def test_a_live_writers_segments_are_never_replayed(tmp_path: Path) -> Non
     writer.append(row(1))
     recorder = Recorder()
     assert spool.replay(tmp_path, LABELS, recorder, SUBJECT) == 0
-    assert len(segments(tmp_path)) == 2
+    assert len(spool_segments(tmp_path)) == 2
     sealed.settle(1)
-    assert len(segments(tmp_path)) == 1
+    assert len(spool_segments(tmp_path)) == 1
     writer.close()  # as a death would: the open segment is now an orphan
     assert spool.replay(tmp_path, LABELS, recorder, SUBJECT) == 1
     [(_, pack, settle)] = recorder.packs
     assert pack.count == 1
     assert settle is not None
     settle(1)
-    assert segments(tmp_path) == []
+    assert spool_segments(tmp_path) == []
 
 
 async def test_what_user_code_plants_in_the_spool_is_read_as_hostile(tmp_path: Path) -> None:

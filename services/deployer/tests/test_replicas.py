@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import stat
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +27,7 @@ from cormorant.deployer.testing import (
     running_deployer,
     worker_processes,
 )
+from cormorant.devstack.testing.spooling import spool_and_die
 from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}
@@ -283,28 +283,6 @@ async def test_the_fleet_reports_each_replica_change_as_it_happens(
     assert seen[1].url.startswith("http://127.0.0.1:")
     route = await deployer.route(created["slug"])
     assert [r["id"] for r in route["replicas"]] == [seen[1].replica_id]
-
-
-def spool_and_die(directory: Path, count: int) -> None:
-    """A worker's stand-in: spools ``count`` answered predictions, then is SIGKILLed (under
-    the uid of the replica that owns ``directory``, as its workers run)."""
-    code = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from cormorant.common.bus.spool import SpoolWriter\n"
-        "writer = SpoolWriter(Path(sys.argv[1]))\n"
-        "for i in range(int(sys.argv[2])):\n"
-        "    writer.append((f'dead-{i}', 1700000000.5, 0.001, 200, i, i * 2, None, None))\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    # Contained replicas run under a uid (and gid) of their own; otherwise under ours.
-    owner = directory.stat().st_uid if os.geteuid() == 0 else None
-    died = subprocess.run(
-        [sys.executable, "-c", code, str(directory), str(count)],
-        user=owner, group=owner, extra_groups=[] if owner is not None else None,
-        cwd="/", check=False,
-    )  # fmt: skip
-    assert died.returncode == -signal.SIGKILL
 
 
 async def logged_request_ids(nats_url: str, slug: str, prefix: str) -> list[str]:

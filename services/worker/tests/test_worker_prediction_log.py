@@ -10,9 +10,6 @@ import asyncio
 import base64
 import json
 import logging
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,11 +24,16 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM, decode_all, spool
+from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
 from cormorant.common.events import Event, PredictionLogged
 from cormorant.common.predictor import Predictor
 from cormorant.common.predictor.arrow_rows import ARROW_STREAM, encode_batch
 from cormorant.common.telemetry import JsonFormatter
+from cormorant.devstack.testing.spooling import (
+    DEAD_WRITER_RECEIVED_AT,
+    spool_and_die,
+    spool_segments,
+)
 from cormorant.devstack.testing.waits import eventually
 from cormorant.worker import WorkerSettings, create_app
 from cormorant.worker.publishing import ReplicaEvents
@@ -335,27 +337,6 @@ async def test_an_open_inference_request_is_logged_once(nats_url: str) -> None:
     assert (second.status, second.error) == (500, "row 1: ValueError: boom: 7")
 
 
-def spooled(directory: Path) -> list[str]:
-    """The spool's segment files."""
-    return sorted(path.name for path in directory.glob(f"*{spool.SUFFIX}"))
-
-
-def spool_and_die(directory: Path, count: int) -> None:
-    """A worker's stand-in: spools ``count`` answered predictions, then is SIGKILLed."""
-    code = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from cormorant.common.bus.spool import SpoolWriter\n"
-        "writer = SpoolWriter(Path(sys.argv[1]))\n"
-        "for i in range(int(sys.argv[2])):\n"
-        "    writer.append((f'dead-{i}', 1700000000.5, 0.001, 200, ['echo', i], ['echo', i],"
-        " None, None))\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    died = subprocess.run([sys.executable, "-c", code, str(directory), str(count)], check=False)
-    assert died.returncode == -signal.SIGKILL
-
-
 async def test_spooled_predictions_leave_the_spool_once_acked(
     nats_url: str, tmp_path: Path
 ) -> None:
@@ -371,7 +352,7 @@ async def test_spooled_predictions_leave_the_spool_once_acked(
             assert response.status_code == 200
         events = await read_logged(nats_url, 5)
         assert sorted(e.request_id for e in events) == [f"s-{i}" for i in range(5)]
-        await eventually(lambda: not spooled(tmp_path), within=10, what="an empty spool")
+        await eventually(lambda: not spool_segments(tmp_path), within=10, what="an empty spool")
 
 
 async def test_a_killed_workers_answered_predictions_are_published_by_the_next(
@@ -380,12 +361,12 @@ async def test_a_killed_workers_answered_predictions_are_published_by_the_next(
     """A worker SIGKILLed after answering, before publishing: the next worker process of the
     replica publishes its rows (under its own endpoint and version) and empties the spool."""
     spool_and_die(tmp_path, 3)
-    assert len(spooled(tmp_path)) == 1
+    assert len(spool_segments(tmp_path)) == 1
     app = create_app(worker_settings(nats_url, spool_dir=tmp_path), Predictor(model), threads=1)
     async with serve(app):
         await wait_until_connected(app)
         events = await read_logged(nats_url, 3)
-        await eventually(lambda: not spooled(tmp_path), within=10, what="an empty spool")
+        await eventually(lambda: not spool_segments(tmp_path), within=10, what="an empty spool")
     assert sorted(e.request_id for e in events) == ["dead-0", "dead-1", "dead-2"]
     assert {(e.endpoint, e.version, e.status) for e in events} == {("test-endpoint", "3", 200)}
-    assert events[0].received_at.timestamp() == 1_700_000_000.5
+    assert min(e.received_at.timestamp() for e in events) == DEAD_WRITER_RECEIVED_AT
