@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from typing import Any
 
 import httpx
 from nats.aio.client import Client
@@ -140,7 +141,7 @@ class LocalFleet:
         self.settings = settings
         self.runtime = runtime or local_runtime(settings)
         self._events = _Observed(publisher)
-        self.supervisor = Supervisor(
+        self.supervisor = self._new_supervisor(
             settings=settings,
             runtime=self.runtime,
             store=store,
@@ -160,6 +161,10 @@ class LocalFleet:
             interval=settings.autoscale_interval_s,
             scale_down_delay=settings.scale_down_delay_s,
         )
+
+    def _new_supervisor(self, **parts: Any) -> Supervisor:
+        """The supervisor of this fleet's replicas, made of ``parts``."""
+        return Supervisor(**parts)
 
     async def start(self, nc: Client) -> None:
         """Adopt the replicas a previous deployer left running, then keep and scale them."""
@@ -201,12 +206,16 @@ class LocalFleet:
         runtime = supervisor.others.get(endpoint_id, {}).get(version)
         if runtime is None:
             return
-        runtime.desired = 0
-        await supervisor.converge(runtime)
-        await asyncio.gather(*(runner.done.wait() for runner in list(runtime.replicas.values())))
+        await self._retire(runtime)
         others = supervisor.others.get(endpoint_id, {})
         if others.get(version) is runtime:
             others.pop(version)
+
+    async def _retire(self, runtime: EndpointRuntime) -> None:
+        """Drain and stop the replicas of a version beside the stable one."""
+        runtime.desired = 0
+        await self.supervisor.converge(runtime)
+        await asyncio.gather(*(runner.done.wait() for runner in list(runtime.replicas.values())))
 
     def observe(self) -> Observation:
         """Every replica state change from this call on, as it happens (``aclose`` it)."""

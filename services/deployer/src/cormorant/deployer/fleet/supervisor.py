@@ -308,10 +308,7 @@ class Supervisor:
 
     async def load(self) -> None:
         """Adopt the replicas a previous deployer left running and converge every endpoint."""
-        live = await self.store.live_replicas()
-        rows_by_endpoint: dict[uuid.UUID, list[ReplicaRecord]] = {}
-        for row in live:
-            rows_by_endpoint.setdefault(row.endpoint_id, []).append(row)
+        rows_by_endpoint = await self._adoptable()
         for record in await self.store.endpoints():
             if record.version is None:
                 continue
@@ -333,6 +330,13 @@ class Supervisor:
         for rows in rows_by_endpoint.values():
             for row in rows:
                 await self._retire_orphan(row)
+
+    async def _adoptable(self) -> dict[uuid.UUID, list[ReplicaRecord]]:
+        """The replica rows a previous deployer left live, by endpoint id, to resume."""
+        rows_by_endpoint: dict[uuid.UUID, list[ReplicaRecord]] = {}
+        for row in await self.store.live_replicas():
+            rows_by_endpoint.setdefault(row.endpoint_id, []).append(row)
+        return rows_by_endpoint
 
     async def _resume(self, endpoint: EndpointRuntime, row: ReplicaRecord) -> None:
         handle = None

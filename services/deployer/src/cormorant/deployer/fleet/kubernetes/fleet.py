@@ -24,19 +24,17 @@ from prometheus_client import CollectorRegistry
 
 from cormorant.common.retry import Backoff
 from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.endpoints.store import Store
+from cormorant.deployer.endpoints.store import ReplicaRecord, Store
 from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.kubernetes.client import Cluster, ClusterError
 from cormorant.deployer.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
 from cormorant.deployer.fleet.kubernetes.render import placement_of_runtime
 from cormorant.deployer.fleet.kubernetes.watch import PodView, crash_cause, pod_view
-from cormorant.deployer.fleet.local import LocalFleet, _Observed, local_runtime
+from cormorant.deployer.fleet.local import LocalFleet
 from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
 from cormorant.deployer.fleet.runtime.local import LocalRuntime
 from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.lag import StreamAutoscaler
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +205,12 @@ class ClusterSupervisor(Supervisor):
             runner.stop_requested.set()
         await asyncio.gather(*(runner.done.wait() for runner in runners))
 
-    async def load(self) -> None:
-        """Track every endpoint and apply its objects; the pods a previous deployer followed
-        are found again by the watch (as replicas with new ids)."""
+    async def _adoptable(self) -> dict[uuid.UUID, list[ReplicaRecord]]:
+        """Nothing to resume: the pods a previous deployer followed are found again by the
+        watch (as replicas with new ids), so their old rows are stopped."""
         for row in await self.store.live_replicas():
             await self.write_replica(row.id, state="stopped")
-        for record in await self.store.endpoints():
-            if record.version is None:
-                continue
-            try:
-                endpoint = await self.track(record)
-            except Exception as exc:
-                log.error("endpoint %s cannot be supervised: %s", record.slug, exc)
-                continue
-            await self.refresh(endpoint)
-            await self.converge(endpoint)
+        return {}
 
     def finished(self, runner: ReplicaRunner) -> None:
         """Forget a replica whose pod is gone."""
@@ -264,7 +253,15 @@ class ClusterSupervisor(Supervisor):
 
 
 class KubernetesFleet(LocalFleet):
-    """The ``Fleet`` of Deployments in one namespace of a cluster."""
+    """The ``Fleet`` of Deployments in one namespace of a cluster.
+
+    The local runtime only checks configurations (``python -m cormorant.worker --check``)
+    before a deploy; the autoscalers are never started (HPA and KEDA take the scaling
+    decisions) but kept for the stream status.
+    """
+
+    pods: ClusterSupervisor
+    """The fleet's supervisor, whose replicas are pods."""
 
     def __init__(
         self,
@@ -278,37 +275,22 @@ class KubernetesFleet(LocalFleet):
         runtime: LocalRuntime | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        # Not LocalFleet's constructor: the supervisor is the cluster's. The local runtime
-        # only checks configurations (``python -m cormorant.worker --check``) before a deploy.
-        self.settings = settings
-        self.runtime = runtime or local_runtime(settings)
-        self._events = _Observed(publisher)
         self.cluster = cluster
-        self.pods = ClusterSupervisor(
-            cluster=cluster,
+        super().__init__(
             settings=settings,
-            runtime=self.runtime,
             store=store,
             snapshots=snapshots,
-            publisher=self._events,
+            publisher=publisher,
             http=http,
+            runtime=runtime,
             registry=registry,
-        )
-        self.supervisor = self.pods
-        # Never started: HPA and KEDA take the scaling decisions. Kept for the stream status.
-        self.autoscaler = Autoscaler(
-            self.supervisor,
-            window=settings.autoscale_window_s,
-            interval=settings.autoscale_interval_s,
-            scale_down_delay=settings.scale_down_delay_s,
-        )
-        self.stream_autoscaler = StreamAutoscaler(
-            self.supervisor,
-            interval=settings.autoscale_interval_s,
-            scale_down_delay=settings.scale_down_delay_s,
         )
         self.watching = asyncio.Event()
         """Set once the pods have been listed and the watch follows them."""
+
+    def _new_supervisor(self, **parts: Any) -> Supervisor:
+        self.pods = ClusterSupervisor(cluster=self.cluster, **parts)
+        return self.pods
 
     async def start(self, nc: Client) -> None:
         """Apply every endpoint's objects, then follow their pods."""
@@ -334,23 +316,11 @@ class KubernetesFleet(LocalFleet):
             finally:
                 await self.cluster.close()
 
-    async def remove(self, endpoint_id: uuid.UUID, version: str | None = None) -> None:
-        """Delete one version's objects beside the stable one, or (without ``version``) the
-        whole endpoint's, once their pods are gone."""
-        if version is None:
-            endpoint = self.pods.endpoints.get(endpoint_id)
-            if endpoint is not None:
-                await self.pods.remove(endpoint)
-            return
-        others = self.pods.others.get(endpoint_id, {})
-        runtime = others.get(version)
-        if runtime is None:
-            return
+    async def _retire(self, runtime: EndpointRuntime) -> None:
+        """Delete the version's objects once its pods are gone."""
         runtime.deleted = True
         runtime.desired = 0
         await self.pods.retire(runtime)
-        if others.get(version) is runtime:
-            others.pop(version)
 
     async def _follow_pods(self) -> None:
         """List the pods, then watch them from the list's version; list again after a break."""
