@@ -29,13 +29,14 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 # Same helpers as the worker bench (this folder is on sys.path when a bench runs).
-from worker_overhead import free_port, stop, wait_healthy
+from worker_overhead import free_port, round_options, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -72,10 +73,21 @@ def process(command: Sequence[str], health: str, env: dict[str, str]) -> Iterato
         stop(proc)
 
 
-@contextmanager
-def routing_source(worker_url: str) -> Iterator[str]:
-    """Serve the deployer's routing contract for the one worker; yield the base URL."""
-    route = {
+def worker_command(
+    port: int, version: str = VERSION, *, workers: int = 1, threads: int = 1
+) -> list[str]:
+    """The command of a worker of ``version`` of the bench endpoint on ``bench/noop``."""
+    return [
+        sys.executable, "-m", "cormorant.worker",
+        "--source", str(BENCH / "noop"), "--file", "noop.py", "--function", "predict",
+        "--endpoint", SLUG, "--version", version, "--port", str(port),
+        f"--server=workers={workers}", f"--server=threads={threads}",
+    ]  # fmt: skip
+
+
+def one_replica_route(worker_url: str) -> dict[str, Any]:
+    """The bench endpoint's route with ``worker_url`` as its one ready replica."""
+    return {
         "slug": SLUG,
         "endpoint_id": str(uuid.uuid4()),
         "kind": "web",
@@ -85,9 +97,14 @@ def routing_source(worker_url: str) -> Iterator[str]:
         "weights": {VERSION: 100},
         "replicas": [{"id": "r1", "version": VERSION, "url": worker_url, "state": "ready"}],
     }
+
+
+@contextmanager
+def routing_source(route: dict[str, Any]) -> Iterator[str]:
+    """Serve the deployer's routing contract for ``route``; yield the base URL."""
     bodies = {
         "/internal/routing": json.dumps({"endpoints": [route]}).encode(),
-        f"/internal/routing/{SLUG}": json.dumps(route).encode(),
+        f"/internal/routing/{route['slug']}": json.dumps(route).encode(),
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -110,6 +127,59 @@ def routing_source(worker_url: str) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def gateway_process(
+    database_url: str, nats_url: str, routing_url: str, **settings: str
+) -> Iterator[str]:
+    """Run ``python -m cormorant.gateway`` on a free port with its routing from
+    ``routing_url`` (and ``settings`` in its environment); yield its base URL."""
+    port = free_port()
+    env = child_env(
+        CORMORANT_DATABASE_URL=database_url,
+        CORMORANT_NATS_URL=nats_url,
+        CORMORANT_GATEWAY_PORT=str(port),
+        CORMORANT_GATEWAY_GRPC_PORT="0",
+        CORMORANT_GATEWAY_DEPLOYER_URL=routing_url,
+        **settings,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-m", "cormorant.gateway"], f"{url}/healthz", env):
+        yield url
+
+
+@dataclass
+class Platform:
+    """NATS and a migrated PostgreSQL holding the bench endpoint and its token."""
+
+    nats_url: str
+    database_url: str
+    token: str
+    pids: dict[str, list[int]]
+    """The servers' processes, by name."""
+
+
+@contextmanager
+def platform(prefix: str) -> Iterator[Platform]:
+    """Start NATS and PostgreSQL from their wheels in a temporary folder named ``prefix``...,
+    prepare the database; stop both when the block ends."""
+    from cormorant.devstack.servers import NatsServer, PostgresServer
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        data = Path(tmp)
+        nats = NatsServer(data / "nats")
+        postgres = PostgresServer(data / "pg", durable=False)
+        nats.start()
+        postgres.start()
+        try:
+            database_url = postgres.create_database("bench")
+            token = asyncio.run(prepare_database(database_url))
+            pids = {"nats-server": [nats.pid or 0], "postgres": [postgres.pid or 0]}
+            yield Platform(nats.url, database_url, token, pids)
+        finally:
+            postgres.stop()
+            nats.stop()
 
 
 async def prepare_database(url: str) -> str:
@@ -177,28 +247,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1, help="predict threads per worker")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=3)
+    round_options(parser, rounds=3)
     parser.add_argument("--connections", type=int, default=64, help="the throughput run's")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-
-    from cormorant.devstack.servers import NatsServer, PostgresServer
-
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        data = Path(tmp)
-        nats = NatsServer(data / "nats")
-        postgres = PostgresServer(data / "pg", durable=False)
-        nats.start()
-        postgres.start()
-        try:
-            database_url = postgres.create_database("bench")
-            token = asyncio.run(prepare_database(database_url))
-            figures = measure(args, database_url, nats.url, token)
-        finally:
-            postgres.stop()
-            nats.stop()
+    with platform("gateway-bench-") as servers:
+        figures = measure(args, servers.database_url, servers.nats_url, servers.token)
     return report(args, figures)
 
 
@@ -206,37 +260,26 @@ def measure(
     args: argparse.Namespace, database_url: str, nats_url: str, token: str
 ) -> dict[str, Any]:
     """Run the worker and the gateway; alternate direct and gateway rounds at c=1 and c=64."""
-    worker_port, gateway_port = free_port(), free_port()
+    worker_port = free_port()
     worker_url = f"http://127.0.0.1:{worker_port}"
-    worker = [
-        sys.executable, "-m", "cormorant.worker",
-        "--source", str(BENCH / "noop"), "--file", "noop.py", "--function", "predict",
-        "--endpoint", SLUG, "--version", VERSION, "--port", str(worker_port),
-        f"--server=workers={args.workers}", f"--server=threads={args.threads}",
-    ]  # fmt: skip
+    worker = worker_command(worker_port, workers=args.workers, threads=args.threads)
     direct = f"{worker_url}/predict"
-    through = f"http://127.0.0.1:{gateway_port}/api/v1/endpoints/{SLUG}/predict"
     runs: dict[str, list[dict[str, Any]]] = {
         "direct_c1": [], "gateway_c1": [], "direct_cN": [], "gateway_cN": [],
     }  # fmt: skip
-    with process(worker, f"{worker_url}/healthz", child_env()), routing_source(worker_url) as src:
-        gateway_env = child_env(
-            CORMORANT_DATABASE_URL=database_url,
-            CORMORANT_NATS_URL=nats_url,
-            CORMORANT_GATEWAY_PORT=str(gateway_port),
-            CORMORANT_GATEWAY_GRPC_PORT="0",
-            CORMORANT_GATEWAY_DEPLOYER_URL=src,
-        )
-        gateway = [sys.executable, "-m", "cormorant.gateway"]
-        with process(gateway, f"http://127.0.0.1:{gateway_port}/healthz", gateway_env):
-            for url in (direct, through):
-                load(url, token, 8, args.warmup)
-            for _ in range(args.rounds):
-                for kind, url in (("direct", direct), ("gateway", through)):
-                    for label, connections in (("c1", 1), ("cN", args.connections)):
-                        result = load(url, token, connections, args.duration)
-                        runs[f"{kind}_{label}"].append(result)
-                        print(f"  {kind} {label}: {json.dumps(result)}", file=sys.stderr)
+    with ExitStack() as stack:
+        stack.enter_context(process(worker, f"{worker_url}/healthz", child_env()))
+        source = stack.enter_context(routing_source(one_replica_route(worker_url)))
+        gateway_url = stack.enter_context(gateway_process(database_url, nats_url, source))
+        through = f"{gateway_url}/api/v1/endpoints/{SLUG}/predict"
+        for url in (direct, through):
+            load(url, token, 8, args.warmup)
+        for _ in range(args.rounds):
+            for kind, url in (("direct", direct), ("gateway", through)):
+                for label, connections in (("c1", 1), ("cN", args.connections)):
+                    result = load(url, token, connections, args.duration)
+                    runs[f"{kind}_{label}"].append(result)
+                    print(f"  {kind} {label}: {json.dumps(result)}", file=sys.stderr)
     return runs
 
 

@@ -101,14 +101,9 @@ def start_pair(
 ) -> Iterator[Pair]:
     """Start a worker and a gateway routing to it; stop both when the block ends."""
     flag = "true" if logging else "false"
-    worker_port, gateway_port = harness.free_port(), harness.free_port()
+    worker_port = harness.free_port()
     worker_url = f"http://127.0.0.1:{worker_port}"
-    worker = [
-        sys.executable, "-m", "cormorant.worker",
-        "--source", str(BENCH / "noop"), "--file", "noop.py", "--function", "predict",
-        "--endpoint", harness.SLUG, "--version", harness.VERSION, "--port", str(worker_port),
-        f"--server=workers={args.workers}", f"--server=threads={args.threads}",
-    ]  # fmt: skip
+    worker = harness.worker_command(worker_port, workers=args.workers, threads=args.threads)
     spool: dict[str, str] = {}
     with ExitStack() as stack:
         if logging and not args.no_spool:
@@ -121,20 +116,17 @@ def start_pair(
         before = children()
         stack.enter_context(harness.process(worker, f"{worker_url}/healthz", worker_env))
         worker_pids = sorted(children() - before)
-        source = stack.enter_context(harness.routing_source(worker_url))
-        gateway_env = harness.child_env(
-            CORMORANT_DATABASE_URL=database_url,
-            CORMORANT_NATS_URL=nats_url,
-            CORMORANT_GATEWAY_PORT=str(gateway_port),
-            CORMORANT_GATEWAY_GRPC_PORT="0",
-            CORMORANT_GATEWAY_DEPLOYER_URL=source,
-            CORMORANT_GATEWAY_INSTANCE_ID=f"bench-{name}",
-            CORMORANT_GATEWAY_LOG_PREDICTIONS=flag,
-        )
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
-        gateway = [sys.executable, "-m", "cormorant.gateway"]
+        source = stack.enter_context(harness.routing_source(harness.one_replica_route(worker_url)))
         before = children()
-        stack.enter_context(harness.process(gateway, f"{gateway_url}/healthz", gateway_env))
+        gateway_url = stack.enter_context(
+            harness.gateway_process(
+                database_url,
+                nats_url,
+                source,
+                CORMORANT_GATEWAY_INSTANCE_ID=f"bench-{name}",
+                CORMORANT_GATEWAY_LOG_PREDICTIONS=flag,
+            )
+        )
         pids = {"worker": worker_pids, "gateway": sorted(children() - before)}
         predict = f"{gateway_url}/api/v1/endpoints/{harness.SLUG}/predict"
         yield Pair(name, predict, worker_url, gateway_url, pids)
@@ -300,9 +292,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1, help="predict threads per worker")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=3)
+    harness.round_options(parser, rounds=3)
     parser.add_argument("--connections", type=int, default=64, help="the saturation run's")
     parser.add_argument("--paced-connections", type=int, default=16, help="the half load's")
     parser.add_argument("--no-ingest", action="store_true", help="run without predictlog")
@@ -312,22 +302,8 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
-    from cormorant.devstack.servers import NatsServer, PostgresServer
-
-    with tempfile.TemporaryDirectory(prefix="logging-bench-") as tmp:
-        data = Path(tmp)
-        nats = NatsServer(data / "nats")
-        postgres = PostgresServer(data / "pg", durable=False)
-        nats.start()
-        postgres.start()
-        try:
-            database_url = postgres.create_database("bench")
-            token = asyncio.run(harness.prepare_database(database_url))
-            servers = {"nats-server": [nats.pid or 0], "postgres": [postgres.pid or 0]}
-            figures = measure(args, nats.url, database_url, token, servers)
-        finally:
-            postgres.stop()
-            nats.stop()
+    with harness.platform("logging-bench-") as servers:
+        figures = measure(args, servers.nats_url, servers.database_url, servers.token, servers.pids)
     return report(args, figures)
 
 

@@ -28,66 +28,30 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 # Same helpers as the gateway bench (this folder is on sys.path when a bench runs).
-from gateway_overhead import child_env, load, prepare_database, process
+from gateway_overhead import (
+    SLUG,
+    child_env,
+    gateway_process,
+    load,
+    platform,
+    process,
+    routing_source,
+    worker_command,
+)
 from rate_load import RateLoad
-from worker_overhead import free_port
+from worker_overhead import free_port, round_options
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-SLUG = "bench"
 P50_RATIO_TARGET = 1.25
 """The caller's p50 at a steady rate with every request mirrored, at most this many times the
 p50 without."""
-
-
-@contextmanager
-def routing_source(route: dict[str, Any]) -> Iterator[str]:
-    """Serve the deployer's routing contract for ``route``; yield the base URL."""
-    bodies = {
-        "/internal/routing": json.dumps({"endpoints": [route]}).encode(),
-        f"/internal/routing/{SLUG}": json.dumps(route).encode(),
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = bodies.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def worker(version: str, port: int) -> list[str]:
-    """The command of a noop worker of ``version``."""
-    return [
-        sys.executable, "-m", "cormorant.worker",
-        "--source", str(BENCH / "noop"), "--file", "noop.py", "--function", "predict",
-        "--endpoint", SLUG, "--version", version, "--port", str(port),
-        "--server=workers=1", "--server=threads=1",
-    ]  # fmt: skip
 
 
 def measure(
@@ -110,23 +74,17 @@ def measure(
     }
     with ExitStack() as stack:
         for version, port in (("1", live_port), ("2", shadow_port)):
-            url = f"http://127.0.0.1:{port}"
-            stack.enter_context(process(worker(version, port), f"{url}/healthz", child_env()))
+            health = f"http://127.0.0.1:{port}/healthz"
+            stack.enter_context(process(worker_command(port, version), health, child_env()))
         urls = {}
         for percent, shadow in (("0", None), ("100", {"version": "2", "percent": 100})):
             source = stack.enter_context(routing_source({**base, "shadow": shadow}))
-            port = free_port()
-            env = child_env(
-                CORMORANT_DATABASE_URL=database_url,
-                CORMORANT_NATS_URL=nats_url,
-                CORMORANT_GATEWAY_PORT=str(port),
-                CORMORANT_GATEWAY_GRPC_PORT="0",
-                CORMORANT_GATEWAY_DEPLOYER_URL=source,
-                CORMORANT_GATEWAY_INSTANCE_ID=f"bench-{percent}",
+            gateway_url = stack.enter_context(
+                gateway_process(
+                    database_url, nats_url, source, CORMORANT_GATEWAY_INSTANCE_ID=f"bench-{percent}"
+                )
             )
-            gateway = [sys.executable, "-m", "cormorant.gateway"]
-            stack.enter_context(process(gateway, f"http://127.0.0.1:{port}/healthz", env))
-            urls[percent] = f"http://127.0.0.1:{port}/api/v1/endpoints/{SLUG}/predict"
+            urls[percent] = f"{gateway_url}/api/v1/endpoints/{SLUG}/predict"
         for url in urls.values():
             load(url, token, 8, args.warmup)
         for _ in range(args.rounds):
@@ -197,29 +155,14 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> i
 def main() -> int:
     """Start everything, run the rounds, print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=3)
+    round_options(parser, duration=3.0, rounds=3)
     parser.add_argument("--connections", type=int, default=8, help="the loaded run's")
     parser.add_argument("--rate", type=float, default=200.0, help="the open-loop run's req/s")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args()
 
-    from cormorant.devstack.servers import NatsServer, PostgresServer
-
-    with tempfile.TemporaryDirectory(prefix="shadow-bench-") as tmp:
-        data = Path(tmp)
-        nats = NatsServer(data / "nats")
-        postgres = PostgresServer(data / "pg", durable=False)
-        nats.start()
-        postgres.start()
-        try:
-            database_url = postgres.create_database("bench")
-            token = asyncio.run(prepare_database(database_url))
-            runs = measure(args, database_url, nats.url, token)
-        finally:
-            postgres.stop()
-            nats.stop()
+    with platform("shadow-bench-") as servers:
+        runs = measure(args, servers.database_url, servers.nats_url, servers.token)
     return report(args, runs)
 
 

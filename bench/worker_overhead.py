@@ -34,6 +34,15 @@ TARGET = 0.8
 SRC_PATHS = [ROOT / "libs/common/src", ROOT / "libs/sdk/src", ROOT / "services/worker/src"]
 
 
+def round_options(
+    parser: argparse.ArgumentParser, *, duration: float = 5.0, rounds: int = 2
+) -> None:
+    """The options every bench of rounds takes: ``--duration``, ``--warmup``, ``--rounds``."""
+    parser.add_argument("--duration", type=float, default=duration, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--rounds", type=int, default=rounds)
+
+
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """SIGTERM, SIGKILL after ``timeout`` s; return once the process exited."""
     proc.terminate()
@@ -118,9 +127,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1, help="predict threads per worker")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
-    parser.add_argument("--rounds", type=int, default=2)
+    round_options(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 below the target")
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"worker": [], "bare": []}
