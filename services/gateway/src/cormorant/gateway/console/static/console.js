@@ -838,6 +838,26 @@
     node.dataset.drawn = text;
     node.replaceChildren(...[draw()].flat());
   }
+  // Redraws `node` (as `redraw`) with `draw(items)`, `items` being the `key` of what GET `path`
+  // answers; if the call fails, `node` shows why.
+  async function redrawFrom(node, path, key, draw) {
+    let items;
+    try {
+      items = (await api("GET", path))[key];
+    } catch (error) {
+      node.replaceChildren(failure(error));
+      return;
+    }
+    redraw(node, items, () => draw(items));
+  }
+  // Fills `node` with what `draw` makes (it may call the API), or with why that failed.
+  async function fill(node, draw) {
+    try {
+      node.replaceChildren(...[await draw()].flat());
+    } catch (error) {
+      node.replaceChildren(failure(error));
+    }
+  }
   const table = (caption, columns, rows) =>
     h("div", { class: "scroll" }, h("table", {},
       h("caption", { class: "sr-only" }, caption),
@@ -982,14 +1002,7 @@
     const status = h("p", { id: "trigger-status", role: "status", class: "help" });
 
     async function load() {
-      let triggers;
-      try {
-        triggers = (await api("GET", `/endpoints/${slug}/triggers`)).triggers;
-      } catch (error) {
-        list.replaceChildren(failure(error));
-        return;
-      }
-      redraw(list, triggers, () => triggers.length
+      await redrawFrom(list, `/endpoints/${slug}/triggers`, "triggers", (triggers) => triggers.length
         ? table("Triggers of this endpoint", ["Alert", "Severity", "If", "Action", "Enabled", "Last fired", ""],
             triggers.map((t) => h("tr", {},
               h("th", { scope: "row" }, t.title, t.warnings.length ? h("span", { class: "slug" }, t.warnings.join(" ")) : null),
@@ -1008,16 +1021,14 @@
     }
 
     async function showFirings(t) {
-      try {
+      await fill(firings, async () => {
         const items = (await api("GET", `/triggers/${t.id}/firings`)).firings;
-        firings.replaceChildren(h("h3", {}, `Firings of ${t.title}`), items.length
+        return [h("h3", {}, `Firings of ${t.title}`), items.length
           ? table(`Firings of ${t.title}`, ["Fired", "Status", "Action", "Values", "Attempts", "Error"],
               items.map((x) => h("tr", {}, h("td", {}, when(x.fired_at)), h("td", {}, x.status), h("td", {}, x.action),
                 h("td", {}, x.values.map(fmt).join(", ")), h("td", {}, x.attempts), h("td", {}, x.error || "—"))))
-          : h("p", {}, "It has not fired yet."));
-      } catch (error) {
-        firings.replaceChildren(failure(error));
-      }
+          : h("p", {}, "It has not fired yet.")];
+      });
     }
 
     // The New Alert dialog: Info, If Condition, Action, as in the spec.
@@ -1094,14 +1105,7 @@
     const status = h("p", { id: "feedback-status", role: "status", class: "help" });
 
     async function load() {
-      let loops;
-      try {
-        loops = (await api("GET", `/endpoints/${slug}/feedback-loops`)).feedback_loops;
-      } catch (error) {
-        list.replaceChildren(failure(error));
-        return;
-      }
-      redraw(list, loops, () => loops.length
+      await redrawFrom(list, `/endpoints/${slug}/feedback-loops`, "feedback_loops", (loops) => loops.length
         ? table("Feedback loops of this endpoint", ["Into dataset", "When", "Format", "State", "Last run", "Next run", ""],
             loops.map((l) => h("tr", {},
               h("th", { scope: "row" }, l.dataset),
@@ -1130,16 +1134,14 @@
       await load();
     }
     async function showRuns(l) {
-      try {
+      await fill(runs, async () => {
         const d = await api("GET", `/endpoints/${slug}/feedback-loops/${l.id}`);
-        runs.replaceChildren(h("h3", {}, `Runs into ${l.dataset}`), d.runs.length
+        return [h("h3", {}, `Runs into ${l.dataset}`), d.runs.length
           ? table(`Runs into ${l.dataset}`, ["Started", "Trigger", "Status", "Rows", "Dataset version", "Error"],
               d.runs.map((r) => h("tr", {}, h("td", {}, when(r.started_at)), h("td", {}, r.trigger), h("td", {}, r.status),
                 h("td", {}, r.rows), h("td", {}, r.dataset_version ? `v${r.dataset_version}` : "—"), h("td", {}, r.error || "—"))))
-          : h("p", {}, "No runs yet."));
-      } catch (error) {
-        runs.replaceChildren(failure(error));
-      }
+          : h("p", {}, "No runs yet.")];
+      });
     }
 
     const f = {};
