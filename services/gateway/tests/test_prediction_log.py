@@ -5,43 +5,15 @@ Read back from the real JetStream predictions stream, as predictlog reads it.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
-import nats
 from gateway_testkit import Gateway, eventually, free_port
-from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
-from cormorant.common.events import Event, PredictionLogged
+from cormorant.devstack.testing.predictions import read_logged
 from cormorant.gateway.prediction_log import NO_VERSION
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-
-
-async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
-    """Every PredictionLogged in the stream, failing unless there are exactly ``expected``."""
-    nc = await nats.connect(nats_url)
-    try:
-        sub = await nc.jetstream().pull_subscribe(
-            PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM
-        )
-        events: list[Event] = []
-        async with asyncio.timeout(10):
-            while len(events) < expected:
-                messages: list[Msg] = await sub.fetch(1, timeout=10)
-                events += decode_all(messages[0].data, messages[0].headers)  # packs unpacked
-        try:
-            extra = await sub.fetch(1, timeout=0.3)
-        except nats.errors.TimeoutError:
-            extra = []
-        assert not extra, f"more events than expected: {[m.data for m in extra]}"
-    finally:
-        await nc.close()
-    assert len(events) == expected, f"{len(events)} events, expected {expected}"
-    assert all(isinstance(event, PredictionLogged) for event in events)
-    return [event for event in events if isinstance(event, PredictionLogged)]
 
 
 def route(slug: str, replicas: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:

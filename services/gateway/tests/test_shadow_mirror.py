@@ -7,38 +7,16 @@ JetStream predictions stream as predictlog reads them (the workers here log noth
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import nats
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from gateway_testkit import Gateway, demo_route, eventually, free_port
-from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
-from cormorant.common.events import PredictionLogged, TrafficChanged
+from cormorant.common.events import TrafficChanged
+from cormorant.devstack.testing.predictions import read_logged
 
 SHADOW_V2 = {"version": "v2", "percent": 100}
-
-
-async def read_shadow(nats_url: str, expected: int) -> list[PredictionLogged]:
-    """The first ``expected`` PredictionLogged events of the stream."""
-    nc = await nats.connect(nats_url)
-    try:
-        sub = await nc.jetstream().pull_subscribe(
-            PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM
-        )
-        events: list[PredictionLogged] = []
-        async with asyncio.timeout(30):
-            while len(events) < expected:
-                messages: list[Msg] = await sub.fetch(1, timeout=30)
-                for event in decode_all(messages[0].data, messages[0].headers):
-                    assert isinstance(event, PredictionLogged)
-                    events.append(event)
-    finally:
-        await nc.close()
-    return events
 
 
 def shadow_count(gateway: Gateway, outcome: str) -> float:
@@ -87,7 +65,7 @@ async def test_mirrored_answers_are_logged_never_returned_and_stop_with_the_shad
         assert grpc_output is not None
         assert [value.decode() for value in grpc_output] == ["r1"]
 
-        events = await read_shadow(nats_url, 22)
+        events = await read_logged(nats_url, 22, exactly=False)
         assert all(e.shadow for e in events)
         assert {e.version for e in events} == {"v2"}
         by_id = {e.request_id: e for e in events}
@@ -129,6 +107,6 @@ async def test_an_unreachable_shadow_never_fails_a_caller(
             response = await gateway.predict(["whoami"])
             assert response.status_code == 200, response.text
             assert response.json()["prediction"] == "r1"
-        events = await read_shadow(nats_url, 10)
+        events = await read_logged(nats_url, 10, exactly=False)
         assert {(e.shadow, e.version, e.status) for e in events} == {(True, "v9", 502)}
         await eventually(lambda: shadow_count(gateway, "failed") == 10, what="10 failures")

@@ -22,13 +22,12 @@ import pyarrow as pa
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from nats.aio.msg import Msg
 
-from cormorant.common.bus import PREDICTIONS_STREAM, decode_all
-from cormorant.common.events import Event, PredictionLogged
+from cormorant.common.bus import PREDICTIONS_STREAM
 from cormorant.common.predictor import Predictor
 from cormorant.common.predictor.arrow_rows import ARROW_STREAM, encode_batch
 from cormorant.common.telemetry import JsonFormatter
+from cormorant.devstack.testing.predictions import read_logged
 from cormorant.devstack.testing.spooling import (
     DEAD_WRITER_RECEIVED_AT,
     spool_and_die,
@@ -76,29 +75,6 @@ async def wait_until_connected(app: FastAPI) -> None:
             return
         await asyncio.sleep(0.01)
     pytest.fail("the replica's publisher did not connect within 10 s")
-
-
-async def read_logged(nats_url: str, expected: int) -> list[PredictionLogged]:
-    """Every PredictionLogged in the stream, failing unless there are exactly ``expected``."""
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(PredictionLogged.subject_filter(), stream=PREDICTIONS_STREAM)
-        events: list[Event] = []
-        async with asyncio.timeout(10):
-            while len(events) < expected:
-                messages: list[Msg] = await sub.fetch(1, timeout=10)
-                events += decode_all(messages[0].data, messages[0].headers)  # packs unpacked
-        try:
-            extra = await sub.fetch(1, timeout=0.3)
-        except nats.errors.TimeoutError:
-            extra = []
-        assert not extra, f"more events than expected: {[m.data for m in extra]}"
-        assert len(events) == expected, f"{len(events)} events, expected {expected}"
-    finally:
-        await nc.close()
-    assert all(isinstance(event, PredictionLogged) for event in events)
-    return [event for event in events if isinstance(event, PredictionLogged)]
 
 
 def worker_settings(nats_url: str, **overrides: Any) -> WorkerSettings:
