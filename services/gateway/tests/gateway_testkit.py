@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -45,7 +44,7 @@ from cormorant.common.db.models import (
 )
 from cormorant.common.events import Event
 from cormorant.common.internal import RequireInternal, generate_internal_secret
-from cormorant.devstack.testing.waits import eventually
+from cormorant.devstack.testing.waits import eventually, wait_healthy
 from cormorant.gateway.app import create_app
 from cormorant.gateway.settings import GatewaySettings
 
@@ -100,18 +99,10 @@ class Worker:
     log: Path
 
     def wait(self) -> None:
-        """Poll /healthz until 200."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"worker {self.name} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"worker {self.name} not ready:\n{self.log.read_text()[-3000:]}")
+        """Wait until /healthz answers 200; fail if the worker exits first."""
+        wait_healthy(
+            self.url, self.proc, self.log, name=f"worker {self.name}", within=START_TIMEOUT
+        )
 
     def stop(self) -> None:
         """Terminate, then kill after a grace period."""

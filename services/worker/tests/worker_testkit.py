@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+
+from cormorant.devstack.testing.waits import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[3]
 SRC = [ROOT / "libs/common/src", ROOT / "libs/sdk/src", ROOT / "services/worker/src"]
@@ -48,15 +48,5 @@ class DyingReplica:
         return self.log.read_text()[-3000:]
 
     def wait_ready(self) -> None:
-        """Poll ``/healthz`` until it answers 200; fail if the replica exits first."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the worker exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # a poll interval, not a wait for readiness
-        pytest.fail(f"the worker was not ready within {START_TIMEOUT} s")
+        """Wait until ``/healthz`` answers 200; fail if the replica exits first."""
+        wait_healthy(self.url, self.proc, self.log, name="the worker", within=START_TIMEOUT)
