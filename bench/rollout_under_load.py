@@ -25,19 +25,12 @@ from typing import Any
 
 from rate_load import RateLoad, p99_ms
 
+from cormorant.devstack.testing.models import model_dir
 from cormorant.devstack.testing.running import running_stack
 from cormorant.sdk import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_TARGET = 1.5
-
-
-def model(root: Path, name: str, body: str) -> Path:
-    """A directory holding ``predict.py`` with ``body``."""
-    directory = root / name
-    directory.mkdir()
-    (directory / "predict.py").write_text(body)
-    return directory
 
 
 def answer(value: str) -> str:
@@ -62,14 +55,16 @@ async def sequence(client: Client, url: str, token: str, work: Path, args: Any) 
         await asyncio.sleep(2.0)
         load.stage = "rest"
         await asyncio.sleep(args.rest)
-        await stage("v2 created", rollouts.create_version, "bench", model(work, "v2", answer("2")))
+        source = model_dir(work, "v2", answer("2"))
+        await stage("v2 created", rollouts.create_version, "bench", source)
         await stage("10%", rollouts.rollout, "bench", "2", 10)
         await stage("50%", rollouts.rollout, "bench", "2", 50)
         await stage("promoted", rollouts.promote, "bench")
-        await stage("v3 created", rollouts.create_version, "bench", model(work, "v3", answer("3")))
+        source = model_dir(work, "v3", answer("3"))
+        await stage("v3 created", rollouts.create_version, "bench", source)
         await stage("25%", rollouts.rollout, "bench", "3", 25)
         await stage("rolled back", rollouts.rollback, "bench")
-        broken = model(work, "v4", 'raise RuntimeError("broken")\n' + answer("4"))
+        broken = model_dir(work, "v4", 'raise RuntimeError("broken")\n' + answer("4"))
         await stage("v4 created", rollouts.create_version, "bench", broken)
         try:
             await asyncio.to_thread(rollouts.rollout, "bench", "4", 10)
@@ -112,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.url
             client = stack.client()
             created = client.endpoints.create(
-                "bench", str(model(work, "v1", answer("1"))), server={"workers": 1}
+                "bench", str(model_dir(work, "v1", answer("1"))), server={"workers": 1}
             )
             client.endpoints.wait_until_running(created["slug"])
             predict = f"{url}/api/v1/endpoints/{created['slug']}/predict"

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cormorant.devstack.testing.models import model_dir
 from cormorant.sdk import Client, Endpoint
 from cormorant.sdk.client import CormorantAPIError
 from tests.conftest import Stack
@@ -27,13 +28,6 @@ WORKERS_1 = {"workers": 1}
 # Longer than any caller waits here (CALLER_TIMEOUT_S): a caller held by the shadow fails.
 SHADOW_HANG_S = 20
 CALLER_TIMEOUT_S = 8.0
-
-
-def model(root: Path, name: str, body: str) -> Path:
-    directory = root / name
-    directory.mkdir()
-    (directory / "predict.py").write_text(body)
-    return directory
 
 
 def wait_for(condition: Any, what: str, *, within: float = 90.0) -> Any:
@@ -73,7 +67,7 @@ def test_shadow_traffic_is_logged_never_returned_and_never_holds_a_caller(
     client: Client = stack.client()
     created = client.endpoints.create(
         "shadowed shop",
-        str(model(tmp_path, "v1", "def predict(x):\n    return 'live'\n")),
+        str(model_dir(tmp_path, "v1", "def predict(x):\n    return 'live'\n")),
         server=WORKERS_1,
     )
     slug, token = created["slug"], created["token"]
@@ -81,7 +75,7 @@ def test_shadow_traffic_is_logged_never_returned_and_never_holds_a_caller(
     endpoint = Endpoint(slug, token=token, url=stack.url, api_key=stack.admin_key)
     url = f"{stack.url}/api/v1/endpoints/{slug}/predict"
     rollouts = client.rollouts
-    v2 = model(tmp_path, "v2", "def predict(x):\n    return {'shadow': x}\n")
+    v2 = model_dir(tmp_path, "v2", "def predict(x):\n    return {'shadow': x}\n")
     assert rollouts.create_version(slug, v2, server=WORKERS_1)["version"] == "2"
 
     # Bad requests name the field to fix.
@@ -139,7 +133,7 @@ def test_shadow_traffic_is_logged_never_returned_and_never_holds_a_caller(
     assert shadow_rows(endpoint, after_ids) == {}
 
     # A shadow version that raises on odd inputs and hangs on even ones.
-    bad = model(
+    bad = model_dir(
         tmp_path,
         "v3",
         "import time\n\n\ndef predict(x):\n    if x % 2:\n"
