@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +186,10 @@ async def test_request_in_flight_when_the_endpoint_is_deleted_still_gets_its_ans
     endpoint completes with its answer before the replica exits."""
     source = tmp_path / "slow"
     source.mkdir()
-    # The replica runs under a uid of its own: it may only leave its mark where anyone can.
-    signals = tmp_path / "signals"
-    signals.mkdir(mode=0o777)
-    signals.chmod(0o777)
+    # The replica runs under a uid of its own: it may only leave its mark where anyone can
+    # reach (pytest's directories are 0700, and the deployer opens no directory for replicas).
+    signals = Path(tempfile.mkdtemp(prefix="cormorant-signals-"))
+    os.chmod(signals, 0o777)
     started = signals / "started"
     (source / "predict.py").write_text(
         "import pathlib, time\n\n\n"
@@ -199,9 +202,12 @@ async def test_request_in_flight_when_the_endpoint_is_deleted_still_gets_its_ans
     await deployer.wait_running("slow")
     replica = (await deployer.route("slow"))["replicas"][0]
     in_flight = asyncio.create_task(predict(replica["url"], 1.5, deployer.replica_headers(replica)))
-    await eventually(lambda: _async(started.exists()), what="the prediction started")
 
-    response = await deployer.client.delete("/api/v1/endpoints/slow")
-    assert response.status_code == 200
-    assert await in_flight == "finished"
-    assert worker_processes(str(deployer.settings.data_dir)) == []
+    try:
+        await eventually(lambda: _async(started.exists()), what="the prediction started")
+        response = await deployer.client.delete("/api/v1/endpoints/slow")
+        assert response.status_code == 200
+        assert await in_flight == "finished"
+        assert worker_processes(str(deployer.settings.data_dir)) == []
+    finally:
+        shutil.rmtree(signals, ignore_errors=True)
