@@ -315,7 +315,7 @@
           ...metrics.map((m, i) => lineChart(`Metric ${keys[i]}`, m.points, [["avg", "avg"], ["min", "min"], ["max", "max"]])),
         );
       } catch (error) {
-        charts.replaceChildren(failure(error));
+        showFailure(charts, error);
       }
     }
     const keyInput = h("input", { id: "metric-key", type: "text", autocomplete: "off", "aria-describedby": "metric-help" });
@@ -569,7 +569,7 @@
     try {
       render(await api("GET", `/endpoints/${slug}/traffic`));
     } catch (error) {
-      body.replaceChildren(failure(error));
+      showFailure(body, error);
     }
   }
 
@@ -838,6 +838,12 @@
     node.dataset.drawn = text;
     node.replaceChildren(...[draw()].flat());
   }
+  // Shows why a call failed in `node`, forgetting what `redraw` drew there last, so the next
+  // good answer is drawn even when it equals the one before the failure.
+  function showFailure(node, error) {
+    delete node.dataset.drawn;
+    node.replaceChildren(failure(error));
+  }
   // Redraws `node` (as `redraw`) with `draw(items)`, `items` being the `key` of what GET `path`
   // answers; if the call fails, `node` shows why.
   async function redrawFrom(node, path, key, draw) {
@@ -845,7 +851,7 @@
     try {
       items = (await api("GET", path))[key];
     } catch (error) {
-      node.replaceChildren(failure(error));
+      showFailure(node, error);
       return;
     }
     redraw(node, items, () => draw(items));
@@ -855,7 +861,7 @@
     try {
       node.replaceChildren(...[await draw()].flat());
     } catch (error) {
-      node.replaceChildren(failure(error));
+      showFailure(node, error);
     }
   }
   const table = (caption, columns, rows) =>
@@ -887,7 +893,7 @@
       try {
         jobs = (await api("GET", `/endpoints/${slug}/batch-jobs`)).jobs;
       } catch (error) {
-        list.replaceChildren(failure(error));
+        showFailure(list, error);
         return;
       }
       redraw(list, jobs, () => jobs.length
@@ -945,7 +951,7 @@
         comparison.replaceChildren(h("h3", {}, `Comparing ${c.jobs.length} job${c.jobs.length === 1 ? "" : "s"}`),
           table("The jobs' figures side by side", ["Figure", ...c.jobs.map((j) => `Job ${short(j.id)}`)], rows));
       } catch (error) {
-        comparison.replaceChildren(failure(error));
+        showFailure(comparison, error);
       }
     }
 
@@ -1232,7 +1238,7 @@
               [...e.events].reverse().map((x) => h("tr", {}, h("td", {}, when(x.time)), h("td", {}, h("code", {}, short(x.replica_id))), h("td", {}, `v${x.version}`), h("td", {}, x.state), h("td", {}, [x.cause, x.reason].filter(Boolean).join(": ") || "—"))))
           : h("p", {}, "No replica events yet."));
       } catch (error) {
-        replicas.replaceChildren(failure(error));
+        showFailure(replicas, error);
       }
     }
     const grafana = document.querySelector('meta[name="grafana-url"]').content.replace(/\/$/, "");
@@ -1286,7 +1292,7 @@
                 h("td", {}, t.output ? h("pre", { class: "output" }, t.output) : "—"))))))
           : h("p", {}, "No runs yet."));
       } catch (error) {
-        runs.replaceChildren(failure(error));
+        showFailure(runs, error);
       }
     }
     const start = h("button", { type: "button", onclick: async () => {
@@ -1328,7 +1334,7 @@
               h("td", {}, d.latest_version ? `v${d.latest_version}` : "empty"), h("td", {}, when(d.created_at)))))
           : h("p", {}, "No datasets yet."));
       } catch (error) {
-        body.replaceChildren(failure(error));
+        showFailure(body, error);
       }
       return;
     }
@@ -1344,7 +1350,7 @@
                 ` (${file.size.toLocaleString()} B)`)))))))
           : h("p", {}, "No versions yet: upload a file."));
       } catch (error) {
-        versions.replaceChildren(failure(error));
+        showFailure(versions, error);
       }
     }
     const f = {};
