@@ -15,6 +15,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
@@ -48,10 +49,13 @@ def check_loopback(host: str) -> None:
             raise SystemExit(f"loadgen: {host!r} is not a loopback address; refusing")
 
 
-def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    """The raw bytes of one POST request with a JSON body."""
+def build_request(
+    host: str, port: int, path: str, body: bytes, headers: Sequence[str] = ()
+) -> bytes:
+    """The raw bytes of one POST request with a JSON body (and ``headers``, "Name: value")."""
+    extra = "".join(f"{header}\r\n" for header in headers)
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -96,13 +100,19 @@ async def _connection(
 
 
 async def run(
-    url: str, body: bytes, *, connections: int, duration: float, max_requests: int
+    url: str,
+    body: bytes,
+    *,
+    connections: int,
+    duration: float,
+    max_requests: int,
+    headers: Sequence[str] = (),
 ) -> Result:
     """Drive ``url`` with ``connections`` keep-alive connections for ``duration`` seconds."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     check_loopback(host)
-    request = build_request(host, port, parts.path or "/", body)
+    request = build_request(host, port, parts.path or "/", body, headers)
     latencies: list[float] = []
     counts = {"errors": 0, "non_2xx": 0}
     budget = [max_requests]
@@ -144,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds")
     parser.add_argument("--max-requests", type=int, default=1_000_000)
+    parser.add_argument(
+        "--header", action="append", default=[], help='an extra request header, "Name: value"'
+    )
     args = parser.parse_args(argv)
     if not 0 < args.duration <= MAX_DURATION:
         parser.error(f"--duration must be in (0, {MAX_DURATION}]")
@@ -164,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             connections=args.connections,
             duration=args.duration,
             max_requests=args.max_requests,
+            headers=args.header,
         )
     )
     print(json.dumps(asdict(result)), flush=True)

@@ -26,11 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cormorant.common.internal import REPLICA_KEY_HEADER, REPLICA_KEY_VARIABLE
 from cormorant.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 TARGET = 0.8
+BENCH_KEY = "cmr_bench-replica-key-0123456789abcdef0123456789abcdef"
+"""With ``--replica-key``: the worker's key, carried by every request."""
 SRC_PATHS = [ROOT / "libs/common/src", ROOT / "libs/sdk/src", ROOT / "services/worker/src"]
 
 
@@ -81,9 +84,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0)
 
 
 @contextmanager
-def serving(command: Sequence[str], port: int) -> Iterator[str]:
+def serving(command: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run a server command; yield its predict URL once healthy; stop it afterwards."""
-    proc = subprocess.Popen(command, env=child_env(), cwd=ROOT)
+    proc = subprocess.Popen(command, env=child_env() | (env or {}), cwd=ROOT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
         yield f"http://127.0.0.1:{port}/predict"
@@ -97,6 +100,7 @@ def load(url: str, args: argparse.Namespace, duration: float) -> dict[str, Any]:
         [
             sys.executable, str(BENCH / "loadgen.py"), url,
             "--connections", str(args.connections), "--duration", str(duration),
+            *(["--header", f"{REPLICA_KEY_HEADER}: {BENCH_KEY}"] if args.replica_key else []),
         ],
         check=True, capture_output=True, text=True, env=child_env(),
     )  # fmt: skip
@@ -113,7 +117,9 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, "-m", "cormorant.worker", *model, "--port", str(port), *server]
     else:
         command = [sys.executable, str(BENCH / "bare_app.py"), *model, "--port", str(port), *server]
-    with serving(command, port) as url:
+    with serving(
+        command, port, {REPLICA_KEY_VARIABLE: BENCH_KEY} if args.replica_key else {}
+    ) as url:
         load(url, args, args.warmup)
         result = load(url, args, args.duration)
     if result["errors"] or result["non_2xx"] or not result["requests"]:
@@ -128,6 +134,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="predict threads per worker")
     parser.add_argument("--connections", type=int, default=32)
     round_options(parser)
+    parser.add_argument(
+        "--replica-key",
+        action="store_true",
+        help="the worker asks for its replica key, which every request carries (as deployed)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 below the target")
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"worker": [], "bare": []}
