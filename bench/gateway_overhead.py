@@ -8,8 +8,8 @@ of this run: the routing snapshot (``GET /internal/routing``) is served by a tin
 this process, in the contract's shape, naming the one worker as the one ready replica.
 
 The load generator is ``bench/loadgen.py`` for both paths, in its own process, with the same
-request (the ``Authorization`` header goes to both; the worker ignores it). It has no header
-option yet, so it runs through a small shim here that adds the header to its request bytes.
+request (the ``Authorization`` header goes to both, by loadgen's ``--header``; the worker
+ignores it).
 Rounds alternate direct and gateway so that drift in the machine's speed hits both; at
 concurrency 1 the median round of each path is kept, at concurrency 64 the best. Prints::
 
@@ -211,10 +211,11 @@ async def prepare_database(url: str) -> str:
 
 
 def load(url: str, token: str, connections: int, duration: float) -> dict[str, Any]:
-    """One run of bench/loadgen.py (through the header shim) in its own process."""
+    """One run of bench/loadgen.py, carrying the endpoint's token, in its own process."""
     out = subprocess.run(
         [
-            sys.executable, str(Path(__file__).resolve()), "--loadgen-shim", token, url,
+            sys.executable, str(BENCH / "loadgen.py"), url,
+            "--header", f"Authorization: Bearer {token}",
             "--connections", str(connections), "--duration", str(duration),
         ],
         check=True, capture_output=True, text=True, env=child_env(),
@@ -223,23 +224,6 @@ def load(url: str, token: str, connections: int, duration: float) -> dict[str, A
     if result["errors"] or result["non_2xx"] or not result["requests"]:
         raise RuntimeError(f"failed requests against {url}: {result}")
     return result
-
-
-def loadgen_shim(argv: list[str]) -> int:
-    """Run bench/loadgen.py with an ``Authorization: Bearer`` header in its request."""
-    token, rest = argv[0], argv[1:]
-    sys.path.insert(0, str(BENCH))
-    import loadgen
-
-    plain = loadgen.build_request
-
-    def with_token(host: str, port: int, path: str, body: bytes) -> bytes:
-        request: bytes = plain(host, port, path, body)
-        head, _, payload = request.partition(b"\r\n\r\n")
-        return head + f"\r\nAuthorization: Bearer {token}".encode() + b"\r\n\r\n" + payload
-
-    loadgen.build_request = with_token
-    return int(loadgen.main(rest))
 
 
 def main() -> int:
@@ -325,6 +309,4 @@ def report(args: argparse.Namespace, runs: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--loadgen-shim":
-        sys.exit(loadgen_shim(sys.argv[2:]))
     sys.exit(main())

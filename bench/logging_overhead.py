@@ -146,9 +146,9 @@ async def paced_run(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     loadgen.check_loopback(host)
-    plain = loadgen.build_request(host, port, parts.path, b'{"input_params": 1}')
-    head, _, payload = plain.partition(b"\r\n\r\n")
-    request = head + f"\r\nAuthorization: Bearer {token}".encode() + b"\r\n\r\n" + payload
+    request = loadgen.build_request(
+        host, port, parts.path, b'{"input_params": 1}', [f"Authorization: Bearer {token}"]
+    )
     interval = connections / rate
     latencies: list[float] = []
     counts = {"errors": 0, "non_2xx": 0, "late": 0}
