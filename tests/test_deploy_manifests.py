@@ -963,6 +963,6 @@ def test_every_compose_service_accepts_its_settings(
 
 def test_the_settings_check_catches_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
     env = container_environment(rendered("dev"), "deployer")
-    env["CORMORANT_DEPLOYER_RUNTIME"] = "kubernetes"
-    with pytest.raises(ValidationError, match="runtime"):
+    env["CORMORANT_DEPLOYER_FLEET"] = "nomad"
+    with pytest.raises(ValidationError, match="fleet"):
         build_settings(monkeypatch, "deployer", env)

@@ -38,9 +38,6 @@ class DeployerSettings(ServiceSettings):
     port: int = 8081
     """Port the service listens on."""
 
-    runtime: Literal["local"] = "local"
-    """Where replicas run: ``local`` worker processes on this machine."""
-
     fleet: Literal["local", "kubernetes"] = "local"
     """Who runs the replicas: ``local`` worker processes on this machine, or ``kubernetes``
     (a Deployment, Service, PodDisruptionBudget and HPA or KEDA ``ScaledObject`` per endpoint
