@@ -27,6 +27,7 @@ from cormorant.common.bus import PREDICTIONS_STREAM
 from cormorant.common.predictor import Predictor
 from cormorant.common.predictor.arrow_rows import ARROW_STREAM, encode_batch
 from cormorant.common.telemetry import JsonFormatter
+from cormorant.devstack.servers import NatsServer
 from cormorant.devstack.testing.predictions import read_logged
 from cormorant.devstack.testing.spooling import (
     DEAD_WRITER_RECEIVED_AT,
@@ -329,6 +330,33 @@ async def test_spooled_predictions_leave_the_spool_once_acked(
         events = await read_logged(nats_url, 5)
         assert sorted(e.request_id for e in events) == [f"s-{i}" for i in range(5)]
         await eventually(lambda: not spool_segments(tmp_path), within=10, what="an empty spool")
+
+
+async def test_predictions_answered_before_nats_connects_are_published_once_it_does(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A replica serves before its NATS connection is up (a restart under load): with a spool,
+    what it answers meanwhile is on disk and waits for the publisher, instead of being dropped
+    (so a kill in that window leaves it to the replayer), and is published once connected."""
+    nats_server.stop()
+    settings = worker_settings(nats_server.url, spool_dir=tmp_path, nats_connect_timeout=0.2)
+    app = create_app(settings, Predictor(model), threads=1)
+    async with serve(app) as client:
+        for i in range(3):
+            response = await client.post(
+                "/predict", json={"input_params": ["echo", i]}, headers={"X-Request-ID": f"e-{i}"}
+            )
+            assert response.status_code == 200
+        assert spool_segments(tmp_path), "answered predictions must be on disk already"
+        nats_server.start()
+        await wait_until_connected(app)
+        events = await read_logged(nats_server.url, 3)
+        assert sorted(e.request_id for e in events) == [f"e-{i}" for i in range(3)]
+        await eventually(lambda: not spool_segments(tmp_path), within=10, what="an empty spool")
+    dropped = app.state.metrics.registry.get_sample_value(
+        "cormorant_worker_logged_predictions_total", {"outcome": "dropped"}
+    )
+    assert not dropped
 
 
 async def test_a_killed_workers_answered_predictions_are_published_by_the_next(

@@ -167,7 +167,7 @@ class ReplicaEvents:
         already made loggable (see ``loggable_bytes``) and capped by the caller, ``size``
         about the bytes they take as JSON (it bounds a pack's size).
         """
-        if self.publisher is None:
+        if self.publisher is None and self._spool is None:
             # Nothing is kept for an event that cannot be sent.
             self._prediction_dropped.inc()
             return
@@ -205,6 +205,18 @@ class ReplicaEvents:
         if self._handover is not None:
             self._handover.cancel()
             self._handover = None
+        if (
+            self.publisher is None
+            and self._spool is not None
+            and 0 < len(self._pending) < BATCH_MAX
+            and self._pending_bytes < BATCH_BYTES
+        ):
+            # Not connected yet (a replica serves before its NATS connection is up): the rows
+            # are on disk already, so up to one pack of them waits for the publisher instead
+            # of being dropped, and a kill meanwhile leaves them to the replayer.
+            assert self._loop is not None
+            self._handover = self._loop.call_later(BATCH_DELAY_S, self._hand_over)
+            return
         pending, self._pending = self._pending, []
         size, self._pending_bytes = self._pending_bytes, 0
         segment = self._spool.seal() if self._spool is not None else None
