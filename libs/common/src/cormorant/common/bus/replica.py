@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -18,16 +18,29 @@ from cormorant.common.bus.streams import METRICS_STREAM, PREDICTIONS_STREAM, ens
 from cormorant.common.bus.users import REPLICA_INBOX
 
 
-def shown(url: str) -> str:
-    """A NATS URL fit for a log line: each server's password masked."""
+def _each_server(url: str, credentials: Callable[[SplitResult], str]) -> str:
+    """``url`` (comma-separated servers) with each credentialed server's ``user:password@``
+    replaced by what ``credentials`` makes of it."""
     parts = []
     for server in url.split(","):
         split = urlsplit(server.strip())
-        if split.password:
-            netloc = f"{split.username}:***@{split.hostname}:{split.port}"
+        if split.username or split.password:
+            netloc = f"{credentials(split)}{split.netloc.rsplit('@', 1)[1]}"
             server = split._replace(netloc=netloc).geturl()
         parts.append(server.strip())
     return ",".join(parts)
+
+
+def shown(url: str) -> str:
+    """A NATS URL fit for a log line: each server's password masked."""
+    return _each_server(
+        url, lambda split: f"{split.username}:***@" if split.password else f"{split.username}@"
+    )
+
+
+def without_credentials(url: str) -> str:
+    """A NATS URL with every server's user and password dropped."""
+    return _each_server(url, lambda split: "")
 
 
 async def reachable(url: str, seconds: float) -> bool:

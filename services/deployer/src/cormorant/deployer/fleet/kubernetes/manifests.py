@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from cormorant.common.bus.replica import without_credentials
 from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.replica import launch_of
@@ -240,13 +240,7 @@ def _replica_nats_url(settings: DeployerSettings) -> str:
     refuses the replicas' logging, loudly, rather than trusting user code with its own)."""
     if settings.replica_nats_url is not None:
         return settings.replica_nats_url.get_secret_value()
-    servers = []
-    for server in settings.nats_url.split(","):
-        split = urlsplit(server.strip())
-        if split.password or split.username:
-            split = split._replace(netloc=split.netloc.rsplit("@", 1)[1])
-        servers.append(split.geturl())
-    return ",".join(servers)
+    return without_credentials(settings.nats_url)
 
 
 def replica_nats_secret(config: ClusterConfig) -> Manifest:
