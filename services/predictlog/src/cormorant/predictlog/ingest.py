@@ -366,6 +366,7 @@ class StreamIngest(Generic[Row]):
 
     async def _write(self, batch: _Batch) -> None:
         by_slug = await self._endpoint_ids(event for _, event, _ in batch.events)
+        await self._recheck_final(batch, by_slug)
         ready: list[tuple[int, Row]] = []
         oldest: datetime | None = None
         for index, event, _ in batch.events:
@@ -436,6 +437,22 @@ class StreamIngest(Generic[Row]):
 
     async def _lookup(self, slug: str, conn: asyncpg.Connection) -> uuid.UUID | None:
         return await self._directory.cached(slug, conn)
+
+    async def _recheck_final(self, batch: _Batch, by_slug: dict[str, uuid.UUID | None]) -> None:
+        """Look up again, past the cache, a missing slug whose event is on its last delivery.
+
+        The cache remembers a miss for a moment; an endpoint created within it must not cost
+        its first predictions for good.
+        """
+        final = {
+            event.endpoint
+            for index, event, _ in batch.events
+            if by_slug.get(event.endpoint, True) is None
+            and (batch.msgs[index].metadata.num_delivered or 1) >= self._max_deliver
+        }
+        for slug in final:
+            lookup = functools.partial(self._directory.lookup, slug)
+            by_slug[slug] = await self._retrying(lookup, f"looking up endpoint {slug!r}")
 
     def _given_id(self, value: str | None) -> uuid.UUID | None:
         if value is None:
