@@ -61,6 +61,25 @@ def _second_replica(stack: Stack) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+def _exported_some(stack: Stack, loop_id: uuid.UUID) -> Callable[[], Awaitable[bool]]:
+    """A check: a run of the loop has succeeded with rows in it."""
+
+    async def check() -> bool:
+        db = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
+        try:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM feedback_runs WHERE loop_id = $1"
+                    " AND status = 'succeeded' AND rows > 0",
+                    loop_id,
+                )
+            )
+        finally:
+            await db.close()
+
+    return check
+
+
 def _kill_feedback(stack: Stack, killed: list[int]) -> Callable[[], None]:
     """SIGKILL the supervisor's feedback service, once it runs under a pid not killed yet
     (in a thread: the load goes on meanwhile)."""
@@ -133,11 +152,14 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
                 return False
 
         await eventually(replica_ready, within=60, what="the second feedback replica")
-        ids = await _load(
-            stack, echo,
-            {N // 3: _kill_feedback(stack, killed), 2 * N // 3: _kill_feedback(stack, killed)},
-            N,
-        )  # fmt: skip
+        # Half the load, then a run that exported some of it, then the other half: the rows
+        # then span at least two runs whatever the machine's pace.
+        half = N // 2
+        ids = await _load(stack, echo, {N // 3: _kill_feedback(stack, killed)}, half)
+        await eventually(_exported_some(stack, loop_id), within=90, what="a run that exported rows")
+        ids += await _load(
+            stack, echo, {2 * N // 3 - half: _kill_feedback(stack, killed)}, N - half
+        )
         await eventually(_both_killed(killed), within=60, what="two kills")
         await eventually(
             _restarted(stack, "services", "feedback", killed[-1]),
@@ -174,7 +196,7 @@ def test_every_prediction_exported_exactly_once_across_kills_and_two_replicas(
         assert max(exported.values()) == 1, exported.most_common(3)
         assert manifest_rows == N
         assert sum(r["rows"] for r in runs) == N
-        # The rows came in more than one run (how many depends on the machine's pace).
+        # The rows came in more than one run (the first half's export, then the rest).
         assert len([r for r in runs if r["rows"]]) >= 2
 
     try:
