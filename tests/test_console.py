@@ -205,6 +205,7 @@ def keyboard_pass(page: Page) -> None:
         expect(heading).to_be_visible()
     page.keyboard.press("ArrowRight")
     expect(page.get_by_role("tab", name=TABS[0])).to_be_focused()
+    # At once, before the tab's page is drawn: Tab enters the panel.
     page.keyboard.press("Tab")
     expect(page.get_by_role("tabpanel")).to_be_focused()
     # The focused element is drawn with a visible outline.

@@ -242,6 +242,9 @@
     if (next === undefined) return;
     event.preventDefault();
     const target = tabs[(next + tabs.length) % tabs.length];
+    // The roving tabindex moves now, not when the tab's page is drawn: a Tab pressed before
+    // that must enter the panel, not land on the tab that was selected.
+    for (const tab of tabs) tab.setAttribute("tabindex", tab === target ? "0" : "-1");
     target.focus();
     target.click();
   }
