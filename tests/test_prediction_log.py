@@ -262,6 +262,12 @@ def test_logs_follow_prints_a_new_prediction_with_its_trace(
     """`cormorant logs SLUG --follow` prints a prediction made after it started; the log
     keeps the trace id the client sent in its W3C ``traceparent``."""
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    # The follower first prints the newest prediction already logged: make sure there is one,
+    # whatever ran before this test.
+    echo.predict("before")
+    asyncio.run(
+        eventually(lambda: echo.logs(limit=1, q="before"), within=60, what="a logged prediction")
+    )
     follow = subprocess.Popen(
         [sys.executable, "-m", "cormorant.sdk.cli", "logs", str(echo.slug), "--follow",
          "--limit", "1"],
