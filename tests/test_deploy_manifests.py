@@ -5,7 +5,9 @@ No Kubernetes API server can run here, so the manifests are checked against the 
 fails), and what they mean to a user is asserted on the rendered objects: who may connect to
 whom (NetworkPolicies evaluated here as a CNI would), what the deployer may do (RBAC), probes,
 security contexts and references between objects. The overlays are rendered by
-``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary).
+``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary); where
+``kubectl`` or ``kustomize`` is on PATH, the real build of each overlay is validated too and
+must print the same objects as that renderer.
 
 Not covered by any schema: the Prometheus Operator's ServiceMonitor/PodMonitor (custom
 resources, whose CRDs are not shipped): for those only the shape this file asserts (selectors
@@ -139,6 +141,61 @@ def test_overlay_renders_to_valid_objects_in_its_namespace(overlay: str) -> None
     config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
     assert "jetstream" in config
     assert all(f"cormorant-nats-{i}.cormorant-nats-headless:6222" in config for i in range(3))
+
+
+def kustomize_build() -> list[str] | None:
+    """The command that runs the real ``kustomize build`` (kubectl embeds kustomize), if any."""
+    kustomize = shutil.which("kustomize")
+    if kustomize is not None:
+        return [kustomize, "build"]
+    kubectl = shutil.which("kubectl")
+    return [kubectl, "kustomize"] if kubectl is not None else None
+
+
+def comparable(manifest: Manifest) -> str:
+    """``manifest`` as canonical JSON, a Secret's values decoded: kustomize wraps long base64
+    lines, which the API server ignores, so only the decoded values are compared."""
+    if manifest["kind"] == "Secret":
+        manifest = {
+            **manifest,
+            "data": {
+                key: base64.b64decode("".join(value.split())).decode()
+                for key, value in manifest.get("data", {}).items()
+            },
+        }
+    return json.dumps(manifest, sort_keys=True)
+
+
+def name_of(canonical: str) -> str:
+    """``Kind/name`` of an object given as :func:`comparable` prints it."""
+    manifest = json.loads(canonical)
+    return f"{manifest['kind']}/{manifest['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_real_kustomize_build_validates_and_matches_our_renderer(overlay: str) -> None:
+    command = kustomize_build()
+    if command is None:
+        pytest.skip(
+            "neither kustomize nor kubectl is on PATH: the overlays are checked through"
+            " tests/kustomize_render.py alone, not compared with the real build"
+        )
+    result = subprocess.run(
+        [*command, str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for manifest in built:
+        validate(manifest, f"{' '.join(command[1:])} overlays/{overlay}")
+    # As sets of objects: kustomize orders its output by kind, our renderer by file.
+    real = sorted(comparable(m) for m in built)
+    ours = sorted(comparable(m) for m in rendered(overlay))
+    only_real = [name_of(m) for m in real if m not in ours]
+    only_ours = [name_of(m) for m in ours if m not in real]
+    assert real == ours, f"differ: as kustomize builds {only_real}, as we render {only_ours}"
 
 
 def pod_specs(manifests: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
