@@ -16,6 +16,7 @@ that match our Services, ports that exist). The container tests run with a Docke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib
 import importlib.util
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
@@ -40,8 +41,11 @@ from kubernetes_validate.utils import latest_version
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from cormorant.common import bus
+from cormorant.common.bus import StreamSpec
 from cormorant.common.bus.users import PLATFORM_USER, REPLICA_INBOX, REPLICA_PUBLISH, REPLICA_USER
-from cormorant.devstack.servers.nats import nats_server_binary
+from cormorant.common.settings import CommonSettings, StreamSettings
+from cormorant.devstack.servers.nats import NatsServer, nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -669,6 +673,67 @@ def test_jetstream_file_store_fits_its_volume(overlay: str) -> None:
     volume = claim["spec"]["resources"]["requests"]["storage"]
     # JetStream cannot see its volume's size: past it, writes fail instead of limits applying.
     assert size_bytes(limit) < size_bytes(volume), (limit, volume)
+
+
+STREAM_REPLICAS = {"dev": 1, "prod": 3}
+"""Copies of each JetStream stream: prod keeps every message on all three NATS nodes."""
+
+
+class SizedNatsServer(NatsServer):
+    """One nats-server whose JetStream may fill ``max_file_store``, as a cluster node's."""
+
+    def __init__(self, data_dir: Path, max_file_store: str) -> None:
+        super().__init__(data_dir)
+        self.max_file_store = max_file_store
+
+    def command(self) -> list[str]:
+        """The fixture's argv plus the store limit."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "store.conf"
+        config.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
+        return [*super().command(), "--config", str(config)]
+
+
+async def create_streams(url: str, streams: tuple[StreamSpec, ...]) -> None:
+    """Create ``streams`` on the server at ``url``."""
+    nc = await bus.connect(url, name="manifests")
+    try:
+        await bus.ensure_streams(nc.jetstream(), streams)
+    finally:
+        await bus.close(nc)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_streams_are_replicated_and_bounded_within_each_nats_node(
+    monkeypatch: pytest.MonkeyPatch, overlay: str, tmp_path: Path
+) -> None:
+    manifests = rendered(overlay)
+    sizing: dict[str, StreamSettings] = {}
+    for service in SERVICES:
+        env = container_environment(manifests, service)
+        settings = cast(CommonSettings, build_settings(monkeypatch, service, env))
+        sizing[service] = settings.bus_stream
+    # Services that disagreed would update the streams back and forth at each start.
+    assert len(set(map(repr, sizing.values()))) == 1, sizing
+    stream_settings = sizing["predictlog"]
+    nats = find(manifests, "StatefulSet", "cormorant-nats")
+    assert stream_settings.replicas == STREAM_REPLICAS[overlay]
+    assert stream_settings.replicas <= nats["spec"]["replicas"], "a copy per NATS node at most"
+    streams = bus.configured_streams(stream_settings)
+    assert {spec.to_config().num_replicas for spec in streams} == {stream_settings.replicas}
+    limits = [spec.max_bytes for spec in streams]
+    assert all(limit > 0 for limit in limits), f"unbounded streams: {streams}"
+    # With a copy of every stream on one node, all three must fit in that node's store.
+    env = {
+        e["name"]: e.get("value") for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    store = env["JETSTREAM_MAX_FILE_STORE"]
+    assert sum(limits) <= size_bytes(store), (limits, store)
+    # And nats-server agrees: one server with that store takes the streams' reservations (one
+    # copy each, as a node holds).
+    single = bus.configured_streams(stream_settings.model_copy(update={"replicas": 1}))
+    with SizedNatsServer(tmp_path / "nats", store) as server:
+        asyncio.run(create_streams(server.url, single))
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
