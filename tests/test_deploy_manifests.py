@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -644,6 +645,36 @@ def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
     for _, pod in pod_specs(manifests):
         for container in pod["containers"]:
             assert not container["image"].endswith(":latest"), container["image"]
+
+
+GATEWAY_PLAN = {"cores": 8.5, "pods": 15}
+"""docs/scaling.md: 100,000 req/s need 8.5 cores of gateway CPU, which the prod HPA serves with
+15 pods."""
+
+
+def cpu_cores(quantity: str | int) -> float:
+    """A Kubernetes CPU quantity (``500m``, ``1``) in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
+    manifests = rendered("prod")
+    hpa = find(manifests, "HorizontalPodAutoscaler", "cormorant-gateway")
+    (metric,) = hpa["spec"]["metrics"]
+    target = metric["resource"]["target"]["averageUtilization"] / 100
+    pod = find(manifests, "Deployment", "cormorant-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # Utilization is of the request: one process uses at most one core, so a pod scales out
+    # at target x request cores of work.
+    request = cpu_cores(container["resources"]["requests"]["cpu"])
+    assert request == 1, "a gateway pod is one process: request the core it can use"
+    pods = math.ceil(GATEWAY_PLAN["cores"] / (target * request))
+    assert pods == GATEWAY_PLAN["pods"]
+    assert hpa["spec"]["maxReplicas"] >= pods
+    plan = (ROOT / "docs" / "scaling.md").read_text()
+    assert f"**{GATEWAY_PLAN['pods']} gateway pods**" in plan
+    assert f"**{GATEWAY_PLAN['cores']} cores** of gateway CPU" in plan
 
 
 SIZE_UNITS = {
