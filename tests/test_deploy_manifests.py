@@ -45,7 +45,9 @@ from pydantic_settings import BaseSettings
 from cormorant.common import bus
 from cormorant.common.bus import StreamSpec
 from cormorant.common.bus.users import PLATFORM_USER, REPLICA_INBOX, REPLICA_PUBLISH, REPLICA_USER
+from cormorant.common.sandbox import DEFAULT_MEMORY_MB
 from cormorant.common.settings import CommonSettings, StreamSettings
+from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.servers.nats import NatsServer, nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
@@ -672,9 +674,17 @@ def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
     pods = math.ceil(GATEWAY_PLAN["cores"] / (target * request))
     assert pods == GATEWAY_PLAN["pods"]
     assert hpa["spec"]["maxReplicas"] >= pods
-    plan = (ROOT / "docs" / "scaling.md").read_text()
+    plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
     assert f"**{GATEWAY_PLAN['pods']} gateway pods**" in plan
     assert f"**{GATEWAY_PLAN['cores']} cores** of gateway CPU" in plan
+
+
+def test_capacity_plan_reserves_what_replica_pods_request_by_default() -> None:
+    # docs/scaling.md's idle floor: 5,000 endpoints at one replica each, at the fleet's defaults.
+    cpu = cpu_cores(DeployerSettings().k8s_cpu_request)
+    plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
+    cores, memory_gib = 5_000 * cpu, 5_000 * DEFAULT_MEMORY_MB // 1024
+    assert f"**{cores:,.0f} cores and {memory_gib:,} GiB**" in plan
 
 
 SIZE_UNITS = {
