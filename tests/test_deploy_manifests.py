@@ -39,7 +39,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 
 from cormorant.common import bus
@@ -1055,6 +1055,53 @@ SETTINGS_CLASSES = {
 }
 STUB_SECRET = "cmk_stub-secret-for-the-settings-check"
 """What a secret reference or an unset Compose variable stands for: only its shape matters."""
+
+
+def variables_read(settings_class: type[BaseSettings]) -> set[str]:
+    """Every environment variable ``settings_class`` reads, nested settings classes included."""
+    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+    for field_name, info in settings_class.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {c for c in alias.choices if isinstance(c, str) and c.isupper()}
+        else:
+            names.add((prefix + field_name).upper())
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseSettings):
+            names |= variables_read(nested)
+    return names
+
+
+def settings_class_of(name: str) -> type[BaseSettings]:
+    """The settings class of a component: a service's own, or the shared one (migrate)."""
+    if name not in SETTINGS_CLASSES:
+        return CommonSettings
+    module, _, attribute = SETTINGS_CLASSES[name].partition(":")
+    settings_class: type[BaseSettings] = getattr(importlib.import_module(module), attribute)
+    return settings_class
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_variable_a_component_is_given_is_one_it_reads(overlay: str) -> None:
+    # Documented is not enough: a worker's variable set on the gateway is documented and unread.
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-config")["data"]
+    readers: set[str] = set()
+    for owner, pod in pod_specs(manifests):
+        for container in pod["containers"]:
+            given = {e["name"] for e in container.get("env", [])}
+            read = variables_read(settings_class_of(owner.removeprefix("cormorant-")))
+            if any(
+                s["configMapRef"]["name"] == "cormorant-config"
+                for s in container.get("envFrom", [])
+            ):
+                readers |= read
+            assert {v for v in given if v.startswith("CORMORANT_")} <= read, owner
+    assert set(config) - readers == set(), "set in cormorant-config, read by none of its users"
+    for name, service in compose()["services"].items():
+        given = {v for v in service.get("environment", {}) if v.startswith("CORMORANT_")}
+        assert given <= variables_read(settings_class_of(name)), name
 
 
 def container_environment(manifests: tuple[Manifest, ...], name: str) -> dict[str, str]:
