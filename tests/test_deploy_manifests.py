@@ -660,6 +660,14 @@ def cpu_cores(quantity: str | int) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def find_labels(manifests: tuple[Manifest, ...], deployment: str) -> dict[str, str]:
+    """The labels of ``deployment``'s pods."""
+    labels: dict[str, str] = find(manifests, "Deployment", deployment)["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    return labels
+
+
 def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
     manifests = rendered("prod")
     hpa = find(manifests, "HorizontalPodAutoscaler", "cormorant-gateway")
@@ -674,6 +682,11 @@ def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
     pods = math.ceil(GATEWAY_PLAN["cores"] / (target * request))
     assert pods == GATEWAY_PLAN["pods"]
     assert hpa["spec"]["maxReplicas"] >= pods
+    # The plan survives a zone: the pods are spread over zones (and nodes within one).
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+        assert spread[key]["maxSkew"] == 1, key
+        assert selects(spread[key]["labelSelector"], find_labels(manifests, "cormorant-gateway"))
     plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
     assert f"**{GATEWAY_PLAN['pods']} gateway pods**" in plan
     assert f"**{GATEWAY_PLAN['cores']} cores** of gateway CPU" in plan
