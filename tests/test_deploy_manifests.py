@@ -773,6 +773,12 @@ def test_streams_are_replicated_and_bounded_within_each_nats_node(
     nats = find(manifests, "StatefulSet", "cormorant-nats")
     assert stream_settings.replicas == STREAM_REPLICAS[overlay]
     assert stream_settings.replicas <= nats["spec"]["replicas"], "a copy per NATS node at most"
+    if stream_settings.replicas > 1:
+        # Copies on one machine would fail together: the nodes must be on distinct machines.
+        anti = nats["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert selects(term["labelSelector"], nats["spec"]["template"]["metadata"]["labels"])
     streams = bus.configured_streams(stream_settings)
     assert {spec.to_config().num_replicas for spec in streams} == {stream_settings.replicas}
     limits = [spec.max_bytes for spec in streams]
