@@ -867,11 +867,11 @@ SERVICE_SECRETS = {
     }.get(name, set())
     for name in SERVICES
 }
+"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
+find the admin key in its parent's environment)."""
 NATS_SECRETS = {"NATS_PASSWORD"}
 """On Kubernetes every service also holds the NATS platform user's password (Compose's NATS
 takes none); the deployer the replica user's too, to hand to replicas."""
-"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
-find the admin key in its parent's environment)."""
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
