@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/adaptive_batching.py
 	$(BIN)/python bench/feedback_export.py
+	$(BIN)/python bench/routing_table.py
 
 # Re-pin every dependency after changing a pyproject.toml or requirements file.
 constraints:

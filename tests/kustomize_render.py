@@ -2,9 +2,11 @@
 
 No kustomize binary ships on the package registries we install from (``pykustomize`` has no
 build for this platform), and the manifests must be checked in ``make test`` without network.
-So this reads ``kustomization.yaml`` itself: resources (files and directories with their own
-kustomization), ``namespace``, ``labels``, ``images``, ``configMapGenerator`` and
-``secretGenerator`` (fixed names only), and JSON 6902 ``patches``. Any other field, or a
+Where ``kubectl`` or ``kustomize`` is on PATH, ``tests/test_deploy_manifests.py`` checks that
+this renderer prints the same objects as the real build, so the tests built on it check what a
+cluster would get. It reads ``kustomization.yaml`` itself: resources (files and directories
+with their own kustomization), ``namespace``, ``labels``, ``images``, ``configMapGenerator``
+and ``secretGenerator`` (fixed names only), and JSON 6902 ``patches``. Any other field, or a
 generator whose name kustomize would hash, is refused: a manifest that used a feature this
 renderer ignores would otherwise pass the tests without being checked.
 """
@@ -92,12 +94,11 @@ def _generated(directory: Path, kustomization: Manifest) -> list[Manifest]:
             data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
         else:
             data = values
-        manifest: Manifest = {
-            "apiVersion": "v1",
-            "kind": kind,
-            "metadata": {"name": generator["name"], "labels": dict(options.get("labels", {}))},
-            "data": data,
-        }
+        metadata: Manifest = {"name": generator["name"]}
+        if options.get("labels"):
+            # kustomize prints no empty labels map.
+            metadata["labels"] = dict(options["labels"])
+        manifest: Manifest = {"apiVersion": "v1", "kind": kind, "metadata": metadata, "data": data}
         if kind == "Secret":
             manifest["type"] = "Opaque"
         manifests.append(manifest)

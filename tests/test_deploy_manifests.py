@@ -5,7 +5,9 @@ No Kubernetes API server can run here, so the manifests are checked against the 
 fails), and what they mean to a user is asserted on the rendered objects: who may connect to
 whom (NetworkPolicies evaluated here as a CNI would), what the deployer may do (RBAC), probes,
 security contexts and references between objects. The overlays are rendered by
-``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary).
+``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary); where
+``kubectl`` or ``kustomize`` is on PATH, the real build of each overlay is validated too and
+must print the same objects as that renderer.
 
 Not covered by any schema: the Prometheus Operator's ServiceMonitor/PodMonitor (custom
 resources, whose CRDs are not shipped): for those only the shape this file asserts (selectors
@@ -14,11 +16,13 @@ that match our Services, ports that exist). The container tests run with a Docke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib
 import importlib.util
 import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -28,18 +32,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 
+from cormorant.common import bus
+from cormorant.common.bus import StreamSpec
 from cormorant.common.bus.users import PLATFORM_USER, REPLICA_INBOX, REPLICA_PUBLISH, REPLICA_USER
-from cormorant.devstack.servers.nats import nats_server_binary
+from cormorant.common.sandbox import DEFAULT_MEMORY_MB
+from cormorant.common.settings import CommonSettings, StreamSettings
+from cormorant.deployer.settings import DeployerSettings
+from cormorant.devstack.servers.nats import NatsServer, nats_server_binary
 from tests.kustomize_render import Manifest, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +148,61 @@ def test_overlay_renders_to_valid_objects_in_its_namespace(overlay: str) -> None
     config = find(manifests, "ConfigMap", "cormorant-nats-config")["data"]["nats.conf"]
     assert "jetstream" in config
     assert all(f"cormorant-nats-{i}.cormorant-nats-headless:6222" in config for i in range(3))
+
+
+def kustomize_build() -> list[str] | None:
+    """The command that runs the real ``kustomize build`` (kubectl embeds kustomize), if any."""
+    kustomize = shutil.which("kustomize")
+    if kustomize is not None:
+        return [kustomize, "build"]
+    kubectl = shutil.which("kubectl")
+    return [kubectl, "kustomize"] if kubectl is not None else None
+
+
+def comparable(manifest: Manifest) -> str:
+    """``manifest`` as canonical JSON, a Secret's values decoded: kustomize wraps long base64
+    lines, which the API server ignores, so only the decoded values are compared."""
+    if manifest["kind"] == "Secret":
+        manifest = {
+            **manifest,
+            "data": {
+                key: base64.b64decode("".join(value.split())).decode()
+                for key, value in manifest.get("data", {}).items()
+            },
+        }
+    return json.dumps(manifest, sort_keys=True)
+
+
+def name_of(canonical: str) -> str:
+    """``Kind/name`` of an object given as :func:`comparable` prints it."""
+    manifest = json.loads(canonical)
+    return f"{manifest['kind']}/{manifest['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_real_kustomize_build_validates_and_matches_our_renderer(overlay: str) -> None:
+    command = kustomize_build()
+    if command is None:
+        pytest.skip(
+            "neither kustomize nor kubectl is on PATH: the overlays are checked through"
+            " tests/kustomize_render.py alone, not compared with the real build"
+        )
+    result = subprocess.run(
+        [*command, str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for manifest in built:
+        validate(manifest, f"{' '.join(command[1:])} overlays/{overlay}")
+    # As sets of objects: kustomize orders its output by kind, our renderer by file.
+    real = sorted(comparable(m) for m in built)
+    ours = sorted(comparable(m) for m in rendered(overlay))
+    only_real = [name_of(m) for m in real if m not in ours]
+    only_ours = [name_of(m) for m in ours if m not in real]
+    assert real == ours, f"differ: as kustomize builds {only_real}, as we render {only_ours}"
 
 
 def pod_specs(manifests: tuple[Manifest, ...]) -> Iterator[tuple[str, Manifest]]:
@@ -585,6 +649,57 @@ def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
             assert not container["image"].endswith(":latest"), container["image"]
 
 
+GATEWAY_PLAN = {"cores": 8.5, "pods": 15}
+"""docs/scaling.md: 100,000 req/s need 8.5 cores of gateway CPU, which the prod HPA serves with
+15 pods."""
+
+
+def cpu_cores(quantity: str | int) -> float:
+    """A Kubernetes CPU quantity (``500m``, ``1``) in cores."""
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def find_labels(manifests: tuple[Manifest, ...], deployment: str) -> dict[str, str]:
+    """The labels of ``deployment``'s pods."""
+    labels: dict[str, str] = find(manifests, "Deployment", deployment)["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    return labels
+
+
+def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
+    manifests = rendered("prod")
+    hpa = find(manifests, "HorizontalPodAutoscaler", "cormorant-gateway")
+    (metric,) = hpa["spec"]["metrics"]
+    target = metric["resource"]["target"]["averageUtilization"] / 100
+    pod = find(manifests, "Deployment", "cormorant-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # Utilization is of the request: one process uses at most one core, so a pod scales out
+    # at target x request cores of work.
+    request = cpu_cores(container["resources"]["requests"]["cpu"])
+    assert request == 1, "a gateway pod is one process: request the core it can use"
+    pods = math.ceil(GATEWAY_PLAN["cores"] / (target * request))
+    assert pods == GATEWAY_PLAN["pods"]
+    assert hpa["spec"]["maxReplicas"] >= pods
+    # The plan survives a zone: the pods are spread over zones (and nodes within one).
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+        assert spread[key]["maxSkew"] == 1, key
+        assert selects(spread[key]["labelSelector"], find_labels(manifests, "cormorant-gateway"))
+    plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
+    assert f"**{GATEWAY_PLAN['pods']} gateway pods**" in plan
+    assert f"**{GATEWAY_PLAN['cores']} cores** of gateway CPU" in plan
+
+
+def test_capacity_plan_reserves_what_replica_pods_request_by_default() -> None:
+    # docs/scaling.md's idle floor: 5,000 endpoints at one replica each, at the fleet's defaults.
+    cpu = cpu_cores(DeployerSettings().k8s_cpu_request)
+    plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
+    cores, memory_gib = 5_000 * cpu, 5_000 * DEFAULT_MEMORY_MB // 1024
+    assert f"**{cores:,.0f} cores and {memory_gib:,} GiB**" in plan
+
+
 SIZE_UNITS = {
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
     "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
@@ -612,6 +727,73 @@ def test_jetstream_file_store_fits_its_volume(overlay: str) -> None:
     volume = claim["spec"]["resources"]["requests"]["storage"]
     # JetStream cannot see its volume's size: past it, writes fail instead of limits applying.
     assert size_bytes(limit) < size_bytes(volume), (limit, volume)
+
+
+STREAM_REPLICAS = {"dev": 1, "prod": 3}
+"""Copies of each JetStream stream: prod keeps every message on all three NATS nodes."""
+
+
+class SizedNatsServer(NatsServer):
+    """One nats-server whose JetStream may fill ``max_file_store``, as a cluster node's."""
+
+    def __init__(self, data_dir: Path, max_file_store: str) -> None:
+        super().__init__(data_dir)
+        self.max_file_store = max_file_store
+
+    def command(self) -> list[str]:
+        """The fixture's argv plus the store limit."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "store.conf"
+        config.write_text(f"jetstream {{ max_file_store: {self.max_file_store} }}\n")
+        return [*super().command(), "--config", str(config)]
+
+
+async def create_streams(url: str, streams: tuple[StreamSpec, ...]) -> None:
+    """Create ``streams`` on the server at ``url``."""
+    nc = await bus.connect(url, name="manifests")
+    try:
+        await bus.ensure_streams(nc.jetstream(), streams)
+    finally:
+        await bus.close(nc)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_streams_are_replicated_and_bounded_within_each_nats_node(
+    monkeypatch: pytest.MonkeyPatch, overlay: str, tmp_path: Path
+) -> None:
+    manifests = rendered(overlay)
+    sizing: dict[str, StreamSettings] = {}
+    for service in SERVICES:
+        env = container_environment(manifests, service)
+        settings = cast(CommonSettings, build_settings(monkeypatch, service, env))
+        sizing[service] = settings.bus_stream
+    # Services that disagreed would update the streams back and forth at each start.
+    assert len(set(map(repr, sizing.values()))) == 1, sizing
+    stream_settings = sizing["predictlog"]
+    nats = find(manifests, "StatefulSet", "cormorant-nats")
+    assert stream_settings.replicas == STREAM_REPLICAS[overlay]
+    assert stream_settings.replicas <= nats["spec"]["replicas"], "a copy per NATS node at most"
+    if stream_settings.replicas > 1:
+        # Copies on one machine would fail together: the nodes must be on distinct machines.
+        anti = nats["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert selects(term["labelSelector"], nats["spec"]["template"]["metadata"]["labels"])
+    streams = bus.configured_streams(stream_settings)
+    assert {spec.to_config().num_replicas for spec in streams} == {stream_settings.replicas}
+    limits = [spec.max_bytes for spec in streams]
+    assert all(limit > 0 for limit in limits), f"unbounded streams: {streams}"
+    # With a copy of every stream on one node, all three must fit in that node's store.
+    env = {
+        e["name"]: e.get("value") for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    store = env["JETSTREAM_MAX_FILE_STORE"]
+    assert sum(limits) <= size_bytes(store), (limits, store)
+    # And nats-server agrees: one server with that store takes the streams' reservations (one
+    # copy each, as a node holds).
+    single = bus.configured_streams(stream_settings.model_copy(update={"replicas": 1}))
+    with SizedNatsServer(tmp_path / "nats", store) as server:
+        asyncio.run(create_streams(server.url, single))
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -685,11 +867,11 @@ SERVICE_SECRETS = {
     }.get(name, set())
     for name in SERVICES
 }
+"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
+find the admin key in its parent's environment)."""
 NATS_SECRETS = {"NATS_PASSWORD"}
 """On Kubernetes every service also holds the NATS platform user's password (Compose's NATS
 takes none); the deployer the replica user's too, to hand to replicas."""
-"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
-find the admin key in its parent's environment)."""
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -892,6 +1074,53 @@ SETTINGS_CLASSES = {
 }
 STUB_SECRET = "cmk_stub-secret-for-the-settings-check"
 """What a secret reference or an unset Compose variable stands for: only its shape matters."""
+
+
+def variables_read(settings_class: type[BaseSettings]) -> set[str]:
+    """Every environment variable ``settings_class`` reads, nested settings classes included."""
+    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    names: set[str] = set()
+    for field_name, info in settings_class.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {c for c in alias.choices if isinstance(c, str) and c.isupper()}
+        else:
+            names.add((prefix + field_name).upper())
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseSettings):
+            names |= variables_read(nested)
+    return names
+
+
+def settings_class_of(name: str) -> type[BaseSettings]:
+    """The settings class of a component: a service's own, or the shared one (migrate)."""
+    if name not in SETTINGS_CLASSES:
+        return CommonSettings
+    module, _, attribute = SETTINGS_CLASSES[name].partition(":")
+    settings_class: type[BaseSettings] = getattr(importlib.import_module(module), attribute)
+    return settings_class
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_variable_a_component_is_given_is_one_it_reads(overlay: str) -> None:
+    # Documented is not enough: a worker's variable set on the gateway is documented and unread.
+    manifests = rendered(overlay)
+    config = find(manifests, "ConfigMap", "cormorant-config")["data"]
+    readers: set[str] = set()
+    for owner, pod in pod_specs(manifests):
+        for container in pod["containers"]:
+            given = {e["name"] for e in container.get("env", [])}
+            read = variables_read(settings_class_of(owner.removeprefix("cormorant-")))
+            if any(
+                s["configMapRef"]["name"] == "cormorant-config"
+                for s in container.get("envFrom", [])
+            ):
+                readers |= read
+            assert {v for v in given if v.startswith("CORMORANT_")} <= read, owner
+    assert set(config) - readers == set(), "set in cormorant-config, read by none of its users"
+    for name, service in compose()["services"].items():
+        given = {v for v in service.get("environment", {}) if v.startswith("CORMORANT_")}
+        assert given <= variables_read(settings_class_of(name)), name
 
 
 def container_environment(manifests: tuple[Manifest, ...], name: str) -> dict[str, str]:

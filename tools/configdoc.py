@@ -53,20 +53,37 @@ def _env_name(cls: type[BaseSettings], field: str) -> str:
     return (prefix + field).upper()
 
 
+def _nested(annotation: object) -> type[BaseSettings] | None:
+    """The settings class of a field that is one (read with its own prefix), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+        return annotation
+    return None
+
+
+def _rows(cls: type[BaseSettings], skip: set[str]) -> list[str]:
+    """One table row per variable of ``cls``; a nested settings class gives its own rows."""
+    rows = []
+    for field, info in cls.model_fields.items():
+        if field in skip and _env_name(cls, field) == f"CORMORANT_{field.upper()}":
+            continue
+        nested = _nested(info.annotation)
+        if nested is not None:
+            rows.extend(_rows(nested, set()))
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default is None else f"`{default}`"
+        doc = (info.description or "").replace("\n", " ")
+        rows.append(f"| `{_env_name(cls, field)}` | {shown} | {doc} |")
+    return rows
+
+
 def render() -> str:
     """The whole configuration page."""
     out = [HEADER]
     shared = set(_load(SETTINGS_CLASSES[0][1]).model_fields)
     for i, (title, path) in enumerate(SETTINGS_CLASSES):
         cls = _load(path)
-        rows = []
-        for field, info in cls.model_fields.items():
-            if i > 0 and field in shared and _env_name(cls, field) == f"CORMORANT_{field.upper()}":
-                continue
-            default = info.get_default(call_default_factory=True)
-            shown = "" if default is None else f"`{default}`"
-            doc = (info.description or "").replace("\n", " ")
-            rows.append(f"| `{_env_name(cls, field)}` | {shown} | {doc} |")
+        rows = _rows(cls, shared if i > 0 else set())
         out.append(f"\n## {title}\n\n`{path.replace(':', '.')}`\n")
         out.append("| variable | default | meaning |\n|---|---|---|")
         out.extend(rows)

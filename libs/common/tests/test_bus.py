@@ -30,7 +30,9 @@ from cormorant.common.bus import (
     Delivery,
     Handler,
     PredictionColumns,
+    StreamRefused,
     close,
+    configured_streams,
     connect,
     decode_all,
     ensure_streams,
@@ -46,6 +48,7 @@ from cormorant.common.events import (
     MetricLogged,
     PredictionLogged,
 )
+from cormorant.common.settings import CommonSettings, StreamSettings
 from cormorant.common.telemetry import new_registry
 from cormorant.devstack.servers import NatsServer
 from cormorant.devstack.testing.waits import eventually
@@ -105,6 +108,58 @@ async def test_ensure_streams_is_idempotent_and_applies_changes(nats_url: str) -
     finally:
         await close(first)
         await close(second)
+
+
+async def test_stream_settings_size_the_streams_and_update_existing_ones(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = await connect(nats_url, name="sized")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, STREAMS)  # as an earlier release left them: unbounded
+        monkeypatch.setenv("CORMORANT_BUS_STREAM_METRICS_MAX_BYTES", "64KiB")
+        monkeypatch.setenv("CORMORANT_BUS_STREAM_EVENTS_MAX_AGE_S", "3600")
+        monkeypatch.setenv("CORMORANT_BUS_STREAM_PREDICTIONS_MAX_AGE_S", "86400")
+        settings = CommonSettings()  # what every service reads, whatever its own prefix
+        await ensure_streams(js, configured_streams(settings.bus_stream))
+        metrics = (await js.stream_info(METRICS_STREAM)).config
+        assert metrics.max_bytes == 64 * 1024
+        assert metrics.num_replicas == 1
+        assert (await js.stream_info(EVENTS_STREAM)).config.max_age == 3600
+        predictions = (await js.stream_info(PREDICTIONS_STREAM)).config
+        assert (predictions.max_age, predictions.max_bytes) == (86400, -1)
+
+        # A caller without the settings (created-if-missing only) does not undo them.
+        await ensure_streams(js)
+        assert (await js.stream_info(METRICS_STREAM)).config.max_bytes == 64 * 1024
+
+        # The bound holds: past 64 KiB the oldest metrics go.
+        publisher = BatchedPublisher(js, name="sized")
+        await publisher.start()
+        for i in range(400):
+            assert publisher.publish(metric(float(i)))
+        assert await publisher.flush(timeout=10)
+        await publisher.stop()
+        state = (await js.stream_info(METRICS_STREAM)).state
+        assert state.bytes <= 64 * 1024
+        assert state.first_seq > 1, "nothing was discarded: the limit did not apply"
+        assert state.last_seq == 400
+    finally:
+        await close(nc)
+
+
+async def test_more_stream_replicas_than_servers_is_refused_naming_the_setting(
+    nats_url: str,
+) -> None:
+    nc = await connect(nats_url, name="replicated")
+    try:
+        streams = configured_streams(StreamSettings(replicas=3))
+        assert {spec.to_config().num_replicas for spec in streams} == {3}
+        with pytest.raises(StreamRefused, match="CORMORANT_BUS_STREAM_REPLICAS") as refused:
+            await ensure_streams(nc.jetstream(), streams)
+        assert "non-clustered" in refused.value.description
+    finally:
+        await close(nc)
 
 
 # --------------------------------------------------------------------------- publisher

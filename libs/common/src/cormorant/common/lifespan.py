@@ -8,7 +8,7 @@ list of openers and the components built on them, closed in reverse order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cormorant.common.bus import close, connect, ensure_streams
+from cormorant.common.bus import StreamSpec, close, connect, ensure_streams
 from cormorant.common.db import create_engine, upgrade, wait_for_database
 from cormorant.common.telemetry import setup_tracing
 
@@ -57,14 +57,16 @@ async def open_bus(
     *,
     name: str,
     timeout: float,  # noqa: ASYNC109 - how long a starting service waits for NATS
+    streams: Iterable[StreamSpec] | None = None,
 ) -> Client:
-    """A NATS connection (within ``timeout`` s) with the JetStream streams in place, closed
-    when the stack closes."""
+    """A NATS connection (within ``timeout`` s) with the JetStream streams in place (sized as
+    ``streams``, ``bus.configured_streams(settings.bus_stream)``), closed when the stack
+    closes. Without ``streams``, missing streams are created and existing ones left alone."""
     # bus.connect waits for a server forever; a service start must not.
     async with asyncio.timeout(timeout):
         nc = await connect(url, name=name)
     stack.push_async_callback(close, nc)
-    await ensure_streams(nc.jetstream())
+    await ensure_streams(nc.jetstream(), streams)
     return nc
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, ByteSize, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,9 +19,50 @@ def _shared(name: str, *former: str) -> AliasChoices:
     return AliasChoices(name, f"CORMORANT_{name.upper()}", *former)
 
 
+_DAY = 86_400.0
+
+
 def default_datasets_url(data_dir: Path) -> str:
     """The default storage of datasets: ``<data_dir>/datasets`` as an absolute local path."""
     return str((data_dir / "datasets").resolve())
+
+
+class StreamSettings(BaseSettings):
+    """How big and how redundant the platform's JetStream streams are (prefix
+    ``CORMORANT_BUS_STREAM_``). Every service that declares the streams reads the same values,
+    so they agree on one configuration: a stream that exists with other values is updated to
+    these when a service starts."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORMORANT_BUS_STREAM_", extra="ignore", use_attribute_docstrings=True
+    )
+
+    replicas: int = Field(default=1, ge=1, le=5)
+    """Copies of each stream across a NATS cluster (JetStream allows 1 to 5, at most the number
+    of servers; a single server, as the local stack's, takes only 1). Raising it on existing
+    streams updates them in place."""
+
+    predictions_max_age_s: float = Field(default=7 * _DAY, ge=0)
+    """Seconds a logged prediction is kept on the predictions stream (0: until its size limit
+    pushes it out). The prediction log's database keeps its own retention."""
+
+    predictions_max_bytes: ByteSize | None = None
+    """Largest size of the predictions stream (``800MiB``, ``20GiB``; MB and GB count in
+    powers of 1000); the oldest messages go first. Unset: bounded by age only. On NATS with a
+    ``max_file_store``, the three streams' sizes must fit in it."""
+
+    metrics_max_age_s: float = Field(default=30 * _DAY, ge=0)
+    """Seconds a logged metric is kept on the metrics stream (0: until its size limit)."""
+
+    metrics_max_bytes: ByteSize | None = None
+    """Largest size of the metrics stream (units as for the predictions stream's)."""
+
+    events_max_age_s: float = Field(default=30 * _DAY, ge=0)
+    """Seconds a platform event (endpoint, traffic, replica, job changes) is kept (0: until
+    its size limit)."""
+
+    events_max_bytes: ByteSize | None = None
+    """Largest size of the events stream (units as for the predictions stream's)."""
 
 
 class CommonSettings(BaseSettings):
@@ -88,6 +129,13 @@ class CommonSettings(BaseSettings):
     ``{"endpoint_url": "http://minio:9000"}`` for S3-compatible storage). Formerly
     ``CORMORANT_DEPLOYER_DATASETS_STORAGE_OPTIONS`` and
     ``CORMORANT_FEEDBACK_DATASETS_STORAGE_OPTIONS``, still read when this is unset."""
+
+    # Its own settings class, so its variables are CORMORANT_BUS_STREAM_* in every service
+    # rather than each service's prefix.
+    bus_stream: StreamSettings = Field(
+        default_factory=StreamSettings, validation_alias=_shared("bus_stream")
+    )
+    """Sizing of the JetStream streams: the ``CORMORANT_BUS_STREAM_*`` variables below."""
 
     def resolved_datasets_url(self) -> str:
         """``datasets_url``, or the local default under ``data_dir``."""

@@ -15,7 +15,7 @@ from cormorant.alerts.flows.api import router as flows_router
 from cormorant.alerts.flows.exec import ExecLimits, contained_identity
 from cormorant.alerts.flows.service import FlowService
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.common.bus import BatchedPublisher
+from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.db import session_factory
 from cormorant.common.lifespan import open_bus, open_database, open_tracing
 from cormorant.common.telemetry import new_registry
@@ -45,7 +45,10 @@ def create_app(settings: AlertsSettings) -> FastAPI:
             timeout = settings.startup_timeout_s
             engine = await open_database(stack, settings.database_url, timeout=timeout)
             sessions = session_factory(engine)
-            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
+            streams = configured_streams(settings.bus_stream)
+            nc = await open_bus(
+                stack, settings.nats_url, name=TITLE, timeout=timeout, streams=streams
+            )
             js = nc.jetstream()
             publisher = BatchedPublisher(nc, name="alerts", registry=registry)
             await publisher.start()

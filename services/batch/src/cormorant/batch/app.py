@@ -15,7 +15,7 @@ from cormorant.batch.api import router
 from cormorant.batch.capacity import Capacity, DeployerApi
 from cormorant.batch.jobs import BatchService
 from cormorant.batch.settings import BatchSettings
-from cormorant.common.bus import BatchedPublisher
+from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import session_factory
 from cormorant.common.internal import internal_client
@@ -45,7 +45,10 @@ def create_app(settings: BatchSettings) -> FastAPI:
             timeout = settings.startup_timeout_s
             engine = await open_database(stack, settings.database_url, timeout=timeout)
             sessions = session_factory(engine)
-            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
+            streams = configured_streams(settings.bus_stream)
+            nc = await open_bus(
+                stack, settings.nats_url, name=TITLE, timeout=timeout, streams=streams
+            )
             publisher = BatchedPublisher(nc, name="batch", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)

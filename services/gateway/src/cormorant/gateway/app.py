@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from cormorant.common import bus
 from cormorant.common.db import create_engine, session_factory
 from cormorant.common.errors import error_response, install_error_handlers
 from cormorant.common.internal import ReplicaKeys, internal_client
@@ -77,7 +78,10 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
     table = RoutingTable(pool, default_timeout_s=settings.default_timeout_s)
     credentials = Credentials(negative_ttl_s=settings.auth_negative_ttl_s)
     prediction_log = PredictionLog(
-        metrics, enabled=settings.log_predictions, max_bytes=settings.log_max_bytes
+        metrics,
+        enabled=settings.log_predictions,
+        max_bytes=settings.log_max_bytes,
+        streams=bus.configured_streams(settings.bus_stream),
     )
     predict_path = PredictPath(
         table,

@@ -57,9 +57,18 @@ def is_unanswered(status: int) -> bool:
 class PredictionLog:
     """Publishes ``PredictionLogged`` for unanswered predict requests, once NATS is there."""
 
-    def __init__(self, metrics: GatewayMetrics, *, enabled: bool, max_bytes: int) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        enabled: bool,
+        max_bytes: int,
+        streams: tuple[bus.StreamSpec, ...] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.max_bytes = max_bytes
+        self.streams = streams
+        """The streams as the settings size them (None: create missing ones, change none)."""
         self.publisher: bus.BatchedPublisher | None = None
         """Set while the gateway's NATS connection is up (see ``attached``)."""
         self._registry = metrics.registry
@@ -73,7 +82,7 @@ class PredictionLog:
             yield
             return
         try:
-            await bus.ensure_streams(nc.jetstream())
+            await bus.ensure_streams(nc.jetstream(), self.streams)
         except Exception as exc:  # the publisher retries until the stream exists
             log.warning("prediction log stream not checked: %s: %s", type(exc).__name__, exc)
         # Failures come in bursts (a replica gone, a timeout): those queued together leave as

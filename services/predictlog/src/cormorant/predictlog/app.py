@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.pool import NullPool
 
+from cormorant.common.bus import configured_streams
 from cormorant.common.lifespan import open_bus, open_database, open_tracing
 from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
@@ -53,7 +54,10 @@ def create_app(
             directory = EndpointDirectory(pool, ttl=settings.endpoint_cache_s)
             app.state.store = Store(pool, directory, settings)
 
-            nc = await open_bus(stack, settings.nats_url, name=TITLE, timeout=timeout)
+            streams = configured_streams(settings.bus_stream)
+            nc = await open_bus(
+                stack, settings.nats_url, name=TITLE, timeout=timeout, streams=streams
+            )
             js = nc.jetstream()
             ingest = Ingest(settings, nc, js, directory, metrics)
 

@@ -1,7 +1,8 @@
 """NATS and JetStream plumbing shared by every service.
 
 - ``connect`` / ``close``: a client that reconnects forever and logs connection changes.
-- ``STREAMS`` / ``ensure_streams``: the JetStream streams that hold the event catalogue.
+- ``STREAMS`` / ``configured_streams`` / ``ensure_streams``: the JetStream streams that hold the
+  event catalogue, sized by the ``CORMORANT_BUS_STREAM_*`` settings.
 - ``BatchedPublisher``: a bounded, never-blocking, at-least-once publisher for the request path;
   with ``max_pack`` it sends several events of one subject as one message (a pack).
 - ``unpack`` / ``decode_message``: the events a message carries, pack or not; every consumer
@@ -38,7 +39,9 @@ from cormorant.common.bus.streams import (
     METRICS_STREAM,
     PREDICTIONS_STREAM,
     STREAMS,
+    StreamRefused,
     StreamSpec,
+    configured_streams,
     ensure_streams,
     stream_specs,
 )
@@ -58,9 +61,11 @@ __all__ = [
     "Pack",
     "PredictionColumns",
     "PublisherStats",
+    "StreamRefused",
     "StreamSpec",
     "close",
     "column_event_id",
+    "configured_streams",
     "connect",
     "consume",
     "decode_all",
