@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from cormorant.common.bus import BatchedPublisher
+from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.datasets import BlobStore
 from cormorant.common.db import session_factory
 from cormorant.common.internal import internal_client
@@ -62,7 +62,10 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             timeout = resolved.startup_timeout_s
             engine = await open_database(stack, resolved.database_url, timeout=timeout)
             store = Store(session_factory(engine))
-            nc = await open_bus(stack, resolved.nats_url, name=TITLE, timeout=timeout)
+            streams = configured_streams(resolved.bus_stream)
+            nc = await open_bus(
+                stack, resolved.nats_url, name=TITLE, timeout=timeout, streams=streams
+            )
             publisher = BatchedPublisher(nc, name="deployer", registry=registry)
             await publisher.start()
             stack.push_async_callback(publisher.stop)
