@@ -51,6 +51,7 @@ import mmap
 import os
 import stat
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,6 +131,8 @@ class SpoolWriter:
         self._fd = -1
         self._name = ""
         self._map: mmap.mmap | None = None
+        self._committed: memoryview | None = None
+        """The header's committed length, as one unsigned 64-bit item of the mapping."""
         self._end = HEADER_BYTES
         """Where the next row goes: the committed length, header included."""
         self._capacity = 0
@@ -154,12 +157,13 @@ class SpoolWriter:
         end = start + len(line)
         if end > self._capacity and not self._make_room(end):
             return
-        mapped = self._map
+        mapped, committed = self._map, self._committed
         assert mapped is not None
+        assert committed is not None
         mapped[start:end] = line
         # Committed only now, after the copy: a death during it leaves the row out of what a
-        # replayer reads. One 8-byte copy (a single store), which a kill cannot cut in two.
-        mapped[_COMMITTED_AT:HEADER_BYTES] = _COMMITTED.pack(end)
+        # replayer reads. One aligned 8-byte store, which a kill cannot cut in two.
+        committed[0] = end
         self._end = end
         self._rows += 1
 
@@ -197,7 +201,9 @@ class SpoolWriter:
                                       mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
                 self._map[:_COMMITTED_AT] = MAGIC
             else:
+                self._release()  # a mapping with a view of it cannot move
                 self._map.resize(capacity)
+            self._committed = _committed_view(self._map)
             self._capacity = capacity
         except (OSError, ValueError) as exc:  # ValueError: mmap's, for what it cannot map
             if not self._failed:
@@ -218,8 +224,14 @@ class SpoolWriter:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd, self._name = fd, name
 
+    def _release(self) -> None:
+        if self._committed is not None:
+            self._committed.release()
+            self._committed = None
+
     def _unmap(self) -> None:
         # The pages stay in the page cache, the file's: unmapping only ends our view of them.
+        self._release()
         if self._map is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._map.close()
@@ -228,6 +240,13 @@ class SpoolWriter:
 
 
 _ZEROS = memoryview(bytes(GROWTH_BYTES))
+
+
+def _committed_view(mapped: mmap.mmap) -> memoryview:
+    """The committed length of a mapped segment's header, as one little-endian ``Q`` item."""
+    if sys.byteorder != "little":  # the header is little-endian wherever it was written
+        raise ValueError("a mapped spool needs a little-endian machine")
+    return memoryview(mapped)[_COMMITTED_AT:HEADER_BYTES].cast("Q")
 
 
 def _extend(fd: int, offset: int, size: int) -> None:
