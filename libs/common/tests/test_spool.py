@@ -4,6 +4,8 @@ and what user code could plant in the directory is read as hostile."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -255,3 +257,50 @@ async def test_a_segment_of_plain_lines_is_still_replayed(tmp_path: Path) -> Non
     )
     assert replayed_ids(tmp_path, ack=False) == ["req-0", "req-1"]
     assert spool_segments(tmp_path) == ["1-1.spool"]  # until acked
+
+
+_ANSWERING_WRITER = (
+    "import os, sys\n"
+    "from pathlib import Path\n"
+    "from cormorant.common.bus.spool import SpoolWriter\n"
+    "writer = SpoolWriter(Path(sys.argv[1]))\n"
+    "i = 0\n"
+    "while True:\n"
+    "    writer.append((f'req-{i}', 1.0 + i, 0.001, 200, [i, 'x' * (i % 300)], {'y': i},"
+    " None, None))\n"
+    "    os.write(1, b'%d\\n' % i)  # the answer leaves after the row is spooled\n"
+    "    i += 1\n"
+    "    if i % 700 == 0:\n"
+    "        writer.seal()  # a hand-over: kept until acked, which never comes\n"
+)
+
+
+@pytest.mark.parametrize("answers", [1, 333, 2500])
+def test_a_writer_killed_while_appending_left_every_row_it_answered(
+    tmp_path: Path, answers: int
+) -> None:
+    """SIGKILL at whatever instant the writer is at, appending without pause: every row whose
+    answer left is replayed, each exactly as written, and nothing else."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _ANSWERING_WRITER, str(tmp_path)],
+        stdout=subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    assert writer.stdout is not None
+    answered = -1
+    while answered < answers - 1:
+        line = writer.stdout.readline()
+        assert line, "the writer ended by itself"
+        answered = int(line)
+    writer.kill()
+    rest = writer.stdout.read()
+    writer.wait()
+    answered = max([answered, *map(int, rest.split())])
+
+    rows = [row for orphan in spool.orphans(tmp_path) for row in orphan.rows]
+    rows.sort(key=lambda r: r[1])
+    # Every answered row, and at most the one row spooled whose answer never left.
+    assert [r[0] for r in rows[: answered + 1]] == [f"req-{i}" for i in range(answered + 1)]
+    assert len(rows) - (answered + 1) in (0, 1)
+    for i, spooled in enumerate(rows):
+        assert spooled == (f"req-{i}", 1.0 + i, 0.001, 200, [i, "x" * (i % 300)], {"y": i},
+                           None, None)  # fmt: skip
