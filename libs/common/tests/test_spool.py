@@ -304,3 +304,29 @@ def test_a_writer_killed_while_appending_left_every_row_it_answered(
     for i, spooled in enumerate(rows):
         assert spooled == (f"req-{i}", 1.0 + i, 0.001, 200, [i, "x" * (i % 300)], {"y": i},
                            None, None)  # fmt: skip
+
+
+_CRAMPED_WRITER = (
+    "import resource, signal, sys\n"
+    "from pathlib import Path\n"
+    "from cormorant.common.bus.spool import SpoolWriter\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "writer = SpoolWriter(Path(sys.argv[1]))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+    "for i in range(3):\n"
+    "    writer.append((f'req-{i}', 1.0, 0.1, 200, 'x' * 3000, None, None, None))\n"
+    "segment = writer.seal()\n"
+    "print(0 if segment is None else segment.rows)\n"
+)
+
+
+def test_a_segment_that_cannot_grow_costs_only_its_rows(tmp_path: Path) -> None:
+    """No room for a segment (files capped at 4 kB here, as a full disk would refuse): the
+    append gives up on the row and the writer lives on, no signal, no exception."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CRAMPED_WRITER, str(tmp_path)],
+        capture_output=True, text=True, cwd="/", check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"]
+    assert "predictions are not spooled" in done.stderr

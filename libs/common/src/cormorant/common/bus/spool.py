@@ -256,6 +256,8 @@ def _extend(fd: int, offset: int, size: int) -> None:
     written pages wait for the writeback) make each deletion of a segment cost milliseconds."""
     while size > 0:
         written = os.pwrite(fd, _ZEROS[:size], offset)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no room for the spool segment to grow")
         offset += written
         size -= written
 
