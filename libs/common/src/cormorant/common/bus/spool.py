@@ -36,9 +36,8 @@ a replayer reads regular files only, owned by the directory's owner (never throu
 symbolic or hard), a bounded number of bytes (a committed length is bounded by the file's
 size and that cap, never trusted), skips lines that are not rows, and labels what it
 publishes with the endpoint and version it knows itself, never with anything read from the
-file. (User code that truncates the open segment
-under its writer gets its own process killed by a SIGBUS: no more than it can do to the
-process it runs in anyway.)
+file. (User code that truncates the open segment under its writer gets its own process
+killed by a SIGBUS: no more than it can do to the process it runs in anyway.)
 """
 
 from __future__ import annotations
