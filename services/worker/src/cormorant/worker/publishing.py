@@ -17,10 +17,10 @@ of CPU per message stored and delivered (goroutine wake-ups, mostly). Logging co
 1,024 built event by event, and 2-3 µs with column packs (``bench/logging_overhead.py``). The
 events stay in memory a little longer: they are handed over (and flushed) when the replica
 stops. With a spool (``spool_dir``, which the deployer sets for every replica), each
-prediction is also written to disk before its answer leaves and kept there until JetStream
-acknowledged it, so a worker killed meanwhile loses none: the next worker process (or the
-deployer, for a replica it removes) publishes what it left (``bus.spool``). Each event keeps
-its own trace context, taken from the request's span when the replica traces.
+prediction is also copied into a memory-mapped spool file before its answer leaves and kept
+there until JetStream acknowledged it, so a worker killed meanwhile loses none: the next worker
+process (or the deployer, for a replica it removes) publishes what it left (``bus.spool``).
+Each event keeps its own trace context, taken from the request's span when the replica traces.
 """
 
 from __future__ import annotations
