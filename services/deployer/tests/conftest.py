@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+# --import-mode=importlib puts no test folder on sys.path: the test kits need it.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from deployer_testkit import DeployerHarness, running_deployer
+
 from cormorant.common.internal import generate_internal_secret
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, running_deployer
 
 TINY_MODEL = """\
 import os

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from deployer_testkit import DeployerHarness, worker_processes
 
 from cormorant.common.events import LoadReported
 from cormorant.deployer.fleet.autoscale import (
@@ -16,7 +17,6 @@ from cormorant.deployer.fleet.autoscale import (
     observed_concurrency,
     recommend,
 )
-from cormorant.deployer.testing import DeployerHarness, worker_processes
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import nats
+from deployer_testkit import DeployerHarness, pid_gone, worker_processes
 
 from cormorant.common.events import decode
-from cormorant.deployer.testing import DeployerHarness, pid_gone, worker_processes
 from cormorant.devstack.testing.waits import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

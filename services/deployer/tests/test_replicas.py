@@ -13,6 +13,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from deployer_testkit import (
+    DeployerHarness,
+    pid_gone,
+    running_deployer,
+    worker_processes,
+)
 
 from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM
@@ -20,12 +26,6 @@ from cormorant.common.events import PredictionLogged
 from cormorant.common.ports import free_port
 from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import (
-    DeployerHarness,
-    pid_gone,
-    running_deployer,
-    worker_processes,
-)
 from cormorant.devstack.testing.spooling import spool_and_die
 from cormorant.devstack.testing.waits import eventually
 

@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-
-from cormorant.deployer.fleet.runtime.local import LocalRuntime
-from cormorant.deployer.fleet.runtime.template import WorkerTemplate
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import (
+from deployer_testkit import (
     DeployerHarness,
     pid_gone,
     running_deployer,
     worker_processes,
 )
+
+from cormorant.deployer.fleet.runtime.local import LocalRuntime
+from cormorant.deployer.fleet.runtime.template import WorkerTemplate
+from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.waits import eventually
 
 FORKED = "forked from the worker template"

@@ -1,7 +1,7 @@
 """Test support: a deployer run in-process against real servers, and waits with deadlines.
 
-Used by the deployer's own tests and by end-to-end tests that need a deployer without the
-whole stack. Requires the ``asgi-lifespan`` development dependency.
+The deployer tests' kit (kept out of the shipped package): its conftest puts this folder on
+``sys.path``. Requires the ``asgi-lifespan`` development dependency.
 """
 
 from __future__ import annotations
