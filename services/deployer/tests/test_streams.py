@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.deployer.fleet.lag import desired_for_lag, group_lag, parse_metrics
 from cormorant.deployer.fleet.runtime import ReplicaLaunch
-from cormorant.deployer.streams.lag import desired_for_lag, group_lag, parse_metrics
 from cormorant.deployer.streams.spec import bridge_options, parse_kafka, public_kafka
 
 METRICS = """\

@@ -112,7 +112,6 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             # Closed before the HTTP client, the bus and the database (last in, first out).
             stack.push_async_callback(fleet.close)
             await fleet.start(nc)
-            supervisor = fleet.supervisor
 
             endpoints = EndpointService(
                 settings=resolved,
@@ -134,22 +133,20 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             if resolved.fleet == "local":
                 # A stream swap hands the group over between local processes; on a cluster
                 # a stream endpoint takes new code as a new endpoint (400 says so).
-                rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
+                rollouts.kinds["stream"] = StreamRollout()
             await rollouts.recover()
-            demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
+            demands = Demands(fleet.supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
             demands.recover()
             state = DeployerState(
                 endpoints=endpoints,
                 rollouts=rollouts,
-                streams=StreamService(
-                    store=store, supervisor=supervisor, scaler=fleet.stream_autoscaler, http=http
-                ),
+                streams=StreamService(store=store, fleet=fleet),
                 fleet=fleet,
                 demands=demands,
             )
 
             started.set()
-            log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
+            log.info("deployer ready with %d endpoint(s)", len(fleet.supervisor.endpoints))
             try:
                 yield state
             finally:

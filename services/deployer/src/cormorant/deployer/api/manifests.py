@@ -10,7 +10,7 @@ from fastapi import APIRouter
 
 from cormorant.deployer.api.deps import EndpointsDep
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
-from cormorant.deployer.fleet.kubernetes.render import ManifestsOut, render
+from cormorant.deployer.fleet.kubernetes.render import ManifestsOut
 
 router = APIRouter(tags=["kubernetes"])
 
@@ -20,10 +20,10 @@ async def endpoint_manifests(slug: str, service: EndpointsDep) -> ManifestsOut:
     """The Kubernetes objects of every version ``slug`` runs, as the kubernetes fleet applies
     them (JSON and a YAML stream)."""
     config = ClusterConfig.of(service.settings)
-    return render(service.supervisor, service.snapshots, config, slug)
+    return await service.fleet.manifests(config, slug)
 
 
 @router.get("/api/v1/manifests")
 async def all_manifests(service: EndpointsDep) -> ManifestsOut:
     """The Kubernetes objects of every endpoint."""
-    return render(service.supervisor, service.snapshots, ClusterConfig.of(service.settings))
+    return await service.fleet.manifests(ClusterConfig.of(service.settings))

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from cormorant.common.openapi import error_responses
 from cormorant.deployer.api.deps import StreamsDep
-from cormorant.deployer.streams.status import StreamStatus
+from cormorant.deployer.fleet.views import StreamStatus
 
 router = APIRouter(tags=["streams"], responses=error_responses(409))
 

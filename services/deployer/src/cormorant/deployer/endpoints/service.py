@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
@@ -27,7 +26,6 @@ from cormorant.deployer.endpoints.store import (
     NewEndpoint,
     Store,
     VersionRecord,
-    slugify,
 )
 from cormorant.deployer.endpoints.validation import (
     changed_request,
@@ -35,10 +33,7 @@ from cormorant.deployer.endpoints.validation import (
     resolve_spec,
 )
 from cormorant.deployer.endpoints.views import endpoint_view, event_attributes, version_created
-from cormorant.deployer.fleet import Placement, placement_of
-from cormorant.deployer.fleet.local import LocalFleet
-from cormorant.deployer.fleet.replica import launch_of
-from cormorant.deployer.fleet.runtime import ConfigurationRefused
+from cormorant.deployer.fleet import Fleet, Placement, placement_of
 from cormorant.deployer.fleet.supervisor import Publisher
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.admin import prepare_stream_spec
@@ -64,16 +59,13 @@ class EndpointService:
         *,
         settings: DeployerSettings,
         store: Store,
-        fleet: LocalFleet,
+        fleet: Fleet,
         snapshots: SnapshotStore,
         publisher: Publisher,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
-        self.supervisor = fleet.supervisor
-        """The local fleet's picture of every endpoint (replica events, the canary runtimes)."""
-        self.runtime = fleet.runtime
         self.snapshots = snapshots
         self.publisher = publisher
 
@@ -127,8 +119,7 @@ class EndpointService:
         """Every live endpoint, newest first."""
         views = []
         for record, stats in await self.store.overview():
-            tracked = self.supervisor.endpoints.get(record.id)
-            views.append(endpoint_view(record, stats, tracked.events if tracked else ()))
+            views.append(endpoint_view(record, stats, await self.fleet.events(record.id)))
         return EndpointList(endpoints=views)
 
     async def get(self, slug: str) -> EndpointOut:
@@ -140,11 +131,10 @@ class EndpointService:
         record = await self._find(slug)
         await self.store.mark_deleted(record.id)
         self.publisher.publish(EndpointChanged(endpoint=record.slug, change="deleted"))
-        endpoint = self.supervisor.endpoints.get(record.id)
-        await self.fleet.remove(record.id)
+        events = await self.fleet.remove(record.id)
         log.info("deleted endpoint %s", record.slug)
         [(deleted, stats)] = await self.store.overview(record.id)
-        return endpoint_view(deleted, stats, endpoint.events if endpoint is not None else ())
+        return endpoint_view(deleted, stats, events)
 
     async def rotate_token(self, slug: str) -> TokenOut:
         """A new token for ``slug``; every earlier one stops working at once."""
@@ -188,7 +178,7 @@ class EndpointService:
         return record
 
     async def _view(self, record: EndpointRecord) -> EndpointOut:
-        view = await self.supervisor.describe(record.id)
+        view = await self.fleet.describe(record.id)
         if view is None:
             raise EndpointNotFound(record.slug)
         return view
@@ -201,20 +191,11 @@ class EndpointService:
         return snapshot, src.commit
 
     async def _check_worker(self, spec: EndpointSpec, snapshot: Snapshot) -> None:
-        launch = launch_of(
-            spec,
-            replica_id="check",
-            endpoint=slugify(spec.name),
-            endpoint_id=uuid.uuid4(),
-            version="1",
-            source=snapshot.directory,
-        )
-        try:
-            await self.runtime.check(launch)
-        except ConfigurationRefused as exc:
+        refused = await self.fleet.check(spec, snapshot.digest)
+        if refused is not None:
             raise BadRequest(
-                f"the worker refused this configuration: {exc}", details={"field": "server"}
-            ) from exc
+                f"the worker refused this configuration: {refused}", details={"field": "server"}
+            )
 
     def _announce_created(self, record: EndpointRecord, view: EndpointOut) -> None:
         version = record.version

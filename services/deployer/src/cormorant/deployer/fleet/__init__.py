@@ -1,8 +1,10 @@
 """The replica fleet: the ``Fleet`` seam and the values that cross it.
 
 The deployer says *what* should run (a ``Placement``: one version of one endpoint, its code
-archive and its replica bounds) and learns what happens to the replicas (``observe()``);
-*how* they run is the fleet's business. ``LocalFleet`` (``fleet/local.py``) runs processes on
+archive and its replica bounds) and learns what happens to the replicas (``observe()``, and
+as plain values: ``describe``, ``running``, ``stream_status``); *how* they run is the
+fleet's business. The control plane (endpoints, rollout, streams) reaches the fleet only
+through this protocol. ``LocalFleet`` (``fleet/local.py``) runs processes on
 this machine and takes its own scaling decisions; a cluster fleet would turn a placement into a
 Deployment and hand scaling to HPA/KEDA.
 """
@@ -12,11 +14,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cormorant.common.events import ReplicaChanged
 from cormorant.deployer.endpoints.schemas import EndpointSpec
 from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
+
+if TYPE_CHECKING:
+    # Only named in signatures: these modules' imports need this package first.
+    from cormorant.deployer.endpoints.schemas import EndpointOut
+    from cormorant.deployer.endpoints.views import ReplicaEvent
+    from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
+    from cormorant.deployer.fleet.kubernetes.render import ManifestsOut
+    from cormorant.deployer.fleet.views import RunningVersion, StreamStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +84,47 @@ class Fleet(Protocol):
         """Run ``placement`` (or bring a running one to its replica count)."""
         ...
 
-    async def remove(self, endpoint_id: uuid.UUID, version: str | None = None) -> None:
-        """Drain and stop one version's replicas, or (no ``version``) the whole endpoint's."""
+    async def remove(
+        self, endpoint_id: uuid.UUID, version: str | None = None
+    ) -> list[ReplicaEvent]:
+        """Drain and stop one version's replicas, or (no ``version``) the whole endpoint's;
+        the endpoint's replica events up to their stop."""
         ...
 
     def observe(self) -> AsyncIterator[ReplicaObserved]:
         """Every replica state change from now on."""
+        ...
+
+    async def describe(self, endpoint_id: uuid.UUID) -> EndpointOut | None:
+        """The endpoint's JSON as stored now, with its recent replica events."""
+        ...
+
+    async def events(self, endpoint_id: uuid.UUID) -> list[ReplicaEvent]:
+        """The endpoint's recent replica events."""
+        ...
+
+    async def running(self, endpoint_id: uuid.UUID) -> list[RunningVersion]:
+        """The versions whose replicas run, the stable one first (none once deleted)."""
+        ...
+
+    async def promote(self, endpoint_id: uuid.UUID, label: str) -> None:
+        """Make version ``label`` (running beside the stable one) the stable version."""
+        ...
+
+    async def check(self, spec: EndpointSpec, digest: str) -> str | None:
+        """Why the worker refuses ``spec`` run on the code archived as ``digest``, or None."""
+        ...
+
+    async def swap(
+        self, endpoint_id: uuid.UUID, version: VersionRecord, spec: EndpointSpec
+    ) -> None:
+        """Hand a stream endpoint's consumer group to ``version``'s replicas."""
+        ...
+
+    async def stream_status(self, endpoint_id: uuid.UUID) -> StreamStatus | None:
+        """A stream endpoint's lag, replicas and wiring (None if it runs nothing)."""
+        ...
+
+    async def manifests(self, config: ClusterConfig, slug: str | None = None) -> ManifestsOut:
+        """The Kubernetes manifests of endpoint ``slug``'s versions, or of every endpoint."""
         ...
