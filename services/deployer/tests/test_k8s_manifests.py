@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec, ResourcesSpec
-from cormorant.deployer.endpoints.snapshot import write_archive
-from cormorant.deployer.endpoints.store import VersionRecord
+from cormorant.common.endpoints.schemas import EndpointSpec, ReplicasSpec, ResourcesSpec
+from cormorant.common.endpoints.snapshot import write_archive
+from cormorant.common.endpoints.store import VersionRecord
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes import fetch
 from cormorant.deployer.fleet.kubernetes.manifests import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deployer_testkit import DeployerHarness
 
-from cormorant.deployer.endpoints.snapshot import write_archive
+from cormorant.common.endpoints.snapshot import write_archive
 
 PREDICT = "def predict(x):\n    return x\n"
 

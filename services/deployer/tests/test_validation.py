@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from deployer_testkit import DeployerHarness
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.common.endpoints.schemas import EndpointSpec, ReplicasSpec
 from cormorant.deployer.endpoints.validation import changed_request, top_level_names
 
 WORKERS_1 = {"workers": 1}

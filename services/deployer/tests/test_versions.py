@@ -15,7 +15,7 @@ import httpx
 from deployer_testkit import DeployerHarness
 
 from cormorant.common.datasets import BlobStore
-from cormorant.deployer.endpoints.snapshot import SnapshotStore, write_archive
+from cormorant.common.endpoints.snapshot import SnapshotStore, write_archive
 
 WORKERS_1 = {"workers": 1}
 

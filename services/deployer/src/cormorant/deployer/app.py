@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cormorant.common.bus import BatchedPublisher
 from cormorant.common.datasets import BlobStore
 from cormorant.common.db import session_factory
+from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.internal import internal_client
 from cormorant.common.lifespan import open_bus, open_database, open_tracing
 from cormorant.common.telemetry import new_registry
@@ -30,7 +31,6 @@ from cormorant.deployer.api import streams as streams_api
 from cormorant.deployer.api import usage as usage_api
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.endpoints.service import EndpointService
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet.demand import Demands
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig

@@ -6,9 +6,7 @@ import logging
 
 from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.db.models import PREFIX_LENGTH
-from cormorant.common.errors import BadRequest, NotFound
-from cormorant.common.events import EndpointChanged, TrafficChanged
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -19,20 +17,18 @@ from cormorant.deployer.endpoints.schemas import (
     RoutingTable,
     TokenOut,
 )
-from cormorant.deployer.endpoints.snapshot import Snapshot, SnapshotStore
+from cormorant.common.endpoints.snapshot import Snapshot, SnapshotStore
+from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.common.endpoints.views import endpoint_view, event_attributes, version_created
+from cormorant.common.errors import BadRequest, NotFound
+from cormorant.common.events import EndpointChanged, TrafficChanged
 from cormorant.deployer.endpoints.sources import checkout
-from cormorant.deployer.endpoints.store import (
-    EndpointRecord,
-    NewEndpoint,
-    Store,
-    VersionRecord,
-)
+from cormorant.deployer.endpoints.store import NewEndpoint, Store
 from cormorant.deployer.endpoints.validation import (
     changed_request,
     check_code,
     resolve_spec,
 )
-from cormorant.deployer.endpoints.views import endpoint_view, event_attributes, version_created
 from cormorant.deployer.fleet import Fleet, Placement, placement_of
 from cormorant.deployer.fleet.supervisor import Publisher
 from cormorant.deployer.settings import DeployerSettings

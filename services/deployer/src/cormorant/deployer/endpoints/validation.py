@@ -14,16 +14,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cormorant.common.errors import BadRequest
-from cormorant.common.predictor import InvalidFileName, check_file_name
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.kafka import MASK
+from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointSpec,
     ReplicasSpec,
     ResourcesSpec,
     ServerValue,
 )
-from cormorant.deployer.streams.spec import MASK
+from cormorant.common.errors import BadRequest
+from cormorant.common.predictor import InvalidFileName, check_file_name
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

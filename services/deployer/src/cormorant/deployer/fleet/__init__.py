@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
 from cormorant.common.events import ReplicaChanged
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
 
 if TYPE_CHECKING:
     # Only named in signatures: these modules' imports need this package first.
-    from cormorant.deployer.endpoints.schemas import EndpointOut
-    from cormorant.deployer.endpoints.views import ReplicaEvent
+    from cormorant.common.endpoints.schemas import EndpointOut
+    from cormorant.common.endpoints.views import ReplicaEvent
     from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
     from cormorant.deployer.fleet.kubernetes.render import ManifestsOut
     from cormorant.deployer.fleet.views import RunningVersion, StreamStatus

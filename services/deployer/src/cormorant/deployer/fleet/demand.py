@@ -13,8 +13,8 @@ import uuid
 
 from pydantic import BaseModel, Field
 
+from cormorant.common.endpoints.schemas import StrictModel
 from cormorant.common.errors import Conflict
-from cormorant.deployer.endpoints.schemas import StrictModel
 from cormorant.deployer.endpoints.service import EndpointNotFound
 from cormorant.deployer.fleet.replica import EndpointRuntime
 from cormorant.deployer.fleet.supervisor import Supervisor

@@ -18,12 +18,12 @@ import httpx
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from cormorant.common.endpoints.schemas import EndpointOut, EndpointSpec
+from cormorant.common.endpoints.snapshot import SnapshotStore
+from cormorant.common.endpoints.store import ReplicaStore, VersionRecord, slugify
+from cormorant.common.endpoints.views import ReplicaEvent
 from cormorant.common.events import Event, ReplicaChanged
 from cormorant.common.internal import PLATFORM_SECRET_VARIABLES, ReplicaKeys
-from cormorant.deployer.endpoints.schemas import EndpointOut, EndpointSpec
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.endpoints.store import Store, VersionRecord, slugify
-from cormorant.deployer.endpoints.views import ReplicaEvent
 from cormorant.deployer.fleet import Placement, ReplicaObserved
 from cormorant.deployer.fleet.autoscale import Autoscaler
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
@@ -139,7 +139,7 @@ class LocalFleet:
         self,
         *,
         settings: DeployerSettings,
-        store: Store,
+        store: ReplicaStore,
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,

@@ -19,13 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from cormorant.common.endpoints.kafka import consumer_group, stored_kafka
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import StatusChange, VersionRecord
+from cormorant.common.endpoints.views import ReplicaEvent
 from cormorant.common.events import Event, ReplicaChanged, ReplicaState
 from cormorant.common.retry import Backoff
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import StatusChange, VersionRecord
 from cormorant.deployer.endpoints.validation import server_flag_value
-from cormorant.deployer.endpoints.views import ReplicaEvent
 from cormorant.deployer.fleet.runtime import (
+    BridgeOptions,
     Exit,
     ReplicaHandle,
     ReplicaLaunch,
@@ -34,7 +36,6 @@ from cormorant.deployer.fleet.runtime import (
     refusal_reason,
 )
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import bridge_options
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,20 @@ def launch_of(
         bridge=bridge_options(endpoint, endpoint_id, spec) if spec.kind == "stream" else None,
         timeout_s=spec.timeout_s,
         resources=spec.resources.model_dump(),
+    )
+
+
+def bridge_options(slug: str, endpoint_id: uuid.UUID, spec: EndpointSpec) -> BridgeOptions:
+    """The kafka-bridge flags of a replica of the stream endpoint ``slug``."""
+    kafka = stored_kafka(spec.kafka)
+    return BridgeOptions(
+        bootstrap_servers=kafka.bootstrap_servers,
+        input_topics=tuple(kafka.input_topics),
+        output_topic=kafka.output_topic,
+        group=consumer_group(slug, endpoint_id),
+        dlq_topic=kafka.dlq_topic,
+        security=dict(kafka.security),
+        endpoint_id=str(endpoint_id),
     )
 
 

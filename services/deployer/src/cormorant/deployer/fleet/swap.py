@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 
+from cormorant.common.endpoints.kafka import stored_kafka
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import VersionRecord
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import VersionRecord
 from cormorant.deployer.fleet.lag import StreamAutoscaler, scrape
 from cormorant.deployer.fleet.replica import EndpointRuntime, ReplicaRunner
 from cormorant.deployer.fleet.supervisor import Supervisor
-from cormorant.deployer.streams.spec import stored_kafka
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import VersionRecord
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import VersionRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cormorant.common.db.models import RolloutStatus
+from cormorant.common.endpoints.store import EndpointRecord
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.endpoints.store import EndpointRecord
 from cormorant.deployer.rollout.schemas import TrafficOut
 from cormorant.deployer.rollout.service import RolloutFailed, RolloutService
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 from cormorant.common.db.models import VersionStatus
+from cormorant.common.endpoints.store import EndpointRecord
+from cormorant.common.endpoints.views import event_attributes
 from cormorant.common.errors import BadRequest, Conflict
 from cormorant.common.events import EndpointChanged
-from cormorant.deployer.endpoints.store import EndpointRecord
-from cormorant.deployer.endpoints.views import event_attributes
 from cormorant.deployer.rollout.schemas import TrafficOut
 from cormorant.deployer.rollout.service import RolloutService
 

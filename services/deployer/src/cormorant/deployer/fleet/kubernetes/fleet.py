@@ -22,9 +22,9 @@ import httpx
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from cormorant.common.endpoints.snapshot import SnapshotStore
+from cormorant.common.endpoints.store import ReplicaRecord, ReplicaStore
 from cormorant.common.retry import Backoff
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.endpoints.store import ReplicaRecord, Store
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes.client import Cluster, ClusterError
 from cormorant.deployer.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
@@ -267,7 +267,7 @@ class KubernetesFleet(LocalFleet):
         self,
         *,
         settings: DeployerSettings,
-        store: Store,
+        store: ReplicaStore,
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from cormorant.common.bus.replica import without_credentials
+from cormorant.common.endpoints.kafka import stored_kafka
 from cormorant.common.web import REPLICA_ENV
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.replica import launch_of
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import stored_kafka
 
 Manifest = dict[str, Any]
 

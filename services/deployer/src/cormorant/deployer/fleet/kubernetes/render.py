@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.errors import Conflict
 from cormorant.deployer.endpoints.service import EndpointNotFound
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.fleet import Placement
 from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig, Manifest, manifests
 from cormorant.deployer.fleet.replica import EndpointRuntime

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cormorant.common.events import VersionCreated
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.kafka import public_kafka
+from cormorant.common.endpoints.schemas import (
     EndpointOut,
     EndpointSpec,
     ReplicaCounts,
     ReplicaEventOut,
 )
-from cormorant.deployer.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
-from cormorant.deployer.streams.spec import public_kafka
+from cormorant.common.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
+from cormorant.common.events import VersionCreated
 
 
 @dataclass(frozen=True, slots=True)
