@@ -63,9 +63,9 @@ def _replicas(data_dir: Path) -> list[psutil.Process]:
 
 
 def _template(data_dir: Path) -> psutil.Process:
-    # A contained stack gives the template no data dir: it is the deployer's child.
-    deployer = json.loads((data_dir / "stack.json").read_text())["services"]["deployer"]["pid"]
-    for process in psutil.Process(deployer).children():
+    # A contained stack gives the template no data dir: it is the fleet's child.
+    fleet = json.loads((data_dir / "stack.json").read_text())["services"]["fleet"]["pid"]
+    for process in psutil.Process(fleet).children():
         try:
             if "cormorant.worker.template" in process.cmdline():
                 return process
@@ -216,22 +216,22 @@ def test_nothing_outlives_a_killed_supervisor_or_deployer_and_up_stops_leftovers
             process.wait()
     slugs = _serving_every_kind(stack, kafka_bootstrap, topics, tmp_path)
 
-    # The deployer killed outright: the kernel ends its replicas (forked ones through the
-    # template, which ends with it); the restarted deployer starts them again.
+    # The fleet killed outright: the kernel ends its replicas (forked ones through the
+    # template, which ends with it); the restarted fleet starts them again.
     before = {p.pid for p in _replicas(data_dir)}
     stack_file = json.loads((data_dir / "stack.json").read_text())
-    os.kill(stack_file["services"]["deployer"]["pid"], signal.SIGKILL)
+    os.kill(stack_file["services"]["fleet"]["pid"], signal.SIGKILL)
     _wait(
         lambda: not before & {p.pid for p in _replicas(data_dir)},
-        "the killed deployer's replicas gone",
+        "the killed fleet's replicas gone",
         within=60,
     )
-    _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas after the deployer's restart")
+    _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas after the fleet's restart")
     _wait(lambda: stack.ready(slugs["stream"]) == 2, "2 stream replicas after it")
     stack.batch_job(slugs["batch"], tmp_path)
 
     os.kill(stack.supervisor, signal.SIGKILL)
-    # Nobody is asked to stop: the services die with the supervisor, replicas with the deployer.
+    # Nobody is asked to stop: the services die with the supervisor, replicas with the fleet.
     _wait(lambda: not _replicas(data_dir), "replicas gone with the supervisor", within=90)
     down = _cli(stack.env, "down")
     assert down.returncode == 0, down.stdout + down.stderr

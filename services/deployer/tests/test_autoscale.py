@@ -10,7 +10,7 @@ import pytest
 from deployer_testkit import DeployerHarness, worker_processes
 
 from cormorant.common.events import LoadReported
-from cormorant.deployer.fleet.autoscale import (
+from cormorant.fleet.autoscale import (
     LoadTracker,
     Recommendation,
     decide,

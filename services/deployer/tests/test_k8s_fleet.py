@@ -21,9 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from cluster_testkit import RecordedCluster
 from deployer_testkit import DeployerHarness, running_deployer
 
-from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.kubernetes.fleet import KubernetesFleet
 
 NAMESPACE = "models"
 
@@ -52,7 +52,7 @@ async def deployer(
     """A deployer whose fleet is the recorded cluster's namespace."""
     settings = deployer_settings.model_copy(
         update={
-            "fleet": "kubernetes",
+            "kind": "kubernetes",
             "k8s_namespace": NAMESPACE,
             "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
             "k8s_image": "images.test/cormorant:1",

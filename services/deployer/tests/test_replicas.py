@@ -24,10 +24,10 @@ from cormorant.common import bus
 from cormorant.common.bus import PREDICTIONS_STREAM
 from cormorant.common.events import PredictionLogged
 from cormorant.common.ports import free_port
-from cormorant.deployer.fleet.runtime import local
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.spooling import spool_and_die
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.runtime import local
 
 WORKERS_1 = {"workers": 1}
 CRASHING_WORKER = """

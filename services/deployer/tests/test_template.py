@@ -15,15 +15,16 @@ import psutil
 import pytest
 from deployer_testkit import (
     DeployerHarness,
+    PlatformSettings,
     pid_gone,
     running_deployer,
     worker_processes,
 )
 
-from cormorant.deployer.fleet.runtime.local import LocalRuntime
-from cormorant.deployer.fleet.runtime.template import WorkerTemplate
-from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.runtime.local import LocalRuntime
+from cormorant.fleet.runtime.template import WorkerTemplate
+from cormorant.fleet.settings import FleetSettings
 
 FORKED = "forked from the worker template"
 EXITS_AT_START = """
@@ -38,7 +39,7 @@ def predict(x):
 
 
 @pytest.fixture
-async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+async def deployer(deployer_settings: PlatformSettings) -> AsyncIterator[DeployerHarness]:
     """A deployer whose template preloads numpy (the worker's own stack is always preloaded)."""
     settings = deployer_settings.model_copy(update={"preload_modules": ["numpy"]})
     async with running_deployer(settings) as harness:
@@ -241,7 +242,7 @@ async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
 
 
 async def test_without_preload_modules_replicas_start_as_fresh_processes(
-    deployer_settings: DeployerSettings, model_dir: Path
+    deployer_settings: PlatformSettings, model_dir: Path
 ) -> None:
     """`preload_modules` empty: no template; the replica is the deployer's own child process."""
     settings = deployer_settings.model_copy(update={"preload_modules": []})
@@ -264,10 +265,10 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
 def test_preload_modules_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, value: str, modules: list[str]
 ) -> None:
-    """`CORMORANT_DEPLOYER_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
+    """`CORMORANT_FLEET_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
     no template, as does a custom worker command."""
-    monkeypatch.setenv("CORMORANT_DEPLOYER_PRELOAD_MODULES", value)
-    settings = DeployerSettings()
+    monkeypatch.setenv("CORMORANT_FLEET_PRELOAD_MODULES", value)
+    settings = FleetSettings()
     assert settings.preload_modules == modules
     assert (settings.template_command() is None) == (not modules)
     custom = settings.model_copy(update={"worker_command": ["my-worker"]})

@@ -15,7 +15,18 @@ from cormorant.common.endpoints.schemas import (
     ReplicaEventOut,
 )
 from cormorant.common.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
+from cormorant.common.errors import NotFound
 from cormorant.common.events import VersionCreated
+
+
+class EndpointNotFound(NotFound):
+    """No live endpoint has this slug."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(
+            f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints",
+            details={"slug": slug},
+        )
 
 
 @dataclass(frozen=True, slots=True)

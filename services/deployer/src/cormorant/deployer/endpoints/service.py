@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from cormorant.common.auth import generate_token, hash_token
+from cormorant.common.bus import BatchedPublisher
 from cormorant.common.db.models import PREFIX_LENGTH
+from cormorant.common.endpoints.fleet import Placement, placement_of
 from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
@@ -19,8 +21,13 @@ from cormorant.common.endpoints.schemas import (
 )
 from cormorant.common.endpoints.snapshot import Snapshot, SnapshotStore
 from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
-from cormorant.common.endpoints.views import endpoint_view, event_attributes, version_created
-from cormorant.common.errors import BadRequest, NotFound
+from cormorant.common.endpoints.views import (
+    EndpointNotFound,
+    endpoint_view,
+    event_attributes,
+    version_created,
+)
+from cormorant.common.errors import BadRequest
 from cormorant.common.events import EndpointChanged, TrafficChanged
 from cormorant.deployer.endpoints.sources import checkout
 from cormorant.deployer.endpoints.store import NewEndpoint, Store
@@ -29,22 +36,11 @@ from cormorant.deployer.endpoints.validation import (
     check_code,
     resolve_spec,
 )
-from cormorant.deployer.fleet import Fleet, Placement, placement_of
-from cormorant.deployer.fleet.supervisor import Publisher
+from cormorant.deployer.fleet import Fleet
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.admin import prepare_stream_spec
 
 log = logging.getLogger(__name__)
-
-
-class EndpointNotFound(NotFound):
-    """No live endpoint has this slug."""
-
-    def __init__(self, slug: str) -> None:
-        super().__init__(
-            f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints",
-            details={"slug": slug},
-        )
 
 
 class EndpointService:
@@ -57,7 +53,7 @@ class EndpointService:
         store: Store,
         fleet: Fleet,
         snapshots: SnapshotStore,
-        publisher: Publisher,
+        publisher: BatchedPublisher,
     ) -> None:
         self.settings = settings
         self.store = store

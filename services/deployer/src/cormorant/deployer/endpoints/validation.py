@@ -133,13 +133,6 @@ def merged_kafka(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def server_flag_value(value: ServerValue) -> str:
-    """A server setting as the worker's ``--server KEY=VALUE`` flag expects it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _replicas(request: EndpointCreate, default_target: float) -> ReplicasSpec:
     given = request.replicas
     if request.kind == "batch":

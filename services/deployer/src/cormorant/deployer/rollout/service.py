@@ -21,16 +21,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cormorant.common.db.models import RolloutStatus, VersionStatus
+from cormorant.common.endpoints.fleet import RunningVersion
 from cormorant.common.endpoints.schemas import EndpointSpec
 from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
-from cormorant.common.endpoints.views import version_created
+from cormorant.common.endpoints.views import EndpointNotFound, version_created
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
 from cormorant.common.events import Event, ShadowTarget, TrafficChanged
 from cormorant.common.tasks import TaskSet
-from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
+from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.validation import changed_request, resolve_spec
 from cormorant.deployer.fleet import Fleet
-from cormorant.deployer.fleet.views import RunningVersion
 from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.schemas import (
     ReplicaOut,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cormorant.common.endpoints.fleet import StreamStatus
+from cormorant.common.endpoints.views import EndpointNotFound
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.endpoints.service import EndpointNotFound
 from cormorant.deployer.endpoints.store import Store
 from cormorant.deployer.fleet import Fleet
-from cormorant.deployer.fleet.views import StreamStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

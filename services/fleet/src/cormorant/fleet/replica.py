@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cormorant.common.endpoints.kafka import consumer_group, stored_kafka
-from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.schemas import EndpointSpec, server_flag_value
 from cormorant.common.endpoints.store import StatusChange, VersionRecord
 from cormorant.common.endpoints.views import ReplicaEvent
 from cormorant.common.events import Event, ReplicaChanged, ReplicaState
 from cormorant.common.retry import Backoff
-from cormorant.deployer.endpoints.validation import server_flag_value
-from cormorant.deployer.fleet.runtime import (
+from cormorant.fleet.runtime import (
     BridgeOptions,
     Exit,
     ReplicaHandle,
@@ -35,7 +34,7 @@ from cormorant.deployer.fleet.runtime import (
     WorkerDeath,
     refusal_reason,
 )
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def bridge_options(slug: str, endpoint_id: uuid.UUID, spec: EndpointSpec) -> Bri
 class ReplicaHost(Protocol):
     """What a replica's task needs from the fleet that runs it (the ``Supervisor``)."""
 
-    settings: DeployerSettings
+    settings: FleetSettings
     runtime: Runtime
     runners: set[ReplicaRunner]
     closing: bool
@@ -247,7 +246,7 @@ class ReplicaRunner:
             self.stop_requested.set()
 
     @property
-    def settings(self) -> DeployerSettings:
+    def settings(self) -> FleetSettings:
         """The deployer's settings."""
         return self.sup.settings
 

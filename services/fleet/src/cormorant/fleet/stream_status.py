@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 
+from cormorant.common.endpoints.fleet import PartitionLag, StreamReplica, StreamStatus
 from cormorant.common.endpoints.kafka import consumer_group, stored_kafka
-from cormorant.deployer.fleet.lag import group_lag, scrape
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.views import PartitionLag, StreamReplica, StreamStatus
+from cormorant.fleet.lag import group_lag, scrape
+from cormorant.fleet.replica import EndpointRuntime
 
 
 async def stream_status(

@@ -18,9 +18,9 @@ from cormorant.common.endpoints.kafka import stored_kafka
 from cormorant.common.endpoints.schemas import EndpointSpec
 from cormorant.common.endpoints.store import VersionRecord
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.fleet.lag import StreamAutoscaler, scrape
-from cormorant.deployer.fleet.replica import EndpointRuntime, ReplicaRunner
-from cormorant.deployer.fleet.supervisor import Supervisor
+from cormorant.fleet.lag import StreamAutoscaler, scrape
+from cormorant.fleet.replica import EndpointRuntime, ReplicaRunner
+from cormorant.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from cormorant.common.endpoints.fleet import Placement, placement_of
 from cormorant.common.endpoints.schemas import EndpointOut
 from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.endpoints.store import (
@@ -32,10 +33,9 @@ from cormorant.common.events import EndpointChanged, Event, ReplicaState
 from cormorant.common.retry import Backoff, retry
 from cormorant.common.tasks import TaskSet
 from cormorant.common.web import REPLICA_HEADER
-from cormorant.deployer.fleet import Placement, placement_of
-from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
-from cormorant.deployer.fleet.runtime import Runtime
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
+from cormorant.fleet.runtime import Runtime
+from cormorant.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Supervisor:
     def __init__(
         self,
         *,
-        settings: DeployerSettings,
+        settings: FleetSettings,
         runtime: Runtime,
         store: ReplicaStore,
         snapshots: SnapshotStore,

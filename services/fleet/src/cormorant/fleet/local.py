@@ -1,4 +1,4 @@
-"""``LocalFleet``: replicas as processes on this machine, kept and autoscaled by the deployer.
+"""``LocalFleet``: replicas as processes on this machine, kept and autoscaled by the fleet.
 
 It puts together what runs replicas locally: the ``LocalRuntime`` (processes, the warm
 worker template), the ``Supervisor`` (each endpoint's replicas at their count, crash restarts,
@@ -18,32 +18,39 @@ import httpx
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from cormorant.common.endpoints.fleet import (
+    ManifestsOut,
+    Placement,
+    ReplicaObserved,
+    RunningVersion,
+    StreamStatus,
+)
 from cormorant.common.endpoints.schemas import EndpointOut, EndpointSpec
 from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.endpoints.store import ReplicaStore, VersionRecord, slugify
 from cormorant.common.endpoints.views import ReplicaEvent
 from cormorant.common.events import Event, ReplicaChanged
 from cormorant.common.internal import PLATFORM_SECRET_VARIABLES, ReplicaKeys
-from cormorant.deployer.fleet import Placement, ReplicaObserved
-from cormorant.deployer.fleet.autoscale import Autoscaler
-from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
-from cormorant.deployer.fleet.kubernetes.render import ManifestsOut, render
-from cormorant.deployer.fleet.lag import StreamAutoscaler
-from cormorant.deployer.fleet.replica import EndpointRuntime, launch_of
-from cormorant.deployer.fleet.runtime import ConfigurationRefused
-from cormorant.deployer.fleet.runtime.local import LocalRuntime, Sandbox, SpoolSink
-from cormorant.deployer.fleet.runtime.template import WorkerTemplate
-from cormorant.deployer.fleet.stream_status import stream_status
-from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
-from cormorant.deployer.fleet.swap import SwapRefused, swap_stream_version
-from cormorant.deployer.fleet.views import RunningVersion, StreamStatus
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.autoscale import Autoscaler
+from cormorant.fleet.kubernetes.manifests import ClusterConfig
+from cormorant.fleet.kubernetes.render import render
+from cormorant.fleet.lag import StreamAutoscaler
+from cormorant.fleet.replica import EndpointRuntime, launch_of
+from cormorant.fleet.runtime import ConfigurationRefused
+from cormorant.fleet.runtime.local import LocalRuntime, Sandbox, SpoolSink
+from cormorant.fleet.runtime.template import WorkerTemplate
+from cormorant.fleet.settings import FleetSettings
+from cormorant.fleet.stream_status import stream_status
+from cormorant.fleet.supervisor import Publisher, Supervisor
+from cormorant.fleet.swap import SwapRefused, swap_stream_version
 
 # A contained replica's own settings, which it may take from this process's environment.
 _REPLICA_PREFIXES = ("CORMORANT_WORKER_", "CORMORANT_KAFKA_BRIDGE_")
+# The fleet's own settings (and their former names), never a replica's.
+_PLATFORM_PREFIXES = ("CORMORANT_FLEET_", "CORMORANT_DEPLOYER_")
 
 
-def replica_environment(settings: DeployerSettings) -> dict[str, str]:
+def replica_environment(settings: FleetSettings) -> dict[str, str]:
     """The settings every replica gets: contained, its own settings and nothing else of the
     platform (no database URL, no data directory, no key); otherwise this process's
     environment with the shared settings in force."""
@@ -53,7 +60,7 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("CORMORANT_DEPLOYER_") and k not in PLATFORM_SECRET_VARIABLES
+            if not k.startswith(_PLATFORM_PREFIXES) and k not in PLATFORM_SECRET_VARIABLES
         }
         env["CORMORANT_DATA_DIR"] = str(settings.data_dir)
     # As the replica user where the stack has one: predictions and metrics, nothing else.
@@ -69,7 +76,7 @@ def replica_environment(settings: DeployerSettings) -> dict[str, str]:
 
 
 def local_runtime(
-    settings: DeployerSettings,
+    settings: FleetSettings,
     sandbox: Sandbox | None = None,
     *,
     spool_sink: SpoolSink | None = None,
@@ -138,7 +145,7 @@ class LocalFleet:
     def __init__(
         self,
         *,
-        settings: DeployerSettings,
+        settings: FleetSettings,
         store: ReplicaStore,
         snapshots: SnapshotStore,
         publisher: Publisher,
@@ -309,8 +316,10 @@ class LocalFleet:
         swapping = endpoint_id in self.stream_autoscaler.swapping
         return await stream_status(endpoint, self.supervisor.http, swapping=swapping)
 
-    async def manifests(self, config: ClusterConfig, slug: str | None = None) -> ManifestsOut:
-        """The Kubernetes manifests of endpoint ``slug``'s versions, or of every endpoint."""
+    async def manifests(self, slug: str | None = None) -> ManifestsOut:
+        """The Kubernetes manifests of endpoint ``slug``'s versions, or of every endpoint, as
+        the kubernetes fleet of these settings applies them."""
+        config = ClusterConfig.of(self.settings)
         return render(self.supervisor, self.supervisor.snapshots, config, slug)
 
     def _runtime(self, endpoint_id: uuid.UUID, label: str) -> EndpointRuntime | None:
