@@ -50,6 +50,11 @@ class PlatformSettings(FleetSettings, DeployerSettings):
         return FleetSettings(**{name: getattr(self, name) for name in names})
 
 
+async def _fleet_gone(scope: Any, receive: Any, send: Any) -> None:
+    """The fleet once stopped: every call fails (a 500 through the transport)."""
+    raise ConnectionRefusedError("the fleet service is down")
+
+
 class DeployerHarness:
     """A deployer app and the fleet app it places replicas with, their lifespans running (the
     deployer calls the fleet in-process), and an HTTP client speaking to the deployer."""
@@ -60,6 +65,7 @@ class DeployerHarness:
         self._manager: LifespanManager | None = None
         self._fleet: LifespanManager | None = None
         self._client: httpx.AsyncClient | None = None
+        self._fleet_transport: httpx.ASGITransport | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -81,7 +87,9 @@ class DeployerHarness:
             create_fleet_app(self.settings.fleet()), startup_timeout=60, shutdown_timeout=120
         )
         await self._fleet.__aenter__()
-        fleet = httpx.ASGITransport(app=self._fleet.app)
+        # An error inside the fleet app answers 500, as a fleet process would.
+        fleet = httpx.ASGITransport(app=self._fleet.app, raise_app_exceptions=False)
+        self._fleet_transport = fleet
         self.app = create_app(self.settings.deployer(), fleet_transport=fleet)
         self._manager = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=120)
         await self._manager.__aenter__()
@@ -106,6 +114,15 @@ class DeployerHarness:
             if self._fleet is not None:
                 fleet, self._fleet = self._fleet, None
                 await fleet.__aexit__(None, None, None)
+
+    async def stop_fleet(self) -> None:
+        """Shut the fleet app down alone (its replicas keep running); the deployer's calls to it
+        then fail as calls to a fleet process that is restarting would."""
+        if self._fleet is not None:
+            fleet, self._fleet = self._fleet, None
+            await fleet.__aexit__(None, None, None)
+        if self._fleet_transport is not None:
+            self._fleet_transport.app = _fleet_gone
 
     async def restart(self) -> None:
         """Stop the app and start a new one on the same database and data directory."""

@@ -144,6 +144,24 @@ async def test_list_get_and_delete_stop_the_replica_processes(
     assert third["slug"] == "tiny-3"
 
 
+async def test_an_endpoint_still_reads_while_the_fleet_is_down(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """The control plane does not go down with the fleet: an endpoint and the list still read
+    from the database (without the recent replica events, which are the fleet's)."""
+    await deployer.create(name="steady", source=str(model_dir), server=WORKERS_1)
+    await deployer.wait_running("steady")
+    await deployer.stop_fleet()
+
+    shown = await deployer.get("steady")
+    assert shown["status"] == "running"
+    assert shown["replicas"]["ready"] == 1
+    assert shown["events"] == []
+    listed = await deployer.client.get("/api/v1/endpoints")
+    assert listed.status_code == 200, listed.text
+    assert [e["slug"] for e in listed.json()["endpoints"]] == ["steady"]
+
+
 async def test_batch_endpoint_rests_idle_at_zero_replicas(
     deployer: DeployerHarness, model_dir: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from cormorant.common.auth import generate_token, hash_token
 from cormorant.common.bus import BatchedPublisher
@@ -23,6 +24,7 @@ from cormorant.common.endpoints.snapshot import Snapshot, SnapshotStore
 from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
 from cormorant.common.endpoints.views import (
     EndpointNotFound,
+    ReplicaEvent,
     endpoint_view,
     event_attributes,
     version_created,
@@ -36,7 +38,7 @@ from cormorant.deployer.endpoints.validation import (
     check_code,
     resolve_spec,
 )
-from cormorant.deployer.fleet import Fleet
+from cormorant.deployer.fleet import Fleet, FleetUnavailable
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.admin import prepare_stream_spec
 
@@ -111,7 +113,7 @@ class EndpointService:
         """Every live endpoint, newest first."""
         views = []
         for record, stats in await self.store.overview():
-            views.append(endpoint_view(record, stats, await self.fleet.events(record.id)))
+            views.append(endpoint_view(record, stats, await self._events(record)))
         return EndpointList(endpoints=views)
 
     async def get(self, slug: str) -> EndpointOut:
@@ -170,10 +172,20 @@ class EndpointService:
         return record
 
     async def _view(self, record: EndpointRecord) -> EndpointOut:
-        view = await self.fleet.describe(record.id)
-        if view is None:
+        found = await self.store.overview(record.id)
+        if not found:
             raise EndpointNotFound(record.slug)
-        return view
+        [(current, stats)] = found
+        return endpoint_view(current, stats, await self._events(record))
+
+    async def _events(self, record: EndpointRecord) -> Sequence[ReplicaEvent]:
+        # The database holds the endpoint and its replicas: only the recent events are the
+        # fleet's, and an endpoint still reads (without them) while the fleet restarts.
+        try:
+            return await self.fleet.events(record.id)
+        except FleetUnavailable as exc:
+            log.warning("%s: no replica events: %s", record.slug, exc.message)
+            return []
 
     async def _snapshot(self, spec: EndpointSpec) -> tuple[Snapshot, str | None]:
         limit = self.settings.git_timeout_s
