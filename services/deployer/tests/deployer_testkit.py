@@ -90,7 +90,11 @@ class DeployerHarness:
         # An error inside the fleet app answers 500, as a fleet process would.
         fleet = httpx.ASGITransport(app=self._fleet.app, raise_app_exceptions=False)
         self._fleet_transport = fleet
-        self.app = create_app(self.settings.deployer(), fleet_transport=fleet)
+        await self._start_deployer()
+
+    async def _start_deployer(self) -> None:
+        assert self._fleet_transport is not None, "the fleet is not running"
+        self.app = create_app(self.settings.deployer(), fleet_transport=self._fleet_transport)
         self._manager = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=120)
         await self._manager.__aenter__()
         transport = httpx.ASGITransport(app=self._manager.app)
@@ -100,6 +104,16 @@ class DeployerHarness:
             timeout=120,
             auth=InternalAuth(self.settings.internal_secret),
         )
+
+    async def restart_deployer(self) -> None:
+        """Stop the deployer alone and start a new one; the fleet keeps running."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            await manager.__aexit__(None, None, None)
+        await self._start_deployer()
 
     async def stop(self) -> None:
         """Shut the app down; replicas keep running unless the settings say otherwise."""

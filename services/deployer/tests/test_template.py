@@ -145,7 +145,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
 
     assert pid_gone(old_template)
     after = await deployer.wait_running("warm")
-    assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
+    assert {e["reason"] for e in after["events"]} == {"adopted after a fleet restart"}
     assert replica(deployer, "warm").pid == process.pid
     assert await predict(deployer, "warm", 2) == {"answer": "v1", "double": 4, "flag": "on"}
 
@@ -296,7 +296,7 @@ async def test_with_stop_on_shutdown_every_replica_ends_with_the_deployer(
     await deployer.start()
     for slug in ("forked", "fresh"):
         adopted = await deployer.wait_running(slug)
-        assert {e["reason"] for e in adopted["events"]} == {"adopted after a deployer restart"}
+        assert {e["reason"] for e in adopted["events"]} == {"adopted after a fleet restart"}
     await deployer.create(name="new", source=str(model_dir), server={"workers": 2})
     await deployer.wait_running("new")
     leaders = [replica(deployer, slug).pid for slug in ("forked", "fresh", "new")]

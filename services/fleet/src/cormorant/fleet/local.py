@@ -2,7 +2,7 @@
 
 It puts together what runs replicas locally: the ``LocalRuntime`` (processes, the warm
 worker template), the ``Supervisor`` (each endpoint's replicas at their count, crash restarts,
-adoption after a deployer restart) and the autoscalers (in-flight requests for web endpoints,
+adoption after a fleet restart) and the autoscalers (in-flight requests for web endpoints,
 consumer lag for stream endpoints). A cluster fleet would hand the same placements to
 Deployments and leave the scaling decisions to HPA/KEDA.
 """

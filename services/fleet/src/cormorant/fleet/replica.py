@@ -377,7 +377,7 @@ class ReplicaRunner:
         self.ready_since = time.monotonic()
         self.endpoint.failure = None
         adopted = self.handle is not None and self.handle.adopted
-        reason = "adopted after a deployer restart" if adopted else None
+        reason = "adopted after a fleet restart" if adopted else None
         await self._record("ready", reason=reason, url=self.url)
 
     async def _crashed(self, failure: Failure) -> None:
