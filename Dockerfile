@@ -20,7 +20,7 @@ COPY services ./services
 RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python -c constraints.txt \
         ./libs/common ./libs/sdk ./services/worker ./services/gateway ./services/deployer \
         ./services/predictlog ./services/feedback ./services/alerts ./services/kafka-bridge \
-        ./services/batch \
+        ./services/batch ./services/fleet \
     && /opt/venv/bin/uv pip uninstall --python /opt/venv/bin/python uv
 
 # Stage 2: the runtime, without build tools, as an unprivileged user. The local fleet (Compose)

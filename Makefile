@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PACKAGES := libs/common libs/sdk libs/devstack services/worker services/gateway services/deployer \
+PACKAGES := libs/common libs/sdk libs/devstack services/worker services/gateway services/deployer services/fleet \
             services/predictlog services/feedback services/alerts services/kafka-bridge \
             services/batch
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))

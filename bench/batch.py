@@ -13,7 +13,7 @@ One run starts a local stack (``cormorant up`` on free ports) and prints four fi
 4. Cold start: a scikit-learn endpoint (``examples/regression``) at 0 replicas, from the job's
    POST to its first predicted row, with when each step was reached (from the job's and the
    replica's timestamps) and whether the replica forked from the deployer's warm template
-   (``CORMORANT_DEPLOYER_PRELOAD_MODULES=`` measures fresh processes). Target: ≤ 2 s.
+   (``CORMORANT_FLEET_PRELOAD_MODULES=`` measures fresh processes). Target: ≤ 2 s.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole platform, started with `cormorant up` (short autoscaler delays for tests)."""
     data_dir = tmp_path_factory.mktemp("stack") / "data"
     settings = {
-        "CORMORANT_DEPLOYER_SCALE_DOWN_DELAY_S": "4",
+        "CORMORANT_FLEET_SCALE_DOWN_DELAY_S": "4",
         "CORMORANT_BATCH_IDLE_TIMEOUT_S": "2",
         # Stream replicas: a killed one is noticed by its group in 3 s rather than 10.
         "CORMORANT_KAFKA_BRIDGE_SESSION_TIMEOUT_MS": "3000",

@@ -3,7 +3,7 @@
 No Kubernetes API server can run here, so the manifests are checked against the Kubernetes
 1.30 and newest schemas that ``kubernetes-validate`` ships (offline, strict: an unknown field
 fails), and what they mean to a user is asserted on the rendered objects: who may connect to
-whom (NetworkPolicies evaluated here as a CNI would), what the deployer may do (RBAC), probes,
+whom (NetworkPolicies evaluated here as a CNI would), what the fleet may do (RBAC), probes,
 security contexts and references between objects. The overlays are rendered by
 ``tests/kustomize_render.py`` (see its docstring for why not the kustomize binary); where
 ``kubectl`` or ``kustomize`` is on PATH, the real build of each overlay is validated too and
@@ -47,8 +47,8 @@ from cormorant.common.bus import StreamSpec
 from cormorant.common.bus.users import PLATFORM_USER, REPLICA_INBOX, REPLICA_PUBLISH, REPLICA_USER
 from cormorant.common.sandbox import DEFAULT_MEMORY_MB
 from cormorant.common.settings import CommonSettings, StreamSettings
-from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.servers.nats import NatsServer, nats_server_binary
+from cormorant.fleet.settings import FleetSettings
 from tests.kustomize_render import Manifest, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,7 @@ SERVICES = {
     "feedback": 8083,
     "alerts": 8084,
     "batch": 8085,
+    "fleet": 8086,
 }
 CUSTOM_RESOURCES = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -279,7 +280,7 @@ def test_services_run_their_module_non_root_with_healthz_probes(overlay: str) ->
             assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
     for owner, pod in pod_specs(manifests):
         assert pod["securityContext"]["runAsNonRoot"] is True, owner
-        if owner != "cormorant-deployer":
+        if owner != "cormorant-fleet":
             assert pod["automountServiceAccountToken"] is False, f"{owner} needs no API token"
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, owner
         for container in pod["containers"]:
@@ -290,31 +291,31 @@ def test_services_run_their_module_non_root_with_healthz_probes(overlay: str) ->
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
-def test_deployer_manages_replicas_only_in_their_own_namespace(overlay: str) -> None:
+def test_fleet_manages_replicas_only_in_their_own_namespace(overlay: str) -> None:
     manifests = rendered(overlay)
     platform, replicas = OVERLAYS[overlay], REPLICA_NAMESPACES[overlay]
     kinds = {m["kind"] for m in manifests}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
-    # Nothing in the platform's namespace is granted: the deployer reads none of its Secrets.
+    # Nothing in the platform's namespace is granted: the fleet reads none of its Secrets.
     assert not [
         m
         for m in manifests
         if m["kind"] in {"Role", "RoleBinding"} and m["metadata"]["namespace"] == platform
     ]
-    role = find(manifests, "Role", "cormorant-deployer")
-    binding = find(manifests, "RoleBinding", "cormorant-deployer")
+    role = find(manifests, "Role", "cormorant-fleet")
+    binding = find(manifests, "RoleBinding", "cormorant-fleet")
     assert role["metadata"]["namespace"] == replicas
     assert binding["metadata"]["namespace"] == replicas
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
-        "name": "cormorant-deployer",
+        "name": "cormorant-fleet",
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "cormorant-deployer", "namespace": platform}
+        {"kind": "ServiceAccount", "name": "cormorant-fleet", "namespace": platform}
     ]
-    deployer = find(manifests, "Deployment", "cormorant-deployer")["spec"]["template"]["spec"]
-    assert deployer["serviceAccountName"] == "cormorant-deployer"
+    fleet = find(manifests, "Deployment", "cormorant-fleet")["spec"]["template"]["spec"]
+    assert fleet["serviceAccountName"] == "cormorant-fleet"
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
@@ -333,12 +334,12 @@ def test_deployer_manages_replicas_only_in_their_own_namespace(overlay: str) -> 
         assert granted[managed] == manage, managed
     assert granted[("", "pods")] == {"get", "list", "watch"}
     config = find(manifests, "ConfigMap", "cormorant-config")["data"]
-    assert config["CORMORANT_DEPLOYER_FLEET"] == "kubernetes"
-    assert config["CORMORANT_DEPLOYER_K8S_NAMESPACE"] == replicas, "replicas out of the platform's"
-    (container,) = deployer["containers"]
-    assert config["CORMORANT_DEPLOYER_K8S_IMAGE"] == container["image"], "replicas run our image"
-    # Every other service runs without a Kubernetes API token.
-    for name in SERVICES.keys() - {"deployer"}:
+    assert config["CORMORANT_FLEET_KIND"] == "kubernetes"
+    assert config["CORMORANT_FLEET_K8S_NAMESPACE"] == replicas, "replicas out of the platform's"
+    (container,) = fleet["containers"]
+    assert config["CORMORANT_FLEET_K8S_IMAGE"] == container["image"], "replicas run our image"
+    # Every other service (the deployer too) runs without a Kubernetes API token.
+    for name in SERVICES.keys() - {"fleet"}:
         pod = find(manifests, "Deployment", f"cormorant-{name}")["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False, name
 
@@ -505,11 +506,17 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
         assert not allowed(manifests, outsider, target, port), name
         assert not allowed(manifests, neighbour, target, port), name
         assert not allowed(manifests, replica(replicas), target, port), name
+        if name == "fleet":
+            # The deployer alone places replicas: no other service reaches the fleet.
+            assert allowed(manifests, component("deployer", ns), target, port)
+            for caller in ("gateway", "batch", "predictlog", "feedback", "alerts"):
+                assert not allowed(manifests, component(caller, ns), target, port), caller
+            continue
         assert allowed(manifests, component("gateway", ns), target, port), name
         assert allowed(manifests, component("batch", ns), target, port), name
 
     target = replica(replicas)
-    for caller in ("gateway", "deployer", "batch"):
+    for caller in ("gateway", "fleet", "deployer", "batch"):
         assert allowed(manifests, component(caller, ns), target, replica_port), caller
     for caller in ("predictlog", "feedback", "alerts"):
         assert not allowed(manifests, component(caller, ns), target, replica_port), caller
@@ -530,6 +537,7 @@ def test_network_policies_expose_only_the_gateway_and_fence_replicas(overlay: st
     )
     assert allowed(manifests, prometheus, target, replica_port)
     assert allowed(manifests, prometheus, component("deployer", ns), 8081)
+    assert allowed(manifests, prometheus, component("fleet", ns), 8086)
     if overlay == "dev":
         postgres = Pod(
             {"app.kubernetes.io/name": "postgres", "app.kubernetes.io/component": "postgres"}, ns
@@ -574,7 +582,7 @@ def test_replicas_reach_only_dns_nats_kafka_and_the_blob_store(overlay: str) -> 
     )
     assert not egress_allowed(manifests, source, postgres, 5432)
     # The platform's own services are not fenced by it.
-    assert egress_allowed(manifests, component("deployer", ns), address("10.96.0.1"), 443)
+    assert egress_allowed(manifests, component("fleet", ns), address("10.96.0.1"), 443)
 
 
 def nats_users(config: str) -> list[dict[str, Any]]:
@@ -622,14 +630,14 @@ def test_nats_takes_passwords_and_fences_the_replica_user(overlay: str, tmp_path
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # Services connect as the platform user, replicas (through the deployer) as theirs.
+    # Services connect as the platform user, replicas (through the fleet) as theirs.
     for name in SERVICES:
         service_env = container_environment(manifests, name)
         assert service_env["CORMORANT_NATS_URL"] == (
             f"nats://cormorant:{STUB_SECRET}@cormorant-nats:4222"
         ), name
-    deployer_env = container_environment(manifests, "deployer")
-    replica_url = deployer_env["CORMORANT_DEPLOYER_REPLICA_NATS_URL"]
+    fleet_env = container_environment(manifests, "fleet")
+    replica_url = fleet_env["CORMORANT_FLEET_REPLICA_NATS_URL"]
     nats_host = f"cormorant-nats.{OVERLAYS[overlay]}.svc"
     assert replica_url == f"nats://replica:{STUB_SECRET}@{nats_host}:4222", "from their namespace"
 
@@ -640,7 +648,11 @@ def test_prod_exposes_the_gateway_through_an_autoscaled_load_balancer() -> None:
     assert service["spec"]["type"] == "LoadBalancer"
     hpa = find(manifests, "HorizontalPodAutoscaler", "cormorant-gateway")
     assert hpa["spec"]["minReplicas"] >= 2
-    for kind, name in [("Service", "cormorant-deployer"), ("Service", "cormorant-nats")]:
+    for kind, name in [
+        ("Service", "cormorant-deployer"),
+        ("Service", "cormorant-fleet"),
+        ("Service", "cormorant-nats"),
+    ]:
         assert find(manifests, kind, name)["spec"].get("type", "ClusterIP") == "ClusterIP"
     claim = find(manifests, "PersistentVolumeClaim", "cormorant-data")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "several nodes share the blob store"
@@ -694,7 +706,7 @@ def test_prod_gateway_autoscales_as_the_capacity_plan_counts() -> None:
 
 def test_capacity_plan_reserves_what_replica_pods_request_by_default() -> None:
     # docs/scaling.md's idle floor: 5,000 endpoints at one replica each, at the fleet's defaults.
-    cpu = cpu_cores(DeployerSettings().k8s_cpu_request)
+    cpu = cpu_cores(FleetSettings().k8s_cpu_request)
     plan = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
     cores, memory_gib = 5_000 * cpu, 5_000 * DEFAULT_MEMORY_MB // 1024
     assert f"**{cores:,.0f} cores and {memory_gib:,} GiB**" in plan
@@ -802,10 +814,11 @@ def test_autoscaled_and_singleton_deployments_keep_their_count(overlay: str) -> 
     for hpa in (m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"):
         target = find(manifests, "Deployment", hpa["spec"]["scaleTargetRef"]["name"])
         assert "replicas" not in target["spec"], "every apply would undo the HPA's scaling"
-    deployer = find(manifests, "Deployment", "cormorant-deployer")
-    # No leader election: a rolling update would run two deployers at once.
-    assert deployer["spec"]["replicas"] == 1
-    assert deployer["spec"]["strategy"] == {"type": "Recreate"}
+    # No leader election: a rolling update would run two deployers (or fleets) at once.
+    for name in ("deployer", "fleet"):
+        singleton = find(manifests, "Deployment", f"cormorant-{name}")
+        assert singleton["spec"]["replicas"] == 1, name
+        assert singleton["spec"]["strategy"] == {"type": "Recreate"}, name
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -867,11 +880,11 @@ SERVICE_SECRETS = {
     }.get(name, set())
     for name in SERVICES
 }
-"""The secrets each service uses, hence all it may hold (a replica of the deployer's must not
+"""The secrets each service uses, hence all it may hold (a replica of the fleet's must not
 find the admin key in its parent's environment)."""
 NATS_SECRETS = {"NATS_PASSWORD"}
 """On Kubernetes every service also holds the NATS platform user's password (Compose's NATS
-takes none); the deployer the replica user's too, to hand to replicas."""
+takes none); the fleet the replica user's too, to hand to replicas."""
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -887,7 +900,7 @@ def test_each_service_gets_only_its_own_secrets(overlay: str) -> None:
             for e in container["env"]
             if "secretKeyRef" in e.get("valueFrom", {})
         }
-        replica_password = {"NATS_REPLICA_PASSWORD"} if name == "deployer" else set()
+        replica_password = {"NATS_REPLICA_PASSWORD"} if name == "fleet" else set()
         assert set(refs) == SERVICE_SECRETS[name] | NATS_SECRETS | replica_password, name
     alerts = find(manifests, "Deployment", "cormorant-alerts")["spec"]["template"]["spec"]
     (container,) = alerts["containers"]
@@ -953,13 +966,13 @@ def test_compose_gives_each_service_only_its_own_secrets() -> None:
     assert services["migrate"]["secrets"] == ["admin_key", "alerts_key"]
 
 
-def test_compose_deployer_can_give_replicas_their_own_uid() -> None:
+def test_compose_fleet_can_give_replicas_their_own_uid() -> None:
     services = compose()["services"]
-    deployer = services["deployer"]
+    fleet = services["fleet"]
     # Root, so the sandbox switches each replica to its own uid; only the capabilities it uses.
-    assert deployer["user"] == "0:0"
-    assert deployer["cap_drop"] == ["ALL"]
-    assert set(deployer["cap_add"]) == {
+    assert fleet["user"] == "0:0"
+    assert fleet["cap_drop"] == ["ALL"]
+    assert set(fleet["cap_add"]) == {
         "CHOWN",
         "DAC_OVERRIDE",
         "FOWNER",
@@ -967,8 +980,8 @@ def test_compose_deployer_can_give_replicas_their_own_uid() -> None:
         "SETGID",
         "SETUID",
     }
-    assert "no-new-privileges:true" in deployer["security_opt"]
-    for name in SERVICES.keys() - {"deployer"}:
+    assert "no-new-privileges:true" in fleet["security_opt"]
+    for name in SERVICES.keys() - {"fleet"}:
         assert "user" not in services[name], f"{name} runs as the image's uid 10001"
         assert "cap_add" not in services[name], name
 
@@ -1071,6 +1084,7 @@ SETTINGS_CLASSES = {
     "feedback": "cormorant.feedback.settings:FeedbackSettings",
     "alerts": "cormorant.alerts.settings:AlertsSettings",
     "batch": "cormorant.batch.settings:BatchSettings",
+    "fleet": "cormorant.fleet.settings:FleetSettings",
 }
 STUB_SECRET = "cmk_stub-secret-for-the-settings-check"
 """What a secret reference or an unset Compose variable stands for: only its shape matters."""
@@ -1176,7 +1190,7 @@ def build_settings(
 def test_every_service_accepts_its_rendered_settings(
     monkeypatch: pytest.MonkeyPatch, overlay: str, service: str
 ) -> None:
-    # Names alone are not enough: a bad value (a runtime the deployer lacks) fails at start.
+    # Names alone are not enough: a bad value (a fleet kind that does not exist) fails at start.
     env = container_environment(rendered(overlay), service)
     settings = build_settings(monkeypatch, service, env)
     assert settings.model_dump()["port"] == SERVICES[service]
@@ -1191,7 +1205,7 @@ def test_every_compose_service_accepts_its_settings(
 
 
 def test_the_settings_check_catches_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = container_environment(rendered("dev"), "deployer")
-    env["CORMORANT_DEPLOYER_FLEET"] = "nomad"
-    with pytest.raises(ValidationError, match="fleet"):
-        build_settings(monkeypatch, "deployer", env)
+    env = container_environment(rendered("dev"), "fleet")
+    env["CORMORANT_FLEET_KIND"] = "nomad"
+    with pytest.raises(ValidationError, match="kind"):
+        build_settings(monkeypatch, "fleet", env)

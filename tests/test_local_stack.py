@@ -16,7 +16,7 @@ import pytest
 from cormorant.common.ports import free_port
 from tests.conftest import processes_under
 
-SERVICES = ("deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
+SERVICES = ("fleet", "deployer", "predictlog", "feedback", "alerts", "batch", "gateway")
 
 
 ROOT = Path(__file__).resolve().parent.parent

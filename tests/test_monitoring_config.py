@@ -49,6 +49,6 @@ def test_prometheus_config_scrapes_services_and_discovers_replicas() -> None:
     services = {
         group["labels"]["service"] for group in jobs["cormorant-services"]["static_configs"]
     }
-    assert services == {"gateway", "deployer", "predictlog", "feedback", "alerts", "batch"}
+    assert services == {"gateway", "deployer", "fleet", "predictlog", "feedback", "alerts", "batch"}
     discovery = jobs["cormorant-replicas"]["http_sd_configs"][0]["url"]
     assert discovery.endswith("/internal/prometheus/targets")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from cormorant.common.sandbox import DEFAULT_OPEN_FILES
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.settings import FleetSettings
 from tests.conftest import ROOT, Stack
 from tests.test_replicas import Load, wait_for
 from tests.test_web_endpoints import deploy
@@ -80,7 +80,7 @@ def test_hostile_predict_is_contained_and_its_neighbour_never_fails(stack: Stack
     assert shown["resources"]["max_processes"] == MAX_PROCESSES
     calm_view = client.endpoints.get(calm)
     calm_replica = next(e["replica_id"] for e in calm_view["events"] if e["state"] == "ready")
-    replicas_dir = DeployerSettings(data_dir=stack.data_dir).resolved_sandbox_dir()
+    replicas_dir = FleetSettings(data_dir=stack.data_dir).resolved_sandbox_dir()
 
     with Load(stack, calm, calm_token, clients=2, seconds="steady") as load:
         # Files of the platform and of other endpoints.
@@ -161,14 +161,14 @@ def test_hostile_predict_is_contained_and_its_neighbour_never_fails(stack: Stack
     assert set(load.outcomes) == {200}, load.outcomes
     assert load.outcomes[200] > 0
 
-    # The same deaths on the CLI and in the deployer's Prometheus metrics.
+    # The same deaths on the CLI and in the fleet's Prometheus metrics.
     shown = stack.cli("endpoints", "show", slug)
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert view["restarts"] >= 5
     assert {"oom", "timeout", "exit"} <= {e["cause"] for e in view["events"] if e["cause"]}
     info = json.loads((stack.data_dir / "stack.json").read_text())
-    metrics = httpx.get(f"{info['services']['deployer']['url']}/metrics").text
+    metrics = httpx.get(f"{info['services']['fleet']['url']}/metrics").text
     for cause in ("oom", "timeout", "exit"):
         line = f'cormorant_replica_deaths_total{{cause="{cause}",endpoint="{slug}"}}'
         assert line in metrics, cause

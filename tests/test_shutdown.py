@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -62,10 +63,21 @@ def _replicas(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def _restarted(data_dir: Path, name: str, killed: int) -> bool:
+    """Whether service ``name`` runs again (another pid than ``killed``) and is ready."""
+    service = json.loads((data_dir / "stack.json").read_text())["services"][name]
+    if service["pid"] == killed:
+        return False
+    try:
+        return httpx.get(f"{service['url']}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _template(data_dir: Path) -> psutil.Process:
-    # A contained stack gives the template no data dir: it is the deployer's child.
-    deployer = json.loads((data_dir / "stack.json").read_text())["services"]["deployer"]["pid"]
-    for process in psutil.Process(deployer).children():
+    # A contained stack gives the template no data dir: it is the fleet's child.
+    fleet = json.loads((data_dir / "stack.json").read_text())["services"]["fleet"]["pid"]
+    for process in psutil.Process(fleet).children():
         try:
             if "cormorant.worker.template" in process.cmdline():
                 return process
@@ -149,8 +161,8 @@ def _serving_every_kind(
 ) -> dict[str, str]:
     """Web (2, forked from the template), stream (2) and batch (1, mid-job) replicas serving."""
     # Web replicas fork from the template once it has imported the model libraries.
-    deployer_log = stack.data_dir / "logs" / "deployer.log"
-    _wait(lambda: "worker template ready" in deployer_log.read_text(), "the worker template")
+    fleet_log = stack.data_dir / "logs" / "fleet.log"
+    _wait(lambda: "worker template ready" in fleet_log.read_text(), "the worker template")
     slugs = _deploy_every_kind(stack, kafka_bootstrap, topics)
     _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas ready")
     _wait(lambda: stack.ready(slugs["stream"]) == 2, "2 stream replicas ready")
@@ -181,11 +193,11 @@ def test_down_stops_every_replica_of_every_kind_and_waits_for_them(
 
 
 @pytest.mark.timeout(600)
-def test_nothing_outlives_a_killed_supervisor_or_deployer_and_up_stops_leftovers(
+def test_nothing_outlives_a_killed_supervisor_or_fleet_and_up_stops_leftovers(
     data_dir: Path, tmp_path: Path, kafka_bootstrap: str, topics: tuple[str, str]
 ) -> None:
     """`up` stops a replica an earlier run left (saying so) and spares a process whose pid was
-    recorded for another command line. A SIGKILLed deployer's replicas end with it (and are
+    recorded for another command line. A SIGKILLed fleet's replicas end with it (and are
     started again); after SIGKILL of the supervisor every replica ends by itself, and `down`
     leaves no process of the stack."""
     # What an earlier run left: one replica still running its recorded command line, and a
@@ -216,22 +228,25 @@ def test_nothing_outlives_a_killed_supervisor_or_deployer_and_up_stops_leftovers
             process.wait()
     slugs = _serving_every_kind(stack, kafka_bootstrap, topics, tmp_path)
 
-    # The deployer killed outright: the kernel ends its replicas (forked ones through the
-    # template, which ends with it); the restarted deployer starts them again.
+    # The fleet killed outright: the kernel ends its replicas (forked ones through the
+    # template, which ends with it); the restarted fleet starts them again.
     before = {p.pid for p in _replicas(data_dir)}
     stack_file = json.loads((data_dir / "stack.json").read_text())
-    os.kill(stack_file["services"]["deployer"]["pid"], signal.SIGKILL)
+    killed = stack_file["services"]["fleet"]["pid"]
+    os.kill(killed, signal.SIGKILL)
     _wait(
         lambda: not before & {p.pid for p in _replicas(data_dir)},
-        "the killed deployer's replicas gone",
+        "the killed fleet's replicas gone",
         within=60,
     )
-    _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas after the deployer's restart")
+    # Until the supervisor restarted it, the rows still say what the killed fleet ran.
+    _wait(lambda: _restarted(data_dir, "fleet", killed), "the fleet restarted", within=60)
+    _wait(lambda: stack.ready(slugs["web"]) == 2, "2 web replicas after the fleet's restart")
     _wait(lambda: stack.ready(slugs["stream"]) == 2, "2 stream replicas after it")
     stack.batch_job(slugs["batch"], tmp_path)
 
     os.kill(stack.supervisor, signal.SIGKILL)
-    # Nobody is asked to stop: the services die with the supervisor, replicas with the deployer.
+    # Nobody is asked to stop: the services die with the supervisor, replicas with the fleet.
     _wait(lambda: not _replicas(data_dir), "replicas gone with the supervisor", within=90)
     down = _cli(stack.env, "down")
     assert down.returncode == 0, down.stdout + down.stderr

@@ -232,7 +232,7 @@ def test_cli_admin_key_grants_the_management_api(stack: Stack) -> None:
 
 
 def test_internal_services_refuse_calls_without_the_credential(stack: Stack) -> None:
-    """On 127.0.0.1 the deployer, predictlog, feedback and alerts answer only their probes
+    """On 127.0.0.1 the fleet, deployer, predictlog, feedback and alerts answer only their probes
     and metrics without the stack's internal credential; the gateway stays the way in."""
     import json
     import stat
@@ -240,7 +240,7 @@ def test_internal_services_refuse_calls_without_the_credential(stack: Stack) -> 
     info = json.loads((stack.data_dir / "stack.json").read_text())
     secrets_file = stack.data_dir / "secrets.json"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
-    for name in ("deployer", "predictlog", "feedback", "alerts"):
+    for name in ("fleet", "deployer", "predictlog", "feedback", "alerts"):
         url = info["services"][name]["url"]
         refused = httpx.get(f"{url}/api/v1/endpoints")
         assert refused.status_code == 401, name

@@ -18,6 +18,7 @@ SETTINGS_CLASSES = [
     ("Worker (model server of each replica)", "cormorant.worker.settings:WorkerSettings"),
     ("Gateway", "cormorant.gateway.settings:GatewaySettings"),
     ("Deployer", "cormorant.deployer.settings:DeployerSettings"),
+    ("Fleet (runs the replicas)", "cormorant.fleet.settings:FleetSettings"),
     ("Prediction log", "cormorant.predictlog.settings:PredictLogSettings"),
     ("Feedback and datasets", "cormorant.feedback.settings:FeedbackSettings"),
     ("Alerts", "cormorant.alerts.settings:AlertsSettings"),

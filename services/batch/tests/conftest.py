@@ -1,5 +1,5 @@
-"""Fixtures of the batch service's tests: a real deployer process beside an in-process batch
-service, both on this test's NATS and database."""
+"""Fixtures of the batch service's tests: real deployer and fleet processes beside an in-process
+batch service, all on this test's NATS and database."""
 
 from __future__ import annotations
 
@@ -35,27 +35,43 @@ def internal_secret() -> str:
 def deployer_url(
     data_dir: Path, nats_url: str, database_url: str, tmp_path: Path, internal_secret: str
 ) -> Iterator[str]:
-    """A deployer (``python -m cormorant.deployer``) whose replicas stop with it."""
-    env = {
+    """A deployer (``python -m cormorant.deployer``) and the fleet that runs its replicas
+    (``python -m cormorant.fleet``), whose replicas stop with it."""
+    shared = {
         "CORMORANT_INTERNAL_SECRET": internal_secret,
         "CORMORANT_DATA_DIR": str(data_dir),
         "CORMORANT_NATS_URL": nats_url,
         "CORMORANT_DATABASE_URL": database_url,
         "CORMORANT_LOG_JSON": "false",
-        "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
-        # Fresh replica processes: a template's imports would cost seconds of CPU per test.
-        "CORMORANT_DEPLOYER_PRELOAD_MODULES": "",
-        "CORMORANT_DEPLOYER_PROBE_INTERVAL_S": "0.05",
-        "CORMORANT_DEPLOYER_DRAIN_GRACE_S": "0.2",
     }
-    spec = ServiceSpec("deployer", "cormorant.deployer", free_port())
-    process = ServiceProcess(spec, host="127.0.0.1", env=env, logs=tmp_path, timeout=60)
-    process.spawn()
+    fleet_env = shared | {
+        "CORMORANT_FLEET_STOP_REPLICAS_ON_SHUTDOWN": "true",
+        # Fresh replica processes: a template's imports would cost seconds of CPU per test.
+        "CORMORANT_FLEET_PRELOAD_MODULES": "",
+        "CORMORANT_FLEET_PROBE_INTERVAL_S": "0.05",
+        "CORMORANT_FLEET_DRAIN_GRACE_S": "0.2",
+    }
+    fleet = ServiceProcess(
+        ServiceSpec("fleet", "cormorant.fleet", free_port()),
+        host="127.0.0.1",
+        env=fleet_env,
+        logs=tmp_path,
+        timeout=60,
+    )
+    fleet.spawn()
     try:
-        process.wait_ready()
-        yield process.url
+        fleet.wait_ready()
+        env = shared | {"CORMORANT_DEPLOYER_FLEET_URL": fleet.url}
+        spec = ServiceSpec("deployer", "cormorant.deployer", free_port())
+        process = ServiceProcess(spec, host="127.0.0.1", env=env, logs=tmp_path, timeout=60)
+        process.spawn()
+        try:
+            process.wait_ready()
+            yield process.url
+        finally:
+            process.stop(timeout=60)
     finally:
-        process.stop(timeout=60)
+        fleet.stop(timeout=60)
         _kill_replicas(str(data_dir))
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+# --import-mode=importlib puts no test folder on sys.path: the test kits need it.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from deployer_testkit import DeployerHarness, PlatformSettings, running_deployer
+
 from cormorant.common.internal import generate_internal_secret
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, running_deployer
 
 TINY_MODEL = """\
 import os
@@ -23,9 +27,10 @@ def predict(x):
 
 
 @pytest.fixture
-def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> DeployerSettings:
-    """Settings with short delays, so a test sees scaling and draining within seconds."""
-    return DeployerSettings(
+def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> PlatformSettings:
+    """The deployer's and the fleet's settings, with short delays, so a test sees scaling and
+    draining within seconds."""
+    return PlatformSettings(
         data_dir=tmp_path / "data",
         nats_url=nats_url,
         database_url=database_url,
@@ -48,7 +53,7 @@ def deployer_settings(tmp_path: Path, nats_url: str, database_url: str) -> Deplo
 
 
 @pytest.fixture
-async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+async def deployer(deployer_settings: PlatformSettings) -> AsyncIterator[DeployerHarness]:
     """A running deployer; every replica it started is killed afterwards."""
     async with running_deployer(deployer_settings) as harness:
         yield harness

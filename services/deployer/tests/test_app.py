@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cormorant.deployer.testing import DeployerHarness
+from deployer_testkit import DeployerHarness
 
 
 async def test_health_metrics_and_error_shape(deployer: DeployerHarness) -> None:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import nats
 import pytest
+from deployer_testkit import DeployerHarness, worker_processes
 
 from cormorant.common.events import LoadReported
-from cormorant.deployer.fleet.autoscale import (
+from cormorant.fleet.autoscale import (
     LoadTracker,
     Recommendation,
     decide,
     observed_concurrency,
     recommend,
 )
-from cormorant.deployer.testing import DeployerHarness, worker_processes
 
 
 @pytest.mark.parametrize(

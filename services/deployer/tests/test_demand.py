@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cormorant.deployer.testing import DeployerHarness
+from deployer_testkit import DeployerHarness
 
 
 async def test_a_demand_scales_a_batch_endpoint_up_and_its_lapse_back_to_zero(

@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 import nats
+from deployer_testkit import DeployerHarness, pid_gone, worker_processes
 
 from cormorant.common.events import decode
-from cormorant.deployer.testing import DeployerHarness, pid_gone, worker_processes
 from cormorant.devstack.testing.waits import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -142,6 +142,24 @@ async def test_list_get_and_delete_stop_the_replica_processes(
     # The slug of a deleted endpoint stays taken: its logs keep pointing at it.
     third = await deployer.create(name="tiny", source=str(model_dir), server=WORKERS_1)
     assert third["slug"] == "tiny-3"
+
+
+async def test_an_endpoint_still_reads_while_the_fleet_is_down(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """The control plane does not go down with the fleet: an endpoint and the list still read
+    from the database (without the recent replica events, which are the fleet's)."""
+    await deployer.create(name="steady", source=str(model_dir), server=WORKERS_1)
+    await deployer.wait_running("steady")
+    await deployer.stop_fleet()
+
+    shown = await deployer.get("steady")
+    assert shown["status"] == "running"
+    assert shown["replicas"]["ready"] == 1
+    assert shown["events"] == []
+    listed = await deployer.client.get("/api/v1/endpoints")
+    assert listed.status_code == 200, listed.text
+    assert [e["slug"] for e in listed.json()["endpoints"]] == ["steady"]
 
 
 async def test_batch_endpoint_rests_idle_at_zero_replicas(

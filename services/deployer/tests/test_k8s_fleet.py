@@ -1,6 +1,6 @@
 """The kubernetes fleet driven through the deployer's API against a recorded Kubernetes API.
 
-No Kubernetes API server can run here: ``RecordedCluster`` (``fleet/kubernetes/testing.py``)
+No Kubernetes API server can run here: ``RecordedCluster`` (``tests/cluster_testkit.py``)
 stands in for a cluster. It is a real HTTP server that the real kubernetes-asyncio client talks
 to; it checks each call (server-side apply with the field manager, delete, list, watch), keeps
 the objects, runs pods for each Deployment and replays what a kubelet reports (a pod becoming
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from cluster_testkit import RecordedCluster
+from deployer_testkit import DeployerHarness, running_deployer
 
-from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
-from cormorant.deployer.fleet.kubernetes.testing import RecordedCluster
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import DeployerHarness, running_deployer
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.kubernetes.fleet import KubernetesFleet
 
 NAMESPACE = "models"
 
@@ -52,7 +52,7 @@ async def deployer(
     """A deployer whose fleet is the recorded cluster's namespace."""
     settings = deployer_settings.model_copy(
         update={
-            "fleet": "kubernetes",
+            "kind": "kubernetes",
             "k8s_namespace": NAMESPACE,
             "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
             "k8s_image": "images.test/cormorant:1",

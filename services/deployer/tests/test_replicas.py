@@ -13,21 +13,21 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from cormorant.common import bus
-from cormorant.common.bus import PREDICTIONS_STREAM
-from cormorant.common.events import PredictionLogged
-from cormorant.common.ports import free_port
-from cormorant.deployer.fleet.runtime import local
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import (
+from deployer_testkit import (
     DeployerHarness,
     pid_gone,
     running_deployer,
     worker_processes,
 )
+
+from cormorant.common import bus
+from cormorant.common.bus import PREDICTIONS_STREAM
+from cormorant.common.events import PredictionLogged
+from cormorant.common.ports import free_port
+from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.spooling import spool_and_die
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.runtime import local
 
 WORKERS_1 = {"workers": 1}
 CRASHING_WORKER = """
@@ -185,12 +185,35 @@ async def _grow_from_two_to_three(deployer: DeployerHarness, model_dir: Path) ->
     assert len(pids) == 3
 
 
-async def test_restarted_deployer_adopts_running_replicas_without_restarting_them(
+async def test_a_deployer_restart_leaves_every_replica_serving(
     deployer: DeployerHarness, model_dir: Path
 ) -> None:
-    """Restarting the deployer (an upgrade, a crash) does not interrupt serving: the same
-    worker processes keep running and are watched again; a replica that died meanwhile is
-    replaced."""
+    """The deployer holds no replica: restarting it alone (an upgrade, a crash) leaves the same
+    worker processes serving, with no event; the endpoint then reads, routes and deletes as
+    before."""
+    await deployer.create(name="kept", source=str(model_dir), server=WORKERS_1)
+    before = await deployer.wait_running("kept")
+    marker = str(deployer.settings.data_dir)
+    pids = sorted(p.pid for p in worker_processes(marker) if "kept" in p.cmdline())
+    route = await deployer.route("kept")
+
+    await deployer.restart_deployer()
+
+    after = await deployer.wait_running("kept")
+    assert sorted(p.pid for p in worker_processes(marker) if "kept" in p.cmdline()) == pids
+    assert after["events"] == before["events"]
+    assert (await deployer.route("kept"))["replicas"] == route["replicas"]
+    deleted = await deployer.client.delete("/api/v1/endpoints/kept")
+    assert deleted.status_code == 200, deleted.text
+    await eventually(lambda: all(pid_gone(pid) for pid in pids), what="the replicas stopped")
+
+
+async def test_restarted_fleet_adopts_running_replicas_without_restarting_them(
+    deployer: DeployerHarness, model_dir: Path
+) -> None:
+    """Restarting the fleet (with the deployer: an upgrade, a crash) does not interrupt
+    serving: the same worker processes keep running and are watched again; a replica that died
+    meanwhile is replaced."""
     await deployer.create(
         name="steady", source=str(model_dir), server=WORKERS_1, replicas={"min": 2, "max": 2}
     )
@@ -204,7 +227,7 @@ async def test_restarted_deployer_adopts_running_replicas_without_restarting_the
     after = await deployer.wait_running("steady", ready=2)
     assert sorted(p.pid for p in worker_processes(marker) if "steady" in p.cmdline()) == pids
     assert after["restarts"] == 0
-    assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
+    assert {e["reason"] for e in after["events"]} == {"adopted after a fleet restart"}
     assert (await deployer.route("steady"))["replicas"] == route["replicas"]
 
     # Killed while no deployer watches: the next one replaces it.

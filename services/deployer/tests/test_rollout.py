@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import nats
+from deployer_testkit import DeployerHarness
 
 from cormorant.common.handshake import GENERATION_SUBJECT, GenerationQuery, GenerationReport
-from cormorant.deployer.testing import DeployerHarness
 from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}

@@ -10,8 +10,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from cormorant.deployer.endpoints.snapshot import write_archive
-from cormorant.deployer.testing import DeployerHarness
+from deployer_testkit import DeployerHarness
+
+from cormorant.common.endpoints.snapshot import write_archive
 
 PREDICT = "def predict(x):\n    return x\n"
 

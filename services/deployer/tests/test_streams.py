@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
-from cormorant.deployer.fleet.runtime import ReplicaLaunch
-from cormorant.deployer.streams.lag import desired_for_lag, group_lag, parse_metrics
-from cormorant.deployer.streams.spec import bridge_options, parse_kafka, public_kafka
+from cormorant.common.endpoints.kafka import parse_kafka, public_kafka
+from cormorant.common.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.fleet.lag import desired_for_lag, group_lag, parse_metrics
+from cormorant.fleet.replica import bridge_options
+from cormorant.fleet.runtime import ReplicaLaunch
 
 METRICS = """\
 # HELP cormorant_kafka_bridge_messages_produced_total Predictions produced.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,18 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-
-from cormorant.deployer.fleet.runtime.local import LocalRuntime
-from cormorant.deployer.fleet.runtime.template import WorkerTemplate
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.testing import (
+from deployer_testkit import (
     DeployerHarness,
+    PlatformSettings,
     pid_gone,
     running_deployer,
     worker_processes,
 )
+
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.runtime.local import LocalRuntime
+from cormorant.fleet.runtime.template import WorkerTemplate
+from cormorant.fleet.settings import FleetSettings
 
 FORKED = "forked from the worker template"
 EXITS_AT_START = """
@@ -38,7 +40,7 @@ def predict(x):
 
 
 @pytest.fixture
-async def deployer(deployer_settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+async def deployer(deployer_settings: PlatformSettings) -> AsyncIterator[DeployerHarness]:
     """A deployer whose template preloads numpy (the worker's own stack is always preloaded)."""
     settings = deployer_settings.model_copy(update={"preload_modules": ["numpy"]})
     async with running_deployer(settings) as harness:
@@ -72,11 +74,19 @@ def template_pid(template: WorkerTemplate) -> int:
     return template.generation.pid
 
 
-def replica(deployer: DeployerHarness, slug: str) -> psutil.Process:
-    [process] = [
-        p for p in worker_processes(str(deployer.settings.data_dir)) if slug in p.cmdline()
-    ]
-    return process
+def replica(deployer: DeployerHarness, slug: str, within: float = 30.0) -> psutil.Process:
+    """The one replica process of ``slug``; a just-restarted one may take a moment to lead
+    its own session (how ``worker_processes`` tells a replica from its workers)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = [
+            p for p in worker_processes(str(deployer.settings.data_dir)) if slug in p.cmdline()
+        ]
+        if len(found) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # polling interval of a deadline wait
+    assert len(found) == 1, f"{len(found)} replica processes of {slug!r}: {found}"
+    return found[0]
 
 
 def replica_log(deployer: DeployerHarness, slug: str) -> str:
@@ -144,7 +154,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
 
     assert pid_gone(old_template)
     after = await deployer.wait_running("warm")
-    assert {e["reason"] for e in after["events"]} == {"adopted after a deployer restart"}
+    assert {e["reason"] for e in after["events"]} == {"adopted after a fleet restart"}
     assert replica(deployer, "warm").pid == process.pid
     assert await predict(deployer, "warm", 2) == {"answer": "v1", "double": 4, "flag": "on"}
 
@@ -241,7 +251,7 @@ async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
 
 
 async def test_without_preload_modules_replicas_start_as_fresh_processes(
-    deployer_settings: DeployerSettings, model_dir: Path
+    deployer_settings: PlatformSettings, model_dir: Path
 ) -> None:
     """`preload_modules` empty: no template; the replica is the deployer's own child process."""
     settings = deployer_settings.model_copy(update={"preload_modules": []})
@@ -264,10 +274,10 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
 def test_preload_modules_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, value: str, modules: list[str]
 ) -> None:
-    """`CORMORANT_DEPLOYER_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
+    """`CORMORANT_FLEET_PRELOAD_MODULES` takes a comma-separated list (or JSON); empty means
     no template, as does a custom worker command."""
-    monkeypatch.setenv("CORMORANT_DEPLOYER_PRELOAD_MODULES", value)
-    settings = DeployerSettings()
+    monkeypatch.setenv("CORMORANT_FLEET_PRELOAD_MODULES", value)
+    settings = FleetSettings()
     assert settings.preload_modules == modules
     assert (settings.template_command() is None) == (not modules)
     custom = settings.model_copy(update={"worker_command": ["my-worker"]})
@@ -295,7 +305,7 @@ async def test_with_stop_on_shutdown_every_replica_ends_with_the_deployer(
     await deployer.start()
     for slug in ("forked", "fresh"):
         adopted = await deployer.wait_running(slug)
-        assert {e["reason"] for e in adopted["events"]} == {"adopted after a deployer restart"}
+        assert {e["reason"] for e in adopted["events"]} == {"adopted after a fleet restart"}
     await deployer.create(name="new", source=str(model_dir), server={"workers": 2})
     await deployer.wait_running("new")
     leaders = [replica(deployer, slug).pid for slug in ("forked", "fresh", "new")]

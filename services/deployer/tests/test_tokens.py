@@ -6,11 +6,11 @@ from pathlib import Path
 
 import asyncpg
 import nats
+from deployer_testkit import DeployerHarness
 
 from cormorant.common.auth import hash_token
 from cormorant.common.db import asyncpg_dsn
 from cormorant.common.events import EndpointChanged, decode
-from cormorant.deployer.testing import DeployerHarness
 from cormorant.devstack.testing.waits import eventually
 
 WORKERS_1 = {"workers": 1}

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from deployer_testkit import DeployerHarness
 from sqlalchemy import update
 
 from cormorant.common.db.models.endpoints import Replica
 from cormorant.deployer.api.usage import SCRAPE_TIMEOUT_S, parse_usage
-from cormorant.deployer.testing import DeployerHarness
 
 
 async def test_usage_of_a_replica_counts_every_worker_process(

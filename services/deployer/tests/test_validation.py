@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deployer_testkit import DeployerHarness
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec
+from cormorant.common.endpoints.schemas import EndpointSpec, ReplicasSpec
 from cormorant.deployer.endpoints.validation import changed_request, top_level_names
-from cormorant.deployer.testing import DeployerHarness
 
 WORKERS_1 = {"workers": 1}
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from deployer_testkit import DeployerHarness
 
 from cormorant.common.datasets import BlobStore
-from cormorant.deployer.endpoints.snapshot import SnapshotStore, write_archive
-from cormorant.deployer.testing import DeployerHarness
+from cormorant.common.endpoints.snapshot import SnapshotStore, write_archive
 
 WORKERS_1 = {"workers": 1}
 

@@ -150,3 +150,27 @@ class ServiceSettings(CommonSettings):
 
     port: int = 0
     """Port the service listens on (0 picks a free one)."""
+
+
+class ArchivesSettings(ServiceSettings):
+    """A service that reads the code archives of model versions (the deployer, the fleet)."""
+
+    archives_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("archives_url", "CORMORANT_ARCHIVES_URL")
+    )
+    """fsspec URL where the code archive of every model version is stored (a directory,
+    ``s3://bucket/prefix``…); default ``<data_dir>/archives``. Replicas run from a copy
+    extracted under ``<data_dir>/versions``."""
+
+    archives_storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices(
+            "archives_storage_options", "CORMORANT_ARCHIVES_STORAGE_OPTIONS"
+        ),
+    )
+    """Options for the fsspec filesystem of ``archives_url`` (a JSON object, e.g.
+    ``{"endpoint_url": "http://minio:9000"}``)."""
+
+    def resolved_archives_url(self) -> str:
+        """``archives_url``, or ``<data_dir>/archives`` as an absolute local path."""
+        return self.archives_url or str((self.data_dir / "archives").resolve())

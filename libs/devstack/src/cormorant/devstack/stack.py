@@ -2,9 +2,9 @@
 
 ``cormorant up`` starts this module in the background (``python -m cormorant.devstack.stack``);
 it starts the servers, runs migrations, starts the services, restarts any that crash, and
-on SIGTERM stops everything it started, in reverse order, and the replicas the deployer left.
+on SIGTERM stops everything it started, in reverse order, and the replicas the fleet left.
 Every process it starts gets SIGTERM from the kernel if the supervisor dies (even by SIGKILL);
-the deployer's replicas die with the deployer the same way (``cormorant.common.lifetime``).
+the fleet's replicas die with the fleet service the same way (``cormorant.common.lifetime``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from cormorant.sdk.stackfile import (
 
 log = logging.getLogger("cormorant.stack")
 
-# Seconds the deployer gets to stop: a replica's stop_timeout_s (35 s) and its drain.
-_DEPLOYER_STOP_S = 60
+# Seconds the fleet gets to stop: a replica's stop_timeout_s (35 s) and its drain.
+_FLEET_STOP_S = 60
 _RESTART_BACKOFF = Backoff(initial=0.5, cap=30.0)
 """Between a service's exit and its restart, growing with its restarts."""
 
@@ -88,6 +88,9 @@ class StackSettings(CommonSettings):
     deployer_port: int = 8081
     """Deployer's internal API."""
 
+    fleet_port: int = 8086
+    """Fleet service's internal API (it runs the replicas)."""
+
     predictlog_port: int = 8082
     """Prediction log service's internal API."""
 
@@ -118,9 +121,11 @@ class ServiceSpec:
 def service_specs(settings: StackSettings) -> list[ServiceSpec]:
     """The services ``cormorant up`` runs, in start order.
 
-    The worker and kafka-bridge are not here: they are replicas the deployer starts per endpoint.
+    The worker and kafka-bridge are not here: they are replicas the fleet starts per endpoint
+    version. The fleet starts first: the deployer waits for it.
     """
     return [
+        ServiceSpec("fleet", "cormorant.fleet", settings.fleet_port),
         ServiceSpec("deployer", "cormorant.deployer", settings.deployer_port),
         ServiceSpec("predictlog", "cormorant.predictlog", settings.predictlog_port),
         ServiceSpec("feedback", "cormorant.feedback", settings.feedback_port),
@@ -375,19 +380,23 @@ class Supervisor:
             "CORMORANT_DATA_DIR": str(self.data_dir),
             "CORMORANT_NATS_URL": nats.url,
             "CORMORANT_DATABASE_URL": stack.database_url,
-            # Every service-to-service call carries it; the deployer keeps it from replicas.
+            # Every service-to-service call carries it; the fleet keeps it from replicas.
             "CORMORANT_INTERNAL_SECRET": stack.internal_secret,
-            # `make down` leaves no process: the deployer stops its replicas when it stops,
+            # `make down` leaves no process: the fleet stops its replicas when it stops,
             # and the kernel ends them if it dies (its restart starts them again).
-            "CORMORANT_DEPLOYER_STOP_REPLICAS_ON_SHUTDOWN": "true",
+            "CORMORANT_FLEET_STOP_REPLICAS_ON_SHUTDOWN": "true",
             # Replicas publish predictions and metrics as a user that may do nothing else.
-            "CORMORANT_DEPLOYER_REPLICA_NATS_URL": nats.replica_url,
+            "CORMORANT_FLEET_REPLICA_NATS_URL": nats.replica_url,
+            # The deployer places replicas through the fleet's internal API.
+            "CORMORANT_DEPLOYER_FLEET_URL": f"http://{settings.host}:{settings.fleet_port}",
         }
-        # The gateway forwards the management API to the services that own it.
+        # The gateway forwards the management API to the services that own it (the fleet
+        # owns none: the deployer calls it).
         for spec in service_specs(settings)[:-1]:
-            env[f"CORMORANT_GATEWAY_{spec.name.upper()}_URL"] = (
-                f"http://{settings.host}:{spec.port}"
-            )
+            if spec.name != "fleet":
+                env[f"CORMORANT_GATEWAY_{spec.name.upper()}_URL"] = (
+                    f"http://{settings.host}:{spec.port}"
+                )
         # The deployer reads live metrics there for rollout policies' checks, batch for
         # comparing jobs; batch asks the deployer for replicas.
         env["CORMORANT_DEPLOYER_PREDICTLOG_URL"] = env["CORMORANT_GATEWAY_PREDICTLOG_URL"]
@@ -446,17 +455,17 @@ class Supervisor:
             time.sleep(0.2)  # supervision tick: child exits are polled, nothing waits on it
 
     def _stop(self, stack: Stack) -> None:
-        # All at once: stopped one by one, the deployer (last) could run out of `down`'s time.
+        # All at once: stopped one by one, the fleet (last) could run out of `down`'s time.
         for svc in reversed(stack.services):
             if svc.proc is not None and svc.running():
                 with contextlib.suppress(ProcessLookupError):
                     svc.proc.send_signal(svc.stop_signal)
         for svc in reversed(stack.services):
-            # The deployer first drains and stops its replicas (up to its stop_timeout_s, 35 s).
-            svc.stop(timeout=_DEPLOYER_STOP_S if svc.spec.name == "deployer" else 35)
-        # Whatever the deployer could not stop (it was killed, or it crashed just before).
+            # The fleet first drains and stops its replicas (up to its stop_timeout_s, 35 s).
+            svc.stop(timeout=_FLEET_STOP_S if svc.spec.name == "fleet" else 35)
+        # Whatever the fleet could not stop (it was killed, or it crashed just before).
         for record in stop_recorded(self.data_dir / REPLICA_RECORDS, grace_s=10):
-            log.warning("stopped replica %s (pid %d) the deployer left", record.name, record.pid)
+            log.warning("stopped replica %s (pid %d) the fleet left", record.name, record.pid)
         if stack.postgres is not None:
             stack.postgres.stop(timeout=30)
         stack.nats.stop(timeout=15)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.datasets import BlobStore
 from cormorant.common.db import session_factory
+from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.internal import internal_client
 from cormorant.common.lifespan import open_bus, open_database, open_tracing
 from cormorant.common.telemetry import new_registry
@@ -30,12 +31,8 @@ from cormorant.deployer.api import streams as streams_api
 from cormorant.deployer.api import usage as usage_api
 from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.endpoints.service import EndpointService
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
 from cormorant.deployer.endpoints.store import Store
-from cormorant.deployer.fleet.demand import Demands
-from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
-from cormorant.deployer.fleet.local import LocalFleet, local_runtime
-from cormorant.deployer.fleet.runtime.local import prepare_sandbox
+from cormorant.deployer.fleet import RemoteFleet
 from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.progressive import MetricsReader, ProgressiveRollouts
 from cormorant.deployer.rollout.service import RolloutService
@@ -48,8 +45,11 @@ TITLE = "cormorant-deployer"
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: DeployerSettings) -> FastAPI:
-    """Build the Deployer app; its lifespan migrates, connects and adopts running replicas."""
+def create_app(
+    settings: DeployerSettings, *, fleet_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the Deployer app; its lifespan migrates, connects and waits for the fleet service
+    (at ``settings.fleet_url``, or through ``fleet_transport`` when given, as in tests)."""
     registry = new_registry()
     started = asyncio.Event()
 
@@ -70,52 +70,18 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             await publisher.start()
             stack.push_async_callback(publisher.stop)
 
-            http = await stack.enter_async_context(httpx.AsyncClient())
-            contained = None
-            if resolved.sandbox:
-                contained = await prepare_sandbox(
-                    resolved.resolved_sandbox_dir(),
-                    data_dir,
-                    uid_base=resolved.sandbox_uid_base,
-                    uid_count=resolved.sandbox_uid_count,
-                )
             archives = BlobStore(
                 resolved.resolved_archives_url(),
                 storage_options=resolved.archives_storage_options,
             )
             await archives.prepare()
             snapshots = SnapshotStore(data_dir, archives)
-            fleet: LocalFleet
-            if resolved.fleet == "kubernetes":
-                # Imported here: the Kubernetes client takes a second to import.
-                from cormorant.deployer.fleet.kubernetes.client import Cluster, connect
-                from cormorant.deployer.fleet.kubernetes.fleet import KubernetesFleet
-
-                cluster = Cluster(await connect(resolved), ClusterConfig.of(resolved))
-                fleet = KubernetesFleet(
-                    settings=resolved,
-                    store=store,
-                    snapshots=snapshots,
-                    publisher=publisher,
-                    http=http,
-                    cluster=cluster,
-                    runtime=local_runtime(resolved, contained, spool_sink=publisher),
-                    registry=registry,
-                )
-            else:
-                fleet = LocalFleet(
-                    settings=resolved,
-                    store=store,
-                    snapshots=snapshots,
-                    publisher=publisher,
-                    http=http,
-                    runtime=local_runtime(resolved, contained, spool_sink=publisher),
-                    registry=registry,
-                )
-            # Closed before the HTTP client, the bus and the database (last in, first out).
-            stack.push_async_callback(fleet.close)
-            await fleet.start(nc)
-            supervisor = fleet.supervisor
+            # Its own client for the fleet, with the credential: replicas never see it.
+            fleet_http = await stack.enter_async_context(
+                internal_client(resolved, base_url=resolved.fleet_url, transport=fleet_transport)
+            )
+            fleet = RemoteFleet(fleet_http, nc)
+            kind = (await fleet.info()).kind
 
             endpoints = EndpointService(
                 settings=resolved,
@@ -134,25 +100,20 @@ def create_app(settings: DeployerSettings) -> FastAPI:
             internal = await stack.enter_async_context(internal_client(resolved))
             reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            if resolved.fleet == "local":
+            if kind == "local":
                 # A stream swap hands the group over between local processes; on a cluster
                 # a stream endpoint takes new code as a new endpoint (400 says so).
-                rollouts.kinds["stream"] = StreamRollout(fleet.stream_autoscaler)
+                rollouts.kinds["stream"] = StreamRollout()
             await rollouts.recover()
-            demands = Demands(supervisor, idle_timeout_s=resolved.batch_idle_timeout_s)
-            demands.recover()
             state = DeployerState(
                 endpoints=endpoints,
                 rollouts=rollouts,
-                streams=StreamService(
-                    store=store, supervisor=supervisor, scaler=fleet.stream_autoscaler, http=http
-                ),
+                streams=StreamService(store=store, fleet=fleet),
                 fleet=fleet,
-                demands=demands,
             )
 
             started.set()
-            log.info("deployer ready with %d endpoint(s)", len(supervisor.endpoints))
+            log.info("deployer ready; the %s fleet runs the replicas", kind)
             try:
                 yield state
             finally:

@@ -8,8 +8,7 @@ from fastapi import Depends
 
 from cormorant.common.lifespan import from_state
 from cormorant.deployer.endpoints.service import EndpointService
-from cormorant.deployer.fleet.demand import Demands
-from cormorant.deployer.fleet.local import LocalFleet
+from cormorant.deployer.fleet import RemoteFleet
 from cormorant.deployer.rollout.service import RolloutService
 from cormorant.deployer.streams.status import StreamService
 
@@ -20,11 +19,9 @@ class DeployerState(TypedDict):
     endpoints: EndpointService
     rollouts: RolloutService
     streams: StreamService
-    fleet: LocalFleet
-    demands: Demands
+    fleet: RemoteFleet
 
 
 EndpointsDep = Annotated[EndpointService, Depends(from_state("endpoints", EndpointService))]
 RolloutsDep = Annotated[RolloutService, Depends(from_state("rollouts", RolloutService))]
 StreamsDep = Annotated[StreamService, Depends(from_state("streams", StreamService))]
-DemandsDep = Annotated[Demands, Depends(from_state("demands", Demands))]

@@ -13,9 +13,7 @@ from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from cormorant.common.errors import error_response
-from cormorant.deployer.api.deps import EndpointsDep as ServiceDep
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -26,6 +24,8 @@ from cormorant.deployer.endpoints.schemas import (
     RoutingTable,
     TokenOut,
 )
+from cormorant.common.errors import error_response
+from cormorant.deployer.api.deps import EndpointsDep as ServiceDep
 
 router = APIRouter()
 

@@ -1,16 +1,15 @@
 """Routes of ``cormorant k8s manifests``: the Kubernetes objects of one endpoint or of all.
 
-Rendered with the ``KubernetesFleet``'s builders whichever fleet runs (see
-``fleet/kubernetes/render.py``).
+The fleet renders them with the ``KubernetesFleet``'s builders whichever fleet runs (see
+``cormorant.fleet.kubernetes.render``).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from cormorant.common.endpoints.fleet import ManifestsOut
 from cormorant.deployer.api.deps import EndpointsDep
-from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig
-from cormorant.deployer.fleet.kubernetes.render import ManifestsOut, render
 
 router = APIRouter(tags=["kubernetes"])
 
@@ -19,11 +18,10 @@ router = APIRouter(tags=["kubernetes"])
 async def endpoint_manifests(slug: str, service: EndpointsDep) -> ManifestsOut:
     """The Kubernetes objects of every version ``slug`` runs, as the kubernetes fleet applies
     them (JSON and a YAML stream)."""
-    config = ClusterConfig.of(service.settings)
-    return render(service.supervisor, service.snapshots, config, slug)
+    return await service.fleet.manifests(slug)
 
 
 @router.get("/api/v1/manifests")
 async def all_manifests(service: EndpointsDep) -> ManifestsOut:
     """The Kubernetes objects of every endpoint."""
-    return render(service.supervisor, service.snapshots, ClusterConfig.of(service.settings))
+    return await service.fleet.manifests()

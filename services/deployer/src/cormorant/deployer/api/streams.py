@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from cormorant.common.endpoints.fleet import StreamStatus
 from cormorant.common.openapi import error_responses
 from cormorant.deployer.api.deps import StreamsDep
-from cormorant.deployer.streams.status import StreamStatus
 
 router = APIRouter(tags=["streams"], responses=error_responses(409))
 

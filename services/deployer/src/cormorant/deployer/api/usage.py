@@ -24,8 +24,8 @@ import httpx
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from cormorant.common.endpoints.schemas import RouteReplica
 from cormorant.deployer.api.deps import EndpointsDep
-from cormorant.deployer.endpoints.schemas import RouteReplica
 
 router = APIRouter()
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Sequence
 
 from cormorant.common.auth import generate_token, hash_token
+from cormorant.common.bus import BatchedPublisher
 from cormorant.common.db.models import PREFIX_LENGTH
-from cormorant.common.errors import BadRequest, NotFound
-from cormorant.common.events import EndpointChanged, TrafficChanged
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.fleet import Placement, placement_of
+from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointCreated,
     EndpointList,
@@ -20,40 +20,29 @@ from cormorant.deployer.endpoints.schemas import (
     RoutingTable,
     TokenOut,
 )
-from cormorant.deployer.endpoints.snapshot import Snapshot, SnapshotStore
-from cormorant.deployer.endpoints.sources import checkout
-from cormorant.deployer.endpoints.store import (
-    EndpointRecord,
-    NewEndpoint,
-    Store,
-    VersionRecord,
-    slugify,
+from cormorant.common.endpoints.snapshot import Snapshot, SnapshotStore
+from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.common.endpoints.views import (
+    EndpointNotFound,
+    ReplicaEvent,
+    endpoint_view,
+    event_attributes,
+    version_created,
 )
+from cormorant.common.errors import BadRequest
+from cormorant.common.events import EndpointChanged, TrafficChanged
+from cormorant.deployer.endpoints.sources import checkout
+from cormorant.deployer.endpoints.store import NewEndpoint, Store
 from cormorant.deployer.endpoints.validation import (
     changed_request,
     check_code,
     resolve_spec,
 )
-from cormorant.deployer.endpoints.views import endpoint_view, event_attributes, version_created
-from cormorant.deployer.fleet import Placement, placement_of
-from cormorant.deployer.fleet.local import LocalFleet
-from cormorant.deployer.fleet.replica import launch_of
-from cormorant.deployer.fleet.runtime import ConfigurationRefused
-from cormorant.deployer.fleet.supervisor import Publisher
+from cormorant.deployer.fleet import Fleet, FleetUnavailable
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.deployer.streams.admin import prepare_stream_spec
 
 log = logging.getLogger(__name__)
-
-
-class EndpointNotFound(NotFound):
-    """No live endpoint has this slug."""
-
-    def __init__(self, slug: str) -> None:
-        super().__init__(
-            f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints",
-            details={"slug": slug},
-        )
 
 
 class EndpointService:
@@ -64,16 +53,13 @@ class EndpointService:
         *,
         settings: DeployerSettings,
         store: Store,
-        fleet: LocalFleet,
+        fleet: Fleet,
         snapshots: SnapshotStore,
-        publisher: Publisher,
+        publisher: BatchedPublisher,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
-        self.supervisor = fleet.supervisor
-        """The local fleet's picture of every endpoint (replica events, the canary runtimes)."""
-        self.runtime = fleet.runtime
         self.snapshots = snapshots
         self.publisher = publisher
 
@@ -127,8 +113,7 @@ class EndpointService:
         """Every live endpoint, newest first."""
         views = []
         for record, stats in await self.store.overview():
-            tracked = self.supervisor.endpoints.get(record.id)
-            views.append(endpoint_view(record, stats, tracked.events if tracked else ()))
+            views.append(endpoint_view(record, stats, await self._events(record)))
         return EndpointList(endpoints=views)
 
     async def get(self, slug: str) -> EndpointOut:
@@ -140,11 +125,10 @@ class EndpointService:
         record = await self._find(slug)
         await self.store.mark_deleted(record.id)
         self.publisher.publish(EndpointChanged(endpoint=record.slug, change="deleted"))
-        endpoint = self.supervisor.endpoints.get(record.id)
-        await self.fleet.remove(record.id)
+        events = await self.fleet.remove(record.id)
         log.info("deleted endpoint %s", record.slug)
         [(deleted, stats)] = await self.store.overview(record.id)
-        return endpoint_view(deleted, stats, endpoint.events if endpoint is not None else ())
+        return endpoint_view(deleted, stats, events)
 
     async def rotate_token(self, slug: str) -> TokenOut:
         """A new token for ``slug``; every earlier one stops working at once."""
@@ -188,10 +172,20 @@ class EndpointService:
         return record
 
     async def _view(self, record: EndpointRecord) -> EndpointOut:
-        view = await self.supervisor.describe(record.id)
-        if view is None:
+        found = await self.store.overview(record.id)
+        if not found:
             raise EndpointNotFound(record.slug)
-        return view
+        [(current, stats)] = found
+        return endpoint_view(current, stats, await self._events(record))
+
+    async def _events(self, record: EndpointRecord) -> Sequence[ReplicaEvent]:
+        # The database holds the endpoint and its replicas: only the recent events are the
+        # fleet's, and an endpoint still reads (without them) while the fleet restarts.
+        try:
+            return await self.fleet.events(record.id)
+        except FleetUnavailable as exc:
+            log.warning("%s: no replica events: %s", record.slug, exc.message)
+            return []
 
     async def _snapshot(self, spec: EndpointSpec) -> tuple[Snapshot, str | None]:
         limit = self.settings.git_timeout_s
@@ -201,20 +195,11 @@ class EndpointService:
         return snapshot, src.commit
 
     async def _check_worker(self, spec: EndpointSpec, snapshot: Snapshot) -> None:
-        launch = launch_of(
-            spec,
-            replica_id="check",
-            endpoint=slugify(spec.name),
-            endpoint_id=uuid.uuid4(),
-            version="1",
-            source=snapshot.directory,
-        )
-        try:
-            await self.runtime.check(launch)
-        except ConfigurationRefused as exc:
+        refused = await self.fleet.check(spec, snapshot.digest)
+        if refused is not None:
             raise BadRequest(
-                f"the worker refused this configuration: {exc}", details={"field": "server"}
-            ) from exc
+                f"the worker refused this configuration: {refused}", details={"field": "server"}
+            )
 
     def _announce_created(self, record: EndpointRecord, view: EndpointOut) -> None:
         version = record.version

@@ -14,16 +14,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cormorant.common.errors import BadRequest
-from cormorant.common.predictor import InvalidFileName, check_file_name
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.kafka import MASK
+from cormorant.common.endpoints.schemas import (
     EndpointCreate,
     EndpointSpec,
     ReplicasSpec,
     ResourcesSpec,
     ServerValue,
 )
-from cormorant.deployer.streams.spec import MASK
+from cormorant.common.errors import BadRequest
+from cormorant.common.predictor import InvalidFileName, check_file_name
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -131,13 +131,6 @@ def merged_kafka(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any
             key: kept.get(key, value) if value == MASK else value for key, value in security.items()
         }
     return merged
-
-
-def server_flag_value(value: ServerValue) -> str:
-    """A server setting as the worker's ``--server KEY=VALUE`` flag expects it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _replicas(request: EndpointCreate, default_target: float) -> ReplicasSpec:

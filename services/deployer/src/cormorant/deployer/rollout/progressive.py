@@ -25,8 +25,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cormorant.common.db.models import RolloutStatus
+from cormorant.common.endpoints.store import EndpointRecord
 from cormorant.common.errors import BadRequest, Conflict
-from cormorant.deployer.endpoints.store import EndpointRecord
 from cormorant.deployer.rollout.schemas import TrafficOut
 from cormorant.deployer.rollout.service import RolloutFailed, RolloutService
 
@@ -298,7 +298,7 @@ class ProgressiveRollouts:
         """Validate, apply the first step (the canary must be ready), run the rest behind."""
         policy = parse_policy(raw_policy)
         service = self.service
-        _, canary = service.canary_runtime(record, version)
+        _, canary = await service.canary_runtime(record, version)
         running = self.tasks.get(record.id)
         if running is not None and not running.done():
             raise Conflict(
@@ -337,7 +337,7 @@ class ProgressiveRollouts:
                 await service.store.update_rollout(rollout_id, step=step)
                 since = datetime.now(UTC)
                 await asyncio.sleep(policy.seconds)
-                stable = self._still_canary(record, version)
+                stable = await self._still_canary(record, version)
                 if stable is None:
                     await service.store.update_rollout(
                         rollout_id,
@@ -386,11 +386,12 @@ class ProgressiveRollouts:
             except Exception as again:
                 log.warning("%s: rollback after a failed rollout refused: %s", record.slug, again)
 
-    def _still_canary(self, record: EndpointRecord, version: str) -> str | None:
+    async def _still_canary(self, record: EndpointRecord, version: str) -> str | None:
         """The stable version's label while ``version`` is still the running canary."""
         service = self.service
-        primary = service.supervisor.endpoints.get(record.id)
-        others = service.supervisor.others.get(record.id, {})
-        if primary is None or version not in others or service.is_retiring(record.id, version):
+        running = await service.fleet.running(record.id)
+        if not running or not running[0].primary or service.is_retiring(record.id, version):
             return None
-        return primary.version.label
+        if not any(v.label == version for v in running[1:]):
+            return None
+        return running[0].label

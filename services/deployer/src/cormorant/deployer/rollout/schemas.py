@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cormorant.deployer.endpoints.schemas import ReplicasIn, ServerValue, StrictModel
+from cormorant.common.endpoints.schemas import ReplicasIn, ServerValue, StrictModel
 
 
 class VersionCreate(StrictModel):

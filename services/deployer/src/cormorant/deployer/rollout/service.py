@@ -1,11 +1,11 @@
 """Model updates: versions beside the stable one, canary shares, promote, rollback.
 
-The stable version is the supervisor's primary ``EndpointRuntime`` (it sets the endpoint's
-status and is autoscaled); every other running version is a runtime in
-``Supervisor.others``. Each traffic change is stored under the next generation, then
-announced as ``TrafficChanged``. A version that lost its traffic is stopped only once every
-gateway confirmed it applied that generation and has no request in flight to it (the
-handshake, ``handshake.py``); its replicas then drain as usual.
+The stable version is the fleet's primary version of the endpoint (it sets the endpoint's
+status and is autoscaled); every other running version runs beside it (``Fleet.running``).
+Each traffic change is stored under the next generation, then announced as
+``TrafficChanged``. A version that lost its traffic is stopped only once every gateway
+confirmed it applied that generation and has no request in flight to it (the handshake,
+``handshake.py``); its replicas then drain as usual.
 
 Endpoint kinds other than ``web`` plug in through ``KindRollout`` (a stream endpoint hands its
 consumer group over instead of splitting traffic).
@@ -21,16 +21,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cormorant.common.db.models import RolloutStatus, VersionStatus
+from cormorant.common.endpoints.fleet import RunningVersion
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.common.endpoints.views import EndpointNotFound, version_created
 from cormorant.common.errors import BadRequest, Conflict, CormorantError, NotFound
-from cormorant.common.events import ShadowTarget, TrafficChanged
+from cormorant.common.events import Event, ShadowTarget, TrafficChanged
 from cormorant.common.tasks import TaskSet
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.service import EndpointNotFound, EndpointService
-from cormorant.deployer.endpoints.store import EndpointRecord, VersionRecord
+from cormorant.deployer.endpoints.service import EndpointService
 from cormorant.deployer.endpoints.validation import changed_request, resolve_spec
-from cormorant.deployer.endpoints.views import version_created
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.supervisor import Supervisor
+from cormorant.deployer.fleet import Fleet
 from cormorant.deployer.rollout.handshake import GatewayHandshake
 from cormorant.deployer.rollout.schemas import (
     ReplicaOut,
@@ -108,9 +108,13 @@ class RolloutService:
         await self.tasks.close()
 
     @property
-    def supervisor(self) -> Supervisor:
-        """The endpoints' supervisor."""
-        return self.endpoints.supervisor
+    def fleet(self) -> Fleet:
+        """The fleet that runs the endpoints' replicas."""
+        return self.endpoints.fleet
+
+    def publish(self, event: Event) -> None:
+        """Hand ``event`` to the bus (after the database write it reports)."""
+        self.endpoints.publisher.publish(event)
 
     def lock(self, endpoint_id: uuid.UUID) -> asyncio.Lock:
         """Serializes the traffic changes of one endpoint."""
@@ -153,7 +157,7 @@ class RolloutService:
         self, record: EndpointRecord, version: VersionRecord, spec: EndpointSpec
     ) -> None:
         log.info("created version %s of %s from %s", version.label, record.slug, spec.source)
-        self.supervisor.publish(version_created(record.slug, version, spec))
+        self.publish(version_created(record.slug, version, spec))
 
     async def find_version(self, record: EndpointRecord, label: str) -> VersionRecord:
         """Version ``label`` of the endpoint, or 404 naming the versions there are."""
@@ -214,7 +218,7 @@ class RolloutService:
         A failure is recorded on the rollout ``rollout_id``, or on a new failed rollout.
         """
         async with self.lock(record.id):
-            stable, canary = self.canary_runtime(record, version)
+            stable, canary = await self.canary_runtime(record, version)
             traffic = await self.store.traffic(record.id)
             if traffic.shadow is not None and traffic.shadow.version == version:
                 raise Conflict(
@@ -222,14 +226,14 @@ class RolloutService:
                     f"traffic first (DELETE /api/v1/endpoints/{record.slug}/shadow)",
                     details={"field": "version", "shadow": version},
                 )
-            holder = _other_canary(traffic, stable.version.label, version)
+            holder = _other_canary(traffic, stable.label, version)
             if holder is not None:
                 raise Conflict(
                     f"version {holder} already holds {traffic.weights[holder]}% of "
                     f"{record.slug}'s traffic; promote it or roll it back first",
                     details={"version": holder},
                 )
-            failure = await self.wait_ready(canary)
+            failure = await self.wait_ready(record, canary.label)
             if failure is not None:
                 if rollout_id is not None:
                     await self.store.update_rollout(
@@ -253,7 +257,7 @@ class RolloutService:
                     details={"version": version, "reason": failure},
                 )
             await self.store.set_version_status(canary.version.id, VersionStatus.READY)
-            weights = {stable.version.label: 100 - percent, version: percent}
+            weights = {stable.label: 100 - percent, version: percent}
             if weights != traffic.weights:
                 await self.publish_traffic(record, weights, action="rollout", reason=reason)
             log.info("%s: version %s at %d%%", record.slug, version, percent)
@@ -267,32 +271,23 @@ class RolloutService:
             return await handler.promote(self, record)
         self._check_kind(record)
         async with self.lock(record.id):
-            stable = self.require_primary(record)
+            stable = await self.require_primary(record)
             traffic = await self.store.traffic(record.id)
-            label = _other_canary(traffic, stable.version.label, None)
-            others = self.supervisor.others.get(record.id, {})
+            label = _other_canary(traffic, stable.label, None)
+            others = {v.label: v for v in (await self.fleet.running(record.id))[1:]}
             canary = others.get(label) if label is not None else None
             if canary is None or label is None:
                 raise Conflict(
                     f"nothing to promote: no version of {record.slug} besides the stable "
-                    f"version {stable.version.label} has traffic; roll one out first with "
+                    f"version {stable.label} has traffic; roll one out first with "
                     f"POST /api/v1/endpoints/{record.slug}/rollout",
-                    details={"stable": stable.version.label},
+                    details={"stable": stable.label},
                 )
             state = await self.publish_traffic(
-                record, {label: 100}, action="promote", reason=reason, spec=canary
+                record, {label: 100}, action="promote", reason=reason, spec=canary.spec
             )
-            # The canary becomes the primary runtime: it sets the status and is autoscaled.
-            others.pop(label, None)
-            canary.primary = True
-            canary.desired = max(canary.desired, stable.desired)
-            canary.status, canary.reason = stable.status, stable.reason
-            canary.published = stable.published
-            self.supervisor.endpoints[record.id] = canary
-            stable.primary = False
-            others[stable.version.label] = stable
-            await self.supervisor.converge(canary)
-            await self.supervisor.refresh(canary)
+            # The canary becomes the primary version: it sets the status and is autoscaled.
+            await self.fleet.promote(record.id, label)
             self._retire_later(record, stable, state.generation)
             log.info("%s: promoted version %s", record.slug, label)
         return await self._traffic_out(record)
@@ -305,24 +300,24 @@ class RolloutService:
             return await handler.rollback(self, record, reason=reason)
         self._check_kind(record)
         async with self.lock(record.id):
-            stable = self.require_primary(record)
+            stable = await self.require_primary(record)
             retiring = self._retiring.get(record.id, set())
             traffic = await self.store.traffic(record.id)
             # The shadow version keeps answering mirrored requests: stop it on its own.
             shadow = traffic.shadow.version if traffic.shadow is not None else None
             others = [
-                runtime
-                for label, runtime in self.supervisor.others.get(record.id, {}).items()
-                if label not in retiring and label != shadow
+                running
+                for running in (await self.fleet.running(record.id))[1:]
+                if running.label not in retiring and running.label != shadow
             ]
-            weights = {stable.version.label: 100}
+            weights = {stable.label: 100}
             # Weights on a version with no runtime (its replicas were stopped by a deployer
             # restart) are still worth resetting.
             if not others and traffic.weights == weights:
                 raise Conflict(
                     f"nothing to roll back: {record.slug} runs only its stable version "
-                    f"{stable.version.label}",
-                    details={"stable": stable.version.label},
+                    f"{stable.label}",
+                    details={"stable": stable.label},
                 )
             generation = traffic.generation
             if traffic.weights != weights:
@@ -332,7 +327,7 @@ class RolloutService:
                 generation = state.generation
             for runtime in others:
                 self._retire_later(record, runtime, generation)
-            log.info("%s: rolled back to version %s", record.slug, stable.version.label)
+            log.info("%s: rolled back to version %s", record.slug, stable.label)
         return await self._traffic_out(record)
 
     async def recover(self) -> None:
@@ -358,34 +353,38 @@ class RolloutService:
         """Whether version ``label`` lost its traffic and is being stopped."""
         return label in self._retiring.get(endpoint_id, set())
 
-    async def wait_ready(self, runtime: EndpointRuntime) -> str | None:
-        """None once the version's replicas are ready, else why they will not be."""
+    async def wait_ready(self, record: EndpointRecord, label: str) -> str | None:
+        """None once version ``label``'s replicas are ready, else why they will not be."""
         timeout = self.settings.rollout_ready_timeout_s
         deadline = time.monotonic() + timeout
         while True:
-            if runtime.deleted:
+            running = await self.fleet.running(record.id)
+            if not running:
                 return "the endpoint was deleted"
-            if runtime.ready_count() >= max(1, runtime.desired):
+            found = next((v for v in running if v.label == label), None)
+            if found is None:
+                return f"version {label} stopped running"
+            if found.ready >= max(1, found.desired):
                 return None
-            if runtime.failure:
-                return runtime.failure
+            if found.failure:
+                return found.failure
             if time.monotonic() > deadline:
                 return f"its replicas were not ready within {timeout:g} s"
             await asyncio.sleep(_READY_POLL_S)
 
     def _retire_later(
-        self, record: EndpointRecord, runtime: EndpointRuntime, generation: int
+        self, record: EndpointRecord, runtime: RunningVersion, generation: int
     ) -> None:
-        label = runtime.version.label
+        label = runtime.label
         self._retiring.setdefault(record.id, set()).add(label)
         self.tasks.spawn(
             self._retire(record, runtime, generation), name=f"retire-{record.slug}-{label}"
         )
 
     async def _retire(
-        self, record: EndpointRecord, runtime: EndpointRuntime, generation: int
+        self, record: EndpointRecord, runtime: RunningVersion, generation: int
     ) -> None:
-        label = runtime.version.label
+        label = runtime.label
         try:
             if self.handshake is not None:
                 state = await self.store.traffic(record.id)
@@ -396,10 +395,11 @@ class RolloutService:
                     shadow=state.shadow,
                 )
                 await self.handshake.wait(
-                    record.slug, generation, [label], nudge=lambda: self.supervisor.publish(event)
+                    record.slug, generation, [label], nudge=lambda: self.publish(event)
                 )
-            await self.endpoints.fleet.remove(record.id, label)
-            if not runtime.deleted:
+            await self.fleet.remove(record.id, label)
+            # Nothing runs any more once the endpoint itself was deleted meanwhile.
+            if await self.fleet.running(record.id):
                 await self.store.set_version_status(runtime.version.id, VersionStatus.RETIRED)
             log.info("%s: version %s retired", record.slug, label)
         finally:
@@ -414,16 +414,12 @@ class RolloutService:
         *,
         action: str,
         reason: str | None = None,
-        spec: EndpointRuntime | None = None,
+        spec: EndpointSpec | None = None,
     ) -> TrafficState:
         state = await self.store.set_traffic(
-            record.id,
-            weights,
-            action=action,
-            reason=reason,
-            spec=spec.spec if spec is not None else None,
+            record.id, weights, action=action, reason=reason, spec=spec
         )
-        self.supervisor.publish(
+        self.publish(
             TrafficChanged(
                 endpoint=record.slug,
                 generation=state.generation,
@@ -451,7 +447,7 @@ class RolloutService:
                 details={"field": "slug", "kind": record.kind},
             )
         async with self.lock(record.id):
-            _, runtime = self.canary_runtime(record, body.version)
+            _, runtime = await self.canary_runtime(record, body.version)
             traffic = await self.store.traffic(record.id)
             if traffic.weights.get(body.version, 0) > 0:
                 raise Conflict(
@@ -460,7 +456,7 @@ class RolloutService:
                     "or shadow another version",
                     details={"field": "version", "weight": traffic.weights[body.version]},
                 )
-            failure = await self.wait_ready(runtime)
+            failure = await self.wait_ready(record, runtime.label)
             if failure is not None:
                 raise RolloutFailed(
                     f"version {body.version} of {record.slug} cannot shadow: {failure}",
@@ -491,7 +487,7 @@ class RolloutService:
         return _shadow_out(record, state)
 
     def _publish_state(self, record: EndpointRecord, state: TrafficState) -> None:
-        self.supervisor.publish(
+        self.publish(
             TrafficChanged(
                 endpoint=record.slug,
                 generation=state.generation,
@@ -514,54 +510,62 @@ class RolloutService:
                 details={"kind": record.kind},
             )
 
-    def _primary(self, record: EndpointRecord) -> EndpointRuntime | None:
-        return self.supervisor.endpoints.get(record.id)
+    async def _primary(self, record: EndpointRecord) -> RunningVersion | None:
+        running = await self.fleet.running(record.id)
+        return running[0] if running and running[0].primary else None
 
-    def require_primary(self, record: EndpointRecord) -> EndpointRuntime:
-        primary = self._primary(record)
+    async def require_primary(self, record: EndpointRecord) -> RunningVersion:
+        """The endpoint's stable version as the fleet runs it."""
+        primary = await self._primary(record)
         if primary is None:
             raise CormorantError(f"{record.slug} is not supervised by this deployer")
         return primary
 
-    def canary_runtime(
+    async def canary_runtime(
         self, record: EndpointRecord, version: str
-    ) -> tuple[EndpointRuntime, EndpointRuntime]:
-        """The stable runtime and the running runtime of ``version``; 4xx if there is none."""
-        stable = self.require_primary(record)
-        if version == stable.version.label:
+    ) -> tuple[RunningVersion, RunningVersion]:
+        """The stable version and the running version ``version``; 4xx if there is none."""
+        running = await self.fleet.running(record.id)
+        if not running or not running[0].primary:
+            raise CormorantError(f"{record.slug} is not supervised by this deployer")
+        stable, others = running[0], {v.label: v for v in running[1:]}
+        if version == stable.label:
             raise BadRequest(
                 f"version {version} is {record.slug}'s stable version; roll out another one "
                 f"(create it with POST /api/v1/endpoints/{record.slug}/versions)",
                 details={"field": "version"},
             )
-        canary = self.supervisor.others.get(record.id, {}).get(version)
+        canary = others.get(version)
         if canary is None or version in self._retiring.get(record.id, set()):
-            running = sorted(
-                [stable.version.label, *self.supervisor.others.get(record.id, {})],
-                key=lambda v: (len(v), v),
-            )
+            labels = sorted([stable.label, *others], key=lambda v: (len(v), v))
             raise NotFound(
                 f"version {version!r} of {record.slug} is not running (running: "
-                f"{', '.join(running)}); create one with POST "
+                f"{', '.join(labels)}); create one with POST "
                 f"/api/v1/endpoints/{record.slug}/versions",
-                details={"field": "version", "running": running},
+                details={"field": "version", "running": labels},
             )
         return stable, canary
 
-    def _role(self, record: EndpointRecord, label: str, traffic: TrafficState) -> str:
-        primary = self._primary(record)
-        if primary is not None and primary.version.label == label:
+    def _role(
+        self,
+        record: EndpointRecord,
+        label: str,
+        traffic: TrafficState,
+        running: list[RunningVersion],
+    ) -> str:
+        if running and running[0].primary and running[0].label == label:
             return "stable"
         if label in self._retiring.get(record.id, set()):
             return "retiring"
         if traffic.shadow is not None and traffic.shadow.version == label:
             return "shadow"
-        if label in self.supervisor.others.get(record.id, {}):
+        if any(v.label == label for v in running[1:]):
             return "canary" if traffic.weights.get(label, 0) > 0 else "starting"
         return "inactive"
 
     async def _versions(self, record: EndpointRecord, traffic: TrafficState) -> list[VersionOut]:
         replicas = await self.store.replicas(record.id)
+        running = await self.fleet.running(record.id)
         out = []
         for row in await self.store.versions(record.id):
             out.append(
@@ -576,7 +580,7 @@ class RolloutService:
                     function=row.function,
                     created_at=row.created_at,
                     weight=traffic.weights.get(row.label, 0),
-                    role=self._role(record, row.label, traffic),
+                    role=self._role(record, row.label, traffic, running),
                     replicas=[
                         ReplicaOut(id=str(r.id), state=r.state, url=r.url)
                         for r in replicas
@@ -593,8 +597,8 @@ class RolloutService:
 
     async def _traffic_out(self, record: EndpointRecord) -> TrafficOut:
         traffic = await self.store.traffic(record.id)
-        primary = self._primary(record)
-        stable = primary.version.label if primary is not None else None
+        primary = await self._primary(record)
+        stable = primary.label if primary is not None else None
         return TrafficOut(
             slug=record.slug,
             generation=traffic.generation,

@@ -23,14 +23,10 @@ from cormorant.common.db.models import (
     TrafficChange,
     VersionStatus,
 )
+from cormorant.common.endpoints.schemas import EndpointSpec
+from cormorant.common.endpoints.store import LIVE_REPLICA_STATES, VersionRecord, version_record
 from cormorant.common.events import ShadowTarget
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import (
-    LIVE_REPLICA_STATES,
-    VersionRecord,
-    new_version_row,
-    version_record,
-)
+from cormorant.deployer.endpoints.store import new_version_row
 
 
 @dataclass(frozen=True, slots=True)

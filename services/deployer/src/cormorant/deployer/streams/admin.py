@@ -14,13 +14,13 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from cormorant.common.endpoints.kafka import parse_kafka
+from cormorant.common.endpoints.schemas import EndpointCreate, EndpointSpec, ReplicasSpec
 from cormorant.common.errors import BadRequest
 from cormorant.common.kafka_security import InvalidSecurityOption
 from cormorant.common.kafka_security import client_security as kafka_client_security
-from cormorant.deployer.endpoints.schemas import EndpointCreate, EndpointSpec, ReplicasSpec
 from cormorant.deployer.endpoints.validation import InvalidField
 from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import parse_kafka
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cormorant.deployer.endpoints.schemas import ReplicasSpec
-from cormorant.deployer.fleet.autoscale import PeriodicScaler, decide_for, recommend
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.supervisor import Supervisor
-from cormorant.deployer.streams.spec import stored_kafka
+from cormorant.common.endpoints.kafka import stored_kafka
+from cormorant.common.endpoints.schemas import ReplicasSpec
+from cormorant.fleet.autoscale import PeriodicScaler, decide_for, recommend
+from cormorant.fleet.replica import EndpointRuntime
+from cormorant.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

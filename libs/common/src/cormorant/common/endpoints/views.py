@@ -7,15 +7,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cormorant.common.events import VersionCreated
-from cormorant.deployer.endpoints.schemas import (
+from cormorant.common.endpoints.kafka import public_kafka
+from cormorant.common.endpoints.schemas import (
     EndpointOut,
     EndpointSpec,
     ReplicaCounts,
     ReplicaEventOut,
 )
-from cormorant.deployer.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
-from cormorant.deployer.streams.spec import public_kafka
+from cormorant.common.endpoints.store import EndpointRecord, EndpointStats, VersionRecord
+from cormorant.common.errors import NotFound
+from cormorant.common.events import VersionCreated
+
+
+class EndpointNotFound(NotFound):
+    """No live endpoint has this slug."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(
+            f"endpoint {slug!r} not found; GET /api/v1/endpoints lists the endpoints",
+            details={"slug": slug},
+        )
 
 
 @dataclass(frozen=True, slots=True)

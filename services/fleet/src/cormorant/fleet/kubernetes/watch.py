@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cormorant.deployer.fleet.kubernetes.manifests import ENDPOINT_LABEL, VERSION_LABEL
+from cormorant.fleet.kubernetes.manifests import ENDPOINT_LABEL, VERSION_LABEL
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,19 +22,19 @@ import httpx
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from cormorant.common.endpoints.fleet import Placement
+from cormorant.common.endpoints.snapshot import SnapshotStore
+from cormorant.common.endpoints.store import ReplicaRecord, ReplicaStore
 from cormorant.common.retry import Backoff
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.endpoints.store import ReplicaRecord, Store
-from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.kubernetes.client import Cluster, ClusterError
-from cormorant.deployer.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
-from cormorant.deployer.fleet.kubernetes.render import placement_of_runtime
-from cormorant.deployer.fleet.kubernetes.watch import PodView, crash_cause, pod_view
-from cormorant.deployer.fleet.local import LocalFleet
-from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
-from cormorant.deployer.fleet.runtime.local import LocalRuntime
-from cormorant.deployer.fleet.supervisor import Publisher, Supervisor
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.kubernetes.client import Cluster, ClusterError
+from cormorant.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
+from cormorant.fleet.kubernetes.render import placement_of_runtime
+from cormorant.fleet.kubernetes.watch import PodView, crash_cause, pod_view
+from cormorant.fleet.local import LocalFleet
+from cormorant.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
+from cormorant.fleet.runtime.local import LocalRuntime
+from cormorant.fleet.settings import FleetSettings
+from cormorant.fleet.supervisor import Publisher, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,8 @@ class KubernetesFleet(LocalFleet):
     def __init__(
         self,
         *,
-        settings: DeployerSettings,
-        store: Store,
+        settings: FleetSettings,
+        store: ReplicaStore,
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,

@@ -1,7 +1,7 @@
 """Test support: a deployer run in-process against real servers, and waits with deadlines.
 
-Used by the deployer's own tests and by end-to-end tests that need a deployer without the
-whole stack. Requires the ``asgi-lifespan`` development dependency.
+The deployer tests' kit (kept out of the shipped package): its conftest puts this folder on
+``sys.path``. Requires the ``asgi-lifespan`` development dependency.
 """
 
 from __future__ import annotations
@@ -19,33 +19,61 @@ import httpx
 import psutil
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
 
 from cormorant.common.internal import REPLICA_KEY_HEADER, InternalAuth, replica_key
-from cormorant.deployer.api.deps import DeployerState
 from cormorant.deployer.app import create_app
 from cormorant.deployer.settings import DeployerSettings
 from cormorant.devstack.testing.waits import eventually
+from cormorant.fleet.app import create_app as create_fleet_app
+from cormorant.fleet.settings import FleetSettings
 
 BASE_URL = "http://deployer"
 
 
-class DeployerHarness:
-    """A deployer app with its lifespan running, and an HTTP client speaking to it."""
+class PlatformSettings(FleetSettings, DeployerSettings):
+    """The deployer's and the fleet's settings in one: a test sets both at once."""
 
-    def __init__(self, settings: DeployerSettings) -> None:
+    model_config = SettingsConfigDict(
+        env_prefix="CORMORANT_FLEET_", extra="ignore", populate_by_name=True
+    )
+
+    def deployer(self) -> DeployerSettings:
+        """The deployer's part."""
+        return DeployerSettings(
+            **{name: getattr(self, name) for name in DeployerSettings.model_fields}
+        )
+
+    def fleet(self) -> FleetSettings:
+        """The fleet's part."""
+        names = FleetSettings.model_fields
+        return FleetSettings(**{name: getattr(self, name) for name in names})
+
+
+async def _fleet_gone(scope: Any, receive: Any, send: Any) -> None:
+    """The fleet once stopped: every call fails (a 500 through the transport)."""
+    raise ConnectionRefusedError("the fleet service is down")
+
+
+class DeployerHarness:
+    """A deployer app and the fleet app it places replicas with, their lifespans running (the
+    deployer calls the fleet in-process), and an HTTP client speaking to the deployer."""
+
+    def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self.app: FastAPI | None = None
         self._manager: LifespanManager | None = None
+        self._fleet: LifespanManager | None = None
         self._client: httpx.AsyncClient | None = None
+        self._fleet_transport: httpx.ASGITransport | None = None
 
     @property
-    def state(self) -> DeployerState:
-        """The components the running app's lifespan yielded."""
+    def state(self) -> dict[str, Any]:
+        """The components the running apps' lifespans yielded (``fleet``: the fleet's own)."""
         assert self._manager is not None, "the deployer is not running"
+        assert self._fleet is not None, "the fleet is not running"
         # asgi-lifespan keeps the lifespan state here and hands it to every request's scope.
-        scope: dict[str, Any] = {"state": self._manager._state}
-        state: DeployerState = scope["state"]
-        return state
+        return {**self._manager._state, **self._fleet._state}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -55,7 +83,18 @@ class DeployerHarness:
 
     async def start(self) -> None:
         """Run the app's start-up (migrations, NATS, adoption of running replicas)."""
-        self.app = create_app(self.settings)
+        self._fleet = LifespanManager(
+            create_fleet_app(self.settings.fleet()), startup_timeout=60, shutdown_timeout=120
+        )
+        await self._fleet.__aenter__()
+        # An error inside the fleet app answers 500, as a fleet process would.
+        fleet = httpx.ASGITransport(app=self._fleet.app, raise_app_exceptions=False)
+        self._fleet_transport = fleet
+        await self._start_deployer()
+
+    async def _start_deployer(self) -> None:
+        assert self._fleet_transport is not None, "the fleet is not running"
+        self.app = create_app(self.settings.deployer(), fleet_transport=self._fleet_transport)
         self._manager = LifespanManager(self.app, startup_timeout=60, shutdown_timeout=120)
         await self._manager.__aenter__()
         transport = httpx.ASGITransport(app=self._manager.app)
@@ -66,14 +105,38 @@ class DeployerHarness:
             auth=InternalAuth(self.settings.internal_secret),
         )
 
-    async def stop(self) -> None:
-        """Shut the app down; replicas keep running unless the settings say otherwise."""
+    async def restart_deployer(self) -> None:
+        """Stop the deployer alone and start a new one; the fleet keeps running."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
         if self._manager is not None:
             manager, self._manager = self._manager, None
             await manager.__aexit__(None, None, None)
+        await self._start_deployer()
+
+    async def stop(self) -> None:
+        """Shut the app down; replicas keep running unless the settings say otherwise."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        try:
+            if self._manager is not None:
+                manager, self._manager = self._manager, None
+                await manager.__aexit__(None, None, None)
+        finally:
+            if self._fleet is not None:
+                fleet, self._fleet = self._fleet, None
+                await fleet.__aexit__(None, None, None)
+
+    async def stop_fleet(self) -> None:
+        """Shut the fleet app down alone (its replicas keep running); the deployer's calls to it
+        then fail as calls to a fleet process that is restarting would."""
+        if self._fleet is not None:
+            fleet, self._fleet = self._fleet, None
+            await fleet.__aexit__(None, None, None)
+        if self._fleet_transport is not None:
+            self._fleet_transport.app = _fleet_gone
 
     async def restart(self) -> None:
         """Stop the app and start a new one on the same database and data directory."""
@@ -197,7 +260,7 @@ def pid_gone(pid: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_deployer(settings: DeployerSettings) -> AsyncIterator[DeployerHarness]:
+async def running_deployer(settings: PlatformSettings) -> AsyncIterator[DeployerHarness]:
     """A started deployer; once it stops, every replica it started is killed and their
     private directories (outside the test's directory, as root) removed."""
     harness = DeployerHarness(settings)

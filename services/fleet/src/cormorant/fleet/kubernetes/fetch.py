@@ -1,7 +1,7 @@
-"""A replica pod's init container: ``python -m cormorant.deployer.fleet.kubernetes.fetch URL DIR``.
+"""A replica pod's init container: ``python -m cormorant.fleet.kubernetes.fetch URL DIR``.
 
 It copies the version's code archive from the blob store (any fsspec URL; ``s3://`` with the
-credentials of ``CORMORANT_DEPLOYER_K8S_ARCHIVES_SECRET`` in its environment) and extracts it
+credentials of ``CORMORANT_FLEET_K8S_ARCHIVES_SECRET`` in its environment) and extracts it
 into the pod's ``emptyDir``, which the worker then mounts read-only. Entries that would land
 outside the directory (absolute paths, ``..``, links out) are refused by tarfile's ``data``
 filter.

@@ -24,8 +24,8 @@ from nats.aio.subscription import Subscription
 
 from cormorant.common.events import EventDecodeError, LoadReported, decode
 from cormorant.common.tasks import TaskSet
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.supervisor import Supervisor
+from cormorant.fleet.replica import EndpointRuntime
+from cormorant.fleet.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

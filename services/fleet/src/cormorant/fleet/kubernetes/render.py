@@ -9,29 +9,16 @@ out (they live in a Secret the fleet applies and never prints).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import yaml
-from pydantic import BaseModel
 
+from cormorant.common.endpoints.fleet import ManifestsOut, Placement
+from cormorant.common.endpoints.snapshot import SnapshotStore
+from cormorant.common.endpoints.views import EndpointNotFound
 from cormorant.common.errors import Conflict
-from cormorant.deployer.endpoints.service import EndpointNotFound
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.kubernetes.manifests import ClusterConfig, Manifest, manifests
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.supervisor import Supervisor
-
-
-class ManifestsOut(BaseModel):
-    """``GET /api/v1/endpoints/{slug}/manifests`` and ``GET /api/v1/manifests``."""
-
-    endpoints: list[str]
-    """The endpoints rendered, by slug."""
-    objects: list[dict[str, Any]]
-    """Every Kubernetes object, in apply order."""
-    yaml: str
-    """The same objects as one multi-document YAML stream."""
+from cormorant.fleet.kubernetes.manifests import ClusterConfig, Manifest, manifests
+from cormorant.fleet.replica import EndpointRuntime
+from cormorant.fleet.supervisor import Supervisor
 
 
 def placement_of_runtime(runtime: EndpointRuntime, archive_url: str) -> Placement:

@@ -17,9 +17,9 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from cormorant.common.endpoints.fleet import Placement
 from cormorant.common.errors import ServiceUnavailable
-from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.kubernetes.manifests import (
+from cormorant.fleet.kubernetes.manifests import (
     MANAGER,
     ClusterConfig,
     Manifest,
@@ -29,7 +29,7 @@ from cormorant.deployer.fleet.kubernetes.manifests import (
     object_name,
     replica_nats_secret,
 )
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ async def _call(
         ) from exc
 
 
-async def connect(settings: DeployerSettings) -> client.ApiClient:
+async def connect(settings: FleetSettings) -> client.ApiClient:
     """An API client with the kubeconfig of ``settings``, or the pod's service account."""
     configuration = client.Configuration()
     if settings.k8s_kubeconfig is not None:

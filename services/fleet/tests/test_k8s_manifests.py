@@ -14,12 +14,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cormorant.deployer.endpoints.schemas import EndpointSpec, ReplicasSpec, ResourcesSpec
-from cormorant.deployer.endpoints.snapshot import write_archive
-from cormorant.deployer.endpoints.store import VersionRecord
-from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.kubernetes import fetch
-from cormorant.deployer.fleet.kubernetes.manifests import (
+from cormorant.common.endpoints.fleet import Placement
+from cormorant.common.endpoints.schemas import EndpointSpec, ReplicasSpec, ResourcesSpec
+from cormorant.common.endpoints.snapshot import write_archive
+from cormorant.common.endpoints.store import VersionRecord
+from cormorant.fleet.kubernetes import fetch
+from cormorant.fleet.kubernetes.manifests import (
     REPLICA_NATS_SECRET,
     ClusterConfig,
     kafka_secret,
@@ -27,8 +27,8 @@ from cormorant.deployer.fleet.kubernetes.manifests import (
     object_name,
     replica_nats_secret,
 )
-from cormorant.deployer.fleet.kubernetes.render import render_yaml
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.kubernetes.render import render_yaml
+from cormorant.fleet.settings import FleetSettings
 
 K8S_VERSION = "1.30.0"
 
@@ -80,7 +80,7 @@ def placement_of(kind: str, *, replicas: int = 1, autoscaled: bool = True,
     )
 
 
-CONFIG = ClusterConfig.of(DeployerSettings(k8s_namespace="models", k8s_image="reg/cormorant:1"))
+CONFIG = ClusterConfig.of(FleetSettings(k8s_namespace="models", k8s_image="reg/cormorant:1"))
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -206,7 +206,7 @@ def test_replicas_get_the_replica_user_never_the_platform_password(
 ) -> None:
     """A pod's NATS URL comes from a Secret; the platform's password appears nowhere a model
     runs, whether or not the deployer knows the replica user's URL."""
-    settings = DeployerSettings(
+    settings = FleetSettings(
         nats_url="nats://cormorant:pl4tf0rm@nats.platform.svc:4222",
         replica_nats_url=replica_url,
         k8s_namespace="models",

@@ -58,7 +58,7 @@ from cormorant.common.internal import REPLICA_KEY_VARIABLE, ReplicaKeys
 from cormorant.common.ports import free_port
 from cormorant.common.sandbox import Identity, Limits, PrivateDir, UidPool
 from cormorant.common.web import REPLICA_ENV
-from cormorant.deployer.fleet.runtime import (
+from cormorant.fleet.runtime import (
     REFUSED_EXIT_CODE,
     ConfigurationRefused,
     Exit,
@@ -67,7 +67,7 @@ from cormorant.deployer.fleet.runtime import (
     WorkerDeath,
     refusal_reason,
 )
-from cormorant.deployer.fleet.runtime.template import (
+from cormorant.fleet.runtime.template import (
     Generation,
     TemplateUnavailable,
     WorkerTemplate,
@@ -178,7 +178,7 @@ def _prepare_directories(directory: Path, data_dir: Path) -> bool:
     if directory.resolve().is_relative_to(data_dir.resolve()):
         raise CormorantError(
             f"the sandbox directory {directory} lies inside the data directory {data_dir}, "
-            "which replicas cannot enter; set CORMORANT_DEPLOYER_SANDBOX_DIR elsewhere"
+            "which replicas cannot enter; set CORMORANT_FLEET_SANDBOX_DIR elsewhere"
         )
     if not sandbox.can_switch_user():
         return False

@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from cormorant.common.endpoints.kafka import consumer_group, stored_kafka
+from cormorant.common.endpoints.schemas import EndpointSpec, server_flag_value
+from cormorant.common.endpoints.store import StatusChange, VersionRecord
+from cormorant.common.endpoints.views import ReplicaEvent
 from cormorant.common.events import Event, ReplicaChanged, ReplicaState
 from cormorant.common.retry import Backoff
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.endpoints.store import StatusChange, VersionRecord
-from cormorant.deployer.endpoints.validation import server_flag_value
-from cormorant.deployer.endpoints.views import ReplicaEvent
-from cormorant.deployer.fleet.runtime import (
+from cormorant.fleet.runtime import (
+    BridgeOptions,
     Exit,
     ReplicaHandle,
     ReplicaLaunch,
@@ -33,8 +34,7 @@ from cormorant.deployer.fleet.runtime import (
     WorkerDeath,
     refusal_reason,
 )
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import bridge_options
+from cormorant.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,24 @@ def launch_of(
     )
 
 
+def bridge_options(slug: str, endpoint_id: uuid.UUID, spec: EndpointSpec) -> BridgeOptions:
+    """The kafka-bridge flags of a replica of the stream endpoint ``slug``."""
+    kafka = stored_kafka(spec.kafka)
+    return BridgeOptions(
+        bootstrap_servers=kafka.bootstrap_servers,
+        input_topics=tuple(kafka.input_topics),
+        output_topic=kafka.output_topic,
+        group=consumer_group(slug, endpoint_id),
+        dlq_topic=kafka.dlq_topic,
+        security=dict(kafka.security),
+        endpoint_id=str(endpoint_id),
+    )
+
+
 class ReplicaHost(Protocol):
     """What a replica's task needs from the fleet that runs it (the ``Supervisor``)."""
 
-    settings: DeployerSettings
+    settings: FleetSettings
     runtime: Runtime
     runners: set[ReplicaRunner]
     closing: bool
@@ -232,7 +246,7 @@ class ReplicaRunner:
             self.stop_requested.set()
 
     @property
-    def settings(self) -> DeployerSettings:
+    def settings(self) -> FleetSettings:
         """The deployer's settings."""
         return self.sup.settings
 
@@ -363,7 +377,7 @@ class ReplicaRunner:
         self.ready_since = time.monotonic()
         self.endpoint.failure = None
         adopted = self.handle is not None and self.handle.adopted
-        reason = "adopted after a deployer restart" if adopted else None
+        reason = "adopted after a fleet restart" if adopted else None
         await self._record("ready", reason=reason, url=self.url)
 
     async def _crashed(self, failure: Failure) -> None:

@@ -1,8 +1,8 @@
 """The ``kafka`` section of a stream endpoint: its shape, its defaults, how replicas get it.
 
 Pure values and functions (no broker, no supervisor), so the spec resolution, the views and
-the runtime's launch can all use them; the broker checks are in ``kafka_admin.py`` and the
-stream operations (autoscaling on lag, model swap, status) in ``streams.py``.
+the fleet's launches can all use them; the broker checks are in the deployer's
+``streams/admin.py``, the lag autoscaling and the model swap in the fleet.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from cormorant.common.kafka_topics import check_input_topics, check_topic
-from cormorant.deployer.endpoints.schemas import EndpointSpec
-from cormorant.deployer.fleet.runtime import BridgeOptions
 
 # Security options whose values are never shown back (the API echoes the rest).
 _SECRET_MARKS = ("password", "secret", "token", "key")
@@ -98,20 +96,6 @@ def consumer_group(slug: str, endpoint_id: uuid.UUID) -> str:
     The id's prefix keeps two installations that share a Kafka cluster apart.
     """
     return f"cormorant-{slug}-{endpoint_id.hex[:8]}"
-
-
-def bridge_options(slug: str, endpoint_id: uuid.UUID, spec: EndpointSpec) -> BridgeOptions:
-    """The kafka-bridge flags of a replica of the stream endpoint ``slug``."""
-    kafka = stored_kafka(spec.kafka)
-    return BridgeOptions(
-        bootstrap_servers=kafka.bootstrap_servers,
-        input_topics=tuple(kafka.input_topics),
-        output_topic=kafka.output_topic,
-        group=consumer_group(slug, endpoint_id),
-        dlq_topic=kafka.dlq_topic,
-        security=dict(kafka.security),
-        endpoint_id=str(endpoint_id),
-    )
 
 
 def public_kafka(spec_kafka: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:

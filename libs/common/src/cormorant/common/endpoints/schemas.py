@@ -14,6 +14,13 @@ KindName = Literal["web", "batch", "stream"]
 ServerValue = str | int | float | bool
 
 
+def server_flag_value(value: ServerValue) -> str:
+    """A server setting as the worker's ``--server KEY=VALUE`` flag expects it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class StrictModel(BaseModel):
     """A request body: an unknown field is refused (400 naming it), so a typo is not ignored."""
 

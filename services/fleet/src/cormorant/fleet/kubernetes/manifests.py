@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from cormorant.common.bus.replica import without_credentials
+from cormorant.common.endpoints.fleet import Placement
+from cormorant.common.endpoints.kafka import stored_kafka
 from cormorant.common.web import REPLICA_ENV
-from cormorant.deployer.fleet import Placement
-from cormorant.deployer.fleet.replica import launch_of
-from cormorant.deployer.settings import DeployerSettings
-from cormorant.deployer.streams.spec import stored_kafka
+from cormorant.fleet.replica import launch_of
+from cormorant.fleet.settings import FleetSettings
 
 Manifest = dict[str, Any]
 
 MODEL_DIR = "/srv/model"
 """Where the init container extracts the version's code and the worker reads it."""
 SCRATCH_DIR = "/tmp"
-FETCH_MODULE = "cormorant.deployer.fleet.kubernetes.fetch"
+FETCH_MODULE = "cormorant.fleet.kubernetes.fetch"
 MANAGER = "cormorant-deployer"
 """The ``app.kubernetes.io/managed-by`` label and the server-side apply field manager."""
 ENDPOINT_LABEL = "cormorant.dev/endpoint"
@@ -45,7 +45,7 @@ _DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    """The settings the manifests depend on (from ``DeployerSettings``)."""
+    """The settings the manifests depend on (from ``FleetSettings``)."""
 
     namespace: str
     image: str
@@ -67,7 +67,7 @@ class ClusterConfig:
     stream_lag_target: float
 
     @classmethod
-    def of(cls, settings: DeployerSettings) -> ClusterConfig:
+    def of(cls, settings: FleetSettings) -> ClusterConfig:
         """The cluster side of ``settings``."""
         return cls(
             namespace=settings.k8s_namespace,
@@ -234,7 +234,7 @@ REPLICA_NATS_SECRET = "cormorant-replica-nats"
 """The Secret in the replicas' namespace holding the replica user's NATS URL (key ``url``)."""
 
 
-def _replica_nats_url(settings: DeployerSettings) -> str:
+def _replica_nats_url(settings: FleetSettings) -> str:
     """The replica user's URL; without one, the services' URL with its credentials dropped,
     so the platform's password never reaches a pod (a server that takes passwords then
     refuses the replicas' logging, loudly, rather than trusting user code with its own)."""

@@ -19,23 +19,23 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from cormorant.common.endpoints.fleet import Placement, placement_of
+from cormorant.common.endpoints.schemas import EndpointOut
+from cormorant.common.endpoints.snapshot import SnapshotStore
+from cormorant.common.endpoints.store import (
+    EndpointRecord,
+    ReplicaRecord,
+    ReplicaStore,
+    StatusChange,
+)
+from cormorant.common.endpoints.views import endpoint_view, event_attributes
 from cormorant.common.events import EndpointChanged, Event, ReplicaState
 from cormorant.common.retry import Backoff, retry
 from cormorant.common.tasks import TaskSet
 from cormorant.common.web import REPLICA_HEADER
-from cormorant.deployer.endpoints.schemas import EndpointOut
-from cormorant.deployer.endpoints.snapshot import SnapshotStore
-from cormorant.deployer.endpoints.store import (
-    EndpointRecord,
-    ReplicaRecord,
-    StatusChange,
-    Store,
-)
-from cormorant.deployer.endpoints.views import endpoint_view, event_attributes
-from cormorant.deployer.fleet import Placement, placement_of
-from cormorant.deployer.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
-from cormorant.deployer.fleet.runtime import Runtime
-from cormorant.deployer.settings import DeployerSettings
+from cormorant.fleet.replica import EndpointRuntime, Failure, ReplicaRunner, launch_of
+from cormorant.fleet.runtime import Runtime
+from cormorant.fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,9 @@ class Supervisor:
     def __init__(
         self,
         *,
-        settings: DeployerSettings,
+        settings: FleetSettings,
         runtime: Runtime,
-        store: Store,
+        store: ReplicaStore,
         snapshots: SnapshotStore,
         publisher: Publisher,
         http: httpx.AsyncClient,

@@ -11,30 +11,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from pydantic import BaseModel, Field
-
+from cormorant.common.endpoints.fleet import DemandIn, DemandOut
+from cormorant.common.endpoints.views import EndpointNotFound
 from cormorant.common.errors import Conflict
-from cormorant.deployer.endpoints.schemas import StrictModel
-from cormorant.deployer.endpoints.service import EndpointNotFound
-from cormorant.deployer.fleet.replica import EndpointRuntime
-from cormorant.deployer.fleet.supervisor import Supervisor
-
-
-class DemandIn(StrictModel):
-    """Replicas wanted for a while."""
-
-    replicas: int = Field(ge=0, description="Replicas wanted (clamped to replicas.max).")
-    ttl_s: float = Field(gt=0, le=86_400, description="Seconds the demand lasts unless renewed.")
-
-
-class DemandOut(BaseModel):
-    """The endpoint as the demand left it."""
-
-    slug: str
-    status: str
-    reason: str | None
-    desired: int
-    ready: int
+from cormorant.fleet.replica import EndpointRuntime
+from cormorant.fleet.supervisor import Supervisor
 
 
 class Demands:
