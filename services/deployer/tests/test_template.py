@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -74,19 +73,17 @@ def template_pid(template: WorkerTemplate) -> int:
     return template.generation.pid
 
 
-def replica(deployer: DeployerHarness, slug: str, within: float = 30.0) -> psutil.Process:
+async def replica(deployer: DeployerHarness, slug: str) -> psutil.Process:
     """The one replica process of ``slug``; a just-restarted one may take a moment to lead
     its own session (how ``worker_processes`` tells a replica from its workers)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = [
-            p for p in worker_processes(str(deployer.settings.data_dir)) if slug in p.cmdline()
-        ]
-        if len(found) == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)  # polling interval of a deadline wait
-    assert len(found) == 1, f"{len(found)} replica processes of {slug!r}: {found}"
-    return found[0]
+    marker = str(deployer.settings.data_dir)
+
+    def one() -> list[psutil.Process] | None:
+        found = [p for p in worker_processes(marker) if slug in p.cmdline()]
+        return found if len(found) == 1 else None
+
+    [process] = await eventually(one, within=30, what=f"one replica process of {slug!r}")
+    return process
 
 
 def replica_log(deployer: DeployerHarness, slug: str) -> str:
@@ -143,7 +140,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
     )
     await deployer.wait_running("warm")
     assert await predict(deployer, "warm", 21) == {"answer": "v1", "double": 42, "flag": "on"}
-    process = replica(deployer, "warm")
+    process = await replica(deployer, "warm")
     assert process.ppid() == template_pid(template)
     assert "--port" in process.cmdline()
     assert FORKED in replica_log(deployer, "warm")
@@ -155,7 +152,7 @@ async def test_forked_replica_serves_is_adopted_and_stops_with_its_workers(
     assert pid_gone(old_template)
     after = await deployer.wait_running("warm")
     assert {e["reason"] for e in after["events"]} == {"adopted after a fleet restart"}
-    assert replica(deployer, "warm").pid == process.pid
+    assert (await replica(deployer, "warm")).pid == process.pid
     assert await predict(deployer, "warm", 2) == {"answer": "v1", "double": 4, "flag": "on"}
 
     response = await deployer.client.delete("/api/v1/endpoints/warm")
@@ -195,11 +192,11 @@ async def test_forked_replica_crashes_are_reported_with_their_reason(
     assert "cannot open the model: disk on fire" in reason
 
     await deployer.wait_running("phoenix")
-    victim = replica(deployer, "phoenix")
+    victim = await replica(deployer, "phoenix")
     assert victim.ppid() == template_pid(template)
     reason = await kill_and_await_restart(deployer, "phoenix", victim.pid)
     assert reason.startswith("killed by SIGKILL; log tail:"), reason
-    restarted = replica(deployer, "phoenix")
+    restarted = await replica(deployer, "phoenix")
     assert restarted.pid != victim.pid
     assert restarted.ppid() == template_pid(template)
     assert len(group(restarted.pid)) == 2
@@ -217,7 +214,7 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
     template = await ready_template(deployer)
     await deployer.create(name="orphan", source=str(model_dir), server={"workers": 1})
     await deployer.wait_running("orphan")
-    first = replica(deployer, "orphan")
+    first = await replica(deployer, "orphan")
     old = template_pid(template)
     assert first.ppid() == old
 
@@ -231,7 +228,7 @@ async def test_dead_template_is_replaced_and_its_replicas_stay_watched(
 
     reason = await kill_and_await_restart(deployer, "orphan", first.pid)
     assert reason.startswith("exited; log tail:"), reason  # its exit code died with its parent
-    assert replica(deployer, "orphan").ppid() == template_pid(template)
+    assert (await replica(deployer, "orphan")).ppid() == template_pid(template)
 
 
 async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
@@ -246,7 +243,7 @@ async def test_replica_whose_environment_libraries_read_at_import_starts_fresh(
     )  # fmt: skip
     await deployer.wait_running("threads")
     assert await predict(deployer, "threads", 1) == {"answer": "v1", "double": 2, "flag": "x"}
-    assert replica(deployer, "threads").ppid() == os.getpid()
+    assert (await replica(deployer, "threads")).ppid() == os.getpid()
     assert FORKED not in replica_log(deployer, "threads")
 
 
@@ -262,7 +259,7 @@ async def test_without_preload_modules_replicas_start_as_fresh_processes(
         await deployer.create(name="plain", source=str(model_dir), server={"workers": 1})
         await deployer.wait_running("plain")
         assert await predict(deployer, "plain", 4) == {"answer": "v1", "double": 8, "flag": None}
-        assert replica(deployer, "plain").ppid() == os.getpid()
+        assert (await replica(deployer, "plain")).ppid() == os.getpid()
         assert FORKED not in replica_log(deployer, "plain")
 
 
@@ -308,7 +305,7 @@ async def test_with_stop_on_shutdown_every_replica_ends_with_the_deployer(
         assert {e["reason"] for e in adopted["events"]} == {"adopted after a fleet restart"}
     await deployer.create(name="new", source=str(model_dir), server={"workers": 2})
     await deployer.wait_running("new")
-    leaders = [replica(deployer, slug).pid for slug in ("forked", "fresh", "new")]
+    leaders = [(await replica(deployer, slug)).pid for slug in ("forked", "fresh", "new")]
     assert all(group(pid) for pid in leaders)
     assert len(list(records.glob("*.json"))) == 3
 
