@@ -122,6 +122,22 @@ def test_uid_pool_gives_each_private_dir_its_own_uid(tmp_path: Path) -> None:
     assert pool.identity_for(PrivateDir.at(parent / "c")) == first
 
 
+def test_two_launchers_sharing_the_uid_range_never_choose_the_same_uid(tmp_path: Path) -> None:
+    """Two stacks on one machine (each its own private directories, one claims directory):
+    before either has a process running as a uid, the second never gets the first's."""
+    claims = tmp_path / "claims"
+    one = UidPool(tmp_path / "stack-one", base=UID, count=2, claims=claims)
+    two = UidPool(tmp_path / "stack-two", base=UID, count=2, claims=claims)
+    first = one.identity_for(PrivateDir.at(one.parent / "a"))
+    second = two.identity_for(PrivateDir.at(two.parent / "b"))
+    assert second.uid == OTHER != first.uid
+    # "b" is still being made (reserved by its launcher): "c" finds no uid free.
+    with pytest.raises(sandbox.ContainmentError, match="runs user code already"):
+        two.identity_for(PrivateDir.at(two.parent / "c"), [second.uid])
+    one.release(first.uid)  # its replica and private directory are gone
+    assert two.identity_for(PrivateDir.at(two.parent / "c"), [second.uid]) == first
+
+
 def test_contained_environment_keeps_only_the_whitelist() -> None:
     """Only the basic variables of the launcher pass; the process's own settings are added."""
     launcher = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "CORMORANT_DATABASE_URL": "postgres://x",

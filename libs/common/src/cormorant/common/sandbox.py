@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import resource
@@ -219,13 +220,23 @@ class PrivateDir:
 
 class UidPool:
     """Uids ``base`` .. ``base + count - 1`` for user code; one is taken while a private
-    directory is owned by it (so the choice survives the launcher's restart)."""
+    directory is owned by it (so the choice survives the launcher's restart).
+
+    Several stacks on one machine draw from the same range, and each sees only its own
+    private directories: with ``claims`` (a directory every launcher on the machine shares) a
+    uid is also claimed by a ``flock`` on ``claims/<uid>`` held from its choice until
+    ``release``, so two launchers never choose one uid in the moment before either has a
+    process running as it (after which one's clean-up of that uid would kill the other's).
+    """
 
     def __init__(self, parent: Path, *, base: int = DEFAULT_UID_BASE,
-                 count: int = DEFAULT_UID_COUNT) -> None:  # fmt: skip
+                 count: int = DEFAULT_UID_COUNT, claims: Path | None = None) -> None:  # fmt: skip
         self.parent = parent
         self.base = base
         self.count = count
+        self.claims = claims
+        self._held: dict[int, int] = {}
+        """Claimed uid → the descriptor holding its lock."""
 
     def taken(self) -> set[int]:
         """Uids owning a private directory under ``parent``, or running a process (another
@@ -243,14 +254,39 @@ class UidPool:
         ``reserved`` (given to a private directory still being made)."""
         owner = private.owner()
         if owner is not None and self.base <= owner < self.base + self.count:
+            if not self.claim(owner):
+                # Chosen elsewhere while this launcher was down and the uid ran nothing.
+                log.warning("uid %d of %s is claimed by another launcher too", owner, private.root)
             return Identity(owner, owner)
         taken = self.taken() | set(reserved)
         for uid in range(self.base, self.base + self.count):
-            if uid not in taken:
+            if uid not in taken and self.claim(uid):
                 return Identity(uid, uid)
         raise ContainmentError(
             f"every uid of {self.base}..{self.base + self.count - 1} runs user code already"
         )
+
+    def claim(self, uid: int) -> bool:
+        """Claim ``uid`` for this launcher (True if it holds it now, or there are no claims)."""
+        if self.claims is None or uid in self._held:
+            return True
+        self.claims.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(
+            self.claims / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._held[uid] = fd
+        return True
+
+    def release(self, uid: int) -> None:
+        """Give ``uid`` back (its private directory is gone)."""
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
 
 
 def running_uids(among: range) -> set[int]:

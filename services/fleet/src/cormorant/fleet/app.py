@@ -65,6 +65,8 @@ def create_app(settings: FleetSettings) -> FastAPI:
                     data_dir,
                     uid_base=resolved.sandbox_uid_base,
                     uid_count=resolved.sandbox_uid_count,
+                    # Shared by every stack on this machine: one uid, one stack.
+                    uid_claims=resolved.sandbox_root / ".uids",
                 )
             archives = BlobStore(
                 resolved.resolved_archives_url(),

@@ -132,7 +132,12 @@ _PROBE = "import cormorant.worker"
 
 
 async def prepare_sandbox(
-    directory: Path, data_dir: Path, *, uid_base: int, uid_count: int
+    directory: Path,
+    data_dir: Path,
+    *,
+    uid_base: int,
+    uid_count: int,
+    uid_claims: Path | None = None,
 ) -> Sandbox:
     """Get this machine ready to contain replicas: the data directory closed to them, the
     interpreter reachable by their uids (checked by running it as one)."""
@@ -160,7 +165,7 @@ async def prepare_sandbox(
         reason = lines[-1] if lines else "no output"
         sandbox.warn_uncontained("replicas", [f"uid {uid} cannot run {sys.executable}: {reason}"])
         return Sandbox(directory, None)
-    return Sandbox(directory, UidPool(directory, base=uid_base, count=uid_count))
+    return Sandbox(directory, UidPool(directory, base=uid_base, count=uid_count, claims=uid_claims))
 
 
 def _prepare_directories(directory: Path, data_dir: Path) -> bool:
@@ -582,7 +587,9 @@ class LocalRuntime:
             await asyncio.to_thread(
                 sandbox.remove_private_dir, self.sandbox.directory, handle.replica_id
             )
-        self._uids.pop(handle.replica_id, None)
+        uid = self._uids.pop(handle.replica_id, None)
+        if uid is not None and self.sandbox is not None and self.sandbox.uids is not None:
+            self.sandbox.uids.release(uid)
 
     async def _replay_spool(self, proc: _Process) -> None:
         """Publish what the (dead) replica's workers spooled but JetStream did not ack."""
