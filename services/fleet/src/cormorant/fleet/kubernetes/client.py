@@ -123,12 +123,16 @@ class Cluster:
         """Close the API client's connections."""
         await self.api.close()
 
-    async def apply_placement(self, placement: Placement) -> None:
-        """Apply every object of ``placement``; drop the HPA a version no longer scales by
+    async def apply_placement(self, placement: Placement, *, replicas: int | None = None) -> None:
+        """Apply every object of ``placement`` (its Deployment at ``replicas`` pods when
+        given, even where an autoscaler will take the count over: a stream swap's new
+        version starts at the old one's count); drop the HPA a version no longer scales by
         (a stable version that became a retiring one)."""
         secret = kafka_secret(placement, self.config)
         secrets = [replica_nats_secret(self.config), *([secret] if secret else [])]
         for manifest in [*secrets, *manifests(placement, self.config)]:
+            if replicas is not None and manifest["kind"] == "Deployment":
+                manifest["spec"]["replicas"] = replicas
             await self.apply(manifest)
         if placement.kind == "web" and not hpa_managed(placement):
             name = object_name(placement.endpoint, placement.version.label)
