@@ -664,3 +664,56 @@ async def test_a_swap_whose_pods_never_get_ready_leaves_the_old_version_consumin
         assert endpoint["version"] == "1"
         traffic = await deployer.client.get(f"/api/v1/endpoints/{slug}/traffic")
         assert traffic.json()["weights"] == {"1": 100}
+
+
+async def test_a_swap_refused_by_the_api_or_crash_looping_leaves_the_old_version_consuming(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The API refuses the new version's ScaledObject (RBAC): 409 naming it, the objects
+    already applied for the new version deleted. Allowed again, the new version's pod
+    crash-loops before it serves: 409 with the exit code once it has crashed
+    ``max_start_failures`` times, its objects deleted; version 1 still serves throughout."""
+    created, _ = await create_stream(deployer, tmp_path, kafka_bootstrap, "loopy", 1)
+    slug = created["slug"]
+    v1, v2 = f"{slug}-v1", f"{slug}-v2"
+    [old] = await pods(cluster, v1, 1)
+    cluster.ready(old)
+    await deployer.wait_running(slug)
+    added = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions",
+        json={"source": str(stream_model(tmp_path, "loopy-v2", "two"))},
+    )
+    assert added.status_code == 201, added.text
+    rollout = {"version": "2", "percent": 100}
+
+    cluster.refusals["ScaledObject"] = 403
+    refused = await deployer.client.post(f"/api/v1/endpoints/{slug}/rollout", json=rollout)
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["error"]["message"]
+    assert f"apply ScaledObject {v2}" in message
+    assert "RBAC" in message
+    assert "version 1 keeps consuming" in message
+    del cluster.refusals["ScaledObject"]
+    await eventually(lambda: cluster.applied("Deployment") == [v1], what="v2 withdrawn")
+    assert cluster.pods_of(v1) == [old]
+
+    attempt = asyncio.create_task(
+        deployer.client.post(f"/api/v1/endpoints/{slug}/rollout", json=rollout)
+    )
+    [new] = await pods(cluster, v2, 1)
+    for _ in range(deployer.settings.max_start_failures):
+        cluster.crash(new, exit_code=4)
+    crashed = await attempt
+    assert crashed.status_code == 409, crashed.text
+    message = crashed.json()["error"]["message"]
+    assert "version 2" in message
+    assert "did not start" in message
+    assert "exited with code 4" in message
+    assert f"{new} CrashLoopBackOff" in message
+    assert "version 1 keeps consuming" in message
+    assert cluster.applied("Deployment") == [v1]
+    assert cluster.applied("ScaledObject") == [v1]
+    assert cluster.pods_of(v1) == [old]
+    assert deletes_of(cluster, v1) == []
+    endpoint = await deployer.wait_running(slug)
+    assert endpoint["version"] == "1"

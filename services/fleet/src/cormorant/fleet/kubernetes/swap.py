@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cormorant.common.endpoints.schemas import EndpointSpec
 from cormorant.common.endpoints.store import VersionRecord
 from cormorant.common.errors import BadRequest
+from cormorant.fleet.kubernetes.client import ClusterError
 from cormorant.fleet.kubernetes.manifests import object_name
 from cormorant.fleet.kubernetes.render import placement_of_runtime
 from cormorant.fleet.lag import StreamAutoscaler
@@ -90,9 +91,16 @@ async def _swap(
     supervisor.others.setdefault(endpoint.id, {})[version.label] = incoming
     try:
         archive = supervisor.snapshots.archive_url(version.digest)
-        await supervisor.cluster.apply_placement(
-            placement_of_runtime(incoming, archive), replicas=count
-        )
+        try:
+            await supervisor.cluster.apply_placement(
+                placement_of_runtime(incoming, archive), replicas=count
+            )
+        except ClusterError as exc:
+            raise SwapRefused(
+                f"version {version.label} of {endpoint.slug!r} could not be started: "
+                f"{exc.message}; version {endpoint.version.label} keeps consuming",
+                details={"version": version.label, "deployment": name},
+            ) from exc
         # Applied with the deployer's count: the promotion hands it over to KEDA.
         supervisor.fixed.add((endpoint.id, version.label))
         await _all_ready(
