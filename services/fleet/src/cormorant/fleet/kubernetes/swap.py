@@ -145,6 +145,7 @@ async def _withdraw(supervisor: ClusterSupervisor, incoming: EndpointRuntime) ->
 
 
 def _pods(incoming: EndpointRuntime) -> list[PodReplica]:
+    # Imported here: fleet.py imports this module for KubernetesFleet.swap.
     from cormorant.fleet.kubernetes.fleet import PodReplica
 
     return [r for r in incoming.replicas.values() if isinstance(r, PodReplica)]
