@@ -1,7 +1,8 @@
 """A stream endpoint's model swap on a cluster: one version's bridge Deployment after the other.
 
-The new version's Deployment (and its ScaledObject) is applied at the count the old version
-runs now, while the old pods keep consuming; its pods join the endpoint's consumer group and
+The new version's Deployment is applied at the count the old version runs now (its
+ScaledObject only once it takes over: KEDA would scale it while it warms up), while the old
+pods keep consuming; its pods join the endpoint's consumer group and
 answer ``/healthz`` only once joined, and the pod watch reports them ready as for any
 replica. Once all are ready the new version becomes the stable one and the old version's
 objects are deleted: its pods get their preStop and SIGTERM, on which a kafka-bridge finishes
@@ -101,7 +102,8 @@ async def _swap(
                 f"{exc.message}; version {endpoint.version.label} keeps consuming",
                 details={"version": version.label, "deployment": name},
             ) from exc
-        # Applied with the deployer's count: the promotion hands it over to KEDA.
+        # Applied with the deployer's count: the promotion hands it over to KEDA, whose
+        # ScaledObject the converge below applies.
         supervisor.fixed.add((endpoint.id, version.label))
         await _all_ready(
             endpoint, incoming, name, count, timeout=supervisor.settings.start_timeout_s
