@@ -10,6 +10,7 @@ ready, crashing, being evicted). NATS and PostgreSQL are real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,11 +46,13 @@ async def cluster() -> AsyncIterator[RecordedCluster]:
         await recorded.close()
 
 
-@pytest.fixture
-async def deployer(
-    deployer_settings: DeployerSettings, cluster: RecordedCluster, tmp_path: Path
-) -> AsyncIterator[DeployerHarness]:
-    """A deployer whose fleet is the recorded cluster's namespace."""
+@contextlib.asynccontextmanager
+async def cluster_deployer(
+    deployer_settings: DeployerSettings, cluster: RecordedCluster, tmp_path: Path,
+    **update: Any,
+) -> AsyncIterator[DeployerHarness]:  # fmt: skip
+    """A deployer whose fleet is the recorded cluster's namespace (with ``update`` to its
+    settings), once it watches the pods."""
     settings = deployer_settings.model_copy(
         update={
             "kind": "kubernetes",
@@ -57,12 +60,22 @@ async def deployer(
             "k8s_kubeconfig": cluster.kubeconfig(tmp_path / "kubeconfig"),
             "k8s_image": "images.test/cormorant:1",
             "reconcile_interval_s": 0.5,
+            **update,
         }
     )
     async with running_deployer(settings) as harness:
         fleet = harness.state["fleet"]
         assert isinstance(fleet, KubernetesFleet)
         await eventually(fleet.watching.is_set, what="the pod watch")
+        yield harness
+
+
+@pytest.fixture
+async def deployer(
+    deployer_settings: DeployerSettings, cluster: RecordedCluster, tmp_path: Path
+) -> AsyncIterator[DeployerHarness]:
+    """A deployer whose fleet is the recorded cluster's namespace."""
+    async with cluster_deployer(deployer_settings, cluster, tmp_path) as harness:
         yield harness
 
 
@@ -302,12 +315,8 @@ async def test_manifests_route_prints_what_the_fleet_applied(
     assert "GET /api/v1/endpoints" in missing.json()["error"]["message"]
 
 
-async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
-    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
-) -> None:
-    """A stream endpoint (topics checked against a real broker) becomes a kafka-bridge
-    Deployment and a KEDA ScaledObject (a custom object) capped at the input partitions; new
-    code on a cluster is a new endpoint (a 400 says so); deleting it deletes both."""
+async def topics(kafka_bootstrap: str) -> tuple[str, str]:
+    """A fresh input topic (3 partitions) and output topic on the real broker."""
     tag = uuid.uuid4().hex[:8]
     source, output = f"in-{tag}", f"out-{tag}"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -316,14 +325,38 @@ async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
         await admin.create_topics([NewTopic(source, 3, 1), NewTopic(output, 1, 1)])
     finally:
         await admin.close()
-    directory = tmp_path / "stream"
+    return source, output
+
+
+def stream_model(tmp_path: Path, name: str, answer: str) -> Path:
+    directory = tmp_path / name
     directory.mkdir()
-    (directory / "predict.py").write_text("def predict(value):\n    return len(value)\n")
+    (directory / "predict.py").write_text(f"def predict(value):\n    return {answer!r}\n")
+    return directory
+
+
+async def create_stream(
+    deployer: DeployerHarness, tmp_path: Path, kafka_bootstrap: str, name: str, minimum: int
+) -> tuple[dict[str, Any], str]:
+    """A stream endpoint reading a fresh topic; its JSON and its input topic."""
+    source, output = await topics(kafka_bootstrap)
     created = await deployer.create(
-        name="clicks", kind="stream", source=str(directory), replicas={"min": 1, "max": 3},
+        name=name, kind="stream", source=str(stream_model(tmp_path, f"{name}-v1", "one")),
+        replicas={"min": minimum, "max": 3},
         kafka={"bootstrap_servers": kafka_bootstrap, "input_topics": [source],
                "output_topic": output},
     )  # fmt: skip
+    return created, source
+
+
+async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A stream endpoint (topics checked against a real broker) becomes a kafka-bridge
+    Deployment and a KEDA ScaledObject (a custom object) capped at the input partitions; a
+    new version is not started before its rollout (its pods would take partitions);
+    deleting the endpoint deletes both."""
+    created, source = await create_stream(deployer, tmp_path, kafka_bootstrap, "clicks", 1)
     slug = created["slug"]
     name = f"{slug}-v1"
     assert cluster.applied("Deployment") == [name]
@@ -337,17 +370,18 @@ async def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda(
         "containers"
     ]
     assert bridge["name"] == "kafka-bridge"
-    assert f"--input-topic {source} --output-topic {output}" in " ".join(bridge["command"])
+    assert f"--input-topic {source} --output-topic" in " ".join(bridge["command"])
 
     [pod] = await pods(cluster, name, 1)
     cluster.ready(pod)
     await deployer.wait_running(slug)
 
-    refused = await deployer.client.post(
-        f"/api/v1/endpoints/{slug}/versions", json={"source": str(directory)}
+    added = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions",
+        json={"source": str(stream_model(tmp_path, "clicks-v2", "two"))},
     )
-    assert refused.status_code == 400, refused.text
-    assert "deploy the new code as a new endpoint" in refused.json()["error"]["message"]
+    assert added.status_code == 201, added.text
+    assert cluster.applied("Deployment") == [name]
 
     deleted = await deployer.client.delete(f"/api/v1/endpoints/{slug}")
     assert deleted.status_code == 200, deleted.text
@@ -508,3 +542,179 @@ async def test_a_failing_code_fetch_is_reported_like_a_crash(
     failed = await deployer.wait_for(slug, lambda e: e["status"] == "failed", what="failed")
     assert "exited with code 1 (Error) in the init container fetch-code" in failed["reason"]
     assert await routed(deployer, slug) == {}
+
+
+def deletes_of(cluster: RecordedCluster, name: str) -> list[int]:
+    """Positions in the calls of the deletions of ``name``'s objects that deleted one."""
+    return [
+        i for i, c in enumerate(cluster.calls)
+        if c.verb == "delete" and c.status == 200 and c.path.endswith(f"/{name}")
+    ]  # fmt: skip
+
+
+async def test_a_stream_version_takes_the_group_from_the_old_bridge_deployment(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A rollout of a stream endpoint's new version on the cluster: its bridge Deployment is
+    applied at the old version's pod count while the old pods keep consuming; the old
+    version's objects are deleted only once every new pod is ready; the new version then
+    serves the whole stream (the count handed over to KEDA, its ScaledObject applied) and the events
+    show the new pods starting and ready, the old ones draining and stopped."""
+    created, _ = await create_stream(deployer, tmp_path, kafka_bootstrap, "swap", 2)
+    slug = created["slug"]
+    v1, v2 = f"{slug}-v1", f"{slug}-v2"
+    old_pods = await pods(cluster, v1, 2)
+    for pod in old_pods:
+        cluster.ready(pod)
+    await deployer.wait_running(slug, ready=2)
+    added = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions",
+        json={"source": str(stream_model(tmp_path, "swap-v2", "two"))},
+    )
+    assert added.status_code == 201, added.text
+
+    rollout = asyncio.create_task(
+        deployer.client.post(
+            f"/api/v1/endpoints/{slug}/rollout", json={"version": "2", "percent": 100}
+        )
+    )
+    new_pods = await pods(cluster, v2, 2)
+    assert applied_bodies(cluster, "Deployment", v2)[0]["spec"]["replicas"] == 2
+    # No ScaledObject while it warms up: KEDA would change its count meanwhile.
+    assert cluster.applied("ScaledObject") == [v1]
+    cluster.ready(new_pods[0])
+    # One of two ready: the old version keeps every object and pod.
+    await deployer.wait_for(
+        slug,
+        lambda e: any(ev["version"] == "2" and ev["state"] == "ready" for ev in e["events"]),
+        what="v2's first pod ready",
+    )
+    assert not rollout.done()
+    assert cluster.applied("Deployment") == [v1, v2]
+    assert cluster.pods_of(v1) == old_pods
+    assert deletes_of(cluster, v1) == []
+    before = len(cluster.calls)
+    cluster.ready(new_pods[1])
+
+    answer = await rollout
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["weights"] == {"2": 100}
+    assert cluster.applied("Deployment") == [v2]
+    assert cluster.applied("ScaledObject") == [v2]
+    assert cluster.pods_of(v2) == new_pods
+    assert cluster.pods_of(v1) == []
+    deleted = deletes_of(cluster, v1)
+    assert deleted, "v1's objects deleted"
+    assert min(deleted) >= before, "v1's objects deleted only after v2's last pod got ready"
+    # The count the swap applied went to the handover manager: KEDA scales it from here.
+    assert cluster.replica_owners[v2] == "cormorant-handover"
+    assert cluster.objects[("Deployment", v2)]["spec"]["replicas"] == 2
+
+    endpoint = await deployer.wait_running(slug, ready=2)
+    assert endpoint["version"] == "2"
+    states = [(e["version"], e["state"]) for e in endpoint["events"]]
+    assert states.count(("2", "ready")) == 2
+    assert states.count(("1", "draining")) == 2
+    assert states.count(("1", "stopped")) == 2
+    last_ready = max(i for i, s in enumerate(states) if s == ("2", "ready"))
+    first_draining = min(i for i, s in enumerate(states) if s == ("1", "draining"))
+    assert last_ready < first_draining
+
+
+async def test_a_swap_whose_pods_never_get_ready_leaves_the_old_version_consuming(
+    deployer_settings: DeployerSettings,
+    cluster: RecordedCluster,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+) -> None:
+    """The new version's pods never get ready within the start timeout: the rollout answers
+    409 naming the version, its Deployment and the pod still waiting; the new version's
+    objects are deleted, the old version's untouched and still the endpoint's."""
+    async with cluster_deployer(
+        deployer_settings, cluster, tmp_path, start_timeout_s=3.0
+    ) as deployer:
+        created, _ = await create_stream(deployer, tmp_path, kafka_bootstrap, "stuck", 1)
+        slug = created["slug"]
+        v1, v2 = f"{slug}-v1", f"{slug}-v2"
+        [old] = await pods(cluster, v1, 1)
+        cluster.ready(old)
+        await deployer.wait_running(slug)
+        added = await deployer.client.post(
+            f"/api/v1/endpoints/{slug}/versions",
+            json={"source": str(stream_model(tmp_path, "stuck-v2", "two"))},
+        )
+        assert added.status_code == 201, added.text
+
+        refused = await deployer.client.post(
+            f"/api/v1/endpoints/{slug}/rollout", json={"version": "2", "percent": 100}
+        )
+        assert refused.status_code == 409, refused.text
+        message = refused.json()["error"]["message"]
+        assert "version 2" in message
+        assert "not ready within 3 s" in message
+        assert f"Deployment {v2}: 0 of 1 pod(s) ready" in message
+        assert "ContainerCreating" in message
+        assert "version 1 keeps consuming" in message
+
+        assert cluster.applied("Deployment") == [v1]
+        assert cluster.applied("ScaledObject") == [v1]
+        assert cluster.pods_of(v1) == [old]
+        assert cluster.pods_of(v2) == []
+        assert deletes_of(cluster, v1) == []
+        endpoint = await deployer.wait_running(slug)
+        assert endpoint["version"] == "1"
+        traffic = await deployer.client.get(f"/api/v1/endpoints/{slug}/traffic")
+        assert traffic.json()["weights"] == {"1": 100}
+
+
+async def test_a_swap_refused_by_the_api_or_crash_looping_leaves_the_old_version_consuming(
+    deployer: DeployerHarness, cluster: RecordedCluster, tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The API refuses the new version's PodDisruptionBudget (RBAC): 409 naming it, the objects
+    already applied for the new version deleted. Allowed again, the new version's pod
+    crash-loops before it serves: 409 with the exit code once it has crashed
+    ``max_start_failures`` times, its objects deleted; version 1 still serves throughout."""
+    created, _ = await create_stream(deployer, tmp_path, kafka_bootstrap, "loopy", 1)
+    slug = created["slug"]
+    v1, v2 = f"{slug}-v1", f"{slug}-v2"
+    [old] = await pods(cluster, v1, 1)
+    cluster.ready(old)
+    await deployer.wait_running(slug)
+    added = await deployer.client.post(
+        f"/api/v1/endpoints/{slug}/versions",
+        json={"source": str(stream_model(tmp_path, "loopy-v2", "two"))},
+    )
+    assert added.status_code == 201, added.text
+    rollout = {"version": "2", "percent": 100}
+
+    cluster.refusals["PodDisruptionBudget"] = 403
+    refused = await deployer.client.post(f"/api/v1/endpoints/{slug}/rollout", json=rollout)
+    assert refused.status_code == 409, refused.text
+    message = refused.json()["error"]["message"]
+    assert f"apply PodDisruptionBudget {v2}" in message
+    assert "RBAC" in message
+    assert "version 1 keeps consuming" in message
+    del cluster.refusals["PodDisruptionBudget"]
+    await eventually(lambda: cluster.applied("Deployment") == [v1], what="v2 withdrawn")
+    assert cluster.pods_of(v1) == [old]
+
+    attempt = asyncio.create_task(
+        deployer.client.post(f"/api/v1/endpoints/{slug}/rollout", json=rollout)
+    )
+    [new] = await pods(cluster, v2, 1)
+    for _ in range(deployer.settings.max_start_failures):
+        cluster.crash(new, exit_code=4)
+    crashed = await attempt
+    assert crashed.status_code == 409, crashed.text
+    message = crashed.json()["error"]["message"]
+    assert "version 2" in message
+    assert "did not start" in message
+    assert "exited with code 4" in message
+    assert f"{new} CrashLoopBackOff" in message
+    assert "version 1 keeps consuming" in message
+    assert cluster.applied("Deployment") == [v1]
+    assert cluster.applied("ScaledObject") == [v1]
+    assert cluster.pods_of(v1) == [old]
+    assert deletes_of(cluster, v1) == []
+    endpoint = await deployer.wait_running(slug)
+    assert endpoint["version"] == "1"

@@ -20,6 +20,7 @@ from cormorant.common.endpoints.snapshot import write_archive
 from cormorant.common.endpoints.store import VersionRecord
 from cormorant.fleet.kubernetes import fetch
 from cormorant.fleet.kubernetes.manifests import (
+    HANDOVER_MARGIN_S,
     REPLICA_NATS_SECRET,
     ClusterConfig,
     kafka_secret,
@@ -197,6 +198,28 @@ def test_a_stream_endpoint_is_kafka_bridges_scaled_by_keda_on_lag() -> None:
     assert [t["metadata"]["topic"] for t in spec["triggers"]] == ["clicks", "views"]
     assert {t["type"] for t in spec["triggers"]} == {"kafka"}
     assert spec["triggers"][0]["metadata"]["lagThreshold"] == "4"
+
+
+def test_a_bridge_pod_hands_its_partitions_over_within_its_grace_period() -> None:
+    """A bridge pod's preStop starts the bridge's graceful handover itself (SIGTERM to the
+    container's process, then waits for it to exit: a second signal would cut the handover
+    short), and its grace period covers the bridge's own stop timeout plus the time to commit
+    and leave the group."""
+    objects = by_kind(manifests(placement_of("stream", replicas=1), CONFIG))
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    [bridge] = pod["containers"]
+    command = bridge["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    assert "os.kill(1, signal.SIGTERM)" in command[2]
+    compile(command[2], "preStop", "exec")
+    env = {v["name"]: v.get("value") for v in bridge["env"]}
+    stop_timeout = float(env["CORMORANT_KAFKA_BRIDGE_STOP_TIMEOUT"])
+    assert stop_timeout == max(1, round(CONFIG.stop_timeout_s))
+    assert pod["terminationGracePeriodSeconds"] >= stop_timeout + HANDOVER_MARGIN_S
+    # A web pod keeps its drain: gateways stop routing to it before its SIGTERM.
+    web = by_kind(manifests(placement_of("web", replicas=1), CONFIG))["Deployment"]
+    [worker] = web["spec"]["template"]["spec"]["containers"]
+    assert worker["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
 
 
 @pytest.mark.parametrize("kind", ["web", "stream"])

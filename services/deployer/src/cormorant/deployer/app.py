@@ -100,10 +100,9 @@ def create_app(
             internal = await stack.enter_async_context(internal_client(resolved))
             reader = MetricsReader(internal, resolved.predictlog_url)
             rollouts.progressive = ProgressiveRollouts(rollouts, reader).start
-            if kind == "local":
-                # A stream swap hands the group over between local processes; on a cluster
-                # a stream endpoint takes new code as a new endpoint (400 says so).
-                rollouts.kinds["stream"] = StreamRollout()
+            # Either fleet hands a stream's consumer group over (local processes, or one
+            # bridge Deployment after the other on a cluster).
+            rollouts.kinds["stream"] = StreamRollout()
             await rollouts.recover()
             state = DeployerState(
                 endpoints=endpoints,

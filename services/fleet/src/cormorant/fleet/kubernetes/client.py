@@ -49,6 +49,8 @@ _TYPED: dict[str, tuple[type[Any], str]] = {
     "PodDisruptionBudget": (client.PolicyV1Api, "pod_disruption_budget"),
     "HorizontalPodAutoscaler": (client.AutoscalingV2Api, "horizontal_pod_autoscaler"),
 }
+AUTOSCALERS = ("ScaledObject", "HorizontalPodAutoscaler")
+"""The kinds that set a Deployment's replica count."""
 VERSION_KINDS = ("ScaledObject", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service",
                  "Deployment", "Secret")  # fmt: skip
 """What one version may run as, in the order it is deleted (scalers before their target)."""
@@ -123,12 +125,19 @@ class Cluster:
         """Close the API client's connections."""
         await self.api.close()
 
-    async def apply_placement(self, placement: Placement) -> None:
+    async def apply_placement(self, placement: Placement, *, replicas: int | None = None) -> None:
         """Apply every object of ``placement``; drop the HPA a version no longer scales by
-        (a stable version that became a retiring one)."""
+        (a stable version that became a retiring one). With ``replicas``, its Deployment is
+        held at that count with no autoscaler yet (a stream swap's new version, at the old
+        one's count until it takes over: KEDA would scale it meanwhile)."""
         secret = kafka_secret(placement, self.config)
         secrets = [replica_nats_secret(self.config), *([secret] if secret else [])]
         for manifest in [*secrets, *manifests(placement, self.config)]:
+            if replicas is not None:
+                if manifest["kind"] in AUTOSCALERS:
+                    continue
+                if manifest["kind"] == "Deployment":
+                    manifest["spec"]["replicas"] = replicas
             await self.apply(manifest)
         if placement.kind == "web" and not hpa_managed(placement):
             name = object_name(placement.endpoint, placement.version.label)

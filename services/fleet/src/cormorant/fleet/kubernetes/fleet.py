@@ -23,18 +23,21 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from cormorant.common.endpoints.fleet import Placement
+from cormorant.common.endpoints.schemas import EndpointSpec
 from cormorant.common.endpoints.snapshot import SnapshotStore
-from cormorant.common.endpoints.store import ReplicaRecord, ReplicaStore
+from cormorant.common.endpoints.store import ReplicaRecord, ReplicaStore, VersionRecord
 from cormorant.common.retry import Backoff
 from cormorant.fleet.kubernetes.client import Cluster, ClusterError
 from cormorant.fleet.kubernetes.manifests import MANAGER, hpa_managed, object_name
 from cormorant.fleet.kubernetes.render import placement_of_runtime
+from cormorant.fleet.kubernetes.swap import swap_cluster_version
 from cormorant.fleet.kubernetes.watch import PodView, crash_cause, pod_view
 from cormorant.fleet.local import LocalFleet
 from cormorant.fleet.replica import EndpointRuntime, Failure, ReplicaRunner
 from cormorant.fleet.runtime.local import LocalRuntime
 from cormorant.fleet.settings import FleetSettings
 from cormorant.fleet.supervisor import Publisher, Supervisor
+from cormorant.fleet.swap import SwapRefused
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +318,16 @@ class KubernetesFleet(LocalFleet):
                 await self.runtime.close()
             finally:
                 await self.cluster.close()
+
+    async def swap(
+        self, endpoint_id: uuid.UUID, version: VersionRecord, spec: EndpointSpec
+    ) -> None:
+        """Hand the stream endpoint's consumer group to ``version``'s bridge Deployment (run
+        with ``spec``), then delete the old version's (``kubernetes/swap.py``)."""
+        endpoint = self.pods.endpoints.get(endpoint_id)
+        if endpoint is None or endpoint.deleted:
+            raise SwapRefused(f"endpoint {endpoint_id} runs no replicas here")
+        await swap_cluster_version(self.pods, endpoint, version, spec, self.stream_autoscaler)
 
     async def _retire(self, runtime: EndpointRuntime) -> None:
         """Delete the version's objects once its pods are gone."""

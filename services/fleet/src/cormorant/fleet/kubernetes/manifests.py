@@ -210,8 +210,11 @@ def _pod_spec(placement: Placement, config: ClusterConfig) -> dict[str, Any]:
             "fsGroup": config.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # In-flight requests get the stop timeout after the drain.
-        "terminationGracePeriodSeconds": drain + max(1, round(config.stop_timeout_s)),
+        # In-flight requests get the stop timeout after the drain; a bridge is not routed
+        # to (no drain): the stop timeout is its handover's, then its commit and leave.
+        "terminationGracePeriodSeconds": _stop_grace(config)
+        if placement.kind == "stream"
+        else drain + max(1, round(config.stop_timeout_s)),
         "initContainers": [fetch],
         "containers": [_replica_container(placement, config, drain)],
         "volumes": [
@@ -262,6 +265,29 @@ def replica_nats_secret(config: ClusterConfig) -> Manifest:
     }
 
 
+HANDOVER_MARGIN_S = 5
+"""Seconds a kafka-bridge keeps, after its in-flight batches' stop timeout, to commit and
+leave its group before the pod's grace period ends (the local fleet grants the same)."""
+
+# The bridge's graceful handover starts on SIGTERM, and a second signal makes it exit at once:
+# so the hook sends the first one itself and then waits for the bridge (the container's PID 1)
+# to exit, which ends the container and the hook with it; the kubelet's own SIGTERM, sent once
+# the hook returns, never comes while the handover runs.
+BRIDGE_PRE_STOP = (
+    "import os, signal, time\nos.kill(1, signal.SIGTERM)\nwhile True:\n    time.sleep(0.5)\n"
+)
+
+
+def _stop_grace(config: ClusterConfig) -> int:
+    """A bridge pod's termination grace period: its stop timeout plus the margin."""
+    return max(1, round(config.stop_timeout_s)) + HANDOVER_MARGIN_S
+
+
+def bridge_stop_timeout(config: ClusterConfig) -> int:
+    """The kafka-bridge's own ``stop_timeout`` (finishing its in-flight batches) in a pod."""
+    return max(1, round(config.stop_timeout_s))
+
+
 def _replica_container(placement: Placement, config: ClusterConfig, drain: int) -> Manifest:
     spec = placement.spec
     launch = launch_of(
@@ -286,6 +312,7 @@ def _replica_container(placement: Placement, config: ClusterConfig, drain: int) 
         bridge_env = {k: v for k, v in launch.bridge.environment().items()
                       if k != "CORMORANT_KAFKA_BRIDGE_SECURITY"}  # fmt: skip
         env.update(bridge_env)
+        env["CORMORANT_KAFKA_BRIDGE_STOP_TIMEOUT"] = str(bridge_stop_timeout(config))
     else:
         command = ["python", "-m", "cormorant.worker", *launch.worker_args(),
                    "--host", everywhere, "--port", str(config.port)]  # fmt: skip
@@ -310,6 +337,11 @@ def _replica_container(placement: Placement, config: ClusterConfig, drain: int) 
                 },
             }
         )
+    if launch.bridge is not None:
+        pre_stop = ["python", "-c", BRIDGE_PRE_STOP]
+    else:
+        # Gateways drop the pod once it is not ready; requests routed before still land.
+        pre_stop = ["sleep", str(drain)]
     memory = f"{spec.resources.memory_mb}Mi"
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5,
              "timeoutSeconds": 2}  # fmt: skip
@@ -326,10 +358,7 @@ def _replica_container(placement: Placement, config: ClusterConfig, drain: int) 
             **probe,
             "failureThreshold": max(1, round(config.start_timeout_s / 5)),
         },
-        "lifecycle": {
-            # Gateways drop the pod once it is not ready; requests routed before still land.
-            "preStop": {"exec": {"command": ["sleep", str(drain)]}}
-        },
+        "lifecycle": {"preStop": {"exec": {"command": pre_stop}}},
         "resources": {
             "requests": {"cpu": config.cpu_request, "memory": memory},
             "limits": {"memory": memory},
