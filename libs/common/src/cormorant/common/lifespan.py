@@ -10,15 +10,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from nats.aio.client import Client
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cormorant.common.bus import StreamSpec, close, connect, ensure_streams
+from cormorant.common.bus import (
+    BatchedPublisher,
+    StreamSpec,
+    close,
+    configured_streams,
+    connect,
+    ensure_streams,
+)
 from cormorant.common.db import create_engine, upgrade, wait_for_database
+from cormorant.common.settings import CommonSettings
 from cormorant.common.telemetry import setup_tracing
 
 T = TypeVar("T")
@@ -68,6 +78,36 @@ async def open_bus(
     stack.push_async_callback(close, nc)
     await ensure_streams(nc.jetstream(), streams)
     return nc
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """What a service that stores and publishes opens before anything of its own."""
+
+    engine: AsyncEngine
+    nc: Client
+    publisher: BatchedPublisher
+
+
+async def open_platform(
+    stack: AsyncExitStack,
+    settings: CommonSettings,
+    *,
+    title: str,
+    publisher: str,
+    registry: CollectorRegistry,
+    timeout: float,  # noqa: ASYNC109 - how long a starting service waits for its servers
+) -> Platform:
+    """Tracing, the migrated database, the bus with its streams sized by ``settings``, and a
+    started ``BatchedPublisher`` named ``publisher``: each closed when the stack closes."""
+    open_tracing(stack, title, settings.otlp_endpoint)
+    engine = await open_database(stack, settings.database_url, timeout=timeout)
+    streams = configured_streams(settings.bus_stream)
+    nc = await open_bus(stack, settings.nats_url, name=title, timeout=timeout, streams=streams)
+    events = BatchedPublisher(nc, name=publisher, registry=registry)
+    await events.start()
+    stack.push_async_callback(events.stop)
+    return Platform(engine, nc, events)
 
 
 def from_state(key: str, kind: type[T]) -> Callable[[Request], T]:

@@ -15,9 +15,8 @@ from cormorant.alerts.flows.api import router as flows_router
 from cormorant.alerts.flows.exec import ExecLimits, contained_identity
 from cormorant.alerts.flows.service import FlowService
 from cormorant.alerts.settings import AlertsSettings
-from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.db import session_factory
-from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.lifespan import open_platform
 from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.sdk import Client
@@ -41,18 +40,13 @@ def create_app(settings: AlertsSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            open_tracing(stack, TITLE, settings.otlp_endpoint)
-            timeout = settings.startup_timeout_s
-            engine = await open_database(stack, settings.database_url, timeout=timeout)
-            sessions = session_factory(engine)
-            streams = configured_streams(settings.bus_stream)
-            nc = await open_bus(
-                stack, settings.nats_url, name=TITLE, timeout=timeout, streams=streams
-            )
+            platform = await open_platform(
+                stack, settings, title=TITLE, publisher="alerts", registry=registry,
+                timeout=settings.startup_timeout_s,
+            )  # fmt: skip
+            nc, publisher = platform.nc, platform.publisher
+            sessions = session_factory(platform.engine)
             js = nc.jetstream()
-            publisher = BatchedPublisher(nc, name="alerts", registry=registry)
-            await publisher.start()
-            stack.push_async_callback(publisher.stop)
 
             # Flows: runs call the public API with the platform's key; exec tasks are contained.
             key = settings.api_key.get_secret_value() if settings.api_key else None

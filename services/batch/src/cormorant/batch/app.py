@@ -15,11 +15,10 @@ from cormorant.batch.api import router
 from cormorant.batch.capacity import Capacity, DeployerApi
 from cormorant.batch.jobs import BatchService
 from cormorant.batch.settings import BatchSettings
-from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.datasets import BlobStore, DatasetStore
 from cormorant.common.db import session_factory
 from cormorant.common.internal import internal_client
-from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.lifespan import open_platform
 from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 
@@ -41,17 +40,12 @@ def create_app(settings: BatchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            open_tracing(stack, TITLE, settings.otlp_endpoint)
-            timeout = settings.startup_timeout_s
-            engine = await open_database(stack, settings.database_url, timeout=timeout)
-            sessions = session_factory(engine)
-            streams = configured_streams(settings.bus_stream)
-            nc = await open_bus(
-                stack, settings.nats_url, name=TITLE, timeout=timeout, streams=streams
-            )
-            publisher = BatchedPublisher(nc, name="batch", registry=registry)
-            await publisher.start()
-            stack.push_async_callback(publisher.stop)
+            platform = await open_platform(
+                stack, settings, title=TITLE, publisher="batch", registry=registry,
+                timeout=settings.startup_timeout_s,
+            )  # fmt: skip
+            nc, publisher = platform.nc, platform.publisher
+            sessions = session_factory(platform.engine)
             blobs = BlobStore(
                 settings.resolved_datasets_url(),
                 storage_options=settings.datasets_storage_options,

@@ -14,12 +14,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-from cormorant.common.bus import BatchedPublisher, configured_streams
 from cormorant.common.datasets import BlobStore
 from cormorant.common.db import session_factory
 from cormorant.common.endpoints.snapshot import SnapshotStore
 from cormorant.common.endpoints.store import ReplicaStore
-from cormorant.common.lifespan import open_bus, open_database, open_tracing
+from cormorant.common.lifespan import open_platform
 from cormorant.common.telemetry import new_registry
 from cormorant.common.web import create_service_app
 from cormorant.fleet import api
@@ -44,17 +43,12 @@ def create_app(settings: FleetSettings) -> FastAPI:
         data_dir = settings.data_dir.resolve()
         resolved = settings.model_copy(update={"data_dir": data_dir})
         async with AsyncExitStack() as stack:
-            open_tracing(stack, TITLE, resolved.otlp_endpoint)
-            timeout = resolved.startup_timeout_s
-            engine = await open_database(stack, resolved.database_url, timeout=timeout)
-            store = ReplicaStore(session_factory(engine))
-            streams = configured_streams(resolved.bus_stream)
-            nc = await open_bus(
-                stack, resolved.nats_url, name=TITLE, timeout=timeout, streams=streams
-            )
-            publisher = BatchedPublisher(nc, name="fleet", registry=registry)
-            await publisher.start()
-            stack.push_async_callback(publisher.stop)
+            platform = await open_platform(
+                stack, resolved, title=TITLE, publisher="fleet", registry=registry,
+                timeout=resolved.startup_timeout_s,
+            )  # fmt: skip
+            nc, publisher = platform.nc, platform.publisher
+            store = ReplicaStore(session_factory(platform.engine))
 
             # Replicas never see the internal credential: a plain client probes them.
             http = await stack.enter_async_context(httpx.AsyncClient())
