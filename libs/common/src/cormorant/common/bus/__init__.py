@@ -5,9 +5,8 @@
   event catalogue, sized by the ``CORMORANT_BUS_STREAM_*`` settings.
 - ``BatchedPublisher``: a bounded, never-blocking, at-least-once publisher for the request path;
   with ``max_pack`` it sends several events of one subject as one message (a pack).
-- ``unpack`` / ``decode_message``: the events a message carries, pack or not; every consumer
-  reads messages through them.
-- ``Consumer`` / ``consume``: durable pull consumers handing decoded batches to a handler.
+- ``unpack`` / ``decode_message``: the events a message carries, pack or not; a durable
+  consumer (the prediction log's ingest) reads messages through them.
 
 Exactly-once on the stream comes from at-least-once publishing plus JetStream de-duplication
 on ``Nats-Msg-Id`` (the event id) within each stream's ``duplicate_window``. Consumers are
@@ -15,7 +14,6 @@ at-least-once: a handler must tolerate seeing an event twice (de-duplicate on ``
 """
 
 from cormorant.common.bus.connection import close, connect
-from cormorant.common.bus.consumer import Consumer, ConsumerStats, Delivery, Handler, consume
 from cormorant.common.bus.packing import (
     PACK_HEADER,
     Pack,
@@ -54,10 +52,6 @@ __all__ = [
     "PREDICTIONS_STREAM",
     "STREAMS",
     "BatchedPublisher",
-    "Consumer",
-    "ConsumerStats",
-    "Delivery",
-    "Handler",
     "Pack",
     "PredictionColumns",
     "PublisherStats",
@@ -67,7 +61,6 @@ __all__ = [
     "column_event_id",
     "configured_streams",
     "connect",
-    "consume",
     "decode_all",
     "decode_message",
     "ensure_streams",

@@ -1,4 +1,4 @@
-"""Prometheus exposition of publisher and consumer stats, read at scrape time."""
+"""Prometheus exposition of the publishers' stats, read at scrape time."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from cormorant.common.bus.consumer import Consumer
     from cormorant.common.bus.publisher import BatchedPublisher
 
 
 class BusCollector(Collector):
-    """Reads the stats of every publisher and consumer on one registry at scrape time.
+    """Reads the stats of every publisher on one registry at scrape time.
 
     Reading plain integers at scrape time keeps prometheus locks off the hot path, and one
     collector per registry lets several publishers share a registry under different names.
@@ -26,20 +25,17 @@ class BusCollector(Collector):
         self.publishers: weakref.WeakValueDictionary[str, BatchedPublisher] = (
             weakref.WeakValueDictionary()
         )
-        self.consumers: weakref.WeakValueDictionary[str, Consumer] = weakref.WeakValueDictionary()
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples."""
-        return list(self._families(publishers={}, consumers={}))
+        return list(self._families(publishers={}))
 
     def collect(self) -> Iterable[Metric]:
-        """The metric families with one sample per live publisher and consumer."""
-        return list(self._families(dict(self.publishers), dict(self.consumers)))
+        """The metric families with one sample per live publisher."""
+        return list(self._families(dict(self.publishers)))
 
     @staticmethod
-    def _families(
-        publishers: dict[str, BatchedPublisher], consumers: dict[str, Consumer]
-    ) -> Iterator[Metric]:
+    def _families(publishers: dict[str, BatchedPublisher]) -> Iterator[Metric]:
         pub_stats = {name: p.stats for name, p in publishers.items()}
         for attr, doc in (
             ("published", "Events acknowledged by JetStream (each event counted once)."),
@@ -76,21 +72,6 @@ class BusCollector(Collector):
         for name, stats in pub_stats.items():
             in_flight.add_metric([name], stats.in_flight)
         yield in_flight
-
-        con_stats = {name: c.stats for name, c in consumers.items()}
-        for attr, doc in (
-            ("delivered", "Events handed to the handler."),
-            ("acked", "Events acked after the handler returned."),
-            ("nacked", "Events handed back for redelivery after a handler error."),
-            ("terminated", "Events given up on after max_deliver attempts."),
-            ("undecodable", "Messages that were not valid events (terminated)."),
-            ("handler_errors", "Batches whose handler raised."),
-            ("fetch_errors", "Failed fetches (server away, consumer missing...)."),
-        ):
-            counter = CounterMetricFamily(f"cormorant_consumer_{attr}", doc, labels=["consumer"])
-            for name, cstats in con_stats.items():
-                counter.add_metric([name], getattr(cstats, attr))
-            yield counter
 
 
 _COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, BusCollector] = (

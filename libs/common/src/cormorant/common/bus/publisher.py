@@ -99,7 +99,7 @@ class BatchedPublisher:
     With ``max_pack`` > 1, events queued together for one subject leave as one pack (see
     ``packing``): up to ``max_pack`` events and ``max_pack_bytes`` in one publish and one
     ack, under an id derived from their event ids. Only streams read through ``unpack``
-    (``Consumer``, the prediction log's ingest) may receive packs; the event stream's core
+    (the prediction log's ingest) may receive packs; the event stream's core
     NATS subscribers read one event per message, so its publishers leave ``max_pack`` at 1.
     ``publish_pack`` takes a pack its producer built (a replica's column pack), sent as it is.
     """
