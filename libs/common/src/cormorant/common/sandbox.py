@@ -270,10 +270,14 @@ class UidPool:
         """Claim ``uid`` for this launcher (True if it holds it now, or there are no claims)."""
         if self.claims is None or uid in self._held:
             return True
-        self.claims.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(
-            self.claims / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        try:
+            self.claims.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.claims / str(uid), flags, 0o600)
+        except OSError as exc:
+            # No shared claims here (a read-only root...): this stack's own view must do.
+            log.warning("uid %d not claimed in %s: %s", uid, self.claims, exc)
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

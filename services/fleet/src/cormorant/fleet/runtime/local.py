@@ -503,9 +503,11 @@ class LocalRuntime:
         log_path = self.log_path(launch)
         offset = log_path.stat().st_size if log_path.exists() else 0
         private = PrivateDir.at(launch.source.parent)
-        uid = private.owner() if self.sandbox is not None and self.sandbox.uids else None
-        if uid is not None:
+        uids = self.sandbox.uids if self.sandbox is not None else None
+        uid = private.owner() if uids is not None else None
+        if uid is not None and uids is not None:
             self._uids[launch.replica_id] = uid
+            uids.claim(uid)  # held again, as before this fleet's restart
         self._procs[launch.replica_id] = _Process(
             pid, None, log_path, offset, uid=uid, deaths_offset=_size(self.deaths_path(launch))
         )
