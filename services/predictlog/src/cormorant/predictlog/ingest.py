@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -365,8 +365,7 @@ class StreamIngest(Generic[Row]):
             await self._write(batch)
 
     async def _write(self, batch: _Batch) -> None:
-        by_slug = await self._endpoint_ids(event for _, event, _ in batch.events)
-        await self._recheck_final(batch, by_slug)
+        by_slug = await self._endpoint_ids(batch)
         ready: list[tuple[int, Row]] = []
         oldest: datetime | None = None
         for index, event, _ in batch.events:
@@ -425,34 +424,24 @@ class StreamIngest(Generic[Row]):
             if self._failure_log():
                 log.warning("ingest %s: acks not sent (%s)", self.durable, exc)
 
-    async def _endpoint_ids(self, events: Iterable[Any]) -> dict[str, uuid.UUID | None]:
-        slugs = {e.endpoint for e in events if self._given_id(e.endpoint_id) is None}
+    async def _endpoint_ids(self, batch: _Batch) -> dict[str, uuid.UUID | None]:
+        """The endpoint id of each slug the batch's events name without an id of their own."""
+        last: dict[str, bool] = {}
+        for index, event, _ in batch.events:
+            if self._given_id(event.endpoint_id) is None:
+                final = (batch.msgs[index].metadata.num_delivered or 1) >= self._max_deliver
+                last[event.endpoint] = last.get(event.endpoint, False) or final
         found: dict[str, uuid.UUID | None] = {}
-        for slug in slugs:
+        for slug, final in last.items():
+            # The cache remembers a miss for a moment: an event on its last delivery looks
+            # past it, so an endpoint created within that moment keeps its first predictions.
+            lookup = functools.partial(
+                self._directory.lookup if final else self._directory.cached, slug
+            )
             # On the writer's connection, under the same retry as the write: an outage must
             # hold the batch, not fail it towards max_deliver.
-            lookup = functools.partial(self._lookup, slug)
             found[slug] = await self._retrying(lookup, f"looking up endpoint {slug!r}")
         return found
-
-    async def _lookup(self, slug: str, conn: asyncpg.Connection) -> uuid.UUID | None:
-        return await self._directory.cached(slug, conn)
-
-    async def _recheck_final(self, batch: _Batch, by_slug: dict[str, uuid.UUID | None]) -> None:
-        """Look up again, past the cache, a missing slug whose event is on its last delivery.
-
-        The cache remembers a miss for a moment; an endpoint created within it must not cost
-        its first predictions for good.
-        """
-        final = {
-            event.endpoint
-            for index, event, _ in batch.events
-            if by_slug.get(event.endpoint, True) is None
-            and (batch.msgs[index].metadata.num_delivered or 1) >= self._max_deliver
-        }
-        for slug in final:
-            lookup = functools.partial(self._directory.lookup, slug)
-            by_slug[slug] = await self._retrying(lookup, f"looking up endpoint {slug!r}")
 
     def _given_id(self, value: str | None) -> uuid.UUID | None:
         if value is None:
